@@ -1,0 +1,75 @@
+# ispbill: one Makefile for the whole workspace. `make help` lists the targets.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+PYTHON ?= 3.11
+UV ?= uv
+RUN := $(UV) run --frozen
+APT_PACKAGES := freeradius-utils snmp
+DATA_DIR ?= var/ispbill
+
+.PHONY: help install install-system install-python run demo test test-unit test-contract \
+        test-integration test-e2e lint format proto proto-check bench bench-store events-doc
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+install: install-system install-python ## install system packages and the Python workspace
+
+install-system: ## apt packages the tests use (radclient); skipped when already present
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo) \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+install-python: ## uv and the locked workspace in .venv
+	@command -v $(UV) >/dev/null || python3 -m pip install -q uv
+	$(UV) sync --frozen --python $(PYTHON)
+
+run: install ## the all-in-one server with demo data (SQLite, no broker)
+	$(RUN) ispbill run --data-dir $(DATA_DIR) --with-demo
+
+test: ## every tier CI runs
+	$(RUN) pytest
+
+test-unit: ## pure tests
+	$(RUN) pytest -m unit
+
+test-contract: ## port contract suites and event contracts
+	$(RUN) pytest -m contract
+
+test-integration: ## real PostgreSQL, Kafka-protocol broker, SMTP, RADIUS
+	$(RUN) pytest -m integration
+
+test-e2e: ## whole-system scenarios, embedded and distributed
+	$(RUN) pytest -m e2e
+
+lint: ## ruff (lint and format check) and mypy on domain and application code
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+	$(RUN) python -m ispbill_app.docs.events --check docs/events.md
+
+format: ## apply ruff's fixes and formatting
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+events-doc: ## regenerate docs/events.md from the event models
+	$(RUN) python -m ispbill_app.docs.events > docs/events.md
+
+proto: ## lint the protos with buf and generate Python stubs (with .pyi) into libs/ispbill-proto
+	$(RUN) buf lint proto
+	$(RUN) python -m grpc_tools.protoc -I proto \
+	  --python_out=libs/ispbill-proto/src --grpc_python_out=libs/ispbill-proto/src \
+	  --mypy_out=libs/ispbill-proto/src --mypy_grpc_out=libs/ispbill-proto/src \
+	  $$(find proto -name '*.proto')
+
+proto-check: proto ## fail when the committed stubs differ from freshly generated ones
+	git diff --exit-code -- libs/ispbill-proto/src
+
+bench: bench-store ## every benchmark
+
+bench-store: ## appends per second to each event store adapter (batches of 1 and 500)
+	$(RUN) python bench/bench_store.py

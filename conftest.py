@@ -1,0 +1,5 @@
+"""Shared pytest fixtures for every tier live in tests/fixtures; this loads them everywhere."""
+
+pytest_plugins = [
+    "tests.fixtures.postgres",
+]

@@ -1,0 +1,82 @@
+"""Events the accounts service publishes: plans, customers, subscriptions, NAS registry."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import EmailStr, Field
+
+from ispbill_core.events import DomainEvent, event_type
+from ispbill_core.money import Money
+
+GIGABYTE = 10**9
+
+
+def plan_stream(plan_id: str) -> str:
+    return f"plan-{plan_id}"
+
+
+def customer_stream(customer_id: str) -> str:
+    return f"customer-{customer_id}"
+
+
+def subscription_stream(subscription_id: str) -> str:
+    return f"subscription-{subscription_id}"
+
+
+def radius_user_stream(username: str) -> str:
+    """One stream per RADIUS username: appending with NO_STREAM makes usernames unique."""
+    return f"radius-user-{username}"
+
+
+def nas_stream(nas_id: str) -> str:
+    return f"nas-{nas_id}"
+
+
+@event_type("PlanDefined", 1)
+class PlanDefined(DomainEvent):
+    """A flat monthly plan with included data and a price per started unit of overage."""
+
+    plan_id: str
+    name: str
+    monthly_fee: Money
+    included_bytes: int = Field(ge=0)
+    overage_price: Money
+    overage_unit_bytes: int = Field(default=GIGABYTE, gt=0)
+
+
+@event_type("CustomerRegistered", 1)
+class CustomerRegistered(DomainEvent):
+    customer_id: str
+    name: str
+    email: EmailStr
+    tax_region: str
+    billing_address: str = ""
+
+
+@event_type("SubscriptionStarted", 1)
+class SubscriptionStarted(DomainEvent):
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    radius_username: str
+    started_on: date
+
+
+@event_type("RadiusUsernameAssigned", 1)
+class RadiusUsernameAssigned(DomainEvent):
+    username: str
+    customer_id: str
+    subscription_id: str
+
+
+@event_type("NasRegistered", 1)
+class NasRegistered(DomainEvent):
+    """A NAS allowed to send accounting. The secret is the RADIUS shared secret."""
+
+    nas_id: str
+    name: str
+    ip_address: str
+    secret: str = Field(min_length=1)
+    vendor: str = "generic"
+    require_message_authenticator: bool = False

@@ -1,0 +1,153 @@
+"""The event store port: append with an expected version, read a stream, read all, subscribe."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterator, Collection, Sequence
+from enum import Enum
+
+from ispbill_core.events import NewEvent, RecordedEvent
+
+
+class StreamState(Enum):
+    """Expected states other than an exact version (an exact version is an int >= 0)."""
+
+    ANY = "any"
+    NO_STREAM = "no_stream"
+    EXISTS = "exists"
+
+
+ExpectedVersion = int | StreamState
+ANY = StreamState.ANY
+NO_STREAM = StreamState.NO_STREAM
+STREAM_EXISTS = StreamState.EXISTS
+
+
+class EventStoreError(Exception):
+    """Base of the errors an adapter raises; driver errors are translated into these."""
+
+
+class WrongExpectedVersion(EventStoreError):
+    def __init__(self, stream: str, expected: ExpectedVersion, actual: int | None) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        shown = expected.value if isinstance(expected, StreamState) else expected
+        super().__init__(f"stream {stream!r}: expected version {shown}, actual {actual}")
+
+
+class EventIdConflict(EventStoreError):
+    """Some ids of a batch are already recorded, but not as exactly this batch in this stream."""
+
+
+class StoreUnavailable(EventStoreError):
+    """The store could not be reached; the append may be retried with the same event ids."""
+
+
+def check_expected(stream: str, expected: ExpectedVersion, actual: int | None) -> None:
+    """Raise WrongExpectedVersion unless `actual` (None: no stream) satisfies `expected`."""
+    if expected is ANY:
+        return
+    if expected is NO_STREAM:
+        ok = actual is None
+    elif expected is STREAM_EXISTS:
+        ok = actual is not None
+    else:
+        ok = actual == expected
+    if not ok:
+        raise WrongExpectedVersion(stream, expected, actual)
+
+
+class EventStore(abc.ABC):
+    """The ledger. Stream positions start at 0; global positions start at 1 and only grow.
+
+    Appending a batch whose event ids are all already recorded in that stream is an idempotent
+    no-op that returns the stream's version, whatever the expected version said.
+    """
+
+    @abc.abstractmethod
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+    ) -> int:
+        """Append atomically; return the stream's version (position of its last event)."""
+
+    @abc.abstractmethod
+    async def read_stream(
+        self, stream: str, *, from_position: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of one stream in order, from a stream position; [] when it does not exist."""
+
+    @abc.abstractmethod
+    async def stream_version(self, stream: str) -> int | None:
+        """Position of the stream's last event, or None when the stream does not exist."""
+
+    @abc.abstractmethod
+    async def read_all(
+        self, *, after: int = 0, limit: int = 1000, types: Collection[str] | None = None
+    ) -> list[RecordedEvent]:
+        """Events of every stream with global position > after, in global order."""
+
+    @abc.abstractmethod
+    async def wait_for_append(self, after: int, timeout: float) -> None:
+        """Return once an event past `after` may exist, or after `timeout` seconds."""
+
+    async def subscribe(
+        self,
+        *,
+        after: int = 0,
+        types: Collection[str] | None = None,
+        batch_size: int = 500,
+        idle_timeout: float = 1.0,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Catch up from `after`, then follow live appends, forever."""
+        position = after
+        while True:
+            batch = await self.read_all(after=position, limit=batch_size, types=types)
+            for event in batch:
+                yield event
+                position = event.global_position
+            if len(batch) < batch_size:
+                await self.wait_for_append(position, idle_timeout)
+
+    async def close(self) -> None:  # noqa: B027 - adapters without resources need not override
+        pass
+
+
+class CheckpointStore(abc.ABC):
+    """Where a subscriber keeps the global position it has processed, by name."""
+
+    @abc.abstractmethod
+    async def load_checkpoint(self, name: str) -> int:
+        """The saved position, 0 if none."""
+
+    @abc.abstractmethod
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        """Save the position; never moves a checkpoint backwards."""
+
+
+class AppendSignal:
+    """Wakes in-process subscribers when this process appends."""
+
+    def __init__(self) -> None:
+        self._head = 0
+        self._cond: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    async def notify(self, head: int) -> None:
+        cond = self._condition()
+        async with cond:
+            self._head = max(self._head, head)
+            cond.notify_all()
+
+    async def wait(self, after: int, timeout: float) -> None:
+        cond = self._condition()
+        try:
+            async with cond:
+                await asyncio.wait_for(cond.wait_for(lambda: self._head > after), timeout)
+        except TimeoutError:
+            pass

@@ -1,0 +1,237 @@
+"""SQLite adapter of the event store: the embedded default, one file, WAL, fsync on commit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ispbill_core.eventstore import (
+    AppendSignal,
+    CheckpointStore,
+    EventIdConflict,
+    EventStore,
+    EventStoreError,
+    ExpectedVersion,
+    check_expected,
+)
+from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    global_position INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    stream TEXT NOT NULL,
+    stream_position INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    UNIQUE (stream, stream_position)
+);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, global_position);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
+"""
+
+_COLUMNS = "global_position, id, stream, stream_position, type, version, data, metadata"
+
+
+def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
+    gp, id_, stream, sp, type_, version, data, metadata = row
+    return RecordedEvent(
+        id=uuid.UUID(id_),
+        stream=stream,
+        stream_position=sp,
+        global_position=gp,
+        type=type_,
+        version=version,
+        data=json.loads(data),
+        metadata=EventMetadata.model_validate_json(metadata),
+    )
+
+
+class SQLiteEventStore(EventStore, CheckpointStore):
+    """One writer connection and one reader connection, each used from worker threads."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._connect(synchronous)
+        self._writer.executescript(SCHEMA)
+        # ":memory:" databases are private to a connection, so readers share the writer there.
+        self._reader = self._writer if self.path == ":memory:" else self._connect(synchronous)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock() if self._reader is not self._writer else self._write_lock
+        self._signal = AppendSignal()
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    # -- writes --------------------------------------------------------------------------
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+    ) -> int:
+        if not events:
+            raise ValueError("append needs at least one event")
+        version, head = await asyncio.to_thread(self._append_sync, stream, events, expected_version)
+        if head:
+            await self._signal.notify(head)
+        return version
+
+    def _append_sync(
+        self, stream: str, events: Sequence[NewEvent], expected: ExpectedVersion
+    ) -> tuple[int, int]:
+        now = datetime.now(UTC)
+        ids = [str(e.id) for e in events]
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    recorded = self._recorded_ids(conn, ids)
+                    if recorded:
+                        if len(recorded) == len(ids) and set(recorded.values()) == {stream}:
+                            conn.execute("ROLLBACK")
+                            return self._version(conn, stream) or 0, 0
+                        raise EventIdConflict(
+                            f"stream {stream!r}: ids {sorted(recorded)} already recorded elsewhere"
+                            " or in a different batch"
+                        )
+                    current = self._version(conn, stream)
+                    check_expected(stream, expected, current)
+                    position = -1 if current is None else current
+                    rows = []
+                    for event in events:
+                        position += 1
+                        metadata = event.metadata.model_copy(update={"recorded_at": now})
+                        rows.append(
+                            (
+                                str(event.id),
+                                stream,
+                                position,
+                                event.type,
+                                event.version,
+                                json.dumps(event.data, separators=(",", ":")),
+                                metadata.model_dump_json(),
+                            )
+                        )
+                    conn.executemany(
+                        "INSERT INTO events (id, stream, stream_position, type, version, data,"
+                        " metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    head = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    conn.execute("COMMIT")
+                    return position, head
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise EventStoreError(f"sqlite append to {stream!r} failed: {exc}") from exc
+
+    @staticmethod
+    def _recorded_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for id_, stream in conn.execute(
+                f"SELECT id, stream FROM events WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                chunk,
+            ):
+                found[id_] = stream
+        return found
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection, stream: str) -> int | None:
+        row = conn.execute(
+            "SELECT max(stream_position) FROM events WHERE stream = ?", (stream,)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    # -- reads ---------------------------------------------------------------------------
+    def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            try:
+                return self._reader.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise EventStoreError(f"sqlite read failed: {exc}") from exc
+
+    async def read_stream(
+        self, stream: str, *, from_position: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        rows = await asyncio.to_thread(
+            self._read,
+            f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND stream_position >= ?"  # noqa: S608
+            " ORDER BY stream_position LIMIT ?",
+            (stream, from_position, -1 if limit is None else limit),
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def stream_version(self, stream: str) -> int | None:
+        rows = await asyncio.to_thread(
+            self._read, "SELECT max(stream_position) FROM events WHERE stream = ?", (stream,)
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else int(value)
+
+    async def read_all(
+        self, *, after: int = 0, limit: int = 1000, types: Collection[str] | None = None
+    ) -> list[RecordedEvent]:
+        if types is not None:
+            type_list = sorted(types)
+            marks = ",".join("?" * len(type_list))
+            sql = (
+                f"SELECT {_COLUMNS} FROM events WHERE global_position > ?"  # noqa: S608
+                f" AND type IN ({marks}) ORDER BY global_position LIMIT ?"
+            )
+            params: list[Any] = [after, *type_list, limit]
+        else:
+            sql = f"SELECT {_COLUMNS} FROM events WHERE global_position > ? ORDER BY global_position LIMIT ?"  # noqa: S608, E501
+            params = [after, limit]
+        rows = await asyncio.to_thread(self._read, sql, params)
+        return [_row_to_event(r) for r in rows]
+
+    async def wait_for_append(self, after: int, timeout: float) -> None:
+        # Appends from this process wake us at once; another process's appends by polling.
+        await self._signal.wait(after, timeout)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    async def load_checkpoint(self, name: str) -> int:
+        rows = await asyncio.to_thread(
+            self._read, "SELECT position FROM checkpoints WHERE name = ?", (name,)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        def save() -> None:
+            with self._write_lock:
+                self._writer.execute(
+                    "INSERT INTO checkpoints (name, position) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)",
+                    (name, position),
+                )
+
+        await asyncio.to_thread(save)
+
+    async def close(self) -> None:
+        with self._write_lock:
+            self._writer.close()
+        if self._reader is not self._writer:
+            with self._read_lock:
+                self._reader.close()
