@@ -59,15 +59,23 @@ format: ## apply ruff's fixes and formatting
 events-doc: ## regenerate docs/events.md from the event models
 	$(RUN) python -m ispbill_app.docs.events > docs/events.md
 
+PROTO_OUT := libs/ispbill-proto/src
+
 proto: ## lint the protos with buf and generate Python stubs (with .pyi) into libs/ispbill-proto
 	$(RUN) buf lint proto
+	@# start clean so the stubs of a deleted .proto do not linger
+	find $(PROTO_OUT)/ispbill -name '*_pb2.py' -delete -o -name '*_pb2.pyi' -delete \
+	  -o -name '*_pb2_grpc.py' -delete -o -name '*_pb2_grpc.pyi' -delete
 	$(RUN) python -m grpc_tools.protoc -I proto \
-	  --python_out=libs/ispbill-proto/src --grpc_python_out=libs/ispbill-proto/src \
-	  --mypy_out=libs/ispbill-proto/src --mypy_grpc_out=libs/ispbill-proto/src \
-	  $$(find proto -name '*.proto')
+	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	  --mypy_out=quiet:$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) \
+	  $$(find proto -name '*.proto' | LC_ALL=C sort)
 
 proto-check: proto ## fail when the committed stubs differ from freshly generated ones
-	git diff --exit-code -- libs/ispbill-proto/src
+	@git diff --exit-code HEAD -- $(PROTO_OUT) || \
+	  { echo "generated stubs differ from the committed ones: run 'make proto' and commit"; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- $(PROTO_OUT)); \
+	  if [ -n "$$untracked" ]; then echo "generated stubs not committed:"; echo "$$untracked"; exit 1; fi
 
 bench: bench-store ## every benchmark
 
