@@ -1,0 +1,1 @@
+"""Accounts: plans, customers, subscriptions and the NAS registry."""

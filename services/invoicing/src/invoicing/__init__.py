@@ -1,0 +1,1 @@
+"""Invoicing: bill runs, proration, tax, gapless numbering, invoice PDFs."""

@@ -1,0 +1,1 @@
+"""Notifier: e-mail (and later SMS) reacting to ledger events."""

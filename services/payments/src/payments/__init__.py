@@ -1,0 +1,1 @@
+"""Payments: gateways, webhooks, manual entry, allocation to invoices."""

@@ -1,0 +1,1 @@
+"""Rating: accounting records -> sessions -> usage rated into each customer's billing period."""

@@ -47,7 +47,7 @@ class InvoiceLine(BaseModel):
     unit: str
     unit_price: Money
     amount: Money
-    #: trace ids of the RADIUS packets whose usage this line bills (for audit and tracing)
+    #: W3C traceparents of the RADIUS packets whose usage this line bills (audit and tracing)
     source_trace_ids: tuple[str, ...] = ()
 
 

@@ -1,0 +1,80 @@
+"""Accounts use cases: validate, then record the fact in its own stream, idempotently."""
+
+from __future__ import annotations
+
+from accounts.domain.commands import DefinePlan, RegisterCustomer, RegisterNas, StartSubscription
+from accounts.domain.errors import AlreadyExists, NotFound, UsernameTaken
+from ispbill_core.clock import Clock
+from ispbill_core.contracts.accounts import (
+    CustomerRegistered,
+    NasRegistered,
+    PlanDefined,
+    RadiusUsernameAssigned,
+    SubscriptionStarted,
+    customer_stream,
+    nas_stream,
+    plan_stream,
+    radius_user_stream,
+    subscription_stream,
+)
+from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.events import DomainEvent, deterministic_id, new_event
+
+
+async def _record_once(
+    store: EventStore, stream: str, event: DomainEvent, clock: Clock, actor: str
+) -> None:
+    """Create `stream` with `event`. Repeating the same command is a no-op (same id, same
+    content); the same id with other details is refused."""
+    event_id = deterministic_id(event.event_type, stream, event.model_dump_json())
+    try:
+        await store.append(
+            stream, [new_event(event, id=event_id, occurred_at=clock.now(), actor=actor)], NO_STREAM
+        )
+    except WrongExpectedVersion:
+        raise AlreadyExists(f"{stream} already exists with other details") from None
+
+
+async def define_plan(store: EventStore, clock: Clock, cmd: DefinePlan, actor: str) -> PlanDefined:
+    event = cmd.to_event()
+    await _record_once(store, plan_stream(event.plan_id), event, clock, actor)
+    return event
+
+
+async def register_customer(
+    store: EventStore, clock: Clock, cmd: RegisterCustomer, actor: str
+) -> CustomerRegistered:
+    event = cmd.to_event()
+    await _record_once(store, customer_stream(event.customer_id), event, clock, actor)
+    return event
+
+
+async def register_nas(
+    store: EventStore, clock: Clock, cmd: RegisterNas, actor: str
+) -> NasRegistered:
+    event = cmd.to_event()
+    await _record_once(store, nas_stream(event.nas_id), event, clock, actor)
+    return event
+
+
+async def start_subscription(
+    store: EventStore, clock: Clock, cmd: StartSubscription, actor: str
+) -> SubscriptionStarted:
+    event = cmd.to_event()
+    if await store.stream_version(customer_stream(event.customer_id)) is None:
+        raise NotFound(f"customer {event.customer_id!r} does not exist")
+    if await store.stream_version(plan_stream(event.plan_id)) is None:
+        raise NotFound(f"plan {event.plan_id!r} does not exist")
+    # The username stream is created first: its NO_STREAM append is what makes usernames
+    # unique, even when two clerks assign the same one at the same moment.
+    claim = RadiusUsernameAssigned(
+        username=event.radius_username,
+        customer_id=event.customer_id,
+        subscription_id=event.subscription_id,
+    )
+    try:
+        await _record_once(store, radius_user_stream(event.radius_username), claim, clock, actor)
+    except AlreadyExists:
+        raise UsernameTaken(f"RADIUS username {event.radius_username!r} is taken") from None
+    await _record_once(store, subscription_stream(event.subscription_id), event, clock, actor)
+    return event

@@ -1,0 +1,102 @@
+"""Validated commands of the accounts service, turned into published events."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from accounts.domain.errors import InvalidPlan
+from ispbill_core.contracts.accounts import (
+    GIGABYTE,
+    CustomerRegistered,
+    NasRegistered,
+    PlanDefined,
+    SubscriptionStarted,
+)
+from ispbill_core.money import Money
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
+_USERNAME = re.compile(r"^[^\s\x00-\x1f]{1,253}$")
+
+
+class DefinePlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan_id: str = Field(pattern=_ID)
+    name: str = Field(min_length=1, max_length=120)
+    currency: str = Field(min_length=3, max_length=3)
+    monthly_fee: str = Field(description="decimal string, e.g. '29.99'")
+    included_gb: int = Field(ge=0, description="data included per month, in GB (10^9 bytes)")
+    overage_per_gb: str = Field(description="price of each started GB beyond the included data")
+
+    def to_event(self) -> PlanDefined:
+        try:
+            fee = Money.of(self.monthly_fee, self.currency)
+            overage = Money.of(self.overage_per_gb, self.currency)
+        except (ValueError, ArithmeticError) as exc:
+            raise InvalidPlan(str(exc)) from None
+        if fee.amount < 0 or overage.amount < 0:
+            raise InvalidPlan("prices cannot be negative")
+        return PlanDefined(
+            plan_id=self.plan_id,
+            name=self.name,
+            monthly_fee=fee,
+            included_bytes=self.included_gb * GIGABYTE,
+            overage_price=overage,
+            overage_unit_bytes=GIGABYTE,
+        )
+
+
+class RegisterCustomer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: str = Field(pattern=_ID)
+    name: str = Field(min_length=1, max_length=200)
+    email: EmailStr
+    tax_region: str = Field(pattern=_ID)
+    billing_address: str = Field(default="", max_length=500)
+
+    def to_event(self) -> CustomerRegistered:
+        return CustomerRegistered(**self.model_dump())
+
+
+class StartSubscription(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subscription_id: str = Field(pattern=_ID)
+    customer_id: str = Field(pattern=_ID)
+    plan_id: str = Field(pattern=_ID)
+    radius_username: str
+    started_on: date
+
+    @field_validator("radius_username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if not _USERNAME.match(value):
+            raise ValueError("a RADIUS username is 1-253 printable characters without spaces")
+        return value
+
+    def to_event(self) -> SubscriptionStarted:
+        return SubscriptionStarted(**self.model_dump())
+
+
+class RegisterNas(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nas_id: str = Field(pattern=_ID)
+    name: str = Field(min_length=1, max_length=120)
+    ip_address: str
+    secret: str = Field(min_length=6, max_length=128)
+    vendor: str = Field(default="generic", max_length=40)
+    require_message_authenticator: bool = False
+
+    @field_validator("ip_address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))
+
+    def to_event(self) -> NasRegistered:
+        return NasRegistered(**self.model_dump())

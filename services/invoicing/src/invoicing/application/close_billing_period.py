@@ -1,0 +1,280 @@
+"""Use case: the bill run. Close a billing period for every subscription active in it."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from opentelemetry import trace
+
+from invoicing.application.settings import BillingSettings
+from invoicing.domain.errors import InvoicingError
+from invoicing.domain.generator import InvoiceDraft, UsageTotals, draft_invoice
+from ispbill_core.clock import Clock
+from ispbill_core.contracts.accounts import CustomerRegistered, PlanDefined, SubscriptionStarted
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    InvoiceNumberAssigned,
+    TaxLine,
+    TaxRateSet,
+    invoice_series_stream,
+    invoice_stream,
+)
+from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.events import deterministic_id, new_event
+from ispbill_core.money import Money
+from ispbill_core.periods import BillingPeriod
+from ispbill_core.telemetry import links_from_traceparents, trace_id_of
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("ispbill.invoicing")
+
+
+def invoice_id_for(customer_id: str, period: str) -> uuid.UUID:
+    return deterministic_id("invoice", customer_id, period)
+
+
+@dataclass
+class BillRunReport:
+    period: str
+    issued: list[str] = field(default_factory=list)
+    already_issued: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Catalogue:
+    customers: dict[str, CustomerRegistered]
+    plans: dict[str, PlanDefined]
+    taxes: dict[str, TaxRateSet]
+    subscriptions: dict[str, list[SubscriptionStarted]]
+
+
+async def _catalogue(store: EventStore) -> _Catalogue:
+    subscriptions: dict[str, list[SubscriptionStarted]] = defaultdict(list)
+    for sub in await all_events_of(store, SubscriptionStarted):
+        subscriptions[sub.customer_id].append(sub)
+    taxes: dict[str, TaxRateSet] = {}
+    for rate in await all_events_of(store, TaxRateSet):
+        taxes[rate.region] = rate  # the latest rate set for a region wins
+    return _Catalogue(
+        customers={c.customer_id: c for c in await all_events_of(store, CustomerRegistered)},
+        plans={p.plan_id: p for p in await all_events_of(store, PlanDefined)},
+        taxes=taxes,
+        subscriptions=dict(subscriptions),
+    )
+
+
+class _Series:
+    """The invoice series stream, read once per bill run and followed as we append to it."""
+
+    def __init__(self, store: EventStore, series: str) -> None:
+        self._store = store
+        self._stream = invoice_series_stream(series)
+        self.version: int | None = None
+        self.numbers: dict[uuid.UUID, InvoiceNumberAssigned] = {}
+
+    async def refresh(self) -> None:
+        start = 0 if self.version is None else self.version + 1
+        for recorded in await self._store.read_stream(self._stream, from_position=start):
+            event = recorded.decode()
+            assert isinstance(event, InvoiceNumberAssigned)
+            self.numbers[event.invoice_id] = event
+            self.version = recorded.stream_position
+
+    async def assign(
+        self, settings: BillingSettings, invoice_id: uuid.UUID, customer_id: str, period: str,
+        now: datetime,
+    ) -> InvoiceNumberAssigned:  # fmt: skip
+        """The next number, gapless: appended at exactly the version we read, else re-read."""
+        while True:
+            if invoice_id in self.numbers:
+                return self.numbers[invoice_id]
+            sequence = 1 if self.version is None else self.version + 2
+            assigned = InvoiceNumberAssigned(
+                series=settings.series,
+                sequence=sequence,
+                number=settings.invoice_number(sequence),
+                invoice_id=invoice_id,
+                customer_id=customer_id,
+                period=period,
+            )
+            # The id names the invoice, not the number: a retry after a crash finds the
+            # number already assigned instead of taking a second one.
+            event = new_event(
+                assigned, id=deterministic_id("invoice-number", invoice_id), occurred_at=now
+            )
+            try:
+                await self._store.append(
+                    self._stream, [event], NO_STREAM if self.version is None else self.version
+                )
+            except WrongExpectedVersion:
+                pass
+            await self.refresh()
+
+
+def _merge(drafts: list[InvoiceDraft]) -> InvoiceDraft:
+    if len(drafts) == 1:
+        return drafts[0]
+    currency = drafts[0].currency
+    if any(d.currency != currency for d in drafts):
+        raise InvoicingError("subscriptions of one customer bill in different currencies")
+    taxes: dict[tuple[str, str], TaxLine] = {}
+    for draft in drafts:
+        for t in draft.taxes:
+            key = (t.tax_name, str(t.rate))
+            prior = taxes.get(key)
+            taxes[key] = t if prior is None else TaxLine(
+                tax_name=t.tax_name, rate=t.rate,
+                taxable=prior.taxable + t.taxable, amount=prior.amount + t.amount,
+            )  # fmt: skip
+    zero = Money.zero(currency)
+    subtotal = sum((d.subtotal for d in drafts), zero)
+    tax_total = sum((d.tax_total for d in drafts), zero)
+    return InvoiceDraft(
+        currency=currency,
+        lines=tuple(line for d in drafts for line in d.lines),
+        subtotal=subtotal,
+        taxes=tuple(taxes.values()),
+        tax_total=tax_total,
+        total=subtotal + tax_total,
+    )
+
+
+async def _usage(store: EventStore, customer_id: str, period: str) -> dict[str, UsageTotals]:
+    per_subscription: dict[str, tuple[int, int, list[str]]] = {}
+    for recorded in await store.read_stream(usage_stream(customer_id, period)):
+        usage = recorded.decode()
+        assert isinstance(usage, UsageRated)
+        i, o, tps = per_subscription.get(usage.subscription_id, (0, 0, []))
+        if recorded.metadata.traceparent:
+            tps.append(recorded.metadata.traceparent)
+        per_subscription[usage.subscription_id] = (i + usage.input_octets, o + usage.output_octets, tps)  # fmt: skip
+    return {
+        sub: UsageTotals(input_octets=i, output_octets=o, trace_ids=tuple(dict.fromkeys(tps)))
+        for sub, (i, o, tps) in per_subscription.items()
+    }
+
+
+async def close_billing_period(
+    store: EventStore, clock: Clock, settings: BillingSettings, period_text: str
+) -> BillRunReport:
+    """Issue one invoice per customer with a subscription active in the period.
+
+    Safe to run twice, or twice at once: the invoice stream is created with NO_STREAM, and the
+    number is assigned with an id derived from the invoice, so a rerun issues nothing new.
+    """
+    period = BillingPeriod.parse(period_text)
+    report = BillRunReport(period=str(period))
+    with tracer.start_as_current_span("invoicing.bill_run", attributes={"billing.period": str(period)}):
+        catalogue = await _catalogue(store)
+        series = _Series(store, settings.series)
+        await series.refresh()
+        for customer_id, subs in sorted(catalogue.subscriptions.items()):
+            try:
+                outcome = await _close_for_customer(
+                    store, clock, settings, catalogue, series, period, customer_id, subs
+                )
+            except InvoicingError as exc:
+                report.skipped[customer_id] = str(exc)
+                continue
+            if outcome is None:
+                continue
+            number, fresh = outcome
+            (report.issued if fresh else report.already_issued).append(number)
+    return report
+
+
+async def _close_for_customer(
+    store: EventStore, clock: Clock, settings: BillingSettings, catalogue: _Catalogue,
+    series: _Series, period: BillingPeriod, customer_id: str, subs: list[SubscriptionStarted],
+) -> tuple[str, bool] | None:  # fmt: skip
+    stream = invoice_stream(customer_id, str(period))
+    existing = await store.read_stream(stream, limit=1)
+    if existing:
+        issued = existing[0].decode()
+        assert isinstance(issued, InvoiceIssued)
+        return issued.number, False
+    customer = catalogue.customers.get(customer_id)
+    if customer is None:
+        raise InvoicingError(f"customer {customer_id} has subscriptions but no registration")
+    active = [s for s in subs if s.started_on < period.next.first_day]
+    if not active:
+        return None
+    usage = await _usage(store, customer_id, str(period))
+    tax = catalogue.taxes.get(customer.tax_region)
+    drafts = []
+    for sub in active:
+        plan = catalogue.plans.get(sub.plan_id)
+        if plan is None:
+            raise InvoicingError(f"subscription {sub.subscription_id} names unknown plan {sub.plan_id}")  # fmt: skip
+        drafts.append(
+            draft_invoice(
+                plan=plan,
+                subscription_started_on=sub.started_on,
+                period=period,
+                usage=usage.get(sub.subscription_id, UsageTotals(0, 0)),
+                tax=tax,
+                tax_rounding=settings.tax_rounding,
+                rounding=settings.rounding,
+            )
+        )
+    draft = _merge(drafts)
+    now = clock.now()
+    invoice_id = invoice_id_for(customer_id, str(period))
+    with tracer.start_as_current_span(
+        "invoicing.issue_invoice",
+        attributes={"billing.customer_id": customer_id, "billing.period": str(period)},
+    ) as span:
+        assigned = await series.assign(settings, invoice_id, customer_id, str(period), now)
+        span.set_attribute("invoice.number", assigned.number)
+        issued_on = now.astimezone(settings.timezone).date()
+        invoice = InvoiceIssued(
+            invoice_id=invoice_id,
+            number=assigned.number,
+            customer_id=customer_id,
+            customer_name=customer.name,
+            customer_email=customer.email,
+            billing_address=customer.billing_address,
+            period=str(period),
+            issued_at=now,
+            due_on=issued_on + timedelta(days=settings.payment_terms_days),
+            currency=draft.currency,
+            lines=draft.lines,
+            subtotal=draft.subtotal,
+            taxes=draft.taxes,
+            tax_total=draft.tax_total,
+            total=draft.total,
+        )
+        for index, line in enumerate(invoice.lines):
+            # One span per line, linked to the trace of every RADIUS packet it bills.
+            with tracer.start_as_current_span(
+                "invoicing.invoice_line",
+                links=links_from_traceparents(line.source_trace_ids),
+                attributes={
+                    "invoice.number": assigned.number,
+                    "invoice.line": index,
+                    "invoice.line.kind": str(line.kind),
+                    "invoice.line.amount": str(line.amount.amount),
+                    "invoice.line.source_trace_ids": [
+                        t for t in (trace_id_of(tp) for tp in line.source_trace_ids) if t
+                    ],
+                },
+            ):
+                pass
+        try:
+            await store.append(
+                stream,
+                [new_event(invoice, id=deterministic_id("invoice-issued", invoice_id), occurred_at=now)],
+                NO_STREAM,
+            )  # fmt: skip
+        except WrongExpectedVersion:
+            return assigned.number, False  # another bill run issued it a moment ago
+    log.info("issued invoice %s to %s for %s: %s", assigned.number, customer_id, period, invoice.total)  # fmt: skip
+    return assigned.number, True
+

@@ -1,0 +1,63 @@
+"""Use case: record a manual payment against an invoice, once per reference."""
+
+from __future__ import annotations
+
+from decimal import InvalidOperation
+from typing import Protocol
+
+from ispbill_core.clock import Clock
+from ispbill_core.contracts.invoicing import InvoiceIssued
+from ispbill_core.contracts.payments import PaymentReceived, payment_stream
+from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.events import new_event
+from ispbill_core.money import Money
+from payments.domain.commands import RecordManualPayment, payment_received
+from payments.domain.errors import DuplicatePaymentReference, InvalidPayment
+
+MANUAL_GATEWAY = "manual"
+
+
+class InvoiceLookup(Protocol):
+    async def find(self, reference: str) -> tuple[InvoiceIssued, str] | None: ...
+
+
+async def record_manual_payment(
+    store: EventStore, clock: Clock, invoices: InvoiceLookup, cmd: RecordManualPayment, actor: str
+) -> PaymentReceived:
+    found = await invoices.find(cmd.invoice)
+    if found is None:
+        raise InvalidPayment(f"no invoice {cmd.invoice!r}")
+    invoice, _status = found
+    try:
+        amount = Money.of(cmd.amount, invoice.currency)
+    except (ValueError, InvalidOperation):
+        raise InvalidPayment(f"amount {cmd.amount!r} is not a decimal number") from None
+    if amount.amount <= 0:
+        raise InvalidPayment("a payment amount must be positive")
+    stream = payment_stream(MANUAL_GATEWAY, cmd.reference)
+    existing = await store.read_stream(stream, limit=1)
+    if existing:
+        prior = existing[0].decode()
+        assert isinstance(prior, PaymentReceived)
+        if prior.invoice_id == invoice.invoice_id and prior.amount == amount:
+            return prior  # the same payment entered twice: recorded once
+        raise DuplicatePaymentReference(f"reference {cmd.reference!r} was used for another payment")  # fmt: skip
+    payment = payment_received(
+        gateway=MANUAL_GATEWAY,
+        reference=cmd.reference,
+        customer_id=invoice.customer_id,
+        invoice_id=invoice.invoice_id,
+        amount=amount,
+        method=cmd.method,
+        received_at=clock.now(),
+    )
+    try:
+        await store.append(
+            stream,
+            [new_event(payment, id=payment.payment_id, occurred_at=payment.received_at, actor=actor)],
+            NO_STREAM,
+        )
+    except WrongExpectedVersion:
+        raise DuplicatePaymentReference(f"reference {cmd.reference!r} was just used") from None
+    return payment
+

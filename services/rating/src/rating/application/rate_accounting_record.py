@@ -1,0 +1,190 @@
+"""Use case: fold one acknowledged accounting record into its session and the customer's usage."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from opentelemetry import trace
+
+from ispbill_core.contracts.accounts import RadiusUsernameAssigned, radius_user_stream
+from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived
+from ispbill_core.eventstore import ANY, NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.periods import BillingPeriod
+from ispbill_core.telemetry import context_from_traceparent, current_traceparent
+from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded
+from rating.domain.sessions import (
+    SESSION_STATUSES,
+    SessionState,
+    advance,
+    derived_start,
+    same_session,
+    session_key,
+)
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("ispbill.rating")
+
+MAX_CONFLICT_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class RatingSettings:
+    timezone: ZoneInfo
+
+
+def session_index_stream(nas_id: str, acct_session_id: str) -> str:
+    return f"radius-session-{nas_id}-{acct_session_id}"
+
+
+def session_stream(key: str) -> str:
+    return f"session-{key}"
+
+
+async def rate_accounting_record(
+    store: EventStore, settings: RatingSettings, message: NewEvent
+) -> UsageRated | None:
+    """Idempotent: the same record delivered twice changes nothing the second time."""
+    record = AccountingRecordReceived.model_validate(message.data)
+    parent = context_from_traceparent(message.metadata.traceparent)
+    with tracer.start_as_current_span(
+        "rating.rate_accounting_record",
+        context=parent,
+        attributes={
+            "radius.nas_id": record.nas_id,
+            "radius.acct_session_id": record.acct_session_id,
+            "radius.status": str(record.status),
+        },
+    ):
+        if record.status not in SESSION_STATUSES:
+            # Accounting-On/Off close the NAS's open sessions: the collector issue's work.
+            return None
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                return await _rate(store, settings, record, message)
+            except WrongExpectedVersion:
+                continue
+        raise RuntimeError(f"session of record {record.record_id} kept conflicting")
+
+
+async def _subscriber_of(store: EventStore, username: str | None) -> RadiusUsernameAssigned | None:
+    if not username:
+        return None
+    events = await store.read_stream(radius_user_stream(username), limit=1)
+    if not events:
+        return None
+    decoded = events[0].decode()
+    assert isinstance(decoded, RadiusUsernameAssigned)
+    return decoded
+
+
+async def _session_for(store: EventStore, record: AccountingRecordReceived) -> str:
+    index = session_index_stream(record.nas_id, record.acct_session_id)
+    history = await store.read_stream(index)
+    if history:
+        last = history[-1].decode()
+        assert isinstance(last, RadiusSessionOpened)
+        if same_session(last.started_at, record):
+            return last.session_key
+    started_at = derived_start(record)
+    key = session_key(record.nas_id, record.acct_session_id, started_at)
+    opened = RadiusSessionOpened(
+        session_key=key,
+        nas_id=record.nas_id,
+        acct_session_id=record.acct_session_id,
+        started_at=started_at,
+    )
+    await store.append(
+        index,
+        [new_event(opened, id=deterministic_id("session-opened", key), occurred_at=started_at)],
+        len(history) - 1 if history else NO_STREAM,
+    )
+    return key
+
+
+async def _rate(
+    store: EventStore, settings: RatingSettings, record: AccountingRecordReceived, message: NewEvent
+) -> UsageRated | None:
+    key = await _session_for(store, record)
+    stream = session_stream(key)
+    state = SessionState()
+    for recorded in await store.read_stream(stream):
+        applied = recorded.decode()
+        assert isinstance(applied, SessionCountersRecorded)
+        state.apply(applied.input_octets, applied.output_octets, applied.event_time,
+                    applied.record_id, (applied.input_delta, applied.output_delta),
+                    applied.closed)  # fmt: skip
+    subscriber = await _subscriber_of(store, record.username)
+    traceparent = current_traceparent()
+
+    if record.record_id in state.seen:
+        # Applied before; the usage append below may not have happened (crash in between),
+        # and repeating it is a no-op thanks to its deterministic id.
+        in_delta, out_delta = state.seen[record.record_id]
+    else:
+        outcome = advance(state, record)
+        if outcome is None:
+            return None
+        in_delta, out_delta = outcome.input_delta, outcome.output_delta
+        counters = SessionCountersRecorded(
+            session_key=key,
+            record_id=record.record_id,
+            status=str(record.status),
+            username=record.username,
+            customer_id=subscriber.customer_id if subscriber else None,
+            subscription_id=subscriber.subscription_id if subscriber else None,
+            event_time=record.event_time,
+            input_octets=outcome.input_octets,
+            output_octets=outcome.output_octets,
+            input_delta=in_delta,
+            output_delta=out_delta,
+            closed=outcome.closes,
+        )
+        await store.append(
+            stream,
+            [
+                new_event(
+                    counters,
+                    id=deterministic_id("session-counters", record.record_id),
+                    occurred_at=record.event_time,
+                    causation_id=message.id,
+                    traceparent=traceparent,
+                )
+            ],
+            NO_STREAM if state.version is None else state.version,
+        )
+
+    if subscriber is None:
+        if record.username:
+            log.warning("usage of unknown RADIUS username %r left unrated", record.username)
+        return None
+    if in_delta == 0 and out_delta == 0:
+        return None
+    period = str(BillingPeriod.containing(record.event_time, settings.timezone))
+    usage = UsageRated(
+        customer_id=subscriber.customer_id,
+        subscription_id=subscriber.subscription_id,
+        period=period,
+        session_key=key,
+        record_id=record.record_id,
+        input_octets=in_delta,
+        output_octets=out_delta,
+        occurred_at=record.event_time,
+    )
+    await store.append(
+        usage_stream(subscriber.customer_id, period),
+        [
+            new_event(
+                usage,
+                id=deterministic_id("usage-rated", record.record_id),
+                occurred_at=record.event_time,
+                causation_id=message.id,
+                traceparent=traceparent,
+            )
+        ],
+        ANY,
+    )
+    return usage

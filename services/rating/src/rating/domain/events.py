@@ -1,0 +1,37 @@
+"""Events rating keeps to itself: the session index and each session's counter history."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import AwareDatetime, Field
+
+from ispbill_core.events import DomainEvent, event_type
+
+
+@event_type("RadiusSessionOpened", 1)
+class RadiusSessionOpened(DomainEvent):
+    """Written to the index stream of (NAS, Acct-Session-Id): which session the id names now."""
+
+    session_key: str
+    nas_id: str
+    acct_session_id: str
+    started_at: AwareDatetime
+
+
+@event_type("SessionCountersRecorded", 1)
+class SessionCountersRecorded(DomainEvent):
+    """One accounting record applied to its session: cumulative counters and the delta."""
+
+    session_key: str
+    record_id: uuid.UUID
+    status: str
+    username: str | None
+    customer_id: str | None
+    subscription_id: str | None
+    event_time: AwareDatetime
+    input_octets: int = Field(ge=0)
+    output_octets: int = Field(ge=0)
+    input_delta: int = Field(ge=0)
+    output_delta: int = Field(ge=0)
+    closed: bool = False
