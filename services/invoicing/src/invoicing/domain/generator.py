@@ -1,0 +1,230 @@
+"""The pure invoice generator: a plan, a period and usage in; lines, taxes and totals out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from enum import StrEnum
+
+from ispbill_core.contracts.accounts import PlanDefined
+from ispbill_core.contracts.invoicing import InvoiceLine, LineKind, TaxLine, TaxRateSet
+from ispbill_core.money import Money, Rounding
+from ispbill_core.periods import BillingPeriod
+
+from invoicing.domain.errors import (
+    CurrencyMismatchInPlan,
+    InvalidSubscriptionDates,
+    InvalidUsage,
+    NotBillableInPeriod,
+)
+
+__all__ = [
+    "InvoiceDraft",
+    "TaxRounding",
+    "UsageTotals",
+    "days_active",
+    "draft_invoice",
+    "format_bytes",
+    "tax_on",
+]
+
+#: Digits kept while prorating, before the single rounding to the currency's minor unit.
+#: Generous so that the only rounding that ever matters is the last one.
+_PRECISION = 50
+
+#: How many decimal places a prorated quantity (fraction of a month) shows on the invoice.
+_QUANTITY_PLACES = Decimal("0.0001")
+
+
+class TaxRounding(StrEnum):
+    """Where tax is rounded: on every line then summed, or once on the invoice subtotal."""
+
+    PER_LINE = "per_line"
+    PER_INVOICE = "per_invoice"
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """Octets a subscription moved in the period, and the RADIUS packets they came from."""
+
+    input_octets: int
+    output_octets: int
+    trace_ids: tuple[str, ...] = ()
+
+    @property
+    def total_octets(self) -> int:
+        return self.input_octets + self.output_octets
+
+
+@dataclass(frozen=True)
+class InvoiceDraft:
+    """Everything an invoice says about money; number, dates and customer come later."""
+
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    subtotal: Money
+    taxes: tuple[TaxLine, ...]
+    tax_total: Money
+    total: Money
+
+
+def draft_invoice(
+    *,
+    plan: PlanDefined,
+    subscription_started_on: date,
+    period: BillingPeriod,
+    usage: UsageTotals,
+    tax: TaxRateSet | None,
+    tax_rounding: TaxRounding = TaxRounding.PER_INVOICE,
+    rounding: Rounding = Rounding.HALF_UP,
+    subscription_ended_on: date | None = None,
+) -> InvoiceDraft:
+    """Draft one period's invoice for one subscription.
+
+    ``subscription_ended_on`` is the last day of service, inclusive: a subscription that
+    ends on the 15th is billed for the 15th.
+    """
+    currency = plan.monthly_fee.currency
+    if plan.overage_price.currency != currency:
+        raise CurrencyMismatchInPlan(
+            f"plan {plan.plan_id}: monthly fee in {currency}, "
+            f"overage price in {plan.overage_price.currency}"
+        )
+    if usage.input_octets < 0 or usage.output_octets < 0:
+        raise InvalidUsage(
+            f"negative usage: input {usage.input_octets}, output {usage.output_octets}"
+        )
+
+    active = days_active(period, subscription_started_on, subscription_ended_on)
+    lines = [_recurring_line(plan, period, active, usage, rounding)]
+    overage = _usage_line(plan, usage, rounding)
+    if overage is not None:
+        lines.append(overage)
+
+    subtotal = _sum((line.amount for line in lines), currency)
+    taxes: tuple[TaxLine, ...] = ()
+    if tax is not None:
+        taxes = (tax_on([line.amount for line in lines], tax, tax_rounding, rounding),)
+    tax_total = _sum((t.amount for t in taxes), currency)
+    return InvoiceDraft(
+        currency=currency,
+        lines=tuple(lines),
+        subtotal=subtotal,
+        taxes=taxes,
+        tax_total=tax_total,
+        total=subtotal + tax_total,
+    )
+
+
+def days_active(period: BillingPeriod, started_on: date, ended_on: date | None = None) -> int:
+    """Days of the period on which the subscription was active (both ends inclusive)."""
+    if ended_on is not None and ended_on < started_on:
+        raise InvalidSubscriptionDates(f"ended on {ended_on}, before it started on {started_on}")
+    first_day: date = period.first_day
+    last_day: date = period.next.first_day - timedelta(days=1)
+    first = max(started_on, first_day)
+    last = last_day if ended_on is None else min(ended_on, last_day)
+    if first > last:
+        raise NotBillableInPeriod(
+            f"subscription active {started_on} to {ended_on or 'open'} "
+            f"has no day in period {period}"
+        )
+    return (last - first).days + 1
+
+
+def tax_on(
+    amounts: Sequence[Money],
+    tax: TaxRateSet,
+    tax_rounding: TaxRounding,
+    rounding: Rounding = Rounding.HALF_UP,
+) -> TaxLine:
+    """One tax over the given line amounts, rounded per line or once on their sum."""
+    if not amounts:
+        raise ValueError("tax needs at least one amount to know the currency")
+    currency = amounts[0].currency
+    taxable = _sum(amounts, currency)
+    if tax_rounding is TaxRounding.PER_LINE:
+        per_line = (Money.rounded(a.amount * tax.rate, currency, rounding) for a in amounts)
+        amount = _sum(per_line, currency)
+    else:
+        amount = Money.rounded(taxable.amount * tax.rate, currency, rounding)
+    return TaxLine(tax_name=tax.tax_name, rate=tax.rate, taxable=taxable, amount=amount)
+
+
+def format_bytes(octets: int) -> str:
+    """Decimal (SI) units, one decimal place, as ISPs advertise them: 12.3 GB, 50 GB."""
+    units = ((10**12, "TB"), (10**9, "GB"), (10**6, "MB"), (10**3, "kB"))
+    for size, name in units:
+        if octets >= size:
+            value = (Decimal(octets) / Decimal(size)).quantize(
+                Decimal("0.1"), rounding=ROUND_HALF_UP
+            )
+            text = f"{value:f}".removesuffix(".0")
+            return f"{text} {name}"
+    return f"{octets} B"
+
+
+def _recurring_line(
+    plan: PlanDefined,
+    period: BillingPeriod,
+    active: int,
+    usage: UsageTotals,
+    rounding: Rounding,
+) -> InvoiceLine:
+    fee = plan.monthly_fee
+    description = f"Plan {plan.name} — {period}"
+    if plan.included_bytes > 0:
+        used = min(usage.total_octets, plan.included_bytes)
+        description += (
+            f" ({format_bytes(used)} of {format_bytes(plan.included_bytes)} included used)"
+        )
+    if active == period.days:
+        quantity = Decimal(1)
+        amount = fee
+    else:
+        description += f", prorated {active} of {period.days} days"
+        with localcontext() as ctx:
+            ctx.prec = _PRECISION
+            # Multiply before dividing, and round only once, so 10 of 30 days of 30.00 is 10.00.
+            exact = fee.amount * Decimal(active) / Decimal(period.days)
+            quantity = (Decimal(active) / Decimal(period.days)).quantize(_QUANTITY_PLACES)
+        amount = Money.rounded(exact, fee.currency, rounding)
+    return InvoiceLine(
+        kind=LineKind.RECURRING,
+        description=description,
+        quantity=quantity,
+        unit="month",
+        unit_price=fee,
+        amount=amount,
+    )
+
+
+def _usage_line(plan: PlanDefined, usage: UsageTotals, rounding: Rounding) -> InvoiceLine | None:
+    over = usage.total_octets - plan.included_bytes
+    if over <= 0:
+        return None
+    unit_bytes = plan.overage_unit_bytes
+    units = -(-over // unit_bytes)  # every started unit is billed
+    price = plan.overage_price
+    unit_name = format_bytes(unit_bytes).removeprefix("1 ")
+    return InvoiceLine(
+        kind=LineKind.USAGE,
+        description=(
+            f"Data beyond {format_bytes(plan.included_bytes)} included: "
+            f"{format_bytes(over)}, billed per started {format_bytes(unit_bytes)}"
+        ),
+        quantity=Decimal(units),
+        unit=unit_name,
+        unit_price=price,
+        amount=Money.rounded(price.amount * units, price.currency, rounding),
+        source_trace_ids=usage.trace_ids,
+    )
+
+
+def _sum(amounts: Iterable[Money], currency: str) -> Money:
+    total = Money.zero(currency)
+    for amount in amounts:
+        total = total + amount
+    return total
