@@ -1,0 +1,286 @@
+"""The gRPC entry point of invoicing: ispbill.v1.InvoiceService, health checks, reflection."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import importlib.util
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from ispbill.v1 import invoices_pb2, invoices_pb2_grpc
+from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
+from ispbill_core.money import Money
+
+SERVICE_NAME: str = invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+_STATUSES: dict[str, invoices_pb2.InvoiceStatus.ValueType] = {
+    "issued": invoices_pb2.INVOICE_STATUS_ISSUED,
+    "paid": invoices_pb2.INVOICE_STATUS_PAID,
+}
+_LINE_KINDS: dict[LineKind, invoices_pb2.LineKind.ValueType] = {
+    LineKind.RECURRING: invoices_pb2.LINE_KIND_RECURRING,
+    LineKind.USAGE: invoices_pb2.LINE_KIND_USAGE,
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class InvoiceQueries(Protocol):
+    """The read side the gRPC service answers from (a projection of the ledger)."""
+
+    async def get_invoice(self, invoice_id: uuid.UUID) -> tuple[InvoiceIssued, str] | None:
+        """The invoice and its status ("issued" or "paid"), or None when unknown."""
+        ...
+
+    async def list_invoices(
+        self, *, customer_id: str | None, period: str | None
+    ) -> list[tuple[InvoiceIssued, str]]:
+        """Every invoice matching the filters that are not None, with its status."""
+        ...
+
+    async def invoice_pdf(self, invoice_id: uuid.UUID) -> bytes | None:
+        """The rendered PDF, or None when the invoice is unknown."""
+        ...
+
+
+# --- conversions -------------------------------------------------------------------------------
+
+
+def _decimal_text(value: Decimal) -> str:
+    # "f" keeps plain notation: str(Decimal("1E+1")) would be "1E+1", which no client expects.
+    return format(value, "f")
+
+
+def money_to_proto(money: Money) -> invoices_pb2.Money:
+    return invoices_pb2.Money(currency_code=money.currency, amount=_decimal_text(money.amount))
+
+
+def line_to_proto(line: InvoiceLine) -> invoices_pb2.InvoiceLine:
+    return invoices_pb2.InvoiceLine(
+        kind=_LINE_KINDS.get(line.kind, invoices_pb2.LINE_KIND_UNSPECIFIED),
+        description=line.description,
+        quantity=_decimal_text(line.quantity),
+        unit=line.unit,
+        unit_price=money_to_proto(line.unit_price),
+        amount=money_to_proto(line.amount),
+        source_trace_ids=list(line.source_trace_ids),
+    )
+
+
+def tax_to_proto(tax: TaxLine) -> invoices_pb2.TaxLine:
+    return invoices_pb2.TaxLine(
+        tax_name=tax.tax_name,
+        rate=_decimal_text(tax.rate),
+        taxable=money_to_proto(tax.taxable),
+        amount=money_to_proto(tax.amount),
+    )
+
+
+def invoice_to_proto(invoice: InvoiceIssued, status: str) -> invoices_pb2.Invoice:
+    """The wire form of an issued invoice; status is "issued" or "paid"."""
+    try:
+        status_value = _STATUSES[str(status)]
+    except KeyError:
+        raise ValueError(f"unknown invoice status {status!r}") from None
+    issued_at = Timestamp()
+    issued_at.FromDatetime(invoice.issued_at.astimezone(UTC))
+    return invoices_pb2.Invoice(
+        invoice_id=str(invoice.invoice_id),
+        number=invoice.number,
+        customer_id=invoice.customer_id,
+        customer_name=invoice.customer_name,
+        customer_email=invoice.customer_email,
+        billing_address=invoice.billing_address,
+        period=invoice.period,
+        issued_at=issued_at,
+        due_on=invoice.due_on.isoformat(),
+        currency_code=invoice.currency,
+        lines=[line_to_proto(line) for line in invoice.lines],
+        subtotal=money_to_proto(invoice.subtotal),
+        taxes=[tax_to_proto(tax) for tax in invoice.taxes],
+        tax_total=money_to_proto(invoice.tax_total),
+        total=money_to_proto(invoice.total),
+        status=status_value,
+    )
+
+
+# --- paging ------------------------------------------------------------------------------------
+
+#: Newest first: (issued_at in microseconds since the epoch, number, invoice id).
+_SortKey = tuple[int, str, str]
+
+
+def _sort_key(invoice: InvoiceIssued) -> _SortKey:
+    micros = (invoice.issued_at - _EPOCH) // timedelta(microseconds=1)
+    return (micros, invoice.number, str(invoice.invoice_id))
+
+
+def _encode_page_token(after: _SortKey, customer_id: str | None, period: str | None) -> str:
+    # Keyset, not offset: an invoice issued between two pages neither shifts nor repeats rows.
+    payload = {"after": list(after), "customer_id": customer_id, "period": period}
+    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(token: str, customer_id: str | None, period: str | None) -> _SortKey:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        micros, number, invoice_id = payload["after"]
+        key: _SortKey = (int(micros), str(number), str(invoice_id))
+        same_filters = payload["customer_id"] == customer_id and payload["period"] == period
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "malformed page_token") from None
+    if not same_filters:
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, "page_token was issued for different filters"
+        )
+    return key
+
+
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """A request the service answers with a status code instead of a response."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self_ = TypeVar("Self_")
+_Handler = Callable[[Self_, Req, Any], Awaitable[Resp]]
+
+
+def _answers_refusals(handler: _Handler[Self_, Req, Resp]) -> _Handler[Self_, Req, Resp]:
+    """Turn a _Refused raised by a handler into the matching gRPC status."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: Self_, request: Req, context: Any) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except _Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise AssertionError("context.abort returned") from None
+
+    return wrapped
+
+
+def _parse_invoice_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"invoice_id {text!r} is not a UUID"
+        ) from None
+
+
+def _not_found(invoice_id: uuid.UUID) -> _Refused:
+    return _Refused(grpc.StatusCode.NOT_FOUND, f"no invoice {invoice_id}")
+
+
+class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
+    """ispbill.v1.InvoiceService answered from an InvoiceQueries read model."""
+
+    def __init__(self, queries: InvoiceQueries) -> None:
+        self._queries = queries
+
+    @_answers_refusals
+    async def GetInvoice(
+        self, request: invoices_pb2.GetInvoiceRequest, context: Any
+    ) -> invoices_pb2.GetInvoiceResponse:
+        invoice_id = _parse_invoice_id(request.invoice_id)
+        found = await self._queries.get_invoice(invoice_id)
+        if found is None:
+            raise _not_found(invoice_id)
+        return invoices_pb2.GetInvoiceResponse(invoice=invoice_to_proto(*found))
+
+    @_answers_refusals
+    async def ListInvoices(
+        self, request: invoices_pb2.ListInvoicesRequest, context: Any
+    ) -> invoices_pb2.ListInvoicesResponse:
+        customer_id = request.customer_id if request.HasField("customer_id") else None
+        period = request.period if request.HasField("period") else None
+        size = _page_size(request.page_size)
+        after = (
+            _decode_page_token(request.page_token, customer_id, period)
+            if request.page_token
+            else None
+        )
+        found = await self._queries.list_invoices(customer_id=customer_id, period=period)
+        rows: Sequence[tuple[InvoiceIssued, str]] = sorted(
+            found, key=lambda row: _sort_key(row[0]), reverse=True
+        )
+        if after is not None:
+            rows = [row for row in rows if _sort_key(row[0]) < after]
+        page, rest = rows[:size], rows[size:]
+        next_token = _encode_page_token(_sort_key(page[-1][0]), customer_id, period) if rest else ""
+        return invoices_pb2.ListInvoicesResponse(
+            invoices=[invoice_to_proto(invoice, status) for invoice, status in page],
+            next_page_token=next_token,
+        )
+
+    @_answers_refusals
+    async def GetInvoicePdf(
+        self, request: invoices_pb2.GetInvoicePdfRequest, context: Any
+    ) -> invoices_pb2.GetInvoicePdfResponse:
+        invoice_id = _parse_invoice_id(request.invoice_id)
+        pdf = await self._queries.invoice_pdf(invoice_id)
+        if pdf is None:
+            raise _not_found(invoice_id)
+        found = await self._queries.get_invoice(invoice_id)
+        filename = f"{found[0].number}.pdf" if found is not None else f"{invoice_id}.pdf"
+        return invoices_pb2.GetInvoicePdfResponse(
+            content=pdf, content_type="application/pdf", filename=filename
+        )
+
+
+async def start_grpc_server(
+    queries: InvoiceQueries, *, host: str = "127.0.0.1", port: int = 0
+) -> tuple[grpc.aio.Server, int]:
+    """Start InvoiceService with health checks on host:port; returns the server and bound port.
+
+    Port 0 asks the OS for a free port. Stop with ``await server.stop(grace)``.
+    """
+    server = grpc.aio.server()
+    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(queries), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    # Reflection (grpcurl, Postman) is a convenience, not a dependency: on only when installed.
+    if importlib.util.find_spec("grpc_reflection") is not None:
+        from grpc_reflection.v1alpha import reflection
+
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:  # older grpcio reports a failed bind as port 0 instead of raising
+        raise RuntimeError(f"could not bind the gRPC server to {address}")
+    await server.start()
+    return server, bound
