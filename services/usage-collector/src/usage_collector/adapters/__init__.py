@@ -1,0 +1,1 @@
+"""Adapters of the collector's ports: the RADIUS dictionary, NAS registries."""

@@ -1,0 +1,1 @@
+"""Use cases and ports of the collector: screening accounting requests, publishing records."""

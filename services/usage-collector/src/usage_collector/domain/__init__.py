@@ -1,0 +1,1 @@
+"""Pure rules of the collector: RADIUS wire format, authenticators, accounting records."""

@@ -1,0 +1,107 @@
+"""Screen one datagram: known NAS, authentic, well-formed -> the record and its response."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived
+
+from usage_collector.application.nas_registry import NasRegistry, RegisteredNas, normalise_ip
+from usage_collector.application.ports import AttributeDecoder
+from usage_collector.domain.accounting_record import (
+    InvalidAccountingRecord,
+    decode_accounting_request,
+)
+from usage_collector.domain.radius_packet import (
+    ACCOUNTING_REQUEST,
+    MalformedPacket,
+    accounting_response,
+    has_message_authenticator,
+    message_authenticator_is_valid,
+    parse_packet,
+    request_authenticator_is_valid,
+)
+
+
+class DropReason(StrEnum):
+    """Why a datagram got no response; each value is the name of a server counter."""
+
+    UNKNOWN_NAS = "dropped_unknown_nas"
+    BAD_AUTHENTICATOR = "dropped_bad_authenticator"
+    MISSING_MESSAGE_AUTHENTICATOR = "dropped_missing_message_authenticator"
+    MALFORMED = "dropped_malformed"
+    INVALID_RECORD = "dropped_invalid_record"
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedRequest:
+    """A verified request: the record to publish and the response to send once it is durable."""
+
+    nas: RegisteredNas
+    record: AccountingRecordReceived
+    response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedRequest:
+    reason: DropReason
+    detail: str
+    nas_id: str | None = None
+
+
+def screen_accounting_request(
+    datagram: bytes,
+    source_ip: str,
+    received_at: datetime,
+    *,
+    registry: NasRegistry,
+    decode_attributes: AttributeDecoder,
+) -> AcceptedRequest | DroppedRequest:
+    """Decide what one datagram is. Never raises for bad input: every failure is a drop.
+
+    The NAS is identified by the source address, not by NAS-IP-Address or NAS-Identifier,
+    which the sender controls; the secret of that NAS is the only proof of who sent it.
+    """
+    try:
+        ip = normalise_ip(source_ip)
+    except ValueError:
+        return DroppedRequest(DropReason.MALFORMED, f"source address {source_ip!r}")
+    nas = registry.lookup(ip)
+    if nas is None:
+        return DroppedRequest(DropReason.UNKNOWN_NAS, f"no NAS registered at {ip}")
+    try:
+        packet = parse_packet(datagram)
+    except MalformedPacket as exc:
+        return DroppedRequest(DropReason.MALFORMED, str(exc), nas.nas_id)
+    if packet.code != ACCOUNTING_REQUEST:
+        return DroppedRequest(
+            DropReason.MALFORMED, f"code {packet.code} is not an Accounting-Request", nas.nas_id
+        )
+    if not request_authenticator_is_valid(packet, nas.secret):
+        return DroppedRequest(
+            DropReason.BAD_AUTHENTICATOR, "Request Authenticator does not match", nas.nas_id
+        )
+    if has_message_authenticator(packet):
+        if not message_authenticator_is_valid(packet, nas.secret):
+            return DroppedRequest(
+                DropReason.BAD_AUTHENTICATOR, "Message-Authenticator does not match", nas.nas_id
+            )
+    elif nas.require_message_authenticator:
+        return DroppedRequest(
+            DropReason.MISSING_MESSAGE_AUTHENTICATOR,
+            "this NAS must send a Message-Authenticator",
+            nas.nas_id,
+        )
+    try:
+        attributes = decode_attributes(packet)
+    except ValueError as exc:
+        return DroppedRequest(DropReason.MALFORMED, f"attributes: {exc}", nas.nas_id)
+    try:
+        record = decode_accounting_request(
+            attributes, nas_id=nas.nas_id, nas_ip=ip, received_at=received_at
+        )
+    except InvalidAccountingRecord as exc:
+        return DroppedRequest(DropReason.INVALID_RECORD, str(exc), nas.nas_id)
+    return AcceptedRequest(nas=nas, record=record, response=accounting_response(packet, nas.secret))

@@ -1,0 +1,160 @@
+"""decode_accounting_request: counters, event time, record ids, named errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from ispbill_core.contracts.usage_collector import AcctStatus
+from usage_collector.domain.accounting_record import (
+    GIGAWORD,
+    InvalidAttributeValue,
+    MissingAttribute,
+    UnsupportedStatusType,
+    decode_accounting_request,
+)
+
+pytestmark = pytest.mark.unit
+
+RECEIVED = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def decode(received_at: datetime = RECEIVED, **attributes: object):
+    return decode_accounting_request(
+        {
+            name.replace("_", "-"): [value]  # type: ignore[misc]
+            for name, value in attributes.items()
+            if value is not None
+        },
+        nas_id="nas-1",
+        nas_ip="192.0.2.1",
+        received_at=received_at,
+    )
+
+
+def interim(**overrides: object) -> dict[str, object]:
+    attributes: dict[str, object] = {
+        "Acct_Status_Type": "Interim-Update",
+        "Acct_Session_Id": "81a00003",
+        "User_Name": "alice",
+        "Acct_Session_Time": 600,
+        "Acct_Input_Octets": 1000,
+        "Acct_Output_Octets": 2000,
+        "Acct_Input_Packets": 10,
+        "Acct_Output_Packets": 20,
+    }
+    attributes.update(overrides)
+    return attributes
+
+
+def test_octets_are_64_bit_with_gigawords() -> None:
+    record = decode(
+        **interim(
+            Acct_Input_Octets=5,
+            Acct_Input_Gigawords=3,
+            Acct_Output_Octets=2**32 - 1,
+            Acct_Output_Gigawords=1,
+        )
+    )
+    assert record.input_octets == 3 * GIGAWORD + 5
+    assert record.output_octets == 2 * GIGAWORD - 1
+    assert record.input_packets == 10
+    assert record.session_time == 600
+
+
+def test_counters_absent_stay_none() -> None:
+    record = decode(Acct_Status_Type="Start", Acct_Session_Id="s")
+    assert record.input_octets is None and record.output_octets is None
+    assert record.status is AcctStatus.START
+
+
+def test_gigawords_without_octets_still_count() -> None:
+    record = decode(**interim(Acct_Input_Octets=None, Acct_Input_Gigawords=2))
+    assert record.input_octets == 2 * GIGAWORD
+
+
+def test_event_time_is_event_timestamp_when_present() -> None:
+    record = decode(**interim(Event_Timestamp=1_700_000_000, Acct_Delay_Time=30))
+    assert record.event_time == datetime.fromtimestamp(1_700_000_000, UTC)
+    assert record.delay_time == 30
+
+
+def test_event_time_is_received_minus_delay_otherwise() -> None:
+    record = decode(**interim(Acct_Delay_Time=30))
+    assert record.event_time == RECEIVED - timedelta(seconds=30)
+    assert record.received_at == RECEIVED
+
+
+def test_a_retransmission_with_a_higher_delay_has_the_same_record_id() -> None:
+    first = decode(**interim(Acct_Delay_Time=0))
+    again = decode(RECEIVED + timedelta(seconds=5), **interim(Acct_Delay_Time=5))
+    assert first.record_id == again.record_id
+    with_ts = decode(**interim(Event_Timestamp=1_700_000_000))
+    with_ts_again = decode(
+        RECEIVED + timedelta(seconds=9), **interim(Event_Timestamp=1_700_000_000, Acct_Delay_Time=9)
+    )
+    assert with_ts.record_id == with_ts_again.record_id
+
+
+def test_a_different_fact_has_a_different_record_id() -> None:
+    base = decode(**interim()).record_id
+    assert decode(**interim(Acct_Input_Octets=1001)).record_id != base
+    assert decode(**interim(Acct_Session_Time=601)).record_id != base
+    assert decode(**interim(Acct_Status_Type="Stop")).record_id != base
+    assert decode(**interim(Acct_Session_Id="other")).record_id != base
+    assert decode(**interim(Event_Timestamp=1_700_000_000)).record_id != base
+
+
+def test_accounting_on_needs_no_session_id_and_two_reboots_are_two_records() -> None:
+    first = decode(Acct_Status_Type="Accounting-On")
+    assert first.status is AcctStatus.ACCOUNTING_ON and first.acct_session_id == ""
+    later = decode(RECEIVED + timedelta(hours=1), Acct_Status_Type="Accounting-On")
+    assert later.record_id != first.record_id
+    assert decode(Acct_Status_Type="Accounting-Off").status is AcctStatus.ACCOUNTING_OFF
+
+
+def test_status_given_as_a_number_is_understood() -> None:
+    assert decode(Acct_Status_Type=2, Acct_Session_Id="s").status is AcctStatus.STOP
+
+
+def test_terminate_cause_and_identity_fields() -> None:
+    record = decode(
+        **interim(
+            Acct_Status_Type="Stop",
+            Acct_Terminate_Cause="User-Request",
+            Framed_IP_Address="10.0.0.9",
+            Calling_Station_Id="AA:BB:CC:DD:EE:FF",
+        )
+    )
+    assert record.terminate_cause == "User-Request"
+    assert record.framed_ip_address == "10.0.0.9"
+    assert record.calling_station_id == "AA:BB:CC:DD:EE:FF"
+    assert record.username == "alice"
+    assert record.nas_id == "nas-1" and record.nas_ip == "192.0.2.1"
+
+
+def test_missing_status_type_is_a_named_error() -> None:
+    with pytest.raises(MissingAttribute) as caught:
+        decode(Acct_Session_Id="s")
+    assert caught.value.attribute == "Acct-Status-Type"
+
+
+@pytest.mark.parametrize("status", ["Start", "Stop", "Interim-Update"])
+def test_missing_session_id_is_a_named_error_for_session_records(status: str) -> None:
+    with pytest.raises(MissingAttribute) as caught:
+        decode(Acct_Status_Type=status)
+    assert caught.value.attribute == "Acct-Session-Id"
+    with pytest.raises(MissingAttribute):
+        decode(Acct_Status_Type=status, Acct_Session_Id="")
+
+
+def test_unsupported_status_is_a_named_error() -> None:
+    with pytest.raises(UnsupportedStatusType):
+        decode(Acct_Status_Type="Failed", Acct_Session_Id="s")
+    with pytest.raises(UnsupportedStatusType):
+        decode(Acct_Status_Type=9, Acct_Session_Id="s")
+
+
+def test_a_counter_that_did_not_decode_is_a_named_error() -> None:
+    with pytest.raises(InvalidAttributeValue):
+        decode(**interim(Acct_Input_Octets=b"\x00\x01\x02"))
