@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 from hypothesis import assume, given
@@ -252,6 +252,7 @@ def test_one_byte_over_the_allowance_bills_one_started_unit() -> None:
     assert usage.unit_price == Money.of("2.00", "USD")
     assert usage.amount == Money.of("2.00", "USD")
     assert usage.source_trace_ids == ("trace-a", "trace-b")
+    assert usage.description == "Data beyond 50 GB included: 1 B, billed per started 1 GB"
     assert recurring.source_trace_ids == ()
     assert d.total == Money.of("32.00", "USD")
     assert_consistent(d)
@@ -262,6 +263,8 @@ def test_overage_exactly_on_a_unit_boundary_is_not_rounded_up_further() -> None:
     assert d.lines[1].quantity == 2
     d = draft(usage=UsageTotals(52 * GIGABYTE + 1, 0))
     assert d.lines[1].quantity == 3
+    # "2 GB" alone would look like an over-charge: the exact byte count is shown too.
+    assert "2 GB (2,000,000,001 bytes)" in d.lines[1].description
     assert d.lines[1].amount == Money.of("6.00", "USD")
 
 
@@ -512,3 +515,17 @@ def test_every_draft_is_internally_consistent(
     assert_consistent(d)
     assert len(d.taxes) == (0 if rate is None else 1)
     assert d.lines[0].amount <= d.lines[0].unit_price
+
+
+def test_results_do_not_depend_on_the_callers_decimal_context() -> None:
+    kwargs = {
+        "plan": plan(fee="123456.78"),
+        "subscription_started_on": date(2026, 11, 8),
+        "usage": UsageTotals(77 * GIGABYTE, 0),
+        "tax": vat("0.1925"),
+    }
+    expected = draft(**kwargs)
+    with localcontext() as ctx:
+        ctx.prec = 6
+        got = draft(**kwargs)
+    assert got == expected

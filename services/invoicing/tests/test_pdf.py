@@ -213,3 +213,9 @@ def test_accent_colours(accent: str) -> None:
 def test_a_malformed_accent_colour_is_refused() -> None:
     with pytest.raises(ValueError, match="accent colour"):
         render_invoice_pdf(invoice(), Branding(isp_name="X", accent_hex="blue"))
+
+
+def test_a_long_isp_name_shrinks_to_fit_the_band() -> None:
+    name = "Greater Riverside Valley Community Broadband Cooperative Ltd"
+    text = text_of(render_invoice_pdf(invoice(), Branding(isp_name=name)))
+    assert name in text

@@ -22,6 +22,8 @@ _PAGE_WIDTH = 210.0
 _MARGIN = 15.0
 _CONTENT_WIDTH = _PAGE_WIDTH - 2 * _MARGIN
 _BAND_HEIGHT = 30.0
+_CONTINUED_TOP = 20.0
+_STAMP_CLEARANCE = 30.0
 
 _INK = (33, 37, 41)
 _MUTED = (108, 117, 125)
@@ -67,7 +69,8 @@ def render_invoice_pdf(
     pdf.set_author(pdf_safe_text(branding.isp_name))
     pdf.set_subject(f"Invoice {invoice.number} for {invoice.period}")
     pdf.set_creator("ispbill invoicing")
-    pdf.set_margins(_MARGIN, _BAND_HEIGHT + 8, _MARGIN)
+    # Page 1 places its blocks explicitly below the band; this top margin serves later pages.
+    pdf.set_margins(_MARGIN, _CONTINUED_TOP, _MARGIN)
     pdf.set_auto_page_break(auto=True, margin=22)
     pdf.add_page()
 
@@ -75,8 +78,12 @@ def render_invoice_pdf(
     _parties(pdf, invoice, branding, accent)
     _lines_table(pdf, invoice, accent)
     totals_top = _totals(pdf, invoice, accent)
+    paid = status.upper() == "PAID"
+    if paid:
+        # The tilted stamp is taller than two total rows: keep the note clear of it.
+        pdf.set_y(max(pdf.get_y(), totals_top + _STAMP_CLEARANCE - 8))
     _payment_note(pdf, invoice, status)
-    if status.upper() == "PAID":
+    if paid:
         _paid_stamp(pdf, totals_top)
     return bytes(pdf.output())
 
@@ -110,11 +117,11 @@ class _InvoicePdf(FPDF):
 
     def header(self) -> None:
         if self.page_no() > 1:
-            self.set_y(12)
+            self.set_y(10)
             self.set_font(_FONT, "", 8)
             self.set_text_color(*_MUTED)
             self.cell(0, 5, f"Invoice {self._number} (continued)", align="R")
-            self.set_y(_BAND_HEIGHT + 8)
+            self.set_y(_CONTINUED_TOP)
 
     def footer(self) -> None:
         self.set_y(-16)
@@ -132,8 +139,13 @@ def _header(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb)
     pdf.rect(0, 0, _PAGE_WIDTH, _BAND_HEIGHT, style="F")
     pdf.set_text_color(255, 255, 255)
     pdf.set_xy(_MARGIN, 8)
-    pdf.set_font(_FONT, "B", 20)
-    pdf.cell(_CONTENT_WIDTH * 0.65, 10, branding.isp_name, align="L")
+    name_width = _CONTENT_WIDTH * 0.62
+    size = 20
+    pdf.set_font(_FONT, "B", size)
+    while size > 9 and pdf.get_string_width(branding.isp_name) > name_width:
+        size -= 1  # a long company name shrinks rather than running under "INVOICE"
+        pdf.set_font(_FONT, "B", size)
+    pdf.cell(name_width, 10, branding.isp_name, align="L")
     pdf.set_font(_FONT, "B", 22)
     pdf.set_xy(_MARGIN + _CONTENT_WIDTH * 0.65, 8)
     pdf.cell(_CONTENT_WIDTH * 0.35, 10, "INVOICE", align="R")
@@ -152,7 +164,7 @@ def _parties(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb
     pdf.set_xy(_MARGIN, top)
     pdf.set_text_color(*_INK)
     pdf.set_font(_FONT, "B", 10)
-    pdf.multi_cell(left_width, 5, branding.isp_name, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.multi_cell(left_width, 5, branding.isp_name, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
     pdf.set_font(_FONT, "", 9)
     pdf.set_text_color(*_MUTED)
     seller = [*_address_lines(branding.address)]
@@ -160,7 +172,7 @@ def _parties(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb
         seller.append(f"Tax ID: {branding.tax_id}")
     seller += [v for v in (branding.email, branding.phone, branding.website) if v]
     for line in seller:
-        pdf.multi_cell(left_width, 4.5, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.multi_cell(left_width, 4.5, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
     seller_bottom = pdf.get_y()
 
     # The invoice's facts, label and value.
@@ -189,12 +201,14 @@ def _parties(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb
     pdf.cell(0, 5, "BILL TO", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font(_FONT, "B", 11)
     pdf.set_text_color(*_INK)
-    pdf.multi_cell(left_width, 5.5, invoice.customer_name, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.multi_cell(
+        left_width, 5.5, invoice.customer_name, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L"
+    )
     pdf.set_font(_FONT, "", 9)
     pdf.set_text_color(*_MUTED)
     for line in [*_address_lines(invoice.billing_address), invoice.customer_email]:
         if line:
-            pdf.multi_cell(left_width, 4.5, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+            pdf.multi_cell(left_width, 4.5, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
     pdf.ln(7)
 
 
@@ -240,8 +254,9 @@ def _totals(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> float:
     x = _MARGIN + _CONTENT_WIDTH - label_width - value_width
     pdf.ln(4)
     rows_height = 6.0 * (1 + len(invoice.taxes)) + 10.0
-    if pdf.will_page_break(rows_height):
-        pdf.add_page()  # never split the totals from each other
+    # Totals, a possible stamp beside them and the payment note stay together on one page.
+    if pdf.will_page_break(max(rows_height, _STAMP_CLEARANCE) + 14.0):
+        pdf.add_page()
     top = pdf.get_y()
     rows = [("Subtotal", _amount(invoice.subtotal))]
     for tax in invoice.taxes:
@@ -283,7 +298,7 @@ def _payment_note(pdf: FPDF, invoice: InvoiceIssued, status: str) -> None:
             f"Please pay {_amount(invoice.total)} {invoice.currency} by "
             f"{invoice.due_on.isoformat()}, quoting invoice number {invoice.number}."
         )
-    pdf.multi_cell(_CONTENT_WIDTH, 5, note, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.multi_cell(_CONTENT_WIDTH, 5, note, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
 
 
 def _paid_stamp(pdf: FPDF, totals_top: float) -> None:

@@ -98,23 +98,26 @@ def draft_invoice(
         )
 
     active = days_active(period, subscription_started_on, subscription_ended_on)
-    lines = [_recurring_line(plan, period, active, usage, rounding)]
-    overage = _usage_line(plan, usage, rounding)
-    if overage is not None:
-        lines.append(overage)
-
-    subtotal = _sum((line.amount for line in lines), currency)
-    taxes: tuple[TaxLine, ...] = ()
-    if tax is not None:
-        taxes = (tax_on([line.amount for line in lines], tax, tax_rounding, rounding),)
-    tax_total = _sum((t.amount for t in taxes), currency)
+    with localcontext() as ctx:
+        # The same invoice whatever precision the caller's thread left its Decimal context at.
+        ctx.prec = _PRECISION
+        lines = [_recurring_line(plan, period, active, usage, rounding)]
+        overage = _usage_line(plan, usage, rounding)
+        if overage is not None:
+            lines.append(overage)
+        subtotal = _sum((line.amount for line in lines), currency)
+        taxes: tuple[TaxLine, ...] = ()
+        if tax is not None:
+            taxes = (tax_on([line.amount for line in lines], tax, tax_rounding, rounding),)
+        tax_total = _sum((t.amount for t in taxes), currency)
+        total = subtotal + tax_total
     return InvoiceDraft(
         currency=currency,
         lines=tuple(lines),
         subtotal=subtotal,
         taxes=taxes,
         tax_total=tax_total,
-        total=subtotal + tax_total,
+        total=total,
     )
 
 
@@ -145,11 +148,14 @@ def tax_on(
         raise ValueError("tax needs at least one amount to know the currency")
     currency = amounts[0].currency
     taxable = _sum(amounts, currency)
-    if tax_rounding is TaxRounding.PER_LINE:
-        per_line = (Money.rounded(a.amount * tax.rate, currency, rounding) for a in amounts)
-        amount = _sum(per_line, currency)
-    else:
-        amount = Money.rounded(taxable.amount * tax.rate, currency, rounding)
+    with localcontext() as ctx:
+        # Exact products whatever precision the caller's thread context was left at.
+        ctx.prec = _PRECISION
+        if tax_rounding is TaxRounding.PER_LINE:
+            per_line = [Money.rounded(a.amount * tax.rate, currency, rounding) for a in amounts]
+            amount = _sum(per_line, currency)
+        else:
+            amount = Money.rounded(taxable.amount * tax.rate, currency, rounding)
     return TaxLine(tax_name=tax.tax_name, rate=tax.rate, taxable=taxable, amount=amount)
 
 
@@ -185,11 +191,9 @@ def _recurring_line(
         amount = fee
     else:
         description += f", prorated {active} of {period.days} days"
-        with localcontext() as ctx:
-            ctx.prec = _PRECISION
-            # Multiply before dividing, and round only once, so 10 of 30 days of 30.00 is 10.00.
-            exact = fee.amount * Decimal(active) / Decimal(period.days)
-            quantity = (Decimal(active) / Decimal(period.days)).quantize(_QUANTITY_PLACES)
+        # Multiply before dividing, and round only once, so 10 of 30 days of 30.00 is 10.00.
+        exact = fee.amount * Decimal(active) / Decimal(period.days)
+        quantity = (Decimal(active) / Decimal(period.days)).quantize(_QUANTITY_PLACES)
         amount = Money.rounded(exact, fee.currency, rounding)
     return InvoiceLine(
         kind=LineKind.RECURRING,
@@ -209,11 +213,13 @@ def _usage_line(plan: PlanDefined, usage: UsageTotals, rounding: Rounding) -> In
     units = -(-over // unit_bytes)  # every started unit is billed
     price = plan.overage_price
     unit_name = format_bytes(unit_bytes).removeprefix("1 ")
+    # Exact bytes too: "2 GB" rounded for display must not look like 3 units over-billed.
+    exact = f" ({over:,} bytes)" if over >= 1000 else ""
     return InvoiceLine(
         kind=LineKind.USAGE,
         description=(
             f"Data beyond {format_bytes(plan.included_bytes)} included: "
-            f"{format_bytes(over)}, billed per started {format_bytes(unit_bytes)}"
+            f"{format_bytes(over)}{exact}, billed per started {format_bytes(unit_bytes)}"
         ),
         quantity=Decimal(units),
         unit=unit_name,
