@@ -127,27 +127,30 @@ class CheckpointStore(abc.ABC):
 
 
 class AppendSignal:
-    """Wakes in-process subscribers when this process appends."""
+    """Wakes in-process subscribers when this process appends.
+
+    No lock and no asyncio.wait_for: on Python 3.11 wait_for can swallow a cancellation that
+    races its inner future, which left subscribers running after shutdown.
+    """
 
     def __init__(self) -> None:
         self._head = 0
-        self._cond: asyncio.Condition | None = None
-
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        return self._cond
+        self._event: asyncio.Event | None = None
 
     async def notify(self, head: int) -> None:
-        cond = self._condition()
-        async with cond:
-            self._head = max(self._head, head)
-            cond.notify_all()
+        self._head = max(self._head, head)
+        if self._event is not None:
+            self._event.set()
+            self._event = None
 
     async def wait(self, after: int, timeout: float) -> None:
-        cond = self._condition()
+        if self._head > after:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
+        event = self._event
         try:
-            async with cond:
-                await asyncio.wait_for(cond.wait_for(lambda: self._head > after), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             pass

@@ -1,0 +1,349 @@
+"""Composition root: wires adapters into the services, for the all-in-one and each component."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from accounts.domain.errors import AlreadyExists, InvalidPlan, NotFound, UsernameTaken
+from accounts.entrypoints.http import accounts_router
+from invoicing.adapters.pdf import Branding, render_invoice_pdf
+from invoicing.application.allocate_payment import allocate_payment
+from invoicing.application.queries import LedgerInvoiceQueries
+from invoicing.application.settings import BillingSettings
+from invoicing.domain.errors import InvoicingError
+from invoicing.domain.generator import TaxRounding
+from invoicing.entrypoints.http import invoicing_router
+from ispbill_app.settings import Settings
+from ispbill_core.clock import Clock, SystemClock
+from ispbill_core.contracts.invoicing import InvoiceIssued
+from ispbill_core.contracts.payments import PaymentReceived
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived, accounting_stream
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.events import RecordedEvent
+from ispbill_core.subscriber import LedgerSubscriber
+from ispbill_core.telemetry import setup_tracing
+from notifier.adapters.outbox import OutboxMailer
+from notifier.adapters.smtp import SmtpMailer, SmtpSettings
+from notifier.application.email_invoice import Mailer, SenderIdentity, email_invoice
+from payments.domain.errors import DuplicatePaymentReference, InvalidPayment
+from payments.entrypoints.http import payments_router
+from portal.entrypoints.app import create_app
+from rating.application.rate_accounting_record import RatingSettings, rate_accounting_record
+from rating.entrypoints.http import rating_router
+
+log = logging.getLogger("ispbill")
+
+
+async def open_ledger(settings: Settings) -> Any:
+    if settings.ledger == "sqlite":
+        return SQLiteEventStore(settings.ledger_path)
+    if settings.ledger.startswith(("postgresql://", "postgres://")):
+        from ispbill_core.eventstore.postgresql import PostgresEventStore
+
+        return await PostgresEventStore.connect(settings.ledger, schema=settings.ledger_schema)
+    if settings.ledger.startswith(("esdb://", "esdb+discover://", "kurrentdb://", "kdb://")):
+        from ispbill_core.eventstore.kurrentdb import KurrentDBEventStore
+
+        return KurrentDBEventStore(settings.ledger)
+    raise SystemExit(f"unknown ledger {settings.ledger!r}: use 'sqlite' or a postgresql:// DSN")
+
+
+def billing_settings(settings: Settings) -> BillingSettings:
+    return BillingSettings(
+        timezone=settings.timezone,
+        series=settings.invoice_series,
+        payment_terms_days=settings.payment_terms_days,
+        tax_rounding=TaxRounding(settings.tax_rounding),
+    )
+
+
+def branding(settings: Settings) -> Branding:
+    return Branding(
+        isp_name=settings.isp_name,
+        address=settings.isp_address,
+        tax_id=settings.isp_tax_id,
+        email=settings.mail_from,
+    )
+
+
+@dataclass
+class Services:
+    """The wired services of one process."""
+
+    settings: Settings
+    store: Any
+    clock: Clock = field(default_factory=SystemClock)
+
+    def render_pdf(self, invoice: InvoiceIssued, status: str) -> bytes:
+        return render_invoice_pdf(invoice, branding(self.settings), status=status)
+
+    @property
+    def invoice_queries(self) -> LedgerInvoiceQueries:
+        return LedgerInvoiceQueries(self.store, self.render_pdf)
+
+    def http_app(self) -> FastAPI:
+        return create_app(
+            [
+                accounts_router(self.store, self.clock),
+                rating_router(self.store),
+                invoicing_router(
+                    self.store, self.clock, billing_settings(self.settings), self.invoice_queries
+                ),
+                payments_router(self.store, self.clock, self.invoice_queries),
+            ],
+            error_statuses={
+                AlreadyExists: 409, UsernameTaken: 409, DuplicatePaymentReference: 409,
+                NotFound: 404, InvalidPlan: 422, InvalidPayment: 422, InvoicingError: 422,
+            },  # fmt: skip
+            health_checks={"ledger": self._ledger_ok},
+        )
+
+    async def _ledger_ok(self) -> bool:
+        try:
+            await self.store.read_all(after=0, limit=1)
+        except Exception:
+            return False
+        return True
+
+    def mailer(self) -> Mailer:
+        if self.settings.smtp_host:
+            return SmtpMailer(SmtpSettings(host=self.settings.smtp_host, port=self.settings.smtp_port))  # fmt: skip
+        return OutboxMailer(self.settings.data_dir / "outbox")
+
+    def subscriber(
+        self, name: str, types: set[str], handler: Callable[[RecordedEvent], Awaitable[Any]]
+    ) -> LedgerSubscriber:
+        async def handle(event: RecordedEvent) -> None:
+            await handler(event)
+
+        return LedgerSubscriber(name, self.store, self.store, handle, types=types)
+
+    def rating_subscriber(self) -> LedgerSubscriber:
+        rating = RatingSettings(timezone=self.settings.timezone)
+        return self.subscriber(
+            "rating",
+            {AccountingRecordReceived.event_type},
+            lambda e: rate_accounting_record(self.store, rating, e),
+        )
+
+    def allocation_subscriber(self) -> LedgerSubscriber:
+        return self.subscriber(
+            "invoicing.allocate-payments",
+            {PaymentReceived.event_type},
+            lambda e: allocate_payment(self.store, e),
+        )
+
+    def notifier_subscriber(self) -> LedgerSubscriber:
+        sender = SenderIdentity(name=self.settings.isp_name, address=self.settings.mail_from)
+        mailer = self.mailer()
+
+        class Documents:
+            async def invoice_pdf(inner, invoice: InvoiceIssued) -> bytes:  # noqa: N805
+                return await asyncio.to_thread(self.render_pdf, invoice, "ISSUED")
+
+        documents = Documents()
+        return self.subscriber(
+            "notifier.email-invoices",
+            {InvoiceIssued.event_type},
+            lambda e: email_invoice(self.store, self.clock, documents, mailer, sender, e),
+        )
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the runtime decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[_Uvicorn]:
+    server = _Uvicorn(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))  # fmt: skip
+    task = asyncio.create_task(server.serve(), name="http")
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("HTTP server stopped during start-up")
+        await asyncio.sleep(0.02)
+    log.info("REST API on http://%s:%d (OpenAPI at /openapi.json)", host, port)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def background(*runners: Callable[[], Awaitable[Any]]) -> AsyncIterator[list[asyncio.Task[Any]]]:  # noqa: E501
+    tasks = [asyncio.create_task(r()) for r in runners]
+    try:
+        yield tasks
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
+    """`ispbill run`: every service in this process on the SQLite ledger."""
+    from ispbill_core.bus.ledger import LedgerPublisher
+    from usage_collector.adapters.ledger_nas_registry import LedgerNasRegistry
+    from usage_collector.entrypoints.radius import AccountingServer
+
+    setup_tracing("ispbill")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_ledger(settings)
+    services = Services(settings, store)
+    registry = LedgerNasRegistry(store)
+    await registry.start()
+    publisher = LedgerPublisher(store, lambda _topic, key: accounting_stream(key.split("/", 1)[0]))
+    radius = AccountingServer(
+        settings.host, settings.radius_acct_port, registry, publisher, services.clock
+    )
+    await radius.start()
+    log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
+    grpc_server = await _start_grpc(services)
+    subscribers = [
+        services.rating_subscriber(),
+        services.allocation_subscriber(),
+        services.notifier_subscriber(),
+    ]
+    try:
+        async with (
+            background(*(s.run for s in subscribers)),
+            serve_http(services.http_app(), settings.host, settings.http_port),
+        ):
+            if with_demo:
+                await _load_demo(settings)
+            log.info("ispbill is running (data in %s); Ctrl-C stops it", settings.data_dir)
+            await _until_signalled()
+    finally:
+        log.info("stopping")
+        await radius.stop()
+        await registry.stop()
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2)
+        await store.close()
+
+
+async def _start_grpc(services: Services) -> Any:
+    from invoicing.entrypoints.grpc_server import start_grpc_server
+
+    server, port = await start_grpc_server(
+        services.invoice_queries, host=services.settings.host, port=services.settings.grpc_port
+    )
+    log.info("gRPC InvoiceService on %s:%d", services.settings.host, port)
+    return server
+
+
+async def _load_demo(settings: Settings) -> None:
+    from ispbill_app.client import ApiClient
+    from ispbill_app.demo import load_demo
+
+    def load() -> dict[str, int]:
+        client = ApiClient(f"http://{settings.host}:{settings.http_port}")
+        try:
+            return load_demo(client)
+        finally:
+            client.close()
+
+    created = await asyncio.to_thread(load)
+    log.info("demo ISP loaded: %s", created)
+
+
+async def run_component(component: str, settings: Settings) -> None:
+    """`ispbill serve <component>`: one service of the distributed runtime."""
+    setup_tracing(f"ispbill-{component}")
+    store = await open_ledger(settings)
+    services = Services(settings, store)
+    try:
+        if component == "collector":
+            await _serve_collector(services)
+        elif component == "rating":
+            await _serve_rating(services)
+        elif component == "api":
+            async with serve_http(services.http_app(), settings.host, settings.http_port):
+                await _until_signalled()
+        elif component == "invoicing":
+            server = await _start_grpc(services)
+            try:
+                async with background(services.allocation_subscriber().run):
+                    await _until_signalled()
+            finally:
+                await server.stop(grace=2)
+        elif component == "notifier":
+            async with background(services.notifier_subscriber().run):
+                await _until_signalled()
+        else:
+            raise SystemExit(f"unknown component {component!r}")
+    finally:
+        await store.close()
+
+
+def _require_kafka(settings: Settings) -> str:
+    if not settings.kafka:
+        raise SystemExit("this component needs --kafka HOST:PORT (or ISPBILL_KAFKA)")
+    return settings.kafka
+
+
+async def _serve_collector(services: Services) -> None:
+    from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
+    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+    from usage_collector.adapters.ledger_nas_registry import LedgerNasRegistry
+    from usage_collector.entrypoints.radius import AccountingServer
+
+    bootstrap = _require_kafka(services.settings)
+    await ensure_topics(bootstrap, [ACCOUNTING_TOPIC], partitions=1)
+    publisher = KafkaPublisher(bootstrap, client_id="ispbill-collector")
+    await publisher.start()
+    registry = LedgerNasRegistry(services.store)
+    await registry.start()
+    s = services.settings
+    radius = AccountingServer(s.host, s.radius_acct_port, registry, publisher, services.clock)
+    await radius.start()
+    log.info("RADIUS accounting on udp://%s:%d -> kafka %s", s.host, s.radius_acct_port, bootstrap)
+    try:
+        await _until_signalled()
+    finally:
+        await radius.stop()
+        await registry.stop()
+        await publisher.stop()
+
+
+async def _serve_rating(services: Services) -> None:
+    from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
+
+    bootstrap = _require_kafka(services.settings)
+    rating = RatingSettings(timezone=services.settings.timezone)
+
+    async def handle(message: Any) -> None:
+        await rate_accounting_record(services.store, rating, message)
+
+    app = create_rating_app(
+        broker=f"kafka://{bootstrap}",
+        handler=handle,
+        data_dir=str(services.settings.data_dir / "faust"),
+        fast_join=True,
+    )
+    await run_rating_worker(app)
+
+
+__all__ = ["Services", "run_component", "run_embedded"]

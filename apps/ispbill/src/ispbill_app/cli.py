@@ -1,0 +1,215 @@
+"""`ispbill`: run the all-in-one or one distributed component, and operate a running server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ispbill_app.client import ApiClient, ApiError
+
+COMPONENTS = ("collector", "rating", "api", "invoicing", "notifier")
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="where the SQLite ledger and outbox live")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="REST API and dashboard (default 8080)")
+    p.add_argument("--radius-acct-port", type=int, help="RADIUS accounting, UDP (default 1813)")
+    p.add_argument("--grpc-port", type=int, help="gRPC invoices service (default 50051)")
+    p.add_argument("--ledger", help="'sqlite' (default) or a postgresql:// DSN")
+    p.add_argument("--kafka", help="Kafka bootstrap servers, host:port (distributed mode)")
+    p.add_argument("--smtp-host", help="SMTP relay; without it e-mails go to DATA_DIR/outbox")
+    p.add_argument("--smtp-port", type=int)
+    p.add_argument("--timezone", help="IANA zone billing periods are cut in (default UTC)")
+
+
+def _settings_from(args: argparse.Namespace) -> Any:
+    from zoneinfo import ZoneInfo
+
+    from ispbill_app.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for flag, name in [
+        ("data_dir", "data_dir"), ("host", "host"), ("http_port", "http_port"),
+        ("radius_acct_port", "radius_acct_port"), ("grpc_port", "grpc_port"),
+        ("ledger", "ledger"), ("kafka", "kafka"), ("smtp_host", "smtp_host"),
+        ("smtp_port", "smtp_port"),
+    ]:  # fmt: skip
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "timezone", None):
+        overrides["timezone"] = ZoneInfo(args.timezone)
+    return Settings(**overrides)
+
+
+def _print(data: Any, fmt: str, columns: list[tuple[str, str]] | None = None) -> None:
+    if fmt == "json" or columns is None:
+        print(json.dumps(data, indent=2, sort_keys=False))
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = [[str(_dig(r, key)) for _, key in columns] for r in rows]
+    headers = [h for h, _ in columns]
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+              for i, h in enumerate(headers)]  # fmt: skip
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def _dig(row: dict[str, Any], key: str) -> Any:
+    value: Any = row
+    for part in key.split("."):
+        value = value.get(part, "") if isinstance(value, dict) else ""
+    return value
+
+
+INVOICE_COLUMNS = [
+    ("NUMBER", "number"), ("CUSTOMER", "customer_id"), ("PERIOD", "period"),
+    ("TOTAL", "total.amount"), ("CUR", "currency"), ("DUE", "due_on"), ("STATUS", "status"),
+]  # fmt: skip
+
+
+def _show_invoice(invoice: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        _print(invoice, fmt)
+        return
+    print(f"Invoice {invoice['number']}  ({invoice['status']})")
+    print(f"  customer  {invoice['customer_id']}  {invoice['customer_name']} <{invoice['customer_email']}>")  # noqa: E501
+    print(f"  period    {invoice['period']}   issued {invoice['issued_at']}   due {invoice['due_on']}")  # noqa: E501
+    for line in invoice["lines"]:
+        print(f"  {line['description'][:60]:<60} {line['quantity']:>10} {line['unit']:<6}"
+              f" {line['amount']['amount']:>12}")  # fmt: skip
+    print(f"  {'subtotal':<78} {invoice['subtotal']['amount']:>12}")
+    for tax in invoice["taxes"]:
+        label = f"{tax['tax_name']} {float(tax['rate']) * 100:g}% on {tax['taxable']['amount']}"
+        print(f"  {label:<78} {tax['amount']['amount']:>12}")
+    print(f"  {'TOTAL ' + invoice['currency']:<78} {invoice['total']['amount']:>12}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ispbill", description=__doc__)
+    parser.add_argument("--server", default=None,
+                        help="REST API of a running ispbill (env ISPBILL_SERVER; default "
+                             "http://127.0.0.1:8080)")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="all services in one process, SQLite ledger, no broker")
+    _add_runtime_flags(run)
+    run.add_argument("--with-demo", action="store_true", help="load the demo ISP once started")
+
+    serve = sub.add_parser("serve", help="one component of the distributed runtime")
+    serve.add_argument("component", choices=COMPONENTS)
+    _add_runtime_flags(serve)
+
+    sub.add_parser("demo", help="load the demo ISP into the running server")
+
+    bill = sub.add_parser("bill-run", help="issue the invoices of a billing period")
+    bill.add_argument("--period", required=True, help="YYYY-MM")
+    bill.add_argument("--format", choices=("json", "table"), default="table")
+
+    inv = sub.add_parser("invoices", help="list, show or download invoices")
+    inv_sub = inv.add_subparsers(dest="action", required=True)
+    inv_list = inv_sub.add_parser("list")
+    inv_list.add_argument("--customer")
+    inv_list.add_argument("--period")
+    inv_list.add_argument("--format", choices=("json", "table"), default="table")
+    inv_show = inv_sub.add_parser("show")
+    inv_show.add_argument("invoice", help="invoice number or id")
+    inv_show.add_argument("--format", choices=("json", "table"), default="table")
+    inv_pdf = inv_sub.add_parser("pdf")
+    inv_pdf.add_argument("invoice")
+    inv_pdf.add_argument("-o", "--output", type=Path, required=True)
+
+    pay = sub.add_parser("payments", help="record payments")
+    pay_sub = pay.add_subparsers(dest="action", required=True)
+    pay_rec = pay_sub.add_parser("record", help="a manual payment against an invoice")
+    pay_rec.add_argument("--invoice", required=True)
+    pay_rec.add_argument("--amount", required=True)
+    pay_rec.add_argument("--reference", required=True)
+    pay_rec.add_argument("--method", default="cash")
+    pay_rec.add_argument("--format", choices=("json", "table"), default="table")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    if args.command in ("run", "serve"):
+        from ispbill_app import bootstrap
+
+        settings = _settings_from(args)
+        try:
+            if args.command == "run":
+                asyncio.run(bootstrap.run_embedded(settings, with_demo=args.with_demo))
+            else:
+                asyncio.run(bootstrap.run_component(args.component, settings))
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    client = ApiClient(args.server)
+    try:
+        return _operate(client, args)
+    except ApiError as exc:
+        print(f"ispbill: {exc.detail} (HTTP {exc.status})", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ispbill: cannot reach {client.server}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+
+
+def _operate(client: ApiClient, args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        if args.command == "demo":
+            from ispbill_app.demo import load_demo
+
+            print(json.dumps({"created": load_demo(client)}))
+        elif args.command == "bill-run":
+            report = client.post("/api/v1/bill-runs", {"period": args.period})
+            if args.format == "json":
+                _print(report, "json")
+            else:
+                print(f"period {report['period']}: issued {len(report['issued'])}, "
+                      f"already issued {len(report['already_issued'])}, "
+                      f"skipped {len(report['skipped'])}")  # fmt: skip
+                for number in report["issued"]:
+                    print(f"  issued {number}")
+                for customer, why in report["skipped"].items():
+                    print(f"  skipped {customer}: {why}")
+        elif args.command == "invoices":
+            if args.action == "list":
+                found = client.get("/api/v1/invoices", customer_id=args.customer, period=args.period)  # noqa: E501
+                _print(found, args.format, INVOICE_COLUMNS)
+            elif args.action == "show":
+                _show_invoice(client.get(f"/api/v1/invoices/{args.invoice}"), args.format)
+            else:
+                args.output.write_bytes(client.get_bytes(f"/api/v1/invoices/{args.invoice}/pdf"))
+                print(f"wrote {args.output}")
+        elif args.command == "payments":
+            body = {"invoice": args.invoice, "amount": args.amount,
+                    "reference": args.reference, "method": args.method}  # fmt: skip
+            payment = client.post("/api/v1/payments/manual", body)
+            _print(payment, args.format,
+                   [("PAYMENT", "payment_id"), ("INVOICE", "invoice_id"), ("AMOUNT", "amount.amount"),
+                    ("CUR", "amount.currency"), ("REFERENCE", "transaction_ref")])  # fmt: skip
+    except httpx.TransportError as exc:
+        raise OSError(str(exc)) from exc
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The ops CLI's client of the REST API."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+class ApiClient:
+    def __init__(self, server: str | None = None, *, timeout: float = 60.0) -> None:
+        self.server = (server or os.environ.get("ISPBILL_SERVER") or DEFAULT_SERVER).rstrip("/")
+        self._http = httpx.Client(base_url=self.server, timeout=timeout)
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.is_success:
+            return response
+        try:
+            body = response.json()
+            detail = body.get("detail") if isinstance(body, dict) else body
+        except ValueError:
+            detail = response.text
+        raise ApiError(response.status_code, str(detail))
+
+    def get(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self._check(self._http.get(path, params=clean)).json()
+
+    def get_bytes(self, path: str) -> bytes:
+        return self._check(self._http.get(path)).content
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._check(self._http.post(path, json=body)).json()
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,41 @@
+"""Settings of a running ispbill: command-line flags over ISPBILL_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(f"ISPBILL_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(env("DATA_DIR", "var/ispbill")))
+    host: str = field(default_factory=lambda: env("HOST", "127.0.0.1"))
+    http_port: int = field(default_factory=lambda: int(env("HTTP_PORT", "8080")))
+    radius_acct_port: int = field(default_factory=lambda: int(env("RADIUS_ACCT_PORT", "1813")))
+    grpc_port: int = field(default_factory=lambda: int(env("GRPC_PORT", "50051")))
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo(env("TIMEZONE", "UTC")))
+    #: "sqlite" (in data_dir), or a postgresql:// DSN
+    ledger: str = field(default_factory=lambda: env("LEDGER", "sqlite"))
+    ledger_schema: str = field(default_factory=lambda: env("LEDGER_SCHEMA", "ispbill"))
+    kafka: str = field(default_factory=lambda: env("KAFKA", ""))
+    smtp_host: str = field(default_factory=lambda: env("SMTP_HOST", ""))
+    smtp_port: int = field(default_factory=lambda: int(env("SMTP_PORT", "25")))
+    mail_from: str = field(default_factory=lambda: env("MAIL_FROM", "billing@isp.example"))
+    isp_name: str = field(default_factory=lambda: env("ISP_NAME", "Demo ISP"))
+    isp_address: str = field(default_factory=lambda: env("ISP_ADDRESS", "1 Fiber Street, Metro City"))
+    isp_tax_id: str = field(default_factory=lambda: env("ISP_TAX_ID", "VAT-000000"))
+    invoice_series: str = field(default_factory=lambda: env("INVOICE_SERIES", "INV"))
+    payment_terms_days: int = field(default_factory=lambda: int(env("PAYMENT_TERMS_DAYS", "14")))
+    tax_rounding: str = field(default_factory=lambda: env("TAX_ROUNDING", "per_invoice"))
+    #: where the invoicing gRPC service is, for the notifier in distributed mode
+    invoicing_grpc: str = field(default_factory=lambda: env("INVOICING_GRPC", ""))
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.db"

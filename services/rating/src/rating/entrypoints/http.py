@@ -1,0 +1,20 @@
+"""REST endpoints of rating, under /api/v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path
+
+from ispbill_core.eventstore import EventStore
+from rating.application.usage_summary import UsageSummary, usage_summary
+
+
+def rating_router(store: EventStore) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["rating"])
+
+    @router.get("/usage/{customer_id}/{period}")
+    async def usage(
+        customer_id: str, period: str = Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    ) -> UsageSummary:
+        return await usage_summary(store, customer_id, period)
+
+    return router

@@ -1,0 +1,144 @@
+"""Drives a running ispbill from the outside: processes, the CLI, radclient, and polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from tests.fixtures.smtp import free_port
+
+T = TypeVar("T")
+ISPBILL = [sys.executable, "-m", "ispbill_app.cli"]
+GB = 10**9
+
+
+def wait_until(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except (httpx.HTTPError, OSError, AssertionError) as exc:
+            last_error = exc
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what or probe}: {last_error}")
+
+
+class Process:
+    """A child process whose output goes to a log file we can show when a test fails."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def assert_running(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")  # noqa: E501
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Ispbill:
+    """The CLI and REST API of one running ispbill."""
+
+    def __init__(self, http_port: int) -> None:
+        self.server = f"http://127.0.0.1:{http_port}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*ISPBILL, "--server", self.server, *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"ispbill {' '.join(args)} failed: {result.stderr}{result.stdout}")
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--format", "json").stdout)
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.server + path, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.server + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def radclient(port: int, secret: str, packets: list[dict[str, str | int]]) -> str:
+    """Send accounting packets with FreeRADIUS's radclient, one after another, and wait for
+    each Accounting-Response (radclient exits non-zero when one never comes)."""
+    exe = shutil.which("radclient")
+    if exe is None:
+        raise AssertionError("radclient not installed (apt-get install freeradius-utils)")
+    text = "\n\n".join(",".join(f"{k}={v}" for k, v in p.items()) for p in packets) + "\n"
+    result = subprocess.run(
+        [exe, "-x", "-r", "3", "-t", "3", f"127.0.0.1:{port}", "acct", secret],
+        input=text, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(f"radclient failed ({result.returncode}): {result.stdout}{result.stderr}")  # noqa: E501
+    return result.stdout
+
+
+def octets(value: int, direction: str) -> dict[str, int]:
+    """RADIUS carries 64-bit counters as Gigawords (high 32 bits) plus Octets (low 32 bits)."""
+    return {f"Acct-{direction}-Octets": value % 2**32, f"Acct-{direction}-Gigawords": value // 2**32}
+
+
+def session_packets(
+    username: str, session_id: str, usage: list[tuple[int, int]], *, started_at: int, step: int = 600
+) -> list[dict[str, str | int]]:
+    """Start, one Interim-Update per entry but the last, and Stop with the last entry.
+
+    Each packet carries Event-Timestamp (started_at + session time), as a NAS does, so the
+    session's start derived from every packet is the same even though they are sent at once.
+    """
+    base: dict[str, str | int] = {
+        "User-Name": username, "Acct-Session-Id": session_id, "NAS-IP-Address": "127.0.0.1",
+        "NAS-Port": 7, "Framed-IP-Address": "100.64.0.10", "Calling-Station-Id": "AA-BB-CC-00-11-22",
+    }  # fmt: skip
+    packets: list[dict[str, str | int]] = [
+        {**base, "Acct-Status-Type": "Start", "Acct-Session-Time": 0, "Event-Timestamp": started_at}
+    ]
+    for i, (down, up) in enumerate(usage):
+        status = "Stop" if i == len(usage) - 1 else "Interim-Update"
+        elapsed = step * (i + 1)
+        packets.append({**base, "Acct-Status-Type": status, "Acct-Session-Time": elapsed,
+                        "Event-Timestamp": started_at + elapsed,
+                        **octets(up, "Input"), **octets(down, "Output")})  # fmt: skip
+    return packets
+
+
+__all__ = ["GB", "Ispbill", "Process", "free_port", "radclient", "session_packets", "wait_until"]
