@@ -1,12 +1,4 @@
-"""Kafka adapter of the bus: an idempotent aiokafka producer with acks=all, and topic setup.
-
-Why there is a protocol shim here: aiokafka (0.14) only speaks InitProducerId v0, which has no
-producer id or epoch fields. Tansu (the Kafka-protocol broker the tests and small deployments
-use) rejects such a request with UNKNOWN_SERVER_ERROR, so an idempotent producer cannot start.
-The Java client sends v3+ (KIP-360, Kafka 2.5+) with producer id and epoch -1; the shim teaches
-aiokafka's sender the same v3 request. aiokafka still negotiates the version per broker, so a
-broker without v3 keeps getting v0.
-"""
+"""Kafka adapter of the bus: an idempotent aiokafka producer with acks=all, and topic setup."""
 
 from __future__ import annotations
 
@@ -17,68 +9,14 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from aiokafka.producer import sender as _aiokafka_sender
-from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.transaction import InitProducerIdRequest_v0
-from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, TaggedFields
 
 from ispbill_core.bus import BusError, BusUnavailable, Message, Publisher, encode_message
 from ispbill_core.bus import message_headers as _headers
+from ispbill_core.bus.kafka_compat import install_kafka_compat
 
 __all__ = ["KafkaPublisher", "ensure_topics"]
 
 _TOPIC_ALREADY_EXISTS = 36
-
-
-class _InitProducerIdResponseV3(Response):  # type: ignore[misc] # aiokafka is untyped
-    API_KEY = 22
-    API_VERSION = 3
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        ("error_code", Int16),
-        ("producer_id", Int64),
-        ("producer_epoch", Int16),
-        ("tags", TaggedFields),
-    )
-
-
-class _InitProducerIdRequestV3(RequestStruct):  # type: ignore[misc]
-    FLEXIBLE_VERSION = True
-    API_KEY = 22
-    API_VERSION = 3
-    RESPONSE_TYPE = _InitProducerIdResponseV3
-    SCHEMA = Schema(
-        ("transactional_id", CompactString("utf-8")),
-        ("transaction_timeout_ms", Int32),
-        ("producer_id", Int64),
-        ("producer_epoch", Int16),
-        ("tags", TaggedFields),
-    )
-
-
-class _InitProducerIdRequest(Request[InitProducerIdRequest_v0 | _InitProducerIdRequestV3]):  # type: ignore[misc]
-    """Drop-in for aiokafka's InitProducerIdRequest that can also build v3."""
-
-    API_KEY = 22
-
-    def __init__(self, transactional_id: str | None, transaction_timeout_ms: int) -> None:
-        self._transactional_id = transactional_id
-        self._transaction_timeout_ms = transaction_timeout_ms
-
-    def build(
-        self, request_struct_class: type[InitProducerIdRequest_v0 | _InitProducerIdRequestV3]
-    ) -> InitProducerIdRequest_v0 | _InitProducerIdRequestV3:
-        if request_struct_class.API_VERSION == 0:
-            return request_struct_class(self._transactional_id, self._transaction_timeout_ms)
-        # -1/-1: a new producer id, not the bump of an existing producer's epoch.
-        return request_struct_class(
-            self._transactional_id, self._transaction_timeout_ms, -1, -1, {}
-        )
-
-
-def _install_init_producer_id_v3() -> None:
-    module: Any = _aiokafka_sender
-    module.InitProducerIdRequest = _InitProducerIdRequest
 
 
 class KafkaPublisher(Publisher):
@@ -116,8 +54,7 @@ class KafkaPublisher(Publisher):
     async def start(self) -> None:
         if self._producer is not None:
             return
-        if self._enable_idempotence:
-            _install_init_producer_id_v3()
+        install_kafka_compat()
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
