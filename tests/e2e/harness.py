@@ -52,7 +52,9 @@ class Process:
 
     def assert_running(self) -> None:
         if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")  # noqa: E501
+            raise AssertionError(
+                f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}"
+            )
 
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
@@ -75,8 +77,10 @@ class Ispbill:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*ISPBILL, "--server", self.server, *args],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"ispbill {' '.join(args)} failed: {result.stderr}{result.stdout}")
         return result
@@ -105,20 +109,33 @@ def radclient(port: int, secret: str, packets: list[dict[str, str | int]]) -> st
     text = "\n\n".join(",".join(f"{k}={v}" for k, v in p.items()) for p in packets) + "\n"
     result = subprocess.run(
         [exe, "-x", "-r", "3", "-t", "3", f"127.0.0.1:{port}", "acct", secret],
-        input=text, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0:
-        raise AssertionError(f"radclient failed ({result.returncode}): {result.stdout}{result.stderr}")  # noqa: E501
+        raise AssertionError(
+            f"radclient failed ({result.returncode}): {result.stdout}{result.stderr}"
+        )
     return result.stdout
 
 
 def octets(value: int, direction: str) -> dict[str, int]:
     """RADIUS carries 64-bit counters as Gigawords (high 32 bits) plus Octets (low 32 bits)."""
-    return {f"Acct-{direction}-Octets": value % 2**32, f"Acct-{direction}-Gigawords": value // 2**32}
+    return {
+        f"Acct-{direction}-Octets": value % 2**32,
+        f"Acct-{direction}-Gigawords": value // 2**32,
+    }
 
 
 def session_packets(
-    username: str, session_id: str, usage: list[tuple[int, int]], *, started_at: int, step: int = 600
+    username: str,
+    session_id: str,
+    usage: list[tuple[int, int]],
+    *,
+    started_at: int,
+    step: int = 600,
 ) -> list[dict[str, str | int]]:
     """Start, one Interim-Update per entry but the last, and Stop with the last entry.
 
@@ -126,18 +143,29 @@ def session_packets(
     session's start derived from every packet is the same even though they are sent at once.
     """
     base: dict[str, str | int] = {
-        "User-Name": username, "Acct-Session-Id": session_id, "NAS-IP-Address": "127.0.0.1",
-        "NAS-Port": 7, "Framed-IP-Address": "100.64.0.10", "Calling-Station-Id": "AA-BB-CC-00-11-22",
-    }  # fmt: skip
+        "User-Name": username,
+        "Acct-Session-Id": session_id,
+        "NAS-IP-Address": "127.0.0.1",
+        "NAS-Port": 7,
+        "Framed-IP-Address": "100.64.0.10",
+        "Calling-Station-Id": "AA-BB-CC-00-11-22",
+    }
     packets: list[dict[str, str | int]] = [
         {**base, "Acct-Status-Type": "Start", "Acct-Session-Time": 0, "Event-Timestamp": started_at}
     ]
     for i, (down, up) in enumerate(usage):
         status = "Stop" if i == len(usage) - 1 else "Interim-Update"
         elapsed = step * (i + 1)
-        packets.append({**base, "Acct-Status-Type": status, "Acct-Session-Time": elapsed,
-                        "Event-Timestamp": started_at + elapsed,
-                        **octets(up, "Input"), **octets(down, "Output")})  # fmt: skip
+        packets.append(
+            {
+                **base,
+                "Acct-Status-Type": status,
+                "Acct-Session-Time": elapsed,
+                "Event-Timestamp": started_at + elapsed,
+                **octets(up, "Input"),
+                **octets(down, "Output"),
+            }
+        )
     return packets
 
 

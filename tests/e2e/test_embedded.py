@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+import socket
 from pathlib import Path
 
 import pytest
-from pypdf import PdfReader
 
-from ispbill_app.demo import DEMO_NAS_SECRET
-from ispbill_core.telemetry import read_spans
-from tests.e2e.harness import (
-    GB,
-    ISPBILL,
-    Ispbill,
-    Process,
-    free_port,
-    radclient,
-    session_packets,
-    wait_until,
-)
+from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
+from tests.e2e.scenario import assert_one_trace_links_packet_to_line, run_thin_path
 from tests.fixtures.smtp import Mailbox
 
 pytestmark = pytest.mark.e2e
@@ -32,18 +18,30 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def all_in_one(tmp_path: Path, smtp_server: Mailbox):
-    import socket
-
     http, radius, grpc = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     trace_file = tmp_path / "trace.jsonl"
     proc = Process(
         "ispbill-run",
-        [*ISPBILL, "run", "--data-dir", str(tmp_path / "data"), "--http-port", str(http),
-         "--radius-acct-port", str(radius), "--grpc-port", str(grpc),
-         "--smtp-host", smtp_server.host, "--smtp-port", str(smtp_server.port), "--with-demo"],
+        [
+            *ISPBILL,
+            "run",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--http-port",
+            str(http),
+            "--radius-acct-port",
+            str(radius),
+            "--grpc-port",
+            str(grpc),
+            "--smtp-host",
+            smtp_server.host,
+            "--smtp-port",
+            str(smtp_server.port),
+            "--with-demo",
+        ],
         tmp_path,
         {"ISPBILL_TRACE_FILE": str(trace_file), "ISPBILL_TIMEZONE": "UTC"},
-    )  # fmt: skip
+    )
     api = Ispbill(http)
     try:
         wait_until(lambda: (proc.assert_running(), api.healthy())[1], what="the REST API")
@@ -54,92 +52,6 @@ def all_in_one(tmp_path: Path, smtp_server: Mailbox):
         if os.environ.get("ISPBILL_SHOW_LOGS"):
             print(proc.log_text())
         assert code == 0, proc.log_text()[-3000:]
-
-
-def usage_of(api: Ispbill, customer: str, period: str) -> int:
-    return int(api.get(f"/api/v1/usage/{customer}/{period}")["total_octets"])
-
-
-def run_thin_path(api: Ispbill, radius_port: int, mailbox: Mailbox) -> dict:
-    # Bob's plan (home-25): 25.00 a month, 20 GB included, 2.00 per started GB; rural VAT 5%.
-    started = int(time.time()) - 3600
-    period = datetime.fromtimestamp(started, UTC).strftime("%Y-%m")
-    down, up = 15 * GB + 123_456_789, 8 * GB + 500_000_000  # over 2**32: needs Gigawords
-    packets = session_packets(
-        "bob", "e2e-0001", [(5 * GB, 1 * GB), (down, up)], started_at=started
-    )
-    radclient(radius_port, DEMO_NAS_SECRET, packets)
-    # A retransmission of the Stop: acknowledged again, counted once.
-    radclient(radius_port, DEMO_NAS_SECRET, packets[-1:])
-    wait_until(lambda: usage_of(api, "C1002", period) == down + up, what="bob's rated usage")
-
-    report = api.cli_json("bill-run", "--period", period)
-    assert len(report["issued"]) == 3  # alice, bob, carol
-    invoices = api.cli_json("invoices", "list", "--customer", "C1002", "--period", period)
-    assert len(invoices) == 1
-    invoice = invoices[0]
-    # 23.623456789 GB used, 20 included: 3.62... -> 4 started GB at 2.00 = 8.00
-    lines = {line["kind"]: line for line in invoice["lines"]}
-    assert lines["recurring"]["amount"]["amount"] == "25.00"
-    assert lines["usage"]["quantity"] in ("4", "4.0", "4.00")
-    assert lines["usage"]["amount"]["amount"] == "8.00"
-    assert invoice["subtotal"]["amount"] == "33.00"
-    assert [(t["tax_name"], t["amount"]["amount"]) for t in invoice["taxes"]] == [("VAT", "1.65")]
-    assert invoice["total"]["amount"] == "34.65"
-    assert invoice["status"] == "issued"
-
-    # Again, and twice at once: still exactly one invoice per customer.
-    again = api.cli_json("bill-run", "--period", period)
-    assert again["issued"] == [] and len(again["already_issued"]) == 3
-    with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda _: api.cli_json("bill-run", "--period", period), range(2)))
-    assert all(r["issued"] == [] for r in runs)
-    everything = api.cli_json("invoices", "list", "--period", period)
-    assert sorted(i["customer_id"] for i in everything) == ["C1001", "C1002", "C1003"]
-    numbers = sorted(i["number"] for i in everything)
-    assert numbers == ["INV-000001", "INV-000002", "INV-000003"]  # gapless
-
-    mail = mailbox.wait_for("bob@example.net")
-    assert invoice["number"] in str(mail["Subject"])
-    attachments = [p for p in mail.iter_attachments() if p.get_content_type() == "application/pdf"]
-    assert len(attachments) == 1
-    pdf_text = "".join(
-        page.extract_text() for page in PdfReader(io.BytesIO(attachments[0].get_content())).pages
-    )
-    assert invoice["number"] in pdf_text and "34.65" in pdf_text
-
-    table = api.cli("invoices", "show", invoice["number"]).stdout
-    assert "34.65" in table and "Bob Chowdhury" in table
-    paid = api.cli_json("payments", "record", "--invoice", invoice["number"], "--amount", "34.65",
-                        "--reference", "RCPT-77")  # fmt: skip
-    # The same receipt entered twice records one payment.
-    assert api.cli_json("payments", "record", "--invoice", invoice["number"], "--amount", "34.65",
-                        "--reference", "RCPT-77")["payment_id"] == paid["payment_id"]  # fmt: skip
-    wait_until(
-        lambda: api.cli_json("invoices", "show", invoice["number"])["status"] == "paid",
-        what="the invoice to be marked paid",
-    )
-    return invoice
-
-
-def assert_one_trace_links_packet_to_line(trace_files: list[Path], invoice_number: str) -> None:
-    spans = [s for f in trace_files if f.exists() for s in read_spans(str(f))]
-    packet_traces = {
-        s["context"]["trace_id"] for s in spans
-        if s["name"] == "radius.accounting"
-        and s["attributes"].get("radius.acct_session_id") == "e2e-0001"
-    }  # fmt: skip
-    rating_traces = {s["context"]["trace_id"] for s in spans if s["name"] == "rating.rate_accounting_record"}  # noqa: E501
-    assert packet_traces & rating_traces, "rating did not continue the packet's trace"
-    usage_lines = [
-        s for s in spans
-        if s["name"] == "invoicing.invoice_line"
-        and s["attributes"].get("invoice.number") == invoice_number
-        and s["attributes"].get("invoice.line.kind") == "usage"
-    ]  # fmt: skip
-    assert len(usage_lines) == 1
-    linked = {link["context"]["trace_id"] for link in usage_lines[0]["links"]}
-    assert linked and linked <= packet_traces & rating_traces, (linked, packet_traces)
 
 
 def test_radius_session_becomes_one_paid_emailed_invoice(all_in_one, smtp_server):

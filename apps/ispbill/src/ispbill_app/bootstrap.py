@@ -27,8 +27,8 @@ from ispbill_core.clock import Clock, SystemClock
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, accounting_stream
-from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.events import RecordedEvent
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.subscriber import LedgerSubscriber
 from ispbill_core.telemetry import setup_tracing
 from notifier.adapters.outbox import OutboxMailer
@@ -101,9 +101,14 @@ class Services:
                 payments_router(self.store, self.clock, self.invoice_queries),
             ],
             error_statuses={
-                AlreadyExists: 409, UsernameTaken: 409, DuplicatePaymentReference: 409,
-                NotFound: 404, InvalidPlan: 422, InvalidPayment: 422, InvoicingError: 422,
-            },  # fmt: skip
+                AlreadyExists: 409,
+                UsernameTaken: 409,
+                DuplicatePaymentReference: 409,
+                NotFound: 404,
+                InvalidPlan: 422,
+                InvalidPayment: 422,
+                InvoicingError: 422,
+            },
             health_checks={"ledger": self._ledger_ok},
         )
 
@@ -116,7 +121,9 @@ class Services:
 
     def mailer(self) -> Mailer:
         if self.settings.smtp_host:
-            return SmtpMailer(SmtpSettings(host=self.settings.smtp_host, port=self.settings.smtp_port))  # fmt: skip
+            return SmtpMailer(
+                SmtpSettings(host=self.settings.smtp_host, port=self.settings.smtp_port)
+            )
         return OutboxMailer(self.settings.data_dir / "outbox")
 
     def subscriber(
@@ -147,7 +154,7 @@ class Services:
         mailer = self.mailer()
 
         class Documents:
-            async def invoice_pdf(inner, invoice: InvoiceIssued) -> bytes:  # noqa: N805
+            async def invoice_pdf(inner, invoice: InvoiceIssued) -> bytes:
                 return await asyncio.to_thread(self.render_pdf, invoice, "ISSUED")
 
         documents = Documents()
@@ -168,7 +175,9 @@ class _Uvicorn(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[_Uvicorn]:
-    server = _Uvicorn(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))  # fmt: skip
+    server = _Uvicorn(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    )
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:
         if task.done():
@@ -192,7 +201,9 @@ async def _until_signalled() -> None:
 
 
 @contextlib.asynccontextmanager
-async def background(*runners: Callable[[], Awaitable[Any]]) -> AsyncIterator[list[asyncio.Task[Any]]]:  # noqa: E501
+async def background(
+    *runners: Callable[[], Awaitable[Any]],
+) -> AsyncIterator[list[asyncio.Task[Any]]]:
     tasks = [asyncio.create_task(r()) for r in runners]
     try:
         yield tasks
@@ -343,7 +354,13 @@ async def _serve_rating(services: Services) -> None:
         data_dir=str(services.settings.data_dir / "faust"),
         fast_join=True,
     )
-    await run_rating_worker(app)
-
-
-__all__ = ["Services", "run_component", "run_embedded"]
+    worker = asyncio.create_task(run_rating_worker(app), name="rating-worker")
+    signalled = asyncio.create_task(_until_signalled(), name="signals")
+    done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if worker in done:
+        signalled.cancel()
+        worker.result()  # a crashed worker exits the process non-zero; the supervisor restarts it
+        return
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker

@@ -36,11 +36,16 @@ def _settings_from(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, Any] = {}
     for flag, name in [
-        ("data_dir", "data_dir"), ("host", "host"), ("http_port", "http_port"),
-        ("radius_acct_port", "radius_acct_port"), ("grpc_port", "grpc_port"),
-        ("ledger", "ledger"), ("kafka", "kafka"), ("smtp_host", "smtp_host"),
+        ("data_dir", "data_dir"),
+        ("host", "host"),
+        ("http_port", "http_port"),
+        ("radius_acct_port", "radius_acct_port"),
+        ("grpc_port", "grpc_port"),
+        ("ledger", "ledger"),
+        ("kafka", "kafka"),
+        ("smtp_host", "smtp_host"),
         ("smtp_port", "smtp_port"),
-    ]:  # fmt: skip
+    ]:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[name] = value
@@ -56,8 +61,10 @@ def _print(data: Any, fmt: str, columns: list[tuple[str, str]] | None = None) ->
     rows = data if isinstance(data, list) else [data]
     table = [[str(_dig(r, key)) for _, key in columns] for r in rows]
     headers = [h for h, _ in columns]
-    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
-              for i, h in enumerate(headers)]  # fmt: skip
+    widths = [
+        max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+        for i, h in enumerate(headers)
+    ]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
@@ -71,9 +78,14 @@ def _dig(row: dict[str, Any], key: str) -> Any:
 
 
 INVOICE_COLUMNS = [
-    ("NUMBER", "number"), ("CUSTOMER", "customer_id"), ("PERIOD", "period"),
-    ("TOTAL", "total.amount"), ("CUR", "currency"), ("DUE", "due_on"), ("STATUS", "status"),
-]  # fmt: skip
+    ("NUMBER", "number"),
+    ("CUSTOMER", "customer_id"),
+    ("PERIOD", "period"),
+    ("TOTAL", "total.amount"),
+    ("CUR", "currency"),
+    ("DUE", "due_on"),
+    ("STATUS", "status"),
+]
 
 
 def _show_invoice(invoice: dict[str, Any], fmt: str) -> None:
@@ -81,11 +93,18 @@ def _show_invoice(invoice: dict[str, Any], fmt: str) -> None:
         _print(invoice, fmt)
         return
     print(f"Invoice {invoice['number']}  ({invoice['status']})")
-    print(f"  customer  {invoice['customer_id']}  {invoice['customer_name']} <{invoice['customer_email']}>")  # noqa: E501
-    print(f"  period    {invoice['period']}   issued {invoice['issued_at']}   due {invoice['due_on']}")  # noqa: E501
+    print(
+        f"  customer  {invoice['customer_id']}  {invoice['customer_name']}"
+        f" <{invoice['customer_email']}>"
+    )
+    print(
+        f"  period    {invoice['period']}   issued {invoice['issued_at']}   due {invoice['due_on']}"
+    )
     for line in invoice["lines"]:
-        print(f"  {line['description'][:60]:<60} {line['quantity']:>10} {line['unit']:<6}"
-              f" {line['amount']['amount']:>12}")  # fmt: skip
+        print(
+            f"  {line['description'][:60]:<60} {line['quantity']:>10} {line['unit']:<6}"
+            f" {line['amount']['amount']:>12}"
+        )
     print(f"  {'subtotal':<78} {invoice['subtotal']['amount']:>12}")
     for tax in invoice["taxes"]:
         label = f"{tax['tax_name']} {float(tax['rate']) * 100:g}% on {tax['taxable']['amount']}"
@@ -95,9 +114,11 @@ def _show_invoice(invoice: dict[str, Any], fmt: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ispbill", description=__doc__)
-    parser.add_argument("--server", default=None,
-                        help="REST API of a running ispbill (env ISPBILL_SERVER; default "
-                             "http://127.0.0.1:8080)")  # fmt: skip
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="REST API of a running ispbill (env ISPBILL_SERVER; default http://127.0.0.1:8080)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -182,16 +203,20 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
             if args.format == "json":
                 _print(report, "json")
             else:
-                print(f"period {report['period']}: issued {len(report['issued'])}, "
-                      f"already issued {len(report['already_issued'])}, "
-                      f"skipped {len(report['skipped'])}")  # fmt: skip
+                print(
+                    f"period {report['period']}: issued {len(report['issued'])}, "
+                    f"already issued {len(report['already_issued'])}, "
+                    f"skipped {len(report['skipped'])}"
+                )
                 for number in report["issued"]:
                     print(f"  issued {number}")
                 for customer, why in report["skipped"].items():
                     print(f"  skipped {customer}: {why}")
         elif args.command == "invoices":
             if args.action == "list":
-                found = client.get("/api/v1/invoices", customer_id=args.customer, period=args.period)  # noqa: E501
+                found = client.get(
+                    "/api/v1/invoices", customer_id=args.customer, period=args.period
+                )
                 _print(found, args.format, INVOICE_COLUMNS)
             elif args.action == "show":
                 _show_invoice(client.get(f"/api/v1/invoices/{args.invoice}"), args.format)
@@ -199,12 +224,24 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
                 args.output.write_bytes(client.get_bytes(f"/api/v1/invoices/{args.invoice}/pdf"))
                 print(f"wrote {args.output}")
         elif args.command == "payments":
-            body = {"invoice": args.invoice, "amount": args.amount,
-                    "reference": args.reference, "method": args.method}  # fmt: skip
+            body = {
+                "invoice": args.invoice,
+                "amount": args.amount,
+                "reference": args.reference,
+                "method": args.method,
+            }
             payment = client.post("/api/v1/payments/manual", body)
-            _print(payment, args.format,
-                   [("PAYMENT", "payment_id"), ("INVOICE", "invoice_id"), ("AMOUNT", "amount.amount"),
-                    ("CUR", "amount.currency"), ("REFERENCE", "transaction_ref")])  # fmt: skip
+            _print(
+                payment,
+                args.format,
+                [
+                    ("PAYMENT", "payment_id"),
+                    ("INVOICE", "invoice_id"),
+                    ("AMOUNT", "amount.amount"),
+                    ("CUR", "amount.currency"),
+                    ("REFERENCE", "transaction_ref"),
+                ],
+            )
     except httpx.TransportError as exc:
         raise OSError(str(exc)) from exc
     return 0

@@ -28,7 +28,9 @@ class Settings:
     smtp_port: int = field(default_factory=lambda: int(env("SMTP_PORT", "25")))
     mail_from: str = field(default_factory=lambda: env("MAIL_FROM", "billing@isp.example"))
     isp_name: str = field(default_factory=lambda: env("ISP_NAME", "Demo ISP"))
-    isp_address: str = field(default_factory=lambda: env("ISP_ADDRESS", "1 Fiber Street, Metro City"))
+    isp_address: str = field(
+        default_factory=lambda: env("ISP_ADDRESS", "1 Fiber Street, Metro City")
+    )
     isp_tax_id: str = field(default_factory=lambda: env("ISP_TAX_ID", "VAT-000000"))
     invoice_series: str = field(default_factory=lambda: env("INVOICE_SERIES", "INV"))
     payment_terms_days: int = field(default_factory=lambda: int(env("PAYMENT_TERMS_DAYS", "14")))

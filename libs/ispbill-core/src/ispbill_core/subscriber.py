@@ -6,8 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 
-from ispbill_core.eventstore import CheckpointStore, EventStore
 from ispbill_core.events import RecordedEvent
+from ispbill_core.eventstore import CheckpointStore, EventStore
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,12 @@ class LedgerSubscriber:
                 self.failures += 1
                 log.exception(
                     "subscriber %s failed on event %s (%s at %d); retrying in %.1fs",
-                    self.name, event.id, event.type, event.global_position, backoff,
-                )  # fmt: skip
+                    self.name,
+                    event.id,
+                    event.type,
+                    event.global_position,
+                    backoff,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from ispbill_core.eventstore import EventStore
 from ispbill_core.events import DomainEvent, RecordedEvent
+from ispbill_core.eventstore import EventStore
 
 T = TypeVar("T", bound=DomainEvent)
 

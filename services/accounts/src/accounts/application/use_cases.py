@@ -17,8 +17,8 @@ from ispbill_core.contracts.accounts import (
     radius_user_stream,
     subscription_stream,
 )
-from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
+from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 
 
 async def _record_once(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoicePaid, invoice_stream
 from ispbill_core.contracts.payments import PaymentReceived
+from ispbill_core.events import RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, EventStore
 from ispbill_core.eventstore.queries import all_events_of
-from ispbill_core.events import RecordedEvent, deterministic_id, new_event
 from ispbill_core.money import Money
 
 
@@ -55,4 +55,3 @@ async def _issued(store: EventStore, payment: PaymentReceived) -> InvoiceIssued 
         if invoice.invoice_id == payment.invoice_id:
             return invoice
     return None
-

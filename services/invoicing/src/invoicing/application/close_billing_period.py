@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -24,9 +25,9 @@ from ispbill_core.contracts.invoicing import (
     invoice_stream,
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.events import deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.eventstore.queries import all_events_of
-from ispbill_core.events import deterministic_id, new_event
 from ispbill_core.money import Money
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import links_from_traceparents, trace_id_of
@@ -88,9 +89,13 @@ class _Series:
             self.version = recorded.stream_position
 
     async def assign(
-        self, settings: BillingSettings, invoice_id: uuid.UUID, customer_id: str, period: str,
+        self,
+        settings: BillingSettings,
+        invoice_id: uuid.UUID,
+        customer_id: str,
+        period: str,
         now: datetime,
-    ) -> InvoiceNumberAssigned:  # fmt: skip
+    ) -> InvoiceNumberAssigned:
         """The next number, gapless: appended at exactly the version we read, else re-read."""
         while True:
             if invoice_id in self.numbers:
@@ -109,12 +114,10 @@ class _Series:
             event = new_event(
                 assigned, id=deterministic_id("invoice-number", invoice_id), occurred_at=now
             )
-            try:
+            with contextlib.suppress(WrongExpectedVersion):
                 await self._store.append(
                     self._stream, [event], NO_STREAM if self.version is None else self.version
                 )
-            except WrongExpectedVersion:
-                pass
             await self.refresh()
 
 
@@ -129,10 +132,16 @@ def _merge(drafts: list[InvoiceDraft]) -> InvoiceDraft:
         for t in draft.taxes:
             key = (t.tax_name, str(t.rate))
             prior = taxes.get(key)
-            taxes[key] = t if prior is None else TaxLine(
-                tax_name=t.tax_name, rate=t.rate,
-                taxable=prior.taxable + t.taxable, amount=prior.amount + t.amount,
-            )  # fmt: skip
+            taxes[key] = (
+                t
+                if prior is None
+                else TaxLine(
+                    tax_name=t.tax_name,
+                    rate=t.rate,
+                    taxable=prior.taxable + t.taxable,
+                    amount=prior.amount + t.amount,
+                )
+            )
     zero = Money.zero(currency)
     subtotal = sum((d.subtotal for d in drafts), zero)
     tax_total = sum((d.tax_total for d in drafts), zero)
@@ -154,7 +163,11 @@ async def _usage(store: EventStore, customer_id: str, period: str) -> dict[str, 
         i, o, tps = per_subscription.get(usage.subscription_id, (0, 0, []))
         if recorded.metadata.traceparent:
             tps.append(recorded.metadata.traceparent)
-        per_subscription[usage.subscription_id] = (i + usage.input_octets, o + usage.output_octets, tps)  # fmt: skip
+        per_subscription[usage.subscription_id] = (
+            i + usage.input_octets,
+            o + usage.output_octets,
+            tps,
+        )
     return {
         sub: UsageTotals(input_octets=i, output_octets=o, trace_ids=tuple(dict.fromkeys(tps)))
         for sub, (i, o, tps) in per_subscription.items()
@@ -171,7 +184,9 @@ async def close_billing_period(
     """
     period = BillingPeriod.parse(period_text)
     report = BillRunReport(period=str(period))
-    with tracer.start_as_current_span("invoicing.bill_run", attributes={"billing.period": str(period)}):
+    with tracer.start_as_current_span(
+        "invoicing.bill_run", attributes={"billing.period": str(period)}
+    ):
         catalogue = await _catalogue(store)
         series = _Series(store, settings.series)
         await series.refresh()
@@ -191,9 +206,15 @@ async def close_billing_period(
 
 
 async def _close_for_customer(
-    store: EventStore, clock: Clock, settings: BillingSettings, catalogue: _Catalogue,
-    series: _Series, period: BillingPeriod, customer_id: str, subs: list[SubscriptionStarted],
-) -> tuple[str, bool] | None:  # fmt: skip
+    store: EventStore,
+    clock: Clock,
+    settings: BillingSettings,
+    catalogue: _Catalogue,
+    series: _Series,
+    period: BillingPeriod,
+    customer_id: str,
+    subs: list[SubscriptionStarted],
+) -> tuple[str, bool] | None:
     stream = invoice_stream(customer_id, str(period))
     existing = await store.read_stream(stream, limit=1)
     if existing:
@@ -212,7 +233,9 @@ async def _close_for_customer(
     for sub in active:
         plan = catalogue.plans.get(sub.plan_id)
         if plan is None:
-            raise InvoicingError(f"subscription {sub.subscription_id} names unknown plan {sub.plan_id}")  # fmt: skip
+            raise InvoicingError(
+                f"subscription {sub.subscription_id} names unknown plan {sub.plan_id}"
+            )
         drafts.append(
             draft_invoice(
                 plan=plan,
@@ -270,11 +293,16 @@ async def _close_for_customer(
         try:
             await store.append(
                 stream,
-                [new_event(invoice, id=deterministic_id("invoice-issued", invoice_id), occurred_at=now)],
+                [
+                    new_event(
+                        invoice, id=deterministic_id("invoice-issued", invoice_id), occurred_at=now
+                    )
+                ],
                 NO_STREAM,
-            )  # fmt: skip
+            )
         except WrongExpectedVersion:
             return assigned.number, False  # another bill run issued it a moment ago
-    log.info("issued invoice %s to %s for %s: %s", assigned.number, customer_id, period, invoice.total)  # fmt: skip
+    log.info(
+        "issued invoice %s to %s for %s: %s", assigned.number, customer_id, period, invoice.total
+    )
     return assigned.number, True
-

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import TaxRateSet, tax_region_stream
-from ispbill_core.eventstore import ANY, EventStore
 from ispbill_core.events import deterministic_id, new_event
+from ispbill_core.eventstore import ANY, EventStore
 
 
 async def set_tax_rate(

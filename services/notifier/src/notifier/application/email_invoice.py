@@ -11,8 +11,8 @@ from opentelemetry import trace
 
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import InvoiceIssued
-from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.events import RecordedEvent, deterministic_id, new_event
+from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from notifier.domain.events import InvoiceEmailed, invoice_notification_stream
 from notifier.domain.messages import invoice_email
 
@@ -52,7 +52,9 @@ async def email_invoice(
         "notifier.email_invoice", attributes={"invoice.number": invoice.number}
     ):
         pdf = await documents.invoice_pdf(invoice)
-        message = invoice_email(invoice, pdf, sender_name=sender.name, sender_address=sender.address)  # fmt: skip
+        message = invoice_email(
+            invoice, pdf, sender_name=sender.name, sender_address=sender.address
+        )
         await mailer.send(message)
         emailed = InvoiceEmailed(
             invoice_id=invoice.invoice_id,

@@ -22,7 +22,5 @@ def invoice_email(
         f"Amount due: {invoice.total}, by {invoice.due_on.isoformat()}.\n\n"
         f"{sender_name}\n"
     )
-    msg.add_attachment(
-        pdf, maintype="application", subtype="pdf", filename=f"{invoice.number}.pdf"
-    )
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{invoice.number}.pdf")
     return msg

@@ -8,8 +8,8 @@ from typing import Protocol
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived, payment_stream
-from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.events import new_event
+from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.money import Money
 from payments.domain.commands import RecordManualPayment, payment_received
 from payments.domain.errors import DuplicatePaymentReference, InvalidPayment
@@ -41,7 +41,7 @@ async def record_manual_payment(
         assert isinstance(prior, PaymentReceived)
         if prior.invoice_id == invoice.invoice_id and prior.amount == amount:
             return prior  # the same payment entered twice: recorded once
-        raise DuplicatePaymentReference(f"reference {cmd.reference!r} was used for another payment")  # fmt: skip
+        raise DuplicatePaymentReference(f"reference {cmd.reference!r} was used for another payment")
     payment = payment_received(
         gateway=MANUAL_GATEWAY,
         reference=cmd.reference,
@@ -54,10 +54,13 @@ async def record_manual_payment(
     try:
         await store.append(
             stream,
-            [new_event(payment, id=payment.payment_id, occurred_at=payment.received_at, actor=actor)],
+            [
+                new_event(
+                    payment, id=payment.payment_id, occurred_at=payment.received_at, actor=actor
+                )
+            ],
             NO_STREAM,
         )
     except WrongExpectedVersion:
         raise DuplicatePaymentReference(f"reference {cmd.reference!r} was just used") from None
     return payment
-

@@ -48,7 +48,9 @@ def create_app(
     async def healthz() -> JSONResponse:
         results = {name: await check() for name, check in checks.items()}
         ok = all(results.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", "checks": results},
-                            status_code=200 if ok else 503)  # fmt: skip
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "checks": results},
+            status_code=200 if ok else 503,
+        )
 
     return app

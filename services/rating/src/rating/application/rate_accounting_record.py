@@ -11,8 +11,8 @@ from opentelemetry import trace
 from ispbill_core.contracts.accounts import RadiusUsernameAssigned, radius_user_stream
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
-from ispbill_core.eventstore import ANY, NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.eventstore import ANY, NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import context_from_traceparent, current_traceparent
 from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded
@@ -114,9 +114,14 @@ async def _rate(
     for recorded in await store.read_stream(stream):
         applied = recorded.decode()
         assert isinstance(applied, SessionCountersRecorded)
-        state.apply(applied.input_octets, applied.output_octets, applied.event_time,
-                    applied.record_id, (applied.input_delta, applied.output_delta),
-                    applied.closed)  # fmt: skip
+        state.apply(
+            applied.input_octets,
+            applied.output_octets,
+            applied.event_time,
+            applied.record_id,
+            (applied.input_delta, applied.output_delta),
+            applied.closed,
+        )
     subscriber = await _subscriber_of(store, record.username)
     traceparent = current_traceparent()
 

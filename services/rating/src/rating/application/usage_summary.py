@@ -25,5 +25,11 @@ async def usage_summary(store: EventStore, customer_id: str, period: str) -> Usa
         i += usage.input_octets
         o += usage.output_octets
         n += 1
-    return UsageSummary(customer_id=customer_id, period=period, input_octets=i,
-                        output_octets=o, total_octets=i + o, records=n)  # fmt: skip
+    return UsageSummary(
+        customer_id=customer_id,
+        period=period,
+        input_octets=i,
+        output_octets=o,
+        total_octets=i + o,
+        records=n,
+    )

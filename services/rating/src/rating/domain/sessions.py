@@ -38,8 +38,15 @@ class SessionState:
     closed: bool = False
     seen: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
 
-    def apply(self, recorded_input: int, recorded_output: int, event_time: datetime,
-              record_id: uuid.UUID, deltas: tuple[int, int], closed: bool) -> None:  # fmt: skip
+    def apply(
+        self,
+        recorded_input: int,
+        recorded_output: int,
+        event_time: datetime,
+        record_id: uuid.UUID,
+        deltas: tuple[int, int],
+        closed: bool,
+    ) -> None:
         self.version = 0 if self.version is None else self.version + 1
         self.input_octets = max(self.input_octets, recorded_input)
         self.output_octets = max(self.output_octets, recorded_output)
