@@ -137,3 +137,32 @@ async def test_publish_to_an_unresponsive_broker_raises_bus_unavailable(
             kafka_broker.resume()
     finally:
         await publisher.stop()
+
+
+async def test_standalone_broker_restarts_on_its_port_with_empty_storage() -> None:
+    broker = TansuBroker()
+    broker.start()
+    try:
+        port = broker.port
+        await ensure_topics(broker.bootstrap, ["before.restart"], 1)
+        broker.restart()
+        assert broker.port == port
+        admin_topics = await _list_topics(broker.bootstrap)
+        assert "before.restart" not in admin_topics, "memory storage starts empty"
+        await ensure_topics(broker.bootstrap, ["after.restart"], 1)
+        async with KafkaPublisher(broker.bootstrap) as publisher:
+            await publisher.publish("after.restart", [("k", _event(1))])
+    finally:
+        broker.stop()
+    assert broker.pid is None
+
+
+async def _list_topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
