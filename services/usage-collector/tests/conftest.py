@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
+from pyrad.packet import AcctPacket
+
 from ispbill_core.clock import FixedClock
 from ispbill_core.events import NewEvent
-from pyrad.packet import AcctPacket
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import load_dictionary
 from usage_collector.application.nas_registry import RegisteredNas

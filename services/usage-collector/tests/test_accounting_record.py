@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from ispbill_core.contracts.usage_collector import AcctStatus
 from usage_collector.domain.accounting_record import (
     GIGAWORD,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from usage_collector.adapters.radius_dictionary import (
     DictionaryAttributeDecoder,
     dictionary_path,

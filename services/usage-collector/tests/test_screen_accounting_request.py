@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pyrad.packet import AcctPacket
+
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder, load_dictionary
 from usage_collector.application.screen_accounting_request import (

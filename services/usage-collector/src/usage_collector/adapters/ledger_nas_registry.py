@@ -9,7 +9,6 @@ import logging
 from ispbill_core.contracts.accounts import NasRegistered
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStore
-
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.application.nas_registry import NasRegistry, RegisteredNas
 

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ispbill_core.events import NewEvent
-
 from usage_collector.domain.accounting_record import AccountingAttributes
 from usage_collector.domain.radius_packet import RadiusPacket
 

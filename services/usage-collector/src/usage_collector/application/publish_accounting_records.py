@@ -10,7 +10,6 @@ from ispbill_core.contracts.usage_collector import (
     accounting_key,
 )
 from ispbill_core.events import NewEvent, new_event
-
 from usage_collector.application.ports import AccountingPublisher
 
 

@@ -7,7 +7,6 @@ from datetime import datetime
 from enum import StrEnum
 
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
-
 from usage_collector.application.nas_registry import NasRegistry, RegisteredNas, normalise_ip
 from usage_collector.application.ports import AttributeDecoder
 from usage_collector.domain.accounting_record import (

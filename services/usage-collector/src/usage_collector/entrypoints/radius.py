@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from ispbill_core.clock import Clock
-from ispbill_core.telemetry import current_traceparent
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from ispbill_core.clock import Clock
+from ispbill_core.telemetry import current_traceparent
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder
 from usage_collector.application.nas_registry import NasRegistry
 from usage_collector.application.ports import AccountingPublisher, AttributeDecoder
