@@ -322,7 +322,9 @@ async def _serve_collector(services: Services) -> None:
     from usage_collector.entrypoints.radius import AccountingServer
 
     bootstrap = _require_kafka(services.settings)
-    await ensure_topics(bootstrap, [ACCOUNTING_TOPIC], partitions=1)
+    await ensure_topics(
+        bootstrap, [ACCOUNTING_TOPIC], partitions=services.settings.kafka_partitions
+    )
     publisher = KafkaPublisher(bootstrap, client_id="ispbill-collector")
     await publisher.start()
     registry = LedgerNasRegistry(services.store)
@@ -340,9 +342,14 @@ async def _serve_collector(services: Services) -> None:
 
 
 async def _serve_rating(services: Services) -> None:
+    from ispbill_core.bus.kafka import ensure_topics
+    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
     from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
 
     bootstrap = _require_kafka(services.settings)
+    await ensure_topics(
+        bootstrap, [ACCOUNTING_TOPIC], partitions=services.settings.kafka_partitions
+    )
     rating = RatingSettings(timezone=services.settings.timezone)
 
     async def handle(message: Any) -> None:

@@ -24,6 +24,8 @@ class Settings:
     ledger: str = field(default_factory=lambda: env("LEDGER", "sqlite"))
     ledger_schema: str = field(default_factory=lambda: env("LEDGER_SCHEMA", "ispbill"))
     kafka: str = field(default_factory=lambda: env("KAFKA", ""))
+    #: partitions of the accounting topic when ispbill creates it (rating's parallelism)
+    kafka_partitions: int = field(default_factory=lambda: int(env("KAFKA_PARTITIONS", "3")))
     smtp_host: str = field(default_factory=lambda: env("SMTP_HOST", ""))
     smtp_port: int = field(default_factory=lambda: int(env("SMTP_PORT", "25")))
     mail_from: str = field(default_factory=lambda: env("MAIL_FROM", "billing@isp.example"))

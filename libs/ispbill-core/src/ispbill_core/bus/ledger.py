@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from uuid import UUID
 
 from ispbill_core.bus import BusError, BusUnavailable, Message, Publisher
 from ispbill_core.events import NewEvent
@@ -21,12 +22,13 @@ class LedgerPublisher(Publisher):
         self._stream_for = stream_for
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        by_stream: dict[str, list[NewEvent]] = {}
+        by_stream: dict[str, dict[UUID, NewEvent]] = {}
         for key, event in messages:
-            by_stream.setdefault(self._stream_for(topic, key), []).append(event)
+            # A retransmission can land in the same batch as its original: same id, once.
+            by_stream.setdefault(self._stream_for(topic, key), {}).setdefault(event.id, event)
         for stream, events in by_stream.items():
             try:
-                await self._append(stream, events)
+                await self._append(stream, list(events.values()))
             except BusError:
                 raise
             except EventStoreError as exc:
