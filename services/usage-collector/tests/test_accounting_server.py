@@ -108,6 +108,7 @@ async def test_start_interim_stop_are_published_then_acknowledged(
     assert statuses == ["start", "interim-update", "stop"]
     assert publisher.events[1].data["input_octets"] == 2**32 + 100
     assert server.counters.acked == 3 and server.counters.received == 3
+    assert server.receive_buffer_size is not None and server.receive_buffer_size >= 65536
 
 
 async def test_ack_waits_for_the_publish(make_server, requests) -> None:
