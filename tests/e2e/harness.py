@@ -170,3 +170,28 @@ def session_packets(
 
 
 __all__ = ["GB", "Ispbill", "Process", "free_port", "radclient", "session_packets", "wait_until"]
+
+
+def send_accounting_from(
+    source_ip: str, port: int, secret: str, attributes: dict[str, str | int], timeout: float = 1.0
+) -> bytes | None:
+    """One Accounting-Request from a chosen loopback source address (pyrad builds it); the
+    reply datagram, or None when the server stays silent."""
+    import socket
+
+    from pyrad.packet import AcctPacket
+
+    from usage_collector.adapters.radius_dictionary import load_dictionary
+
+    packet = AcctPacket(secret=secret.encode(), dict=load_dictionary())
+    for name, value in attributes.items():
+        packet[name] = value
+    raw = packet.RequestPacket()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source_ip, 0))
+        sock.settimeout(timeout)
+        sock.sendto(raw, ("127.0.0.1", port))
+        try:
+            return sock.recv(4096)
+        except TimeoutError:
+            return None

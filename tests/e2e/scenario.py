@@ -13,7 +13,14 @@ from pypdf import PdfReader
 
 from ispbill_app.demo import DEMO_NAS_SECRET
 from ispbill_core.telemetry import read_spans
-from tests.e2e.harness import GB, Ispbill, radclient, session_packets, wait_until
+from tests.e2e.harness import (
+    GB,
+    Ispbill,
+    radclient,
+    send_accounting_from,
+    session_packets,
+    wait_until,
+)
 from tests.fixtures.smtp import Mailbox
 
 
@@ -122,3 +129,30 @@ def assert_one_trace_links_packet_to_line(trace_files: list[Path], invoice_numbe
     assert len(usage_lines) == 1
     linked = {link["context"]["trace_id"] for link in usage_lines[0]["links"]}
     assert linked and linked <= packet_traces & rating_traces, (linked, packet_traces)
+
+
+def assert_bad_packets_dropped_and_counted(
+    api: Ispbill, counters_path: str, radius_port: int
+) -> None:
+    """A wrong secret and an unknown NAS are dropped and counted; valid packets still flow."""
+    before = api.get(counters_path)
+    probe = {
+        "User-Name": "alice",
+        "Acct-Session-Id": "bad-1",
+        "Acct-Status-Type": "Start",
+        "NAS-IP-Address": "127.0.0.1",
+    }
+    assert send_accounting_from("127.0.0.1", radius_port, "not-the-secret", probe) is None
+    assert send_accounting_from("127.0.0.2", radius_port, DEMO_NAS_SECRET, probe) is None
+    wait_until(
+        lambda: (
+            (c := api.get(counters_path))["dropped_bad_authenticator"]
+            > before["dropped_bad_authenticator"]
+            and c["dropped_unknown_nas"] > before["dropped_unknown_nas"]
+        ),
+        what="the drop counters",
+    )
+    reply = send_accounting_from(
+        "127.0.0.1", radius_port, DEMO_NAS_SECRET, {**probe, "Acct-Session-Id": "good-1"}
+    )
+    assert reply is not None and reply[0] == 5  # Accounting-Response

@@ -12,7 +12,11 @@ import grpc
 import pytest
 
 from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
-from tests.e2e.scenario import assert_one_trace_links_packet_to_line, run_thin_path
+from tests.e2e.scenario import (
+    assert_bad_packets_dropped_and_counted,
+    assert_one_trace_links_packet_to_line,
+    run_thin_path,
+)
 from tests.fixtures.kafka import TansuBroker
 from tests.fixtures.smtp import Mailbox
 
@@ -49,7 +53,7 @@ class Cluster:
 @pytest.fixture
 def cluster(
     tmp_path: Path, postgres_dsn: str, kafka_broker: TansuBroker, smtp_server: Mailbox
-) -> Iterator[tuple[Cluster, Ispbill, int, int]]:
+) -> Iterator[tuple[Cluster, Ispbill, int, int, Ispbill]]:
     http, radius, grpc_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     env = {
         "ISPBILL_LEDGER": postgres_dsn,
@@ -69,11 +73,15 @@ def cluster(
         # The API process creates the ledger schema; the others start once it is up.
         nodes.start("api")
         wait_until(lambda: (nodes.check(), api.healthy())[1], what="the API process")
-        for component in ("collector", "rating", "invoicing", "notifier"):
+        collector_http = free_port()
+        nodes.start("collector", ISPBILL_HTTP_PORT=str(collector_http))
+        for component in ("rating", "invoicing", "notifier"):
             nodes.start(component)
         api.cli("demo")
         wait_until(lambda: (nodes.check(), _grpc_serving(grpc_port))[1], what="invoicing gRPC")
-        yield nodes, api, radius, grpc_port
+        collector = Ispbill(collector_http)
+        wait_until(lambda: (nodes.check(), collector.healthy())[1], what="the collector")
+        yield nodes, api, radius, grpc_port, collector
     finally:
         codes = nodes.stop()
         if os.environ.get("ISPBILL_SHOW_LOGS"):
@@ -98,8 +106,9 @@ def _grpc_serving(port: int) -> bool:
 
 
 def test_distributed_thin_path(cluster, smtp_server):
-    nodes, api, radius_port, grpc_port = cluster
+    nodes, api, radius_port, grpc_port, collector = cluster
     invoice = run_thin_path(api, radius_port, smtp_server)
+    assert_bad_packets_dropped_and_counted(collector, "/api/v1/collector/counters", radius_port)
     nodes.check()
     assert_one_trace_links_packet_to_line(nodes.trace_files(), invoice["number"])
 

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
-from tests.e2e.scenario import assert_one_trace_links_packet_to_line, run_thin_path
+from tests.e2e.scenario import (
+    assert_bad_packets_dropped_and_counted,
+    assert_one_trace_links_packet_to_line,
+    run_thin_path,
+)
 from tests.fixtures.smtp import Mailbox
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +62,11 @@ def test_radius_session_becomes_one_paid_emailed_invoice(all_in_one, smtp_server
     api, radius_port, trace_file, _proc = all_in_one
     invoice = run_thin_path(api, radius_port, smtp_server)
     assert_one_trace_links_packet_to_line([trace_file], invoice["number"])
+
+
+def test_bad_packets_are_dropped_counted_and_serving_continues(all_in_one):
+    api, radius_port, *_ = all_in_one
+    assert_bad_packets_dropped_and_counted(api, "/api/v1/collector/counters", radius_port)
 
 
 def test_cli_reports_errors_clearly(all_in_one):

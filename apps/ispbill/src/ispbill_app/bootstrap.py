@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, HTTPException
 
 from accounts.domain.errors import AlreadyExists, InvalidPlan, NotFound, UsernameTaken
 from accounts.entrypoints.http import accounts_router
@@ -26,7 +26,7 @@ from ispbill_app.settings import Settings
 from ispbill_core.clock import Clock, SystemClock
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
-from ispbill_core.contracts.usage_collector import AccountingRecordReceived, accounting_stream
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.subscriber import LedgerSubscriber
@@ -82,6 +82,7 @@ class Services:
     settings: Settings
     store: Any
     clock: Clock = field(default_factory=SystemClock)
+    collector_counters: Callable[[], dict[str, int]] | None = None
 
     def render_pdf(self, invoice: InvoiceIssued, status: str) -> bytes:
         return render_invoice_pdf(invoice, branding(self.settings), status=status)
@@ -99,6 +100,7 @@ class Services:
                     self.store, self.clock, billing_settings(self.settings), self.invoice_queries
                 ),
                 payments_router(self.store, self.clock, self.invoice_queries),
+                self._collector_router(),
             ],
             error_statuses={
                 AlreadyExists: 409,
@@ -110,6 +112,26 @@ class Services:
                 InvoicingError: 422,
             },
             health_checks={"ledger": self._ledger_ok},
+        )
+
+    def _collector_router(self) -> APIRouter:
+        router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
+
+        @router.get("/collector/counters")
+        async def counters() -> dict[str, int]:
+            """Accounting packets received, acknowledged, and dropped by reason."""
+            if self.collector_counters is None:
+                raise HTTPException(404, "no collector runs in this process")
+            return self.collector_counters()
+
+        return router
+
+    def collector_app(self) -> FastAPI:
+        return create_app(
+            [self._collector_router()],
+            error_statuses={},
+            health_checks={"ledger": self._ledger_ok},
+            title="ispbill usage collector",
         )
 
     async def _ledger_ok(self) -> bool:
@@ -216,20 +238,22 @@ async def background(
 async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     """`ispbill run`: every service in this process on the SQLite ledger."""
     from ispbill_core.bus.ledger import LedgerPublisher
-    from usage_collector.adapters.ledger_nas_registry import LedgerNasRegistry
-    from usage_collector.entrypoints.radius import AccountingServer
+    from usage_collector.bootstrap import accounting_stream_for
+    from usage_collector.bootstrap import bootstrap as collector_bootstrap
 
     setup_tracing("ispbill")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_ledger(settings)
     services = Services(settings, store)
-    registry = LedgerNasRegistry(store)
-    await registry.start()
-    publisher = LedgerPublisher(store, lambda _topic, key: accounting_stream(key.split("/", 1)[0]))
-    radius = AccountingServer(
-        settings.host, settings.radius_acct_port, registry, publisher, services.clock
+    collector = collector_bootstrap(
+        store,
+        LedgerPublisher(store, accounting_stream_for),
+        host=settings.host,
+        port=settings.radius_acct_port,
+        clock=services.clock,
     )
-    await radius.start()
+    await collector.start()
+    services.collector_counters = collector.accounting_server.counters.as_dict
     log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
     grpc_server = await _start_grpc(services)
     subscribers = [
@@ -248,8 +272,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
             await _until_signalled()
     finally:
         log.info("stopping")
-        await radius.stop()
-        await registry.stop()
+        await collector.stop()
         if grpc_server is not None:
             await grpc_server.stop(grace=2)
         await store.close()
@@ -318,26 +341,25 @@ def _require_kafka(settings: Settings) -> str:
 async def _serve_collector(services: Services) -> None:
     from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
     from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
-    from usage_collector.adapters.ledger_nas_registry import LedgerNasRegistry
-    from usage_collector.entrypoints.radius import AccountingServer
+    from usage_collector.bootstrap import bootstrap as collector_bootstrap
 
-    bootstrap = _require_kafka(services.settings)
-    await ensure_topics(
-        bootstrap, [ACCOUNTING_TOPIC], partitions=services.settings.kafka_partitions
-    )
+    s = services.settings
+    bootstrap = _require_kafka(s)
+    await ensure_topics(bootstrap, [ACCOUNTING_TOPIC], partitions=s.kafka_partitions)
     publisher = KafkaPublisher(bootstrap, client_id="ispbill-collector")
     await publisher.start()
-    registry = LedgerNasRegistry(services.store)
-    await registry.start()
-    s = services.settings
-    radius = AccountingServer(s.host, s.radius_acct_port, registry, publisher, services.clock)
-    await radius.start()
+    collector = collector_bootstrap(
+        services.store, publisher, host=s.host, port=s.radius_acct_port, clock=services.clock
+    )
+    await collector.start()
+    services.collector_counters = collector.accounting_server.counters.as_dict
     log.info("RADIUS accounting on udp://%s:%d -> kafka %s", s.host, s.radius_acct_port, bootstrap)
     try:
-        await _until_signalled()
+        # Operators read the drop counters on /healthz and /api/v1/collector/counters.
+        async with serve_http(services.collector_app(), s.host, s.http_port):
+            await _until_signalled()
     finally:
-        await radius.stop()
-        await registry.stop()
+        await collector.stop()
         await publisher.stop()
 
 
