@@ -1,0 +1,372 @@
+"""PostgreSQL adapter of the event store: asyncpg pool, appends serialized per schema, NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+import zlib
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
+from ispbill_core.eventstore import (
+    AppendSignal,
+    CheckpointStore,
+    EventIdConflict,
+    EventStore,
+    EventStoreError,
+    ExpectedVersion,
+    StoreUnavailable,
+    WrongExpectedVersion,
+    check_expected,
+)
+
+log = logging.getLogger(__name__)
+
+_AnyConnection: TypeAlias = "asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+#: How long wait_for_append waits before trying to reopen a lost LISTEN connection.
+_RELISTEN_AFTER = 5.0
+
+_SCHEMA_DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.events (
+    global_position bigserial PRIMARY KEY,
+    id uuid NOT NULL UNIQUE,
+    stream text NOT NULL,
+    stream_position integer NOT NULL,
+    type text NOT NULL,
+    version integer NOT NULL,
+    data json NOT NULL,
+    metadata json NOT NULL,
+    UNIQUE (stream, stream_position)
+);
+CREATE INDEX IF NOT EXISTS events_by_type ON {schema}.events (type, global_position);
+CREATE TABLE IF NOT EXISTS {schema}.checkpoints (
+    name text PRIMARY KEY,
+    position bigint NOT NULL
+);
+"""
+
+# Connection-level failures: the append may or may not have happened, retry with the same ids.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (*_UNAVAILABLE, asyncpg.PostgresError)
+
+
+def _lock_key(schema: str) -> int:
+    """A stable signed 64-bit advisory lock key for appends to one schema's events table."""
+    return zlib.crc32(f"ispbill.events.{schema}".encode()) - 2**31
+
+
+def _translate(exc: BaseException, what: str) -> EventStoreError:
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailable(f"postgresql {what}: {exc}")
+    return EventStoreError(f"postgresql {what} failed: {exc}")
+
+
+def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
+    gp, id_, stream, sp, type_, version, data, metadata = row
+    return RecordedEvent(
+        id=uuid.UUID(bytes=id_.bytes),
+        stream=stream,
+        stream_position=sp,
+        global_position=gp,
+        type=type_,
+        version=version,
+        data=json.loads(data),
+        metadata=EventMetadata.model_validate_json(metadata),
+    )
+
+
+class PostgresEventStore(EventStore, CheckpointStore):
+    """The ledger in one PostgreSQL schema.
+
+    Appends take a transaction-scoped advisory lock, so global positions (a bigserial) are
+    allocated and committed in the same order: a reader polling `global_position > after`
+    can never see position n+1 committed while n is still in flight, and so never skips one.
+    The price is one writer at a time per schema, which fsync dominates anyway.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "ispbill",
+        pool_min: int = 1,
+        pool_max: int = 10,
+        listen: bool = True,
+    ) -> None:
+        if not _IDENTIFIER.match(schema):
+            raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
+        self.dsn = dsn
+        self.schema = schema
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._listen = listen
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._listener_lost_at: float | None = None
+        self._signal = AppendSignal()
+        self._lock_key = _lock_key(schema)
+        self._channel = f"ispbill_events_{schema}"
+        self._notify_tasks: set[asyncio.Task[None]] = set()
+        t = f'"{schema}".events'
+        cols = (
+            "global_position, id, stream, stream_position, type, version,"
+            " data::text, metadata::text"
+        )
+        self._sql_version = f"SELECT max(stream_position) FROM {t} WHERE stream = $1"  # noqa: S608
+        self._sql_recorded = f"SELECT id, stream FROM {t} WHERE id = ANY($1::uuid[])"  # noqa: S608
+        # One statement for the whole batch: unnest keeps a 500-event append to one round trip.
+        self._sql_insert = (
+            f"WITH ins AS (INSERT INTO {t} (id, stream, stream_position, type, version, data,"  # noqa: S608
+            " metadata) SELECT u.id, $1, u.pos, u.type, u.version, u.data::json, u.metadata::json"
+            " FROM unnest($2::uuid[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[])"
+            " WITH ORDINALITY AS u(id, pos, type, version, data, metadata, n) ORDER BY u.n"
+            " RETURNING global_position)"
+            " SELECT m, pg_notify($8, m::text) FROM (SELECT max(global_position) AS m FROM ins) s"
+        )
+        self._sql_read_stream = (
+            f"SELECT {cols} FROM {t} WHERE stream = $1 AND stream_position >= $2"  # noqa: S608
+            " ORDER BY stream_position LIMIT $3"
+        )
+        self._sql_read_all = (
+            f"SELECT {cols} FROM {t} WHERE global_position > $1"  # noqa: S608
+            " ORDER BY global_position LIMIT $2"
+        )
+        self._sql_read_all_types = (
+            f"SELECT {cols} FROM {t} WHERE global_position > $1 AND type = ANY($2::text[])"  # noqa: S608
+            " ORDER BY global_position LIMIT $3"
+        )
+        c = f'"{schema}".checkpoints'
+        self._sql_load_checkpoint = f"SELECT position FROM {c} WHERE name = $1"  # noqa: S608
+        self._sql_save_checkpoint = (
+            f"INSERT INTO {c} AS c (name, position) VALUES ($1, $2)"  # noqa: S608
+            " ON CONFLICT (name) DO UPDATE SET position = greatest(c.position, excluded.position)"
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        schema: str = "ispbill",
+        pool_min: int = 1,
+        pool_max: int = 10,
+        listen: bool = True,
+    ) -> PostgresEventStore:
+        """Create the store and open it (pool, schema and tables, LISTEN connection)."""
+        store = cls(dsn, schema=schema, pool_min=pool_min, pool_max=pool_max, listen=listen)
+        await store.open()
+        return store
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=self._pool_min, max_size=self._pool_max
+            )
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, "connect") from exc
+        self._pool = pool
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Two processes starting at once would race on CREATE ... IF NOT EXISTS.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+                await conn.execute(_SCHEMA_DDL.format(schema=f'"{self.schema}"'))
+            if self._listen:
+                await self._start_listening()
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise _translate(exc, "open") from exc
+            raise
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise EventStoreError("PostgresEventStore is not open: await store.open() first")
+        return self._pool
+
+    # -- live wake-ups -------------------------------------------------------------------
+    async def _start_listening(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.add_listener(self._channel, self._on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+        self._listener_lost_at = None
+
+    def _on_notify(self, _conn: _AnyConnection, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            head = int(str(payload))
+        except ValueError:
+            return
+        task = asyncio.get_running_loop().create_task(self._signal.notify(head))
+        self._notify_tasks.add(task)
+        task.add_done_callback(self._notify_tasks.discard)
+
+    def _on_listener_lost(self, _conn: _AnyConnection) -> None:
+        self._listener = None
+        self._listener_lost_at = asyncio.get_running_loop().time()
+
+    async def _relisten_if_lost(self) -> None:
+        lost_at = self._listener_lost_at
+        if lost_at is None or self._pool is None:
+            return
+        if asyncio.get_running_loop().time() - lost_at < _RELISTEN_AFTER:
+            return
+        try:
+            await self._start_listening()
+        except _DRIVER_ERRORS as exc:
+            # Polling still works; try again later.
+            self._listener_lost_at = asyncio.get_running_loop().time()
+            log.warning("LISTEN on %s failed, polling only: %s", self._channel, exc)
+
+    # -- writes --------------------------------------------------------------------------
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+    ) -> int:
+        if not events:
+            raise ValueError("append needs at least one event")
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn:
+                version, head = await self._append_in(conn, stream, events, expected_version)
+        except (EventStoreError, ValueError):
+            raise
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, f"append to {stream!r}") from exc
+        if head:
+            await self._signal.notify(head)
+        return version
+
+    async def _append_in(
+        self,
+        conn: _AnyConnection,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected: ExpectedVersion,
+    ) -> tuple[int, int]:
+        ids = [e.id for e in events]
+        async with conn.transaction():
+            # Its own statement: in READ COMMITTED each statement takes a fresh snapshot, so
+            # the reads below see every append committed before the lock was granted.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            recorded = await conn.fetch(self._sql_recorded, ids)
+            if recorded:
+                streams = {r["stream"] for r in recorded}
+                if len(recorded) == len(set(ids)) and streams == {stream}:
+                    current = await conn.fetchval(self._sql_version, stream)
+                    return (0 if current is None else int(current)), 0
+                raise EventIdConflict(
+                    f"stream {stream!r}: ids {sorted(str(r['id']) for r in recorded)} already"
+                    " recorded elsewhere or in a different batch"
+                )
+            current = await conn.fetchval(self._sql_version, stream)
+            check_expected(stream, expected, current)
+            start = 0 if current is None else current + 1
+            now = datetime.now(UTC)
+            try:
+                row = await conn.fetchrow(
+                    self._sql_insert,
+                    stream,
+                    ids,
+                    list(range(start, start + len(events))),
+                    [e.type for e in events],
+                    [e.version for e in events],
+                    [json.dumps(e.data, separators=(",", ":")) for e in events],
+                    [
+                        e.metadata.model_copy(update={"recorded_at": now}).model_dump_json()
+                        for e in events
+                    ],
+                    self._channel,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                # Only reachable if something writes without the lock, or ids repeat in a batch.
+                if "stream_position" in str(exc.constraint_name or ""):
+                    raise WrongExpectedVersion(stream, expected, current) from exc
+                raise EventIdConflict(f"stream {stream!r}: {exc}") from exc
+            assert row is not None
+            return start + len(events) - 1, int(row[0])
+
+    # -- reads ---------------------------------------------------------------------------
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                return rows
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, "read") from exc
+
+    async def read_stream(
+        self, stream: str, *, from_position: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        rows = await self._fetch(self._sql_read_stream, stream, from_position, limit)
+        return [_row_to_event(r) for r in rows]
+
+    async def stream_version(self, stream: str) -> int | None:
+        rows = await self._fetch(self._sql_version, stream)
+        value = rows[0][0] if rows else None
+        return None if value is None else int(value)
+
+    async def read_all(
+        self, *, after: int = 0, limit: int = 1000, types: Collection[str] | None = None
+    ) -> list[RecordedEvent]:
+        if types is None:
+            rows = await self._fetch(self._sql_read_all, after, limit)
+        else:
+            rows = await self._fetch(self._sql_read_all_types, after, sorted(types), limit)
+        return [_row_to_event(r) for r in rows]
+
+    async def wait_for_append(self, after: int, timeout: float) -> None:
+        # NOTIFY wakes us for any process's appends; the timeout is the polling fallback
+        # for when the LISTEN connection is down (or a notification was missed).
+        await self._relisten_if_lost()
+        await self._signal.wait(after, timeout)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    async def load_checkpoint(self, name: str) -> int:
+        rows = await self._fetch(self._sql_load_checkpoint, name)
+        return int(rows[0][0]) if rows else 0
+
+    async def save_checkpoint(self, name: str, position: int) -> None:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(self._sql_save_checkpoint, name, position)
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, f"save checkpoint {name!r}") from exc
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        self._listener_lost_at = None
+        if listener is not None:
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await listener.remove_listener(self._channel, self._on_notify)
+            await listener.close()
+        for task in list(self._notify_tasks):
+            task.cancel()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
