@@ -1,0 +1,498 @@
+"""The event store contract: one abstract suite, subclassed for every adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
+from ispbill_core.eventstore import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    CheckpointStore,
+    EventIdConflict,
+    EventStore,
+    WrongExpectedVersion,
+)
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+
+pytestmark = pytest.mark.contract
+
+OCCURRED = datetime(2025, 3, 30, 0, 59, 59, tzinfo=UTC)
+
+StoreFactory = Callable[[], Awaitable[EventStore]]
+
+
+def event(type_: str = "UsageRated", **data: Any) -> NewEvent:
+    return NewEvent(
+        id=uuid.uuid4(),
+        type=type_,
+        version=1,
+        data=data or {"amount": "1.10"},
+        metadata=EventMetadata(occurred_at=OCCURRED, actor="contract-test"),
+    )
+
+
+def checkpoints_of(store: EventStore) -> CheckpointStore:
+    assert isinstance(store, CheckpointStore)
+    return store
+
+
+async def collect(
+    store: EventStore,
+    into: list[RecordedEvent],
+    *,
+    after: int = 0,
+    types: set[str] | None = None,
+    idle_timeout: float = 0.2,
+) -> None:
+    async for recorded in store.subscribe(after=after, types=types, idle_timeout=idle_timeout):
+        into.append(recorded)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polls a list another task fills
+            await asyncio.sleep(0.01)
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class EventStoreContract:
+    """What every adapter must do. Subclasses provide `store_factory`: opens a new instance
+    over the same storage each call (a second instance stands for a second process)."""
+
+    #: EventStoreDB/KurrentDB only knows ids per stream; see the adapter's docstring.
+    detects_id_reuse_across_streams = True
+
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def open_store(self, store_factory: StoreFactory) -> AsyncIterator[StoreFactory]:
+        opened: list[EventStore] = []
+
+        async def open_() -> EventStore:
+            store = await store_factory()
+            opened.append(store)
+            return store
+
+        yield open_
+        for store in reversed(opened):
+            await store.close()
+
+    @pytest.fixture
+    async def store(self, open_store: StoreFactory) -> EventStore:
+        return await open_store()
+
+    @staticmethod
+    def stream(kind: str = "customer") -> str:
+        return f"{kind}-{uuid.uuid4().hex[:10]}"
+
+    # -- append and read ---------------------------------------------------------------
+    async def test_append_then_read_stream_in_order_with_positions(self, store: EventStore) -> None:
+        name = self.stream()
+        batch = [event(n=i) for i in range(3)]
+        assert await store.append(name, batch, NO_STREAM) == 2
+        assert await store.append(name, [event(n=3)], 2) == 3
+
+        recorded = await store.read_stream(name)
+        assert [r.stream_position for r in recorded] == [0, 1, 2, 3]
+        assert [r.data["n"] for r in recorded] == [0, 1, 2, 3]
+        assert [r.id for r in recorded[:3]] == [e.id for e in batch]
+        assert all(r.stream == name for r in recorded)
+        globals_ = [r.global_position for r in recorded]
+        assert globals_[0] >= 1
+        assert globals_ == sorted(set(globals_))
+        assert await store.stream_version(name) == 3
+
+    async def test_read_stream_from_position_and_limit(self, store: EventStore) -> None:
+        name = self.stream()
+        await store.append(name, [event(n=i) for i in range(5)], NO_STREAM)
+        assert [r.data["n"] for r in await store.read_stream(name, from_position=2)] == [2, 3, 4]
+        assert [r.data["n"] for r in await store.read_stream(name, limit=2)] == [0, 1]
+        assert [r.data["n"] for r in await store.read_stream(name, from_position=1, limit=2)] == [
+            1,
+            2,
+        ]
+
+    async def test_missing_stream_reads_empty_and_has_no_version(self, store: EventStore) -> None:
+        name = self.stream()
+        assert await store.read_stream(name) == []
+        assert await store.stream_version(name) is None
+
+    async def test_envelope_round_trips(self, store: EventStore) -> None:
+        name = self.stream()
+        correlation = uuid.uuid4()
+        new = NewEvent(
+            id=uuid.uuid4(),
+            type="InvoiceIssued",
+            version=2,
+            data={"total": "12.30", "lines": [{"name": "Fibre 100 — März", "qty": 1}], "n": None},
+            metadata=EventMetadata(
+                occurred_at=OCCURRED,
+                actor="clerk@isp.example",
+                correlation_id=correlation,
+                causation_id=correlation,
+                traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        )
+        await store.append(name, [new], NO_STREAM)
+        (recorded,) = await store.read_stream(name)
+        assert recorded.id == new.id
+        assert (recorded.type, recorded.version, recorded.data) == (new.type, 2, new.data)
+        assert recorded.metadata.occurred_at == OCCURRED
+        assert recorded.metadata.actor == "clerk@isp.example"
+        assert recorded.metadata.correlation_id == correlation
+        assert recorded.metadata.traceparent == new.metadata.traceparent
+        assert recorded.metadata.recorded_at is not None
+        assert recorded.metadata.recorded_at.utcoffset() is not None
+
+    async def test_empty_batch_is_refused(self, store: EventStore) -> None:
+        with pytest.raises(ValueError):
+            await store.append(self.stream(), [], ANY)
+
+    # -- expected version --------------------------------------------------------------
+    async def test_no_stream_conflicts_once_the_stream_exists(self, store: EventStore) -> None:
+        name = self.stream("invoice")
+        await store.append(name, [event()], NO_STREAM)
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append(name, [event()], NO_STREAM)
+        assert info.value.stream == name
+        assert await store.stream_version(name) == 0
+
+    async def test_exists_conflicts_on_a_missing_stream(self, store: EventStore) -> None:
+        name = self.stream()
+        with pytest.raises(WrongExpectedVersion):
+            await store.append(name, [event()], STREAM_EXISTS)
+        await store.append(name, [event()], ANY)
+        assert await store.append(name, [event()], STREAM_EXISTS) == 1
+
+    async def test_exact_version_must_match(self, store: EventStore) -> None:
+        name = self.stream()
+        with pytest.raises(WrongExpectedVersion):
+            await store.append(name, [event()], 0)
+        await store.append(name, [event(), event()], NO_STREAM)
+        for wrong in (0, 2, 5):
+            with pytest.raises(WrongExpectedVersion) as info:
+                await store.append(name, [event()], wrong)
+            assert info.value.actual == 1
+        assert await store.append(name, [event()], 1) == 2
+        assert len(await store.read_stream(name)) == 3
+
+    async def test_any_always_appends(self, store: EventStore) -> None:
+        name = self.stream()
+        assert await store.append(name, [event()], ANY) == 0
+        assert await store.append(name, [event(), event()], ANY) == 2
+
+    # -- idempotence -------------------------------------------------------------------
+    async def test_retried_batch_is_a_no_op(self, store: EventStore) -> None:
+        name = self.stream("payment")
+        batch = [event("PaymentReceived", n=1), event("PaymentReceived", n=2)]
+        assert await store.append(name, batch, NO_STREAM) == 1
+        # The retry of a write whose reply was lost: same ids, same expected version.
+        assert await store.append(name, batch, NO_STREAM) == 1
+        assert await store.append(name, batch, ANY) == 1
+        assert len(await store.read_stream(name)) == 2
+
+    async def test_partial_overlap_with_a_recorded_batch_is_a_conflict(
+        self, store: EventStore
+    ) -> None:
+        name = self.stream()
+        first, second = event(), event()
+        await store.append(name, [first, second], NO_STREAM)
+        with pytest.raises(EventIdConflict):
+            await store.append(name, [second, event()], 1)
+        assert len(await store.read_stream(name)) == 2
+
+    async def test_id_reused_in_another_stream_is_a_conflict(self, store: EventStore) -> None:
+        if not self.detects_id_reuse_across_streams:
+            pytest.skip("this store keeps event ids unique per stream only")
+        shared = event()
+        await store.append(self.stream(), [shared], NO_STREAM)
+        other = self.stream()
+        with pytest.raises(EventIdConflict):
+            await store.append(other, [shared], NO_STREAM)
+        assert await store.stream_version(other) is None
+
+    # -- concurrency -------------------------------------------------------------------
+    async def test_concurrent_writers_with_retry_get_contiguous_positions(
+        self, store: EventStore
+    ) -> None:
+        name = self.stream("subscription")
+        writers, per_writer = 8, 6
+        conflicts = 0
+
+        async def writer(w: int) -> None:
+            nonlocal conflicts
+            for i in range(per_writer):
+                new = event(writer=w, i=i)
+                while True:
+                    version = await store.stream_version(name)
+                    expected = NO_STREAM if version is None else version
+                    try:
+                        await store.append(name, [new], expected)
+                        break
+                    except WrongExpectedVersion:
+                        conflicts += 1
+                        await asyncio.sleep(0)
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        recorded = await store.read_stream(name)
+        assert len(recorded) == writers * per_writer
+        assert [r.stream_position for r in recorded] == list(range(writers * per_writer))
+        assert len({r.id for r in recorded}) == writers * per_writer
+        for w in range(writers):
+            mine = [r.data["i"] for r in recorded if r.data["writer"] == w]
+            assert mine == list(range(per_writer))
+
+    # -- the global log ----------------------------------------------------------------
+    async def test_read_all_is_global_order_across_streams(self, store: EventStore) -> None:
+        start = await self._head(store)
+        a, b = self.stream("a"), self.stream("b")
+        await store.append(a, [event("A", n=1)], NO_STREAM)
+        await store.append(b, [event("B", n=2), event("B", n=3)], NO_STREAM)
+        await store.append(a, [event("A", n=4)], 0)
+
+        recorded = await store.read_all(after=start)
+        assert [(r.stream, r.data["n"]) for r in recorded] == [(a, 1), (b, 2), (b, 3), (a, 4)]
+        positions = [r.global_position for r in recorded]
+        assert positions == sorted(set(positions))
+        assert all(p > start for p in positions)
+
+        assert [r.data["n"] for r in await store.read_all(after=positions[1])] == [3, 4]
+        assert [r.data["n"] for r in await store.read_all(after=start, limit=2)] == [1, 2]
+        assert await store.read_all(after=positions[-1]) == []
+
+    async def test_read_all_filters_by_type(self, store: EventStore) -> None:
+        start = await self._head(store)
+        name = self.stream()
+        kinds = ["UsageRated", "InvoiceIssued", "UsageRated", "PaymentReceived", "UsageRated"]
+        await store.append(name, [event(k, n=i) for i, k in enumerate(kinds)], NO_STREAM)
+
+        rated = await store.read_all(after=start, types={"UsageRated"})
+        assert [r.data["n"] for r in rated] == [0, 2, 4]
+        two = await store.read_all(after=start, types={"InvoiceIssued", "PaymentReceived"})
+        assert [r.type for r in two] == ["InvoiceIssued", "PaymentReceived"]
+        assert [
+            r.data["n"]
+            for r in await store.read_all(
+                after=rated[0].global_position, types={"UsageRated"}, limit=1
+            )
+        ] == [2]
+        assert await store.read_all(after=start, types={"NothingLikeThis"}) == []
+
+    # -- subscriptions -----------------------------------------------------------------
+    async def test_subscribe_catches_up_then_follows_live_appends(self, store: EventStore) -> None:
+        start = await self._head(store)
+        name = self.stream()
+        await store.append(name, [event(n=i) for i in range(3)], NO_STREAM)
+        seen: list[RecordedEvent] = []
+        task = asyncio.create_task(collect(store, seen, after=start))
+        try:
+            await eventually(lambda: len(seen) == 3)
+            await store.append(name, [event(n=3), event(n=4)], 2)
+            await eventually(lambda: len(seen) == 5)
+            await store.append(self.stream(), [event(n=5)], NO_STREAM)
+            await eventually(lambda: len(seen) == 6)
+        finally:
+            await stop(task)
+        assert [r.data["n"] for r in seen] == [0, 1, 2, 3, 4, 5]
+
+    async def test_subscribe_with_type_filter(self, store: EventStore) -> None:
+        start = await self._head(store)
+        name = self.stream()
+        seen: list[RecordedEvent] = []
+        task = asyncio.create_task(collect(store, seen, after=start, types={"PaymentReceived"}))
+        try:
+            await store.append(name, [event("UsageRated"), event("PaymentReceived", n=1)], ANY)
+            await store.append(name, [event("UsageRated"), event("PaymentReceived", n=2)], ANY)
+            await eventually(lambda: len(seen) == 2)
+        finally:
+            await stop(task)
+        assert [r.data["n"] for r in seen] == [1, 2]
+
+    async def test_killed_subscriber_resumes_from_checkpoint_exactly_once(
+        self, store: EventStore, open_store: StoreFactory
+    ) -> None:
+        name = self.stream()
+        start = await self._head(store)
+        batch = [event(n=i) for i in range(20)]
+        await store.append(name, batch, NO_STREAM)
+        checkpoint = f"projection-{uuid.uuid4().hex[:8]}"
+        processed: list[uuid.UUID] = []
+        stuck = asyncio.Event()
+
+        async def consumer(instance: EventStore, *, die_at: int | None) -> None:
+            checkpoints = checkpoints_of(instance)
+            after = max(start, await checkpoints.load_checkpoint(checkpoint))
+            async for recorded in instance.subscribe(after=after, idle_timeout=0.2):
+                if recorded.stream != name:
+                    continue
+                if die_at is not None and recorded.data["n"] == die_at:
+                    stuck.set()
+                    await asyncio.Event().wait()  # killed here, mid-way through the stream
+                # The effect and the checkpoint together, as a projection does in one txn.
+                await checkpoints.save_checkpoint(checkpoint, recorded.global_position)
+                processed.append(recorded.id)
+
+        first = asyncio.create_task(consumer(store, die_at=7))
+        await asyncio.wait_for(stuck.wait(), 10)
+        await stop(first)
+        assert len(processed) == 7
+
+        # A new process: a new store instance over the same ledger.
+        restarted = await open_store()
+        second = asyncio.create_task(consumer(restarted, die_at=None))
+        try:
+            await eventually(lambda: len(processed) == 20)
+            late = event(n=20)
+            await store.append(name, [late], 19)
+            await eventually(lambda: len(processed) == 21)
+            await asyncio.sleep(0.3)
+        finally:
+            await stop(second)
+        assert processed == [e.id for e in batch] + [late.id]
+
+    async def test_second_instance_sees_appends_through_subscribe(
+        self, store: EventStore, open_store: StoreFactory
+    ) -> None:
+        other = await open_store()
+        start = await self._head(store)
+        seen: list[RecordedEvent] = []
+        task = asyncio.create_task(collect(other, seen, after=start))
+        try:
+            await store.append(self.stream(), [event(n=1)], NO_STREAM)
+            await eventually(lambda: len(seen) == 1)
+            await store.append(self.stream(), [event(n=2)], NO_STREAM)
+            await eventually(lambda: len(seen) == 2)
+        finally:
+            await stop(task)
+        assert [r.data["n"] for r in seen] == [1, 2]
+
+    # -- checkpoints -------------------------------------------------------------------
+    async def test_checkpoint_starts_at_zero_and_never_moves_backwards(
+        self, store: EventStore, open_store: StoreFactory
+    ) -> None:
+        checkpoints = checkpoints_of(store)
+        name = f"reactor-{uuid.uuid4().hex[:8]}"
+        assert await checkpoints.load_checkpoint(name) == 0
+        await checkpoints.save_checkpoint(name, 10)
+        assert await checkpoints.load_checkpoint(name) == 10
+        await checkpoints.save_checkpoint(name, 5)
+        assert await checkpoints.load_checkpoint(name) == 10
+        await checkpoints.save_checkpoint(name, 12)
+        assert await checkpoints.load_checkpoint(name) == 12
+        assert await checkpoints.load_checkpoint(f"{name}-other") == 0
+        reopened = checkpoints_of(await open_store())
+        assert await reopened.load_checkpoint(name) == 12
+
+    @staticmethod
+    async def _head(store: EventStore) -> int:
+        """The last global position so far (stores such as KurrentDB are shared by tests)."""
+        head = 0
+        while batch := await store.read_all(after=head, limit=1000):
+            head = batch[-1].global_position
+        return head
+
+
+class TestSQLiteEventStore(EventStoreContract):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        path = tmp_path / "ledger.sqlite"
+
+        async def factory() -> EventStore:
+            return SQLiteEventStore(path)
+
+        return factory
+
+
+@pytest.mark.integration
+class TestPostgresEventStore(EventStoreContract):
+    @pytest.fixture
+    def store_factory(self, postgres_dsn: str, postgres_schema: str) -> StoreFactory:
+        from ispbill_core.eventstore.postgresql import PostgresEventStore
+
+        async def factory() -> EventStore:
+            return await PostgresEventStore.connect(postgres_dsn, schema=postgres_schema)
+
+        return factory
+
+    async def test_notify_wakes_another_instance_long_before_its_poll(
+        self, store: EventStore, open_store: StoreFactory
+    ) -> None:
+        other = await open_store()
+        start = await self._head(store)
+        seen: list[RecordedEvent] = []
+        # An idle timeout of a minute: only LISTEN/NOTIFY can deliver within the deadline.
+        task = asyncio.create_task(collect(other, seen, after=start, idle_timeout=60))
+        try:
+            await asyncio.sleep(0.2)  # let it reach the idle wait
+            for n in range(1, 4):
+                await store.append(self.stream(), [event(n=n)], NO_STREAM)
+                await eventually(functools.partial(lambda k: len(seen) >= k, n), timeout=5)
+        finally:
+            await stop(task)
+
+    async def test_positions_commit_in_order_under_concurrent_appends(
+        self, store: EventStore, open_store: StoreFactory
+    ) -> None:
+        """A reader polling while 4 writers append never sees a position appear behind it."""
+        writers = [await open_store() for _ in range(4)]
+        start = await self._head(store)
+        done = asyncio.Event()
+        seen: list[int] = []
+
+        async def reader() -> None:
+            after = start
+            while True:
+                batch = await store.read_all(after=after, limit=50)
+                seen.extend(r.global_position for r in batch)
+                if batch:
+                    after = batch[-1].global_position
+                elif done.is_set():
+                    return
+
+        async def writer(w: EventStore) -> None:
+            for _ in range(25):
+                await w.append(self.stream(), [event(), event()], NO_STREAM)
+
+        reading = asyncio.create_task(reader())
+        await asyncio.gather(*(writer(w) for w in writers))
+        done.set()
+        await asyncio.wait_for(reading, 20)
+        every = [r.global_position for r in await store.read_all(after=start, limit=10_000)]
+        assert seen == every
+        assert len(every) == 4 * 25 * 2
+
+
+@pytest.mark.integration
+class TestKurrentDBEventStore(EventStoreContract):
+    detects_id_reuse_across_streams = False
+
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory:
+        url = os.environ.get("ESDB_URL")
+        if not url:
+            pytest.skip("ESDB_URL not set: no EventStoreDB/KurrentDB server here")
+        from ispbill_core.eventstore.kurrentdb import KurrentDBEventStore
+
+        async def factory() -> EventStore:
+            return await KurrentDBEventStore.connect(url)
+
+        return factory
