@@ -1,0 +1,358 @@
+"""rate_accounting_record on the real SQLite ledger: sessions, usage, periods, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ispbill_core.contracts.accounts import RadiusUsernameAssigned, radius_user_stream
+from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
+from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.eventstore import NO_STREAM, ExpectedVersion
+from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from rating.application.rate_accounting_record import (
+    RatingSettings,
+    rate_accounting_record,
+    session_index_stream,
+)
+from rating.application.usage_summary import usage_summary
+from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded
+
+pytestmark = pytest.mark.integration
+
+UTC_SETTINGS = RatingSettings(timezone=ZoneInfo("UTC"))
+START = datetime(2026, 3, 10, 8, 0, 0, tzinfo=UTC)
+GIGAWORD = 2**32
+
+
+def record(
+    status: AcctStatus,
+    seconds: int,
+    input_octets: int,
+    output_octets: int,
+    *,
+    start: datetime = START,
+    acct_session_id: str = "s-1",
+    username: str | None = "alice",
+) -> AccountingRecordReceived:
+    event_time = start + timedelta(seconds=seconds)
+    return AccountingRecordReceived(
+        record_id=deterministic_id(
+            "test-record", acct_session_id, start, status, seconds, input_octets, output_octets
+        ),
+        nas_id="nas-1",
+        nas_ip="192.0.2.1",
+        status=status,
+        acct_session_id=acct_session_id,
+        username=username,
+        event_time=event_time,
+        received_at=event_time,
+        session_time=seconds,
+        input_octets=input_octets,
+        output_octets=output_octets,
+    )
+
+
+def message(r: AccountingRecordReceived) -> NewEvent:
+    """The record as the collector publishes it (message id = record id)."""
+    return new_event(r, id=r.record_id, occurred_at=r.received_at)
+
+
+async def assign(store: SQLiteEventStore, username: str = "alice") -> None:
+    event = RadiusUsernameAssigned(username=username, customer_id="c-1", subscription_id="sub-1")
+    await store.append(
+        radius_user_stream(username),
+        [new_event(event, id=deterministic_id("assign", username), occurred_at=START)],
+        NO_STREAM,
+    )
+
+
+async def rate_all(
+    store: SQLiteEventStore,
+    records: Sequence[AccountingRecordReceived],
+    settings_: RatingSettings = UTC_SETTINGS,
+) -> list[UsageRated]:
+    rated = []
+    for r in records:
+        usage = await rate_accounting_record(store, settings_, message(r))
+        if usage is not None:
+            rated.append(usage)
+    return rated
+
+
+async def all_usage(store: SQLiteEventStore) -> list[UsageRated]:
+    return await all_events_of(store, UsageRated)
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[AccountingRecordReceived], list]:
+    steps = draw(st.integers(min_value=1, max_value=6))
+    records = [record(AcctStatus.START, 0, 0, 0)]
+    seconds = cum_in = cum_out = 0
+    for i in range(steps):
+        seconds += draw(st.integers(min_value=1, max_value=900))
+        cum_in += draw(st.integers(min_value=0, max_value=3 * GIGAWORD))
+        cum_out += draw(st.integers(min_value=0, max_value=3 * GIGAWORD))
+        last = i == steps - 1 and draw(st.booleans())
+        status = AcctStatus.STOP if last else AcctStatus.INTERIM_UPDATE
+        records.append(record(status, seconds, cum_in, cum_out))
+    extra = draw(st.lists(st.sampled_from(records), max_size=4))
+    return records, draw(st.permutations(records + extra))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(deliveries())
+def test_rated_usage_adds_up_to_the_final_counters_in_any_order_with_duplicates(case) -> None:
+    records, delivered = case
+
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SQLiteEventStore(Path(tmp) / "ledger.db", synchronous="OFF")
+            try:
+                await assign(store)
+                await rate_all(store, delivered)
+                # The whole delivery again, as a consumer restarting from an old offset would.
+                await rate_all(store, delivered)
+                usage = await all_usage(store)
+                assert sum(u.input_octets for u in usage) == max(r.input_octets for r in records)
+                assert sum(u.output_octets for u in usage) == max(r.output_octets for r in records)
+                # Each record is rated at most once, and only the ones that added something.
+                ids = [u.record_id for u in usage]
+                assert len(ids) == len(set(ids))
+                assert all(u.input_octets + u.output_octets > 0 for u in usage)
+                sessions = {u.session_key for u in usage}
+                assert len(sessions) <= 1
+            finally:
+                await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = SQLiteEventStore(tmp_path / "ledger.db")
+    yield s
+    await s.close()
+
+
+async def test_interims_are_rated_as_deltas_into_the_customers_period(store) -> None:
+    await assign(store)
+    rated = await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0),
+            record(AcctStatus.INTERIM_UPDATE, 300, 1_000, 10_000),
+            record(AcctStatus.INTERIM_UPDATE, 600, 1_500, 25_000),
+        ],
+    )
+    assert [(u.input_octets, u.output_octets) for u in rated] == [(1_000, 10_000), (500, 15_000)]
+    assert {(u.customer_id, u.subscription_id, u.period) for u in rated} == {
+        ("c-1", "sub-1", "2026-03")
+    }
+    summary = await usage_summary(store, "c-1", "2026-03")
+    assert (summary.input_octets, summary.output_octets, summary.records) == (1_500, 25_000, 2)
+
+
+async def test_a_retransmitted_record_is_rated_once(store) -> None:
+    await assign(store)
+    interim = record(AcctStatus.INTERIM_UPDATE, 300, 1_000, 2_000)
+    first = await rate_accounting_record(store, UTC_SETTINGS, message(interim))
+    # The second delivery may report the usage again (it cannot tell a retransmission from a
+    # redelivery after a crash), but it records nothing new.
+    again = await rate_accounting_record(store, UTC_SETTINGS, message(interim))
+    assert first is not None
+    assert again in (None, first)
+    [usage] = await all_usage(store)
+    assert (usage.input_octets, usage.output_octets) == (1_000, 2_000)
+    assert len(await store.read_stream(f"session-{usage.session_key}")) == 1
+
+
+async def test_an_older_interim_after_a_newer_one_adds_nothing(store) -> None:
+    await assign(store)
+    await rate_all(store, [record(AcctStatus.INTERIM_UPDATE, 600, 9_000, 9_000)])
+    assert await rate_all(store, [record(AcctStatus.INTERIM_UPDATE, 300, 4_000, 4_000)]) == []
+    summary = await usage_summary(store, "c-1", "2026-03")
+    assert summary.total_octets == 18_000
+
+
+async def test_gigaword_sized_counters_survive_the_ledger_exactly(store) -> None:
+    await assign(store)
+    big_in = 7 * GIGAWORD + 123
+    big_out = 2**63 + 5  # beyond a signed 64-bit integer as well
+    rated = await rate_all(
+        store,
+        [
+            record(AcctStatus.INTERIM_UPDATE, 60, GIGAWORD - 1, 10),
+            record(AcctStatus.INTERIM_UPDATE, 120, big_in, big_out),
+        ],
+    )
+    assert [(u.input_octets, u.output_octets) for u in rated] == [
+        (GIGAWORD - 1, 10),
+        (big_in - (GIGAWORD - 1), big_out - 10),
+    ]
+    summary = await usage_summary(store, "c-1", "2026-03")
+    assert (summary.input_octets, summary.output_octets) == (big_in, big_out)
+
+
+async def test_a_stop_closes_the_session(store) -> None:
+    await assign(store)
+    await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0),
+            record(AcctStatus.INTERIM_UPDATE, 60, 100, 100),
+            record(AcctStatus.STOP, 90, 150, 180),
+        ],
+    )
+    [opened] = [e.decode() for e in await store.read_stream(session_index_stream("nas-1", "s-1"))]
+    assert isinstance(opened, RadiusSessionOpened)
+    history = [e.decode() for e in await store.read_stream(f"session-{opened.session_key}")]
+    assert all(isinstance(e, SessionCountersRecorded) for e in history)
+    assert [e.closed for e in history] == [False, False, True]
+    assert (history[-1].input_octets, history[-1].output_octets) == (150, 180)
+    assert (history[-1].input_delta, history[-1].output_delta) == (50, 80)
+
+
+async def test_a_reused_session_id_with_a_new_start_opens_a_new_session(store) -> None:
+    await assign(store)
+    later = START + timedelta(days=2)
+    first = [
+        record(AcctStatus.START, 0, 0, 0),
+        record(AcctStatus.STOP, 3600, 5_000, 6_000),
+    ]
+    # The NAS rebooted and its Acct-Session-Id counter started over: same id, new session,
+    # counters from zero again. Without a new session the 700 would be swallowed by the 5000.
+    second = [
+        record(AcctStatus.START, 0, 0, 0, start=later),
+        record(AcctStatus.INTERIM_UPDATE, 60, 700, 800, start=later),
+    ]
+    await rate_all(store, first + second)
+    index = [e.decode() for e in await store.read_stream(session_index_stream("nas-1", "s-1"))]
+    assert len(index) == 2
+    assert index[0].session_key != index[1].session_key
+    assert [i.started_at for i in index] == [START, later]
+    usage = await all_usage(store)
+    assert sum(u.input_octets for u in usage) == 5_700
+    assert sum(u.output_octets for u in usage) == 6_800
+    assert {u.session_key for u in usage} == {index[0].session_key, index[1].session_key}
+
+
+async def test_a_late_record_of_the_earlier_session_goes_to_that_session(store) -> None:
+    await assign(store)
+    later = START + timedelta(days=2)
+    await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0),
+            record(AcctStatus.INTERIM_UPDATE, 60, 100, 100),
+            record(AcctStatus.START, 0, 0, 0, start=later),
+            record(AcctStatus.INTERIM_UPDATE, 60, 40, 40, start=later),
+            # Delayed Stop of the first session arrives after the second one started.
+            record(AcctStatus.STOP, 120, 300, 300),
+        ],
+    )
+    index = [e.decode() for e in await store.read_stream(session_index_stream("nas-1", "s-1"))]
+    assert len(index) == 2
+    usage = await all_usage(store)
+    per_session: dict[str, int] = {}
+    for u in usage:
+        per_session[u.session_key] = per_session.get(u.session_key, 0) + u.input_octets
+    assert per_session == {index[0].session_key: 300, index[1].session_key: 40}
+
+
+async def test_a_record_for_an_unknown_username_is_not_rated(store) -> None:
+    await assign(store, "alice")
+    rated = await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0, username="mallory"),
+            record(AcctStatus.INTERIM_UPDATE, 60, 1_000, 1_000, username="mallory"),
+            record(
+                AcctStatus.INTERIM_UPDATE, 60, 1_000, 1_000, acct_session_id="s-2", username=None
+            ),
+        ],
+    )
+    assert rated == []
+    assert await all_usage(store) == []
+
+
+@pytest.mark.parametrize(
+    ("tz", "period"),
+    [("Asia/Dhaka", "2026-12"), ("UTC", "2026-11"), ("America/New_York", "2026-11")],
+)
+async def test_usage_is_attributed_to_the_period_of_its_event_time_in_the_isps_zone(
+    store, tz: str, period: str
+) -> None:
+    await assign(store)
+    start = datetime(2026, 11, 30, 23, 0, 0, tzinfo=UTC)
+    # 23:30Z on 30 November is 05:30 on 1 December in Dhaka (UTC+6).
+    interim = record(AcctStatus.INTERIM_UPDATE, 1800, 10, 20, start=start)
+    [usage] = await rate_all(store, [interim], RatingSettings(timezone=ZoneInfo(tz)))
+    assert usage.period == period
+    assert len(await store.read_stream(usage_stream("c-1", period))) == 1
+
+
+class CrashBeforeUsage(SQLiteEventStore):
+    """The real store, with a process crash simulated just before the first usage append."""
+
+    crashes_left = 1
+
+    async def append(self, stream: str, events, expected_version: ExpectedVersion) -> int:
+        if stream.startswith("usage-") and self.crashes_left:
+            self.crashes_left -= 1
+            raise SystemExit("simulated crash between the session and the usage append")
+        return await super().append(stream, events, expected_version)
+
+
+async def test_redelivery_after_a_crash_between_session_and_usage_rates_once(tmp_path) -> None:
+    store = CrashBeforeUsage(tmp_path / "ledger.db")
+    try:
+        await assign(store)
+        first = record(AcctStatus.INTERIM_UPDATE, 60, 1_000, 2_000)
+        second = record(AcctStatus.INTERIM_UPDATE, 120, 1_500, 2_600)
+        with pytest.raises(SystemExit):
+            await rate_accounting_record(store, UTC_SETTINGS, message(first))
+        # The session already holds the record's counters, the usage stream nothing yet.
+        assert await all_usage(store) == []
+        # A later record is rated against the counters the session recorded...
+        await rate_accounting_record(store, UTC_SETTINGS, message(second))
+        # ...and the redelivered one still produces its own usage, once.
+        redelivered = await rate_accounting_record(store, UTC_SETTINGS, message(first))
+        assert redelivered is not None
+        assert (redelivered.input_octets, redelivered.output_octets) == (1_000, 2_000)
+        await rate_accounting_record(store, UTC_SETTINGS, message(first))
+        usage = await all_usage(store)
+        assert sorted(u.record_id for u in usage) == sorted([first.record_id, second.record_id])
+        assert sum(u.input_octets for u in usage) == 1_500
+        assert sum(u.output_octets for u in usage) == 2_600
+    finally:
+        await store.close()
+
+
+async def test_concurrent_records_of_one_session_count_every_byte_once(store) -> None:
+    await assign(store)
+    records = [record(AcctStatus.START, 0, 0, 0)] + [
+        record(AcctStatus.INTERIM_UPDATE, 60 * i, 1_000 * i, 2_000 * i) for i in range(1, 9)
+    ]
+    await asyncio.gather(
+        *(rate_accounting_record(store, UTC_SETTINGS, message(r)) for r in records * 2)
+    )
+    usage = await all_usage(store)
+    assert sum(u.input_octets for u in usage) == 8_000
+    assert sum(u.output_octets for u in usage) == 16_000
+    index = await store.read_stream(session_index_stream("nas-1", "s-1"))
+    assert len(index) == 1
