@@ -65,6 +65,13 @@ async def start_subscription(
         raise NotFound(f"customer {event.customer_id!r} does not exist")
     if await store.stream_version(plan_stream(event.plan_id)) is None:
         raise NotFound(f"plan {event.plan_id!r} does not exist")
+    # Refuse a different subscription under an existing id before claiming its username, or
+    # the refused command would leave the new username pointing at the existing subscription.
+    existing = await store.read_stream(subscription_stream(event.subscription_id), limit=1)
+    if existing:
+        if existing[0].decode() != event:
+            raise AlreadyExists(f"subscription {event.subscription_id!r} exists with other details")
+        return event
     # The username stream is created first: its NO_STREAM append is what makes usernames
     # unique, even when two clerks assign the same one at the same moment.
     claim = RadiusUsernameAssigned(

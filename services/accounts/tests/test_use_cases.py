@@ -1,0 +1,205 @@
+"""Accounts use cases on the real SQLite ledger: idempotent commands, unique usernames."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+
+import pytest
+
+from accounts.application.use_cases import (
+    define_plan,
+    register_customer,
+    register_nas,
+    start_subscription,
+)
+from accounts.domain.commands import DefinePlan, RegisterCustomer, RegisterNas, StartSubscription
+from accounts.domain.errors import AlreadyExists, NotFound, UsernameTaken
+from ispbill_core.clock import FixedClock
+from ispbill_core.contracts.accounts import (
+    RadiusUsernameAssigned,
+    customer_stream,
+    nas_stream,
+    plan_stream,
+    radius_user_stream,
+    subscription_stream,
+)
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+
+pytestmark = pytest.mark.integration
+
+PLAN = DefinePlan(
+    plan_id="home-50",
+    name="Home 50",
+    currency="USD",
+    monthly_fee="29.99",
+    included_gb=50,
+    overage_per_gb="1.50",
+)
+ALICE = RegisterCustomer(
+    customer_id="c-1", name="Alice", email="alice@example.com", tax_region="BD"
+)
+BOB = RegisterCustomer(customer_id="c-2", name="Bob", email="bob@example.com", tax_region="BD")
+NAS = RegisterNas(nas_id="nas-1", name="edge", ip_address="192.0.2.1", secret="s3cret!")
+
+
+def subscription(sub_id: str = "sub-1", username: str = "alice", **kw: object) -> StartSubscription:
+    fields: dict[str, object] = {
+        "subscription_id": sub_id,
+        "customer_id": "c-1",
+        "plan_id": "home-50",
+        "radius_username": username,
+        "started_on": date(2026, 1, 1),
+    }
+    fields.update(kw)
+    return StartSubscription(**fields)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = SQLiteEventStore(tmp_path / "ledger.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+async def catalogue(store, clock) -> None:
+    await define_plan(store, clock, PLAN, "admin")
+    await register_customer(store, clock, ALICE, "admin")
+    await register_customer(store, clock, BOB, "admin")
+
+
+async def test_each_command_records_one_event_in_its_own_stream(store, clock, catalogue) -> None:
+    await register_nas(store, clock, NAS, "admin")
+    started = await start_subscription(store, clock, subscription(), "clerk")
+    assert started.radius_username == "alice"
+    for stream in [
+        plan_stream("home-50"),
+        customer_stream("c-1"),
+        nas_stream("nas-1"),
+        subscription_stream("sub-1"),
+        radius_user_stream("alice"),
+    ]:
+        assert len(await store.read_stream(stream)) == 1, stream
+    [claim] = await store.read_stream(radius_user_stream("alice"))
+    assert claim.decode() == RadiusUsernameAssigned(
+        username="alice", customer_id="c-1", subscription_id="sub-1"
+    )
+    assert claim.metadata.actor == "clerk"
+
+
+async def test_repeating_the_same_command_is_a_no_op(store, clock, catalogue) -> None:
+    head = (await store.read_all())[-1].global_position
+    clock.advance(datetime(2026, 1, 2, tzinfo=UTC) - clock.now())  # a retry, a day later
+    await define_plan(store, clock, PLAN, "admin")
+    await register_customer(store, clock, ALICE, "admin")
+    await register_nas(store, clock, NAS, "admin")
+    await register_nas(store, clock, NAS, "admin")
+    await start_subscription(store, clock, subscription(), "clerk")
+    await start_subscription(store, clock, subscription(), "clerk")
+    after = await store.read_all(after=head)
+    # Only the first NAS registration and the first subscription (with its username) are new.
+    assert sorted(e.stream for e in after) == sorted(
+        [nas_stream("nas-1"), subscription_stream("sub-1"), radius_user_stream("alice")]
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "changed"),
+    [
+        (define_plan, PLAN.model_copy(update={"monthly_fee": "39.99"})),
+        (register_customer, ALICE.model_copy(update={"email": "alice@other.example"})),
+        (register_nas, NAS.model_copy(update={"ip_address": "192.0.2.2"})),
+    ],
+)
+async def test_the_same_id_with_other_details_already_exists(
+    store, clock, catalogue, command, changed
+) -> None:
+    await register_nas(store, clock, NAS, "admin")
+    with pytest.raises(AlreadyExists):
+        await command(store, clock, changed, "admin")
+
+
+async def test_the_same_subscription_id_with_another_plan_already_exists(
+    store, clock, catalogue
+) -> None:
+    await define_plan(store, clock, PLAN.model_copy(update={"plan_id": "biz"}), "admin")
+    await start_subscription(store, clock, subscription(), "clerk")
+    with pytest.raises(AlreadyExists):
+        await start_subscription(store, clock, subscription(plan_id="biz"), "clerk")
+    [sub] = await store.read_stream(subscription_stream("sub-1"))
+    assert sub.data["plan_id"] == "home-50"
+
+
+async def test_a_refused_subscription_leaves_its_new_username_free(store, clock, catalogue) -> None:
+    await start_subscription(store, clock, subscription(username="alice"), "clerk")
+    with pytest.raises(AlreadyExists):
+        await start_subscription(store, clock, subscription(username="alice2"), "clerk")
+    # Nothing may have claimed "alice2" for sub-1: usage of that login would be billed to a
+    # subscription that never had it. Another subscription can take it.
+    assert await store.read_stream(radius_user_stream("alice2")) == []
+    await start_subscription(store, clock, subscription("sub-2", "alice2"), "clerk")
+
+
+async def test_the_same_username_for_two_subscriptions_is_taken(store, clock, catalogue) -> None:
+    await start_subscription(store, clock, subscription("sub-1", "alice"), "clerk")
+    with pytest.raises(UsernameTaken):
+        await start_subscription(
+            store, clock, subscription("sub-2", "alice", customer_id="c-2"), "clerk"
+        )
+    assert await store.stream_version(subscription_stream("sub-2")) is None
+
+
+async def test_two_subscriptions_started_at_once_cannot_share_a_username(
+    store, clock, catalogue
+) -> None:
+    results = await asyncio.gather(
+        *(
+            start_subscription(
+                store, clock, subscription(f"sub-{i}", "shared", customer_id=cust), "clerk"
+            )
+            for i, cust in enumerate(["c-1", "c-2", "c-1", "c-2", "c-1"])
+        ),
+        return_exceptions=True,
+    )
+    started = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(started) == 1
+    assert all(isinstance(r, UsernameTaken) for r in refused), refused
+    [claim] = await store.read_stream(radius_user_stream("shared"))
+    assert claim.data["subscription_id"] == started[0].subscription_id
+    subs = [
+        i
+        for i in range(5)
+        if await store.stream_version(subscription_stream(f"sub-{i}")) is not None
+    ]
+    assert subs == [int(started[0].subscription_id.removeprefix("sub-"))]
+
+
+async def test_the_same_subscription_started_twice_at_once_is_recorded_once(
+    store, clock, catalogue
+) -> None:
+    results = await asyncio.gather(
+        *(start_subscription(store, clock, subscription(), "clerk") for _ in range(4))
+    )
+    assert len({r.subscription_id for r in results}) == 1
+    assert len(await store.read_stream(subscription_stream("sub-1"))) == 1
+    assert len(await store.read_stream(radius_user_stream("alice"))) == 1
+
+
+async def test_a_subscription_for_an_unknown_customer_is_not_found(store, clock, catalogue) -> None:
+    with pytest.raises(NotFound):
+        await start_subscription(store, clock, subscription(customer_id="nobody"), "clerk")
+    assert await store.read_stream(radius_user_stream("alice")) == []
+
+
+async def test_a_subscription_to_an_unknown_plan_is_not_found(store, clock, catalogue) -> None:
+    with pytest.raises(NotFound):
+        await start_subscription(store, clock, subscription(plan_id="gold"), "clerk")
+    assert await store.read_stream(radius_user_stream("alice")) == []
+    assert await store.stream_version(subscription_stream("sub-1")) is None
