@@ -1,0 +1,295 @@
+"""The bill run on the real SQLite ledger: totals, one invoice per customer, gapless numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from invoicing.application.close_billing_period import (
+    _Series,
+    close_billing_period,
+    invoice_id_for,
+)
+from invoicing.application.set_tax_rate import set_tax_rate
+from invoicing.application.settings import BillingSettings
+from ispbill_core.clock import FixedClock
+from ispbill_core.contracts.accounts import (
+    GIGABYTE,
+    CustomerRegistered,
+    PlanDefined,
+    SubscriptionStarted,
+    customer_stream,
+    plan_stream,
+    subscription_stream,
+)
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    InvoiceNumberAssigned,
+    LineKind,
+    invoice_series_stream,
+    invoice_stream,
+)
+from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.events import DomainEvent, deterministic_id, new_event
+from ispbill_core.eventstore import ANY
+from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.money import Money
+
+pytestmark = pytest.mark.integration
+
+TZ = ZoneInfo("Asia/Dhaka")
+SETTINGS = BillingSettings(timezone=TZ)
+PERIOD = "2026-03"
+RUN_AT = datetime(2026, 4, 1, 3, 0, tzinfo=UTC)
+
+
+async def put(store: SQLiteEventStore, stream: str, event: DomainEvent) -> None:
+    await store.append(
+        stream,
+        [new_event(event, id=deterministic_id("seed", stream, event), occurred_at=RUN_AT)],
+        ANY,
+    )
+
+
+async def seed_customer(
+    store: SQLiteEventStore,
+    customer_id: str,
+    *,
+    started_on: date = date(2026, 1, 1),
+    plan_id: str = "home",
+) -> None:
+    await put(
+        store,
+        customer_stream(customer_id),
+        CustomerRegistered(
+            customer_id=customer_id,
+            name=f"Customer {customer_id}",
+            email=f"{customer_id}@example.com",
+            tax_region="BD",
+        ),
+    )
+    await put(
+        store,
+        subscription_stream(f"sub-{customer_id}"),
+        SubscriptionStarted(
+            subscription_id=f"sub-{customer_id}",
+            customer_id=customer_id,
+            plan_id=plan_id,
+            radius_username=customer_id,
+            started_on=started_on,
+        ),
+    )
+
+
+async def seed_usage(
+    store: SQLiteEventStore, customer_id: str, octets: list[tuple[int, int]], period: str = PERIOD
+) -> None:
+    for n, (i, o) in enumerate(octets):
+        usage = UsageRated(
+            customer_id=customer_id,
+            subscription_id=f"sub-{customer_id}",
+            period=period,
+            session_key="nas-1-s-1-0",
+            record_id=deterministic_id("rec", customer_id, period, n),
+            input_octets=i,
+            output_octets=o,
+            occurred_at=datetime(2026, 3, 10, tzinfo=UTC),
+        )
+        await put(store, usage_stream(customer_id, period), usage)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = SQLiteEventStore(tmp_path / "ledger.db")
+    await put(
+        s,
+        plan_stream("home"),
+        PlanDefined(
+            plan_id="home",
+            name="Home",
+            monthly_fee=Money.of("30.00", "USD"),
+            included_bytes=10 * GIGABYTE,
+            overage_price=Money.of("2.00", "USD"),
+        ),
+    )
+    clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
+    await set_tax_rate(s, clock, "BD", "VAT", Decimal("0.15"), "admin")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(RUN_AT)
+
+
+async def issued(store: SQLiteEventStore) -> list[InvoiceIssued]:
+    return await all_events_of(store, InvoiceIssued)
+
+
+async def series_numbers(store: SQLiteEventStore) -> list[InvoiceNumberAssigned]:
+    return [
+        e.decode()  # type: ignore[misc]
+        for e in await store.read_stream(invoice_series_stream(SETTINGS.series))
+    ]
+
+
+async def assert_one_invoice_each_and_gapless(store: SQLiteEventStore, customers: list[str]):
+    invoices = await issued(store)
+    assert sorted(i.customer_id for i in invoices) == sorted(customers)
+    for c in customers:
+        assert len(await store.read_stream(invoice_stream(c, PERIOD))) == 1
+    numbers = await series_numbers(store)
+    assert [n.sequence for n in numbers] == list(range(1, len(numbers) + 1))
+    assert len({n.invoice_id for n in numbers}) == len(numbers)
+    assigned = {n.invoice_id: n.number for n in numbers}
+    for invoice in invoices:
+        assert assigned[invoice.invoice_id] == invoice.number
+    assert len({i.number for i in invoices}) == len(invoices)
+    return invoices
+
+
+async def test_the_bill_run_issues_one_invoice_per_customer_with_correct_totals(
+    store, clock
+) -> None:
+    await seed_customer(store, "c-1")
+    await seed_customer(store, "c-2")
+    # 12.5 GB in the period: 2.5 GB beyond the 10 included, billed as 3 started GB.
+    await seed_usage(
+        store, "c-1", [(2 * GIGABYTE, 4 * GIGABYTE), (GIGABYTE, 5 * GIGABYTE + GIGABYTE // 2)]
+    )
+    # Usage of another period does not count.
+    await seed_usage(store, "c-1", [(50 * GIGABYTE, 0)], period="2026-02")
+
+    report = await close_billing_period(store, clock, SETTINGS, PERIOD)
+
+    assert report.issued == ["INV-000001", "INV-000002"]
+    assert report.already_issued == [] and report.skipped == {}
+    invoices = {
+        i.customer_id: i for i in await assert_one_invoice_each_and_gapless(store, ["c-1", "c-2"])
+    }
+    c1 = invoices["c-1"]
+    assert [line.kind for line in c1.lines] == [LineKind.RECURRING, LineKind.USAGE]
+    assert c1.lines[1].quantity == 3
+    assert c1.subtotal == Money.of("36.00", "USD")
+    assert c1.tax_total == Money.of("5.40", "USD")
+    assert c1.total == Money.of("41.40", "USD")
+    assert c1.invoice_id == invoice_id_for("c-1", PERIOD)
+    assert c1.customer_email == "c-1@example.com"
+    assert c1.period == PERIOD
+    # Issued at 09:00 on 1 April in Dhaka; due 14 days later in the ISP's calendar.
+    assert c1.due_on == date(2026, 4, 15)
+
+
+async def test_a_customer_without_usage_gets_the_recurring_line_only(store, clock) -> None:
+    await seed_customer(store, "c-2")
+    await close_billing_period(store, clock, SETTINGS, PERIOD)
+    [invoice] = await issued(store)
+    assert [line.kind for line in invoice.lines] == [LineKind.RECURRING]
+    assert invoice.subtotal == Money.of("30.00", "USD")
+    assert invoice.total == Money.of("34.50", "USD")
+
+
+async def test_a_subscription_starting_next_month_is_not_billed(store, clock) -> None:
+    await seed_customer(store, "c-1")
+    await seed_customer(store, "c-late", started_on=date(2026, 4, 1))
+    report = await close_billing_period(store, clock, SETTINGS, PERIOD)
+    assert report.issued == ["INV-000001"]
+    assert [i.customer_id for i in await issued(store)] == ["c-1"]
+    assert await store.read_stream(invoice_stream("c-late", PERIOD)) == []
+    assert len(await series_numbers(store)) == 1
+
+
+async def test_a_subscription_starting_mid_month_is_prorated(store, clock) -> None:
+    await seed_customer(store, "c-mid", started_on=date(2026, 3, 16))
+    await close_billing_period(store, clock, SETTINGS, PERIOD)
+    [invoice] = await issued(store)
+    # 16 of March's 31 days of 30.00: 15.4838... rounds to 15.48.
+    assert invoice.subtotal == Money.of("15.48", "USD")
+
+
+async def test_a_rerun_issues_nothing_new(store, clock) -> None:
+    for c in ["c-1", "c-2", "c-3"]:
+        await seed_customer(store, c)
+    first = await close_billing_period(store, clock, SETTINGS, PERIOD)
+    clock.set(datetime(2026, 4, 2, tzinfo=UTC))
+    second = await close_billing_period(store, clock, SETTINGS, PERIOD)
+    assert second.issued == []
+    assert second.already_issued == first.issued
+    await assert_one_invoice_each_and_gapless(store, ["c-1", "c-2", "c-3"])
+
+
+async def test_two_concurrent_bill_runs_issue_one_invoice_each_with_gapless_numbers(
+    store, clock
+) -> None:
+    customers = [f"c-{n:02d}" for n in range(12)]
+    for c in customers:
+        await seed_customer(store, c)
+    reports = await asyncio.gather(
+        *(close_billing_period(store, clock, SETTINGS, PERIOD) for _ in range(3))
+    )
+    invoices = await assert_one_invoice_each_and_gapless(store, customers)
+    assert len(await series_numbers(store)) == len(customers)
+    numbers = {i.number for i in invoices}
+    for report in reports:
+        assert set(report.issued) | set(report.already_issued) == numbers
+
+
+async def test_a_number_assigned_before_a_crash_is_used_not_reassigned(store, clock) -> None:
+    for c in ["c-1", "c-2", "c-3"]:
+        await seed_customer(store, c)
+    # A bill run that crashed right after taking c-2's number, before InvoiceIssued.
+    crashed = _Series(store, SETTINGS.series)
+    await crashed.refresh()
+    c2 = invoice_id_for("c-2", PERIOD)
+    taken = await crashed.assign(SETTINGS, c2, "c-2", PERIOD, RUN_AT)
+    # Its retry in the same process takes the same number again, not a second one.
+    assert await crashed.assign(SETTINGS, c2, "c-2", PERIOD, RUN_AT) == taken
+    fresh = _Series(store, SETTINGS.series)
+    await fresh.refresh()
+    assert await fresh.assign(SETTINGS, c2, "c-2", PERIOD, RUN_AT) == taken
+    assert taken.number == "INV-000001"
+
+    await close_billing_period(store, clock, SETTINGS, PERIOD)
+
+    invoices = {
+        i.customer_id: i
+        for i in await assert_one_invoice_each_and_gapless(store, ["c-1", "c-2", "c-3"])
+    }
+    assert invoices["c-2"].number == "INV-000001"
+    assert invoices["c-1"].number == "INV-000002"
+    assert invoices["c-3"].number == "INV-000003"
+
+
+async def test_numbers_continue_across_periods_and_are_never_reused(store, clock) -> None:
+    await seed_customer(store, "c-1")
+    await seed_customer(store, "c-2")
+    await close_billing_period(store, clock, SETTINGS, "2026-02")
+    await close_billing_period(store, clock, SETTINGS, PERIOD)
+    await close_billing_period(store, clock, SETTINGS, "2026-02")
+    invoices = await issued(store)
+    assert sorted(i.number for i in invoices) == [f"INV-00000{n}" for n in range(1, 5)]
+    assert len({i.invoice_id for i in invoices}) == 4
+    assert all(isinstance(i.invoice_id, uuid.UUID) for i in invoices)
+
+
+async def test_concurrent_bill_runs_of_two_periods_share_one_gapless_series(store, clock) -> None:
+    customers = [f"c-{n:02d}" for n in range(8)]
+    for c in customers:
+        await seed_customer(store, c)
+    # Different periods mean different invoices racing for the next number of one series.
+    await asyncio.gather(
+        *(close_billing_period(store, clock, SETTINGS, p) for p in ["2026-02", PERIOD] * 2)
+    )
+    invoices = await issued(store)
+    assert len(invoices) == 2 * len(customers)
+    assert len({(i.customer_id, i.period) for i in invoices}) == len(invoices)
+    numbers = await series_numbers(store)
+    assert [n.sequence for n in numbers] == list(range(1, len(invoices) + 1))
+    assert sorted(i.number for i in invoices) == sorted(n.number for n in numbers)
