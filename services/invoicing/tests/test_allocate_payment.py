@@ -1,0 +1,197 @@
+"""allocate_payment on the real SQLite ledger: paid once, only when fully covered."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from invoicing.application.allocate_payment import allocate_payment
+from invoicing.application.close_billing_period import close_billing_period, invoice_id_for
+from invoicing.application.queries import LedgerInvoiceQueries
+from invoicing.application.settings import BillingSettings
+from ispbill_core.clock import FixedClock
+from ispbill_core.contracts.accounts import (
+    CustomerRegistered,
+    PlanDefined,
+    SubscriptionStarted,
+    customer_stream,
+    plan_stream,
+    subscription_stream,
+)
+from ispbill_core.contracts.invoicing import InvoiceIssued, InvoicePaid, invoice_stream
+from ispbill_core.contracts.payments import PaymentReceived, payment_stream
+from ispbill_core.events import DomainEvent, RecordedEvent, deterministic_id, new_event
+from ispbill_core.eventstore import ANY, NO_STREAM
+from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.money import Money
+
+pytestmark = pytest.mark.integration
+
+PERIOD = "2026-03"
+AT = datetime(2026, 4, 1, tzinfo=UTC)
+
+
+async def put(store: SQLiteEventStore, stream: str, event: DomainEvent) -> None:
+    await store.append(
+        stream,
+        [new_event(event, id=deterministic_id("seed", stream, event), occurred_at=AT)],
+        ANY,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = SQLiteEventStore(tmp_path / "ledger.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def invoice(store) -> InvoiceIssued:
+    """One issued invoice of 30.00 USD (no tax region set, no usage)."""
+    await put(
+        store,
+        plan_stream("home"),
+        PlanDefined(
+            plan_id="home",
+            name="Home",
+            monthly_fee=Money.of("30.00", "USD"),
+            included_bytes=0,
+            overage_price=Money.of("1.00", "USD"),
+        ),
+    )
+    await put(
+        store,
+        customer_stream("c-1"),
+        CustomerRegistered(customer_id="c-1", name="Alice", email="a@example.com", tax_region="X"),
+    )
+    await put(
+        store,
+        subscription_stream("sub-1"),
+        SubscriptionStarted(
+            subscription_id="sub-1",
+            customer_id="c-1",
+            plan_id="home",
+            radius_username="alice",
+            started_on=date(2026, 1, 1),
+        ),
+    )
+    await close_billing_period(store, FixedClock(AT), BillingSettings(ZoneInfo("UTC")), PERIOD)
+    [issued] = await all_events_of(store, InvoiceIssued)
+    assert issued.total == Money.of("30.00", "USD")
+    return issued
+
+
+async def pay(
+    store: SQLiteEventStore,
+    ref: str,
+    amount: str,
+    *,
+    invoice_id: uuid.UUID | None,
+    currency: str = "USD",
+    minutes: int = 0,
+) -> RecordedEvent:
+    payment = PaymentReceived(
+        payment_id=deterministic_id("payment", "bank", ref),
+        gateway="bank",
+        transaction_ref=ref,
+        customer_id="c-1",
+        invoice_id=invoice_id,
+        amount=Money.of(amount, currency),
+        received_at=AT + timedelta(minutes=minutes),
+    )
+    stream = payment_stream("bank", ref)
+    await store.append(
+        stream,
+        [new_event(payment, id=payment.payment_id, occurred_at=payment.received_at)],
+        NO_STREAM,
+    )
+    [recorded] = await store.read_stream(stream)
+    return recorded
+
+
+async def paid_events(store: SQLiteEventStore) -> list[InvoicePaid]:
+    return await all_events_of(store, InvoicePaid)
+
+
+async def status(store: SQLiteEventStore, invoice: InvoiceIssued) -> str:
+    found = await LedgerInvoiceQueries(store, lambda i, s: b"").get_invoice(invoice.invoice_id)
+    assert found is not None
+    return found[1]
+
+
+async def test_a_full_payment_marks_the_invoice_paid(store, invoice) -> None:
+    payment = await pay(store, "r-1", "30.00", invoice_id=invoice.invoice_id)
+    paid = await allocate_payment(store, payment)
+    assert paid is not None
+    assert paid.amount_paid == Money.of("30.00", "USD")
+    assert paid.payment_id == payment.decode().payment_id  # type: ignore[attr-defined]
+    events = await store.read_stream(invoice_stream("c-1", PERIOD))
+    assert [e.type for e in events] == ["InvoiceIssued", "InvoicePaid"]
+    assert events[1].metadata.causation_id == payment.id
+    assert await status(store, invoice) == "paid"
+
+
+async def test_partial_payments_add_up_and_only_the_covering_one_marks_it_paid(
+    store, invoice
+) -> None:
+    first = await pay(store, "r-1", "10.00", invoice_id=invoice.invoice_id)
+    assert await allocate_payment(store, first) is None
+    assert await status(store, invoice) == "issued"
+    second = await pay(store, "r-2", "19.99", invoice_id=invoice.invoice_id, minutes=1)
+    assert await allocate_payment(store, second) is None
+    assert await paid_events(store) == []
+    third = await pay(store, "r-3", "0.01", invoice_id=invoice.invoice_id, minutes=2)
+    paid = await allocate_payment(store, third)
+    assert paid is not None
+    assert paid.amount_paid == Money.of("30.00", "USD")
+    assert paid.paid_at == AT + timedelta(minutes=2)
+    assert await status(store, invoice) == "paid"
+
+
+async def test_an_invoice_is_marked_paid_once(store, invoice) -> None:
+    payment = await pay(store, "r-1", "30.00", invoice_id=invoice.invoice_id)
+    extra = await pay(store, "r-2", "5.00", invoice_id=invoice.invoice_id, minutes=1)
+    assert await allocate_payment(store, payment) is not None
+    assert await allocate_payment(store, payment) is None  # redelivered
+    assert await allocate_payment(store, extra) is None  # a later overpayment
+    assert len(await paid_events(store)) == 1
+
+
+async def test_concurrent_allocations_record_one_invoice_paid(store, invoice) -> None:
+    payments = [
+        await pay(store, f"r-{n}", "15.00", invoice_id=invoice.invoice_id, minutes=n)
+        for n in range(4)
+    ]
+    await asyncio.gather(*(allocate_payment(store, p) for p in payments * 2))
+    [paid] = await paid_events(store)
+    assert paid.invoice_id == invoice.invoice_id
+    assert len(await store.read_stream(invoice_stream("c-1", PERIOD))) == 2
+
+
+async def test_an_overpayment_marks_the_invoice_paid(store, invoice) -> None:
+    payment = await pay(store, "r-1", "50.00", invoice_id=invoice.invoice_id)
+    paid = await allocate_payment(store, payment)
+    assert paid is not None
+    assert paid.amount_paid == Money.of("50.00", "USD")
+
+
+async def test_payments_in_another_currency_do_not_cover_the_invoice(store, invoice) -> None:
+    payment = await pay(store, "r-1", "3000.00", invoice_id=invoice.invoice_id, currency="BDT")
+    assert await allocate_payment(store, payment) is None
+    assert await paid_events(store) == []
+
+
+async def test_payments_of_other_invoices_do_not_count(store, invoice) -> None:
+    other = await pay(store, "r-1", "30.00", invoice_id=invoice_id_for("c-1", "2026-02"))
+    assert await allocate_payment(store, other) is None
+    unallocated = await pay(store, "r-2", "30.00", invoice_id=None)
+    assert await allocate_payment(store, unallocated) is None
+    part = await pay(store, "r-3", "29.00", invoice_id=invoice.invoice_id)
+    assert await allocate_payment(store, part) is None
+    assert await paid_events(store) == []
