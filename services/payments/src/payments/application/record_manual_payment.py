@@ -37,11 +37,7 @@ async def record_manual_payment(
     stream = payment_stream(MANUAL_GATEWAY, cmd.reference)
     existing = await store.read_stream(stream, limit=1)
     if existing:
-        prior = existing[0].decode()
-        assert isinstance(prior, PaymentReceived)
-        if prior.invoice_id == invoice.invoice_id and prior.amount == amount:
-            return prior  # the same payment entered twice: recorded once
-        raise DuplicatePaymentReference(f"reference {cmd.reference!r} was used for another payment")
+        return _same_payment(existing[0].decode(), invoice, amount, cmd.reference)
     payment = payment_received(
         gateway=MANUAL_GATEWAY,
         reference=cmd.reference,
@@ -63,4 +59,16 @@ async def record_manual_payment(
         )
     except WrongExpectedVersion:
         raise DuplicatePaymentReference(f"reference {cmd.reference!r} was just used") from None
-    return payment
+    # The event id derives from the reference alone, so when a concurrent entry of the same
+    # reference got there first the append was a silent no-op: answer with what was recorded.
+    recorded = await store.read_stream(stream, limit=1)
+    return _same_payment(recorded[0].decode(), invoice, amount, cmd.reference)
+
+
+def _same_payment(
+    prior: object, invoice: InvoiceIssued, amount: Money, reference: str
+) -> PaymentReceived:
+    assert isinstance(prior, PaymentReceived)
+    if prior.invoice_id == invoice.invoice_id and prior.amount == amount:
+        return prior  # the same payment entered twice: recorded once
+    raise DuplicatePaymentReference(f"reference {reference!r} was used for another payment")
