@@ -1,0 +1,189 @@
+"""LedgerSubscriber on the real SQLite ledger: order, checkpoints, retries, live follow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent, deterministic_id
+from ispbill_core.eventstore import ANY
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.subscriber import LedgerSubscriber
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def event(n: int, type_: str = "Tick") -> NewEvent:
+    return NewEvent(
+        id=deterministic_id("subscriber-test", n),
+        type=type_,
+        version=1,
+        data={"n": n},
+        metadata=EventMetadata(occurred_at=datetime(2026, 1, 1, tzinfo=UTC)),
+    )
+
+
+async def append(store: SQLiteEventStore, numbers: range, type_: str = "Tick") -> None:
+    for n in numbers:
+        # Several streams, so that global order is not just one stream's order.
+        await store.append(f"ticks-{n % 3}", [event(n, type_)], ANY)
+
+
+class Seen:
+    """A handler that keeps what it was given and can be told to fail or to hold."""
+
+    def __init__(self) -> None:
+        self.numbers: list[int] = []
+        self.positions: list[int] = []
+        self.fail_times: dict[int, int] = {}
+        self.hold_on: int | None = None
+        self.holding = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.failures = 0
+
+    async def __call__(self, recorded: RecordedEvent) -> None:
+        n = recorded.data["n"]
+        if self.fail_times.get(n, 0) > 0:
+            self.fail_times[n] -= 1
+            self.failures += 1
+            self.changed.set()
+            raise RuntimeError(f"handler failed on {n}")
+        if n == self.hold_on:
+            self.holding.set()
+            await asyncio.Event().wait()  # until cancelled
+        self.numbers.append(n)
+        self.positions.append(recorded.global_position)
+        self.changed.set()
+
+    async def wait_for(self, count: int, *, failures: int = 0) -> None:
+        async with asyncio.timeout(10):
+            while len(self.numbers) < count or self.failures < failures:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def store(tmp_path) -> AsyncIterator[SQLiteEventStore]:
+    s = SQLiteEventStore(tmp_path / "ledger.db")
+    yield s
+    await s.close()
+
+
+@contextlib.asynccontextmanager
+async def running(subscriber: LedgerSubscriber) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(subscriber.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_delivers_every_event_in_global_order_then_follows_live(store) -> None:
+    await append(store, range(0, 20))
+    seen = Seen()
+    subscriber = LedgerSubscriber("projection", store, store, seen)
+    async with running(subscriber):
+        await subscriber.wait_caught_up()
+        assert seen.numbers == list(range(20))
+        await append(store, range(20, 25))
+        await seen.wait_for(25)
+    assert seen.numbers == list(range(25))
+    assert seen.positions == sorted(seen.positions)
+    assert len(set(seen.positions)) == 25
+    assert await store.load_checkpoint("projection") == seen.positions[-1]
+
+
+async def test_more_than_one_batch_is_delivered_in_order(store) -> None:
+    events = [event(n) for n in range(1200)]
+    for start in range(0, 1200, 300):
+        await store.append(f"bulk-{start}", events[start : start + 300], ANY)
+    seen = Seen()
+    subscriber = LedgerSubscriber("bulk", store, store, seen)
+    async with running(subscriber):
+        await seen.wait_for(1200)
+    assert seen.numbers == list(range(1200))
+
+
+async def test_only_the_requested_types_are_delivered(store) -> None:
+    await append(store, range(0, 5), "Tick")
+    await append(store, range(5, 10), "Tock")
+    seen = Seen()
+    subscriber = LedgerSubscriber("tocks", store, store, seen, types={"Tock"})
+    async with running(subscriber):
+        await subscriber.wait_caught_up()
+    assert seen.numbers == [5, 6, 7, 8, 9]
+
+
+async def test_resumes_from_its_checkpoint_after_being_cancelled(store) -> None:
+    await append(store, range(0, 10))
+    first = Seen()
+    subscriber = LedgerSubscriber("mailer", store, store, first)
+    async with running(subscriber):
+        await subscriber.wait_caught_up()
+    assert first.numbers == list(range(10))
+
+    await append(store, range(10, 15))
+    second = Seen()
+    restarted = LedgerSubscriber("mailer", store, store, second)
+    async with running(restarted):
+        await restarted.wait_caught_up()
+        await second.wait_for(5)
+    assert second.numbers == list(range(10, 15))
+    # Another subscriber name has its own checkpoint and starts from the beginning.
+    other = Seen()
+    fresh = LedgerSubscriber("other", store, store, other)
+    async with running(fresh):
+        await other.wait_for(15)
+    assert other.numbers == list(range(15))
+
+
+async def test_cancelled_inside_the_handler_redelivers_that_event(store) -> None:
+    await append(store, range(0, 6))
+    seen = Seen()
+    seen.hold_on = 3
+    subscriber = LedgerSubscriber("held", store, store, seen)
+    async with running(subscriber):
+        async with asyncio.timeout(10):
+            await seen.holding.wait()
+    assert seen.numbers == [0, 1, 2]
+
+    again = Seen()
+    restarted = LedgerSubscriber("held", store, store, again)
+    async with running(restarted):
+        await again.wait_for(3)
+    assert again.numbers == [3, 4, 5]
+
+
+async def test_a_failing_handler_is_retried_without_skipping_the_event(store) -> None:
+    await append(store, range(0, 6))
+    seen = Seen()
+    seen.fail_times = {2: 3}
+    subscriber = LedgerSubscriber("flaky", store, store, seen, max_backoff=0.2)
+    async with running(subscriber):
+        await seen.wait_for(6)
+    assert seen.numbers == list(range(6))
+    assert subscriber.failures == 3
+    assert subscriber.handled == 6
+
+
+async def test_the_checkpoint_does_not_pass_a_failing_event(store) -> None:
+    await append(store, range(0, 4))
+    seen = Seen()
+    seen.fail_times = {1: 10_000}
+    subscriber = LedgerSubscriber("stuck", store, store, seen, max_backoff=0.05)
+    async with running(subscriber):
+        await seen.wait_for(1, failures=3)
+    assert seen.numbers == [0]
+    assert await store.load_checkpoint("stuck") == seen.positions[0]
+    # Once the handler is fixed, a restart delivers the failed event first.
+    seen.fail_times = {}
+    restarted = LedgerSubscriber("stuck", store, store, seen)
+    async with running(restarted):
+        await seen.wait_for(4)
+    assert seen.numbers == [0, 1, 2, 3]
