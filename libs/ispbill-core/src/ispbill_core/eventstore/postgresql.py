@@ -80,6 +80,26 @@ def _translate(exc: BaseException, what: str) -> EventStoreError:
     return EventStoreError(f"postgresql {what} failed: {exc}")
 
 
+async def _keep_session(_conn: _AnyConnection) -> None:
+    """Pool reset hook. Pool connections hold no session state (no SET, no LISTEN, only
+    transaction-scoped locks), so the default RESET ALL/UNLISTEN round trip on every release
+    is skipped; asyncpg still rolls back a transaction left open by a cancelled task."""
+
+
+def _metadata_json(events: Sequence[NewEvent], recorded_at: datetime) -> list[str]:
+    """Each event's metadata as stored; a batch usually shares one metadata object."""
+    done: dict[int, str] = {}
+    out = []
+    for event in events:
+        key = id(event.metadata)
+        text = done.get(key)
+        if text is None:
+            stamped = event.metadata.model_copy(update={"recorded_at": recorded_at})
+            text = done[key] = stamped.model_dump_json()
+        out.append(text)
+    return out
+
+
 def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
     gp, id_, stream, sp, type_, version, data, metadata = row
     return RecordedEvent(
@@ -132,7 +152,13 @@ class PostgresEventStore(EventStore, CheckpointStore):
             " data::text, metadata::text"
         )
         self._sql_version = f"SELECT max(stream_position) FROM {t} WHERE stream = $1"  # noqa: S608
-        self._sql_recorded = f"SELECT id, stream FROM {t} WHERE id = ANY($1::uuid[])"  # noqa: S608
+        # The stream's version (the row without an id) and any of the batch's ids already
+        # recorded, in one round trip.
+        self._sql_check = (
+            f"SELECT NULL::uuid AS id, NULL::text AS stream, max(stream_position) AS version"  # noqa: S608
+            f" FROM {t} WHERE stream = $1"
+            f" UNION ALL SELECT id, stream, NULL FROM {t} WHERE id = ANY($2::uuid[])"
+        )
         # One statement for the whole batch: unnest keeps a 500-event append to one round trip.
         self._sql_insert = (
             f"WITH ins AS (INSERT INTO {t} (id, stream, stream_position, type, version, data,"  # noqa: S608
@@ -181,7 +207,10 @@ class PostgresEventStore(EventStore, CheckpointStore):
             return
         try:
             pool = await asyncpg.create_pool(
-                self.dsn, min_size=self._pool_min, max_size=self._pool_max
+                self.dsn,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                reset=_keep_session,
             )
         except _DRIVER_ERRORS as exc:
             raise _translate(exc, "connect") from exc
@@ -272,17 +301,17 @@ class PostgresEventStore(EventStore, CheckpointStore):
             # Its own statement: in READ COMMITTED each statement takes a fresh snapshot, so
             # the reads below see every append committed before the lock was granted.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
-            recorded = await conn.fetch(self._sql_recorded, ids)
+            rows = await conn.fetch(self._sql_check, stream, ids)
+            current: int | None = next((r["version"] for r in rows if r["id"] is None), None)
+            recorded = [r for r in rows if r["id"] is not None]
             if recorded:
                 streams = {r["stream"] for r in recorded}
                 if len(recorded) == len(set(ids)) and streams == {stream}:
-                    current = await conn.fetchval(self._sql_version, stream)
                     return (0 if current is None else int(current)), 0
                 raise EventIdConflict(
                     f"stream {stream!r}: ids {sorted(str(r['id']) for r in recorded)} already"
                     " recorded elsewhere or in a different batch"
                 )
-            current = await conn.fetchval(self._sql_version, stream)
             check_expected(stream, expected, current)
             start = 0 if current is None else current + 1
             now = datetime.now(UTC)
@@ -295,10 +324,7 @@ class PostgresEventStore(EventStore, CheckpointStore):
                     [e.type for e in events],
                     [e.version for e in events],
                     [json.dumps(e.data, separators=(",", ":")) for e in events],
-                    [
-                        e.metadata.model_copy(update={"recorded_at": now}).model_dump_json()
-                        for e in events
-                    ],
+                    _metadata_json(events, now),
                     self._channel,
                 )
             except asyncpg.UniqueViolationError as exc:
