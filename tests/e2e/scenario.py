@@ -152,7 +152,11 @@ def assert_bad_packets_dropped_and_counted(
         ),
         what="the drop counters",
     )
-    reply = send_accounting_from(
-        "127.0.0.1", radius_port, DEMO_NAS_SECRET, {**probe, "Acct-Session-Id": "good-1"}
-    )
+    good = {**probe, "Acct-Session-Id": "good-1"}
+    # Like a NAS, retransmit until answered: the ack waits for a durable write.
+    reply = None
+    for _ in range(5):
+        reply = send_accounting_from("127.0.0.1", radius_port, DEMO_NAS_SECRET, good, 3.0)
+        if reply is not None:
+            break
     assert reply is not None and reply[0] == 5  # Accounting-Response

@@ -306,6 +306,7 @@ async def _load_demo(settings: Settings) -> None:
 async def run_component(component: str, settings: Settings) -> None:
     """`ispbill serve <component>`: one service of the distributed runtime."""
     setup_tracing(f"ispbill-{component}")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_ledger(settings)
     services = Services(settings, store)
     try:
