@@ -96,7 +96,8 @@ async def test_delivers_every_event_in_global_order_then_follows_live(store) -> 
     assert seen.numbers == list(range(25))
     assert seen.positions == sorted(seen.positions)
     assert len(set(seen.positions)) == 25
-    assert await store.load_checkpoint("projection") == seen.positions[-1]
+    # Cancelled between the handler and the checkpoint save, the last event comes again.
+    assert await store.load_checkpoint("projection") in seen.positions[-2:]
 
 
 async def test_more_than_one_batch_is_delivered_in_order(store) -> None:
