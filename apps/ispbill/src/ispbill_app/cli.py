@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
     if args.command in ("run", "serve"):
         from ispbill_app import bootstrap
