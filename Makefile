@@ -8,7 +8,8 @@ APT_PACKAGES := freeradius-utils snmp
 DATA_DIR ?= var/ispbill
 
 .PHONY: help install install-system install-python run demo test test-unit test-contract \
-        test-integration test-e2e lint format proto proto-check bench bench-store events-doc
+        test-integration test-e2e lint format proto proto-check bench bench-store events-doc \
+        helm-lint
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -81,3 +82,16 @@ bench: bench-store ## every benchmark
 
 bench-store: ## appends per second to each event store adapter (batches of 1 and 500)
 	$(RUN) python bench/bench_store.py
+
+HELM := .tools/bin/helm
+CHART := deploy/helm/ispbill
+# the chart's minimum (Chart.yaml kubeVersion) and a recent release
+KUBE_VERSIONS := 1.27.0 1.35.0
+
+helm-lint: ## install helm into .tools, lint the chart, render it and validate every manifest
+	bash scripts/install-helm.sh
+	$(HELM) lint --strict $(CHART)
+	@set -o pipefail; for v in $(KUBE_VERSIONS); do \
+	  echo "helm template $(CHART) | kubernetes-validate --strict -k $$v"; \
+	  $(HELM) template ispbill $(CHART) | $(RUN) kubernetes-validate --strict --quiet -k $$v - || exit 1; \
+	done
