@@ -356,3 +356,25 @@ async def test_concurrent_records_of_one_session_count_every_byte_once(store) ->
     assert sum(u.output_octets for u in usage) == 16_000
     index = await store.read_stream(session_index_stream("nas-1", "s-1"))
     assert len(index) == 1
+
+
+async def test_a_late_jittered_record_of_the_earlier_session_is_not_counted_twice(store) -> None:
+    await assign(store)
+    later = START + timedelta(days=2)
+    await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0),
+            record(AcctStatus.INTERIM_UPDATE, 600, 1_000, 1_000),
+            record(AcctStatus.START, 0, 0, 0, start=later),
+        ],
+    )
+    # The first session's Stop arrives late, and its Acct-Session-Time puts the derived start
+    # two seconds off (NAS clock and delay jitter): still the first session, within tolerance.
+    jittered = record(AcctStatus.STOP, 900, 1_200, 1_300).model_copy(update={"session_time": 898})
+    await rate_all(store, [jittered])
+    index = [e.decode() for e in await store.read_stream(session_index_stream("nas-1", "s-1"))]
+    assert len(index) == 2
+    usage = await all_usage(store)
+    assert sum(u.input_octets for u in usage) == 1_200
+    assert sum(u.output_octets for u in usage) == 1_300

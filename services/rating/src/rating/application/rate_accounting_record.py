@@ -84,14 +84,16 @@ async def _subscriber_of(store: EventStore, username: str | None) -> RadiusUsern
 async def _session_for(store: EventStore, record: AccountingRecordReceived) -> str:
     index = session_index_stream(record.nas_id, record.acct_session_id)
     history = await store.read_stream(index)
-    if history:
-        last = history[-1].decode()
-        assert isinstance(last, RadiusSessionOpened)
-        if same_session(last.started_at, record):
-            return last.session_key
+    # Newest first, but not only the newest: a late record of a session whose id the NAS has
+    # since reused must find that session, or its whole counters would be counted again.
+    for recorded in reversed(history):
+        opened = recorded.decode()
+        assert isinstance(opened, RadiusSessionOpened)
+        if same_session(opened.started_at, record):
+            return opened.session_key
     started_at = derived_start(record)
     key = session_key(record.nas_id, record.acct_session_id, started_at)
-    opened = RadiusSessionOpened(
+    opening = RadiusSessionOpened(
         session_key=key,
         nas_id=record.nas_id,
         acct_session_id=record.acct_session_id,
@@ -99,7 +101,7 @@ async def _session_for(store: EventStore, record: AccountingRecordReceived) -> s
     )
     await store.append(
         index,
-        [new_event(opened, id=deterministic_id("session-opened", key), occurred_at=started_at)],
+        [new_event(opening, id=deterministic_id("session-opened", key), occurred_at=started_at)],
         len(history) - 1 if history else NO_STREAM,
     )
     return key
