@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
 from ispbill_core.eventstore import (
     AppendSignal,
     CheckpointStore,
@@ -21,7 +22,6 @@ from ispbill_core.eventstore import (
     ExpectedVersion,
     check_expected,
 )
-from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -221,11 +221,15 @@ class SQLiteEventStore(EventStore, CheckpointStore):
     async def save_checkpoint(self, name: str, position: int) -> None:
         def save() -> None:
             with self._write_lock:
-                self._writer.execute(
-                    "INSERT INTO checkpoints (name, position) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)",
-                    (name, position),
-                )
+                try:
+                    self._writer.execute(
+                        "INSERT INTO checkpoints (name, position) VALUES (?, ?)"
+                        " ON CONFLICT (name) DO UPDATE"
+                        " SET position = max(position, excluded.position)",
+                        (name, position),
+                    )
+                except sqlite3.Error as exc:
+                    raise EventStoreError(f"sqlite save checkpoint {name!r}: {exc}") from exc
 
         await asyncio.to_thread(save)
 
