@@ -480,6 +480,22 @@ class TestPostgresEventStore(EventStoreContract):
         assert seen == every
         assert len(every) == 4 * 25 * 2
 
+    async def test_unreachable_server_is_store_unavailable(self) -> None:
+        from ispbill_core.eventstore import StoreUnavailable
+        from ispbill_core.eventstore.postgresql import PostgresEventStore
+
+        with pytest.raises(StoreUnavailable):
+            await PostgresEventStore.connect("postgresql://postgres@127.0.0.1:1/nowhere")
+
+    async def test_a_closed_store_refuses_work(self, open_store: StoreFactory) -> None:
+        from ispbill_core.eventstore import EventStoreError
+
+        store = await open_store()
+        await store.close()
+        with pytest.raises(EventStoreError):
+            await store.append(self.stream(), [event()], NO_STREAM)
+        await store.close()  # twice is fine
+
 
 @pytest.mark.integration
 class TestKurrentDBEventStore(EventStoreContract):
