@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from ispbill_core.bus import (
     TRACEPARENT_HEADER,
     BusError,
@@ -16,7 +17,6 @@ from ispbill_core.bus import (
 )
 from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
 from ispbill_core.events import EventMetadata, NewEvent
-
 from tests.fixtures.kafka import TansuBroker
 
 pytestmark = pytest.mark.integration

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from ispbill_core.bus import BusError, BusUnavailable
 from ispbill_core.bus.ledger import LedgerPublisher
 from ispbill_core.contracts.usage_collector import (

@@ -8,6 +8,7 @@ from decimal import Decimal, localcontext
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
 from invoicing.domain.errors import (
     CurrencyMismatchInPlan,
     InvalidSubscriptionDates,

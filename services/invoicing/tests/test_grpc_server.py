@@ -12,6 +12,7 @@ from typing import cast
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from invoicing.entrypoints.grpc_server import (
     SERVICE_NAME,
     InvoiceQueries,

@@ -10,13 +10,14 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pypdf import PdfReader
+
 from invoicing.adapters.pdf import Branding, pdf_safe_text, render_invoice_pdf
 from invoicing.domain.generator import UsageTotals, draft_invoice
 from ispbill_core.contracts.accounts import GIGABYTE, PlanDefined
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxRateSet
 from ispbill_core.money import Money
 from ispbill_core.periods import BillingPeriod
-from pypdf import PdfReader
 
 pytestmark = pytest.mark.unit
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
+
 from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
 from ispbill_core.events import EventMetadata, NewEvent
 from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
-
 from tests.fixtures.kafka import TansuBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -147,7 +147,7 @@ class Services:
             if s.smtp_security not in ("", "starttls", "tls"):
                 raise SystemExit(
                     f"ISPBILL_SMTP_SECURITY must be starttls, tls or empty, not {s.smtp_security!r}"
-                )  # noqa: E501
+                )
             return SmtpMailer(
                 SmtpSettings(
                     host=s.smtp_host,

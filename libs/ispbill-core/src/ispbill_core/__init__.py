@@ -1,1 +1,1 @@
-"""ispbill's shared kernel: event envelope, event store port and adapters, money, clock, telemetry."""
+"""ispbill's shared kernel: event envelope, event store and bus ports and adapters, money, clock."""

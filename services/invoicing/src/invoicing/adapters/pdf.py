@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from fpdf import FPDF, FontFace
 from fpdf.enums import TableBordersLayout, TableCellFillMode, XPos, YPos
+
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.money import Money
 

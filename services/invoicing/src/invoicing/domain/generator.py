@@ -8,17 +8,16 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from enum import StrEnum
 
-from ispbill_core.contracts.accounts import PlanDefined
-from ispbill_core.contracts.invoicing import InvoiceLine, LineKind, TaxLine, TaxRateSet
-from ispbill_core.money import Money, Rounding
-from ispbill_core.periods import BillingPeriod
-
 from invoicing.domain.errors import (
     CurrencyMismatchInPlan,
     InvalidSubscriptionDates,
     InvalidUsage,
     NotBillableInPeriod,
 )
+from ispbill_core.contracts.accounts import PlanDefined
+from ispbill_core.contracts.invoicing import InvoiceLine, LineKind, TaxLine, TaxRateSet
+from ispbill_core.money import Money, Rounding
+from ispbill_core.periods import BillingPeriod
 
 __all__ = [
     "InvoiceDraft",

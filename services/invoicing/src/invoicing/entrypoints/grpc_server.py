@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from ispbill.v1 import invoices_pb2, invoices_pb2_grpc
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
 from ispbill_core.money import Money

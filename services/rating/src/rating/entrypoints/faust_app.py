@@ -46,6 +46,7 @@ from typing import Any, cast
 
 import faust
 import mode
+
 from ispbill_core.bus import UndecodableMessage, decode_message
 from ispbill_core.bus.kafka_compat import install_kafka_compat
 from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
