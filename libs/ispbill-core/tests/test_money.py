@@ -157,3 +157,15 @@ def test_sums_of_money_are_exact(xs: list[Decimal], currency: str) -> None:
 def test_money_round_trips_through_json(amount: Decimal, currency: str) -> None:
     money = Money.of(amount, currency)
     assert Money.model_validate_json(money.model_dump_json()) == money
+
+
+@pytest.mark.unit
+def test_exact_refuses_more_decimals_than_the_currency_has() -> None:
+    assert Money.exact("29.99", "USD").amount == Decimal("29.99")
+    assert Money.exact("1000", "JPY").amount == Decimal("1000")
+    with pytest.raises(ValueError, match="more decimals than USD"):
+        Money.exact("29.999", "USD")
+    with pytest.raises(ValueError, match="more decimals than JPY"):
+        Money.exact("10.5", "JPY")
+    with pytest.raises(TypeError):
+        Money.exact(29.99, "USD")  # type: ignore[arg-type]

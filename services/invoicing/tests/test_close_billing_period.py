@@ -239,6 +239,9 @@ async def test_two_concurrent_bill_runs_issue_one_invoice_each_with_gapless_numb
     numbers = {i.number for i in invoices}
     for report in reports:
         assert set(report.issued) | set(report.already_issued) == numbers
+    # Each invoice is reported issued by exactly one of the racing runs.
+    issued_by_runs = [n for report in reports for n in report.issued]
+    assert sorted(issued_by_runs) == sorted(numbers)
 
 
 async def test_a_number_assigned_before_a_crash_is_used_not_reassigned(store, clock) -> None:

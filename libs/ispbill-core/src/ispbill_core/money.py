@@ -81,6 +81,19 @@ class Money(BaseModel):
         return cls(amount=Decimal(amount), currency=currency)
 
     @classmethod
+    def exact(cls, amount: str | int | Decimal, currency: str) -> Money:
+        """Money typed by a person: more decimals than the currency has is an error, not a
+        rounding (a price of 29.999 USD is a typo to report, not 30.00 to charge)."""
+        if isinstance(amount, float):
+            raise TypeError("Money refuses float amounts; pass a str or Decimal")
+        value = Decimal(amount)
+        if not value.is_finite():
+            raise ValueError(f"{amount!r} is not a finite amount")
+        if value != quantize(value, currency):
+            raise ValueError(f"{amount} has more decimals than {currency} allows")
+        return cls(amount=value, currency=currency)
+
+    @classmethod
     def zero(cls, currency: str) -> Money:
         return cls(amount=Decimal(0), currency=currency)
 

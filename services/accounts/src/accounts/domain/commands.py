@@ -34,8 +34,8 @@ class DefinePlan(BaseModel):
 
     def to_event(self) -> PlanDefined:
         try:
-            fee = Money.of(self.monthly_fee, self.currency)
-            overage = Money.of(self.overage_per_gb, self.currency)
+            fee = Money.exact(self.monthly_fee, self.currency)
+            overage = Money.exact(self.overage_per_gb, self.currency)
         except (ValueError, ArithmeticError) as exc:
             raise InvalidPlan(str(exc)) from None
         if fee.amount < 0 or overage.amount < 0:

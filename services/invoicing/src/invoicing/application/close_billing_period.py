@@ -184,6 +184,7 @@ async def close_billing_period(
     """
     period = BillingPeriod.parse(period_text)
     report = BillRunReport(period=str(period))
+    run_id = uuid.uuid4()  # tells this run's appends from a concurrent run's identical ones
     with tracer.start_as_current_span(
         "invoicing.bill_run", attributes={"billing.period": str(period)}
     ):
@@ -193,7 +194,7 @@ async def close_billing_period(
         for customer_id, subs in sorted(catalogue.subscriptions.items()):
             try:
                 outcome = await _close_for_customer(
-                    store, clock, settings, catalogue, series, period, customer_id, subs
+                    store, clock, settings, catalogue, series, period, customer_id, subs, run_id
                 )
             except InvoicingError as exc:
                 report.skipped[customer_id] = str(exc)
@@ -214,6 +215,7 @@ async def _close_for_customer(
     period: BillingPeriod,
     customer_id: str,
     subs: list[SubscriptionStarted],
+    run_id: uuid.UUID,
 ) -> tuple[str, bool] | None:
     stream = invoice_stream(customer_id, str(period))
     existing = await store.read_stream(stream, limit=1)
@@ -295,13 +297,21 @@ async def _close_for_customer(
                 stream,
                 [
                     new_event(
-                        invoice, id=deterministic_id("invoice-issued", invoice_id), occurred_at=now
+                        invoice,
+                        id=deterministic_id("invoice-issued", invoice_id),
+                        occurred_at=now,
+                        correlation_id=run_id,
                     )
                 ],
                 NO_STREAM,
             )
         except WrongExpectedVersion:
             return assigned.number, False  # another bill run issued it a moment ago
+        # The id is derived from the invoice, so when a concurrent run won the race our append
+        # was a no-op: the ledger's copy, not ours, tells who issued it.
+        recorded = (await store.read_stream(stream, limit=1))[0]
+        if recorded.metadata.correlation_id != run_id:
+            return assigned.number, False
     log.info(
         "issued invoice %s to %s for %s: %s", assigned.number, customer_id, period, invoice.total
     )

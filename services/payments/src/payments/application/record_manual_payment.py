@@ -29,9 +29,11 @@ async def record_manual_payment(
         raise InvalidPayment(f"no invoice {cmd.invoice!r}")
     invoice, _status = found
     try:
-        amount = Money.of(cmd.amount, invoice.currency)
-    except (ValueError, InvalidOperation):
+        amount = Money.exact(cmd.amount, invoice.currency)
+    except InvalidOperation:
         raise InvalidPayment(f"amount {cmd.amount!r} is not a decimal number") from None
+    except ValueError as exc:
+        raise InvalidPayment(f"amount {cmd.amount!r}: {exc}") from None
     if amount.amount <= 0:
         raise InvalidPayment("a payment amount must be positive")
     stream = payment_stream(MANUAL_GATEWAY, cmd.reference)
