@@ -1,0 +1,80 @@
+"""Contracts between services: the published events' schemas, and what consumers rely on.
+
+A producer that changes a published event's schema breaks every consumer that reads old events
+from the ledger. Changing one means a new version (event_type(name, version + 1)) and an
+upcaster; this test makes the change visible. To accept an intended, compatible change (a new
+optional field), regenerate the snapshots with ISPBILL_UPDATE_SCHEMAS=1 and commit them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ispbill_core.contracts  # noqa: F401 - registers the published events
+from ispbill_core.events import DomainEvent, registered_event_types
+
+pytestmark = pytest.mark.contract
+
+SCHEMAS = Path(__file__).parent / "schemas"
+PUBLISHED = {
+    key: cls
+    for key, cls in registered_event_types().items()
+    if cls.__module__.startswith("ispbill_core.contracts")
+}
+
+
+def _schema(cls: type[DomainEvent]) -> dict[str, Any]:
+    return cls.model_json_schema(mode="serialization")
+
+
+@pytest.mark.parametrize(("name", "version"), sorted(PUBLISHED))
+def test_published_schema_matches_the_snapshot(name: str, version: int) -> None:
+    path = SCHEMAS / f"{name}.v{version}.json"
+    schema = _schema(PUBLISHED[(name, version)])
+    if os.environ.get("ISPBILL_UPDATE_SCHEMAS"):
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    assert path.exists(), f"no snapshot for {name} v{version}: run with ISPBILL_UPDATE_SCHEMAS=1"
+    assert json.loads(path.read_text()) == schema, (
+        f"{name} v{version} changed: consumers read old events of this version from the ledger."
+        " Add a new version instead, or regenerate the snapshot for a compatible change."
+    )
+
+
+def test_every_snapshot_still_has_its_event() -> None:
+    """Removing a published event type breaks replays of the ledger that holds it."""
+    snapshots = {p.name for p in SCHEMAS.glob("*.json")}
+    current = {f"{name}.v{version}.json" for name, version in PUBLISHED}
+    assert snapshots <= current, f"published events removed: {sorted(snapshots - current)}"
+
+
+def test_consumers_fields_exist_in_the_producers_events() -> None:
+    """The fields each consumer reads, by event, are declared by the producer's model."""
+    consumed = {
+        # rating reads the collector's records
+        ("AccountingRecordReceived", 1): {"record_id", "nas_id", "status", "acct_session_id",
+                                          "username", "event_time", "session_time",
+                                          "input_octets", "output_octets"},
+        # rating reads the username claims of accounts
+        ("RadiusUsernameAssigned", 1): {"username", "customer_id", "subscription_id"},
+        # the collector's NAS registry reads NAS registrations
+        ("NasRegistered", 1): {"nas_id", "ip_address", "secret", "require_message_authenticator"},
+        # invoicing reads plans, customers, subscriptions, rated usage and payments
+        ("PlanDefined", 1): {"plan_id", "monthly_fee", "included_bytes", "overage_price",
+                             "overage_unit_bytes"},
+        ("CustomerRegistered", 1): {"customer_id", "name", "email", "tax_region",
+                                    "billing_address"},
+        ("SubscriptionStarted", 1): {"subscription_id", "customer_id", "plan_id", "started_on"},
+        ("UsageRated", 1): {"customer_id", "subscription_id", "input_octets", "output_octets"},
+        ("PaymentReceived", 1): {"payment_id", "invoice_id", "amount", "received_at"},
+        # notifier and payments read issued invoices
+        ("InvoiceIssued", 1): {"invoice_id", "number", "customer_id", "customer_name",
+                               "customer_email", "period", "due_on", "currency", "total"},
+    }  # fmt: skip
+    for key, fields in consumed.items():
+        declared = set(PUBLISHED[key].model_fields)
+        assert fields <= declared, f"{key}: consumers read {sorted(fields - declared)}"
