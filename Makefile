@@ -37,6 +37,9 @@ install-python: ## uv and the locked workspace in .venv
 run: install-system install-python ## the all-in-one server with demo data (SQLite, no broker)
 	$(RUN) ispbill run --data-dir $(DATA_DIR) --with-demo
 
+demo: ## load the demo ISP into a running server (ISPBILL_SERVER, default http://127.0.0.1:8080)
+	$(RUN) ispbill demo
+
 test: ## every tier CI runs
 	$(RUN) pytest
 

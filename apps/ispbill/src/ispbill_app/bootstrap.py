@@ -368,7 +368,7 @@ async def _serve_collector(services: Services) -> None:
     services.collector_counters = collector.accounting_server.counters.as_dict
     log.info("RADIUS accounting on udp://%s:%d -> kafka %s", s.host, s.radius_acct_port, bootstrap)
     try:
-        # Operators read the drop counters on /healthz and /api/v1/collector/counters.
+        # Drop counters are on /api/v1/collector/counters; /healthz checks the ledger.
         async with serve_http(services.collector_app(), s.host, s.http_port):
             await _until_signalled()
     finally:

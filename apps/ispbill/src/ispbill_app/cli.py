@@ -22,7 +22,9 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, help="REST API and dashboard (default 8080)")
     p.add_argument("--radius-acct-port", type=int, help="RADIUS accounting, UDP (default 1813)")
     p.add_argument("--grpc-port", type=int, help="gRPC invoices service (default 50051)")
-    p.add_argument("--ledger", help="'sqlite' (default) or a postgresql:// DSN")
+    p.add_argument(
+        "--ledger", help="'sqlite' (default), a postgresql:// DSN, or an esdb:// / kurrentdb:// URI"
+    )
     p.add_argument("--kafka", help="Kafka bootstrap servers, host:port (distributed mode)")
     p.add_argument("--smtp-host", help="SMTP relay; without it e-mails go to DATA_DIR/outbox")
     p.add_argument("--smtp-port", type=int)
