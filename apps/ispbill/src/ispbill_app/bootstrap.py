@@ -311,8 +311,8 @@ async def _load_demo(settings: Settings) -> None:
         finally:
             client.close()
 
-    created = await asyncio.to_thread(load)
-    log.info("demo ISP loaded: %s", created)
+    present = await asyncio.to_thread(load)
+    log.info("demo ISP loaded: %s", present)
 
 
 async def run_component(component: str, settings: Settings) -> None:

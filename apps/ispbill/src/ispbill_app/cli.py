@@ -201,7 +201,7 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
         if args.command == "demo":
             from ispbill_app.demo import load_demo
 
-            print(json.dumps({"created": load_demo(client)}))
+            print(json.dumps({"present": load_demo(client)}))
         elif args.command == "bill-run":
             report = client.post("/api/v1/bill-runs", {"period": args.period})
             if args.format == "json":

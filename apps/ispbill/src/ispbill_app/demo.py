@@ -88,7 +88,9 @@ NAS = [
 
 
 def load_demo(client: ApiClient) -> dict[str, int]:
-    """Idempotent: loading twice changes nothing (the API answers 409 for what exists)."""
+    """Idempotent: loading twice changes nothing. Returns how many of each kind are present;
+    the API treats a repeated identical command as done, and answers 409 only for an id that
+    exists with other details (which the demo leaves as it is)."""
     counts: dict[str, int] = {}
     steps: list[tuple[str, list[dict[str, Any]]]] = [
         ("/api/v1/plans", PLANS),
@@ -98,13 +100,13 @@ def load_demo(client: ApiClient) -> dict[str, int]:
         ("/api/v1/nas", NAS),
     ]
     for path, items in steps:
-        created = 0
+        present = 0
         for item in items:
             try:
                 client.post(path, item)
-                created += 1
+                present += 1
             except ApiError as exc:
                 if exc.status != 409:
                     raise
-        counts[path.rsplit("/", 1)[-1]] = created
+        counts[path.rsplit("/", 1)[-1]] = present
     return counts
