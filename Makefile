@@ -4,7 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 PYTHON ?= 3.11
 UV ?= uv
 RUN := $(UV) run --frozen
-APT_PACKAGES := freeradius-utils
+APT_PACKAGES := freeradius-utils snmpd snmp
 DATA_DIR ?= var/ispbill
 # root installs directly; anyone else through sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -58,3 +58,31 @@ class AccountingRecordReceived(DomainEvent):
     framed_ip_address: str | None = None
     calling_station_id: str | None = None
     terminate_cause: str | None = None
+
+
+#: Kafka topic of router interface byte counters read over SNMP; keyed by
+#: "<router_id>/<interface_key>" so that one interface's samples stay in order.
+ROUTER_COUNTERS_TOPIC = "ispbill.usage.router-counters"
+
+
+@event_type("RouterCountersSampled", 1)
+class RouterCountersSampled(DomainEvent):
+    """One SNMP reading of a router interface's byte counters (IF-MIB).
+
+    `octets_in`/`octets_out` are the cumulative counter values as read (ifHCInOctets/
+    ifHCOutOctets when `counter_bits` is 64, ifInOctets/ifOutOctets when it is 32).
+    `delta_in`/`delta_out` are the bytes since the previous sample of the same interface,
+    wraps and agent restarts accounted for (`counter_reset`); 0 for the first sample.
+    `interface_key` is the ifName, or the ifIndex when the agent has no ifName.
+    """
+
+    router_id: str
+    interface_key: str
+    subscriber_hint: str | None = None
+    octets_in: int = Field(ge=0)
+    octets_out: int = Field(ge=0)
+    delta_in: int = Field(ge=0)
+    delta_out: int = Field(ge=0)
+    sampled_at: AwareDatetime
+    counter_bits: int = Field(default=64, ge=1, le=64)
+    counter_reset: bool = False
