@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
 .PHONY: help install install-system install-python install-tools run demo test test-unit test-contract \
-        test-integration test-e2e lint format proto proto-check bench bench-store events-doc \
+        test-integration test-e2e lint format proto proto-check bench bench-store bench-fuzz-collector events-doc \
         helm-lint
 
 help:
@@ -88,6 +88,9 @@ proto-check: proto ## fail when the committed stubs differ from freshly generate
 	  if [ -n "$$untracked" ]; then echo "generated stubs not committed:"; echo "$$untracked"; exit 1; fi
 
 bench: bench-store ## every benchmark
+
+bench-fuzz-collector: ## 1,000,000 malformed RADIUS packets through the collector's screening
+	$(RUN) python bench/fuzz_collector.py
 
 bench-store: ## appends per second to each event store adapter (batches of 1 and 500)
 	$(RUN) python bench/bench_store.py
