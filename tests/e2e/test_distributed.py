@@ -84,9 +84,11 @@ def cluster(
         yield nodes, api, radius, grpc_port, collector
     finally:
         codes = nodes.stop()
-        if os.environ.get("ISPBILL_SHOW_LOGS"):
-            for proc in nodes.processes.values():
-                print(f"===== {proc.name}\n{proc.log_text()}")
+        # pytest shows captured output only for failing tests: the logs are the evidence.
+        for proc in nodes.processes.values():
+            text = proc.log_text()
+            shown = text if os.environ.get("ISPBILL_SHOW_LOGS") else text[-8000:]
+            print(f"===== {proc.name}\n{shown}")
         failed = {name: code for name, code in codes.items() if code != 0}
         assert not failed, {n: nodes.processes[n].log_text()[-2000:] for n in failed}
 

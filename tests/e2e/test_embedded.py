@@ -53,8 +53,10 @@ def all_in_one(tmp_path: Path, smtp_server: Mailbox):
         yield api, radius, trace_file, proc
     finally:
         code = proc.stop()
-        if os.environ.get("ISPBILL_SHOW_LOGS"):
-            print(proc.log_text())
+        # pytest shows captured output only for failing tests: the server's log is the evidence.
+        print(
+            proc.log_text()[-20000:] if not os.environ.get("ISPBILL_SHOW_LOGS") else proc.log_text()
+        )
         assert code == 0, proc.log_text()[-3000:]
 
 
