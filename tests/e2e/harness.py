@@ -36,6 +36,56 @@ def wait_until(probe: Callable[[], T | None], *, timeout: float = 30.0, what: st
     raise AssertionError(f"timed out waiting for {what or probe}: {last_error}")
 
 
+#: Server processes whose stacks are dumped when a call into them is slow (see run_watched).
+WATCHED_PIDS: list[int] = []
+SLOW_CALL_SECONDS = 10.0
+
+
+def dump_stacks(pid: int) -> str:
+    """py-spy's view of every thread of a process, native frames included: the evidence when
+    a request hangs (an idle server and a stuck one look the same from outside)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        out = subprocess.run(
+            [exe, "dump", "--pid", str(pid), "--locals"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"py-spy dump of {pid} failed: {exc!r}"
+    return out.stdout + out.stderr
+
+
+def run_watched(
+    args: list[str], *, input: str | None = None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """subprocess.run, but when the call takes longer than SLOW_CALL_SECONDS, the stacks of the
+    watched servers are printed (pytest shows them if the test then fails)."""
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE if input is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(input, timeout=SLOW_CALL_SECONDS)
+    except subprocess.TimeoutExpired:
+        started = time.monotonic()
+        for pid in WATCHED_PIDS:
+            print(f"--- slow call {args[-4:]}: stacks of pid {pid} ---\n{dump_stacks(pid)}")
+        try:
+            out, err = proc.communicate(
+                timeout=max(1.0, timeout - SLOW_CALL_SECONDS - (time.monotonic() - started))
+            )
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"{args} timed out after {timeout} s: {out}{err}") from None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 class Process:
     """A child process whose output goes to a log file we can show when a test fails."""
 
@@ -46,6 +96,7 @@ class Process:
         self.proc = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
+        WATCHED_PIDS.append(self.proc.pid)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -57,6 +108,8 @@ class Process:
             )
 
     def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.pid in WATCHED_PIDS:
+            WATCHED_PIDS.remove(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -75,12 +128,7 @@ class Ispbill:
         self.server = f"http://127.0.0.1:{http_port}"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*ISPBILL, "--server", self.server, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_watched([*ISPBILL, "--server", self.server, *args], timeout=120)
         if check and result.returncode != 0:
             raise AssertionError(f"ispbill {' '.join(args)} failed: {result.stderr}{result.stdout}")
         return result
@@ -107,11 +155,9 @@ def radclient(port: int, secret: str, packets: list[dict[str, str | int]]) -> st
     if exe is None:
         raise AssertionError("radclient not installed (apt-get install freeradius-utils)")
     text = "\n\n".join(",".join(f"{k}={v}" for k, v in p.items()) for p in packets) + "\n"
-    result = subprocess.run(
+    result = run_watched(
         [exe, "-x", "-r", "3", "-t", "3", f"127.0.0.1:{port}", "acct", secret],
         input=text,
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     if result.returncode != 0:

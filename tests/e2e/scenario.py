@@ -15,7 +15,9 @@ from ispbill_app.demo import DEMO_NAS_SECRET
 from ispbill_core.telemetry import read_spans
 from tests.e2e.harness import (
     GB,
+    WATCHED_PIDS,
     Ispbill,
+    dump_stacks,
     radclient,
     send_accounting_from,
     session_packets,
@@ -155,8 +157,12 @@ def assert_bad_packets_dropped_and_counted(
     good = {**probe, "Acct-Session-Id": "good-1"}
     # Like a NAS, retransmit until answered: the ack waits for a durable write.
     reply = None
-    for _ in range(5):
+    for attempt in range(5):
         reply = send_accounting_from("127.0.0.1", radius_port, DEMO_NAS_SECRET, good, 3.0)
         if reply is not None:
             break
+        if attempt == 1:
+            for pid in WATCHED_PIDS:
+                print(f"--- no Accounting-Response in 6 s: stacks of pid {pid} ---")
+                print(dump_stacks(pid))
     assert reply is not None and reply[0] == 5  # Accounting-Response
