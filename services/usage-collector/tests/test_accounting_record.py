@@ -90,6 +90,10 @@ def test_a_retransmission_with_a_higher_delay_has_the_same_record_id() -> None:
     first = decode(**interim(Acct_Delay_Time=0))
     again = decode(RECEIVED + timedelta(seconds=5), **interim(Acct_Delay_Time=5))
     assert first.record_id == again.record_id
+    # Arrival jitter of a second within the minute the session started changes nothing.
+    received = RECEIVED + timedelta(seconds=20)
+    jittered = decode(received + timedelta(seconds=4), **interim(Acct_Delay_Time=3))
+    assert decode(received, **interim()).record_id == jittered.record_id
     with_ts = decode(**interim(Event_Timestamp=1_700_000_000))
     with_ts_again = decode(
         RECEIVED + timedelta(seconds=9), **interim(Event_Timestamp=1_700_000_000, Acct_Delay_Time=9)
@@ -104,6 +108,18 @@ def test_a_different_fact_has_a_different_record_id() -> None:
     assert decode(**interim(Acct_Status_Type="Stop")).record_id != base
     assert decode(**interim(Acct_Session_Id="other")).record_id != base
     assert decode(**interim(Event_Timestamp=1_700_000_000)).record_id != base
+
+
+def test_a_session_id_reused_after_a_nas_reboot_is_another_record() -> None:
+    # No Event-Timestamp: the Starts of both sessions carry identical attributes.
+    before_reboot = decode(Acct_Status_Type="Start", Acct_Session_Id="81a00001", User_Name="a")
+    after_reboot = decode(
+        RECEIVED + timedelta(minutes=3),
+        Acct_Status_Type="Start",
+        Acct_Session_Id="81a00001",
+        User_Name="a",
+    )
+    assert before_reboot.record_id != after_reboot.record_id
 
 
 def test_accounting_on_needs_no_session_id_and_two_reboots_are_two_records() -> None:

@@ -75,15 +75,26 @@ def accounting_record_id(
     """The id of the fact a request reports, the same for every retransmission of it.
 
     Acct-Delay-Time and the RADIUS Identifier change between retransmissions (RFC 2866
-    section 5.2), so they are left out. When the NAS sends no Event-Timestamp, two different
-    Accounting-On/Off records would share every other field, so the estimated event time (whole
-    seconds) stands in; retransmissions of such a record may then differ by a second, and
-    downstream must tolerate a repeated Accounting-On/Off (closing already closed sessions is a
-    no-op).
+    section 5.2), so they are left out. When the NAS sends no Event-Timestamp:
+
+    - two different Accounting-On/Off records would share every other field, so the estimated
+      event time (whole seconds) stands in; retransmissions of such a record may then differ by
+      a second, and downstream tolerates a repeated Accounting-On/Off (closing already closed
+      sessions is a no-op);
+    - a NAS that reboots restarts its Acct-Session-Id counter, so the Start (zero counters) of
+      a session that reuses an id would share every field with the Start before the reboot and
+      be taken for its retransmission. The minute in which the session started (estimated event
+      time minus Acct-Session-Time) tells them apart. A retransmission whose estimate straddles a
+      minute boundary gets a second id; that costs nothing, because counters are cumulative and
+      rating counts a repeated reading of a session's counters as zero usage.
     """
     when: object = event_timestamp if event_timestamp is not None else ""
-    if event_timestamp is None and status not in _SESSION_STATUSES:
-        when = f"est:{int(estimated_event_time.timestamp())}"
+    if event_timestamp is None:
+        if status in _SESSION_STATUSES:
+            started = int(estimated_event_time.timestamp()) - (session_time or 0)
+            when = f"start-minute:{started // 60}"
+        else:
+            when = f"est:{int(estimated_event_time.timestamp())}"
     record_id: uuid.UUID = deterministic_id(
         "radius-accounting",
         nas_id,
