@@ -22,11 +22,12 @@ from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from rating.application.rate_accounting_record import (
     RatingSettings,
+    nas_sessions_stream,
     rate_accounting_record,
     session_index_stream,
 )
 from rating.application.usage_summary import usage_summary
-from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded
+from rating.domain.events import RadiusNasRebooted, RadiusSessionOpened, SessionCountersRecorded
 
 pytestmark = pytest.mark.integration
 
@@ -378,3 +379,96 @@ async def test_a_late_jittered_record_of_the_earlier_session_is_not_counted_twic
     usage = await all_usage(store)
     assert sum(u.input_octets for u in usage) == 1_200
     assert sum(u.output_octets for u in usage) == 1_300
+
+
+def nas_event(status: AcctStatus, at: datetime) -> AccountingRecordReceived:
+    return AccountingRecordReceived(
+        record_id=deterministic_id("test-nas-record", status, at),
+        nas_id="nas-1",
+        nas_ip="192.0.2.1",
+        status=status,
+        acct_session_id="",
+        event_time=at,
+        received_at=at,
+    )
+
+
+async def session_history(store, acct_session_id: str) -> list[list[SessionCountersRecorded]]:
+    index = [
+        e.decode() for e in await store.read_stream(session_index_stream("nas-1", acct_session_id))
+    ]
+    return [
+        [e.decode() for e in await store.read_stream(f"session-{opened.session_key}")]
+        for opened in index
+    ]
+
+
+async def test_accounting_on_closes_the_sessions_the_nas_had_open_and_only_those(store) -> None:
+    await assign(store)
+    reboot = START + timedelta(hours=1)
+    await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0, acct_session_id="open-1"),
+            record(AcctStatus.INTERIM_UPDATE, 600, 100, 200, acct_session_id="open-1"),
+            record(AcctStatus.START, 0, 0, 0, acct_session_id="stopped"),
+            record(AcctStatus.STOP, 60, 5, 5, acct_session_id="stopped"),
+            nas_event(AcctStatus.ACCOUNTING_ON, reboot),
+            # After the reboot the NAS reuses the id: a new session, left open.
+            record(
+                AcctStatus.START,
+                0,
+                0,
+                0,
+                acct_session_id="open-1",
+                start=reboot + timedelta(minutes=2),
+            ),
+        ],
+    )
+    [before, after] = await session_history(store, "open-1")
+    assert [e.closed for e in before] == [False, False, True]
+    assert before[-1].status == "accounting-on"
+    assert (before[-1].input_delta, before[-1].output_delta) == (0, 0)
+    assert (before[-1].input_octets, before[-1].output_octets) == (100, 200)
+    assert [e.closed for e in after] == [False]
+    [stopped] = await session_history(store, "stopped")
+    assert [e.status for e in stopped] == ["start", "stop"]  # already closed: left alone
+    markers = [
+        e.decode()
+        for e in await store.read_stream(nas_sessions_stream("nas-1"))
+        if e.type == RadiusNasRebooted.event_type
+    ]
+    assert [(m.status, m.sessions_closed) for m in markers] == [("accounting-on", 1)]
+
+
+async def test_a_repeated_accounting_on_closes_nothing_twice_and_late_usage_still_counts(
+    store,
+) -> None:
+    await assign(store)
+    reboot = START + timedelta(hours=1)
+    on = nas_event(AcctStatus.ACCOUNTING_ON, reboot)
+    await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0),
+            record(AcctStatus.INTERIM_UPDATE, 600, 100, 100),
+            on,
+            on,
+            # The Stop sent just before the reboot arrives late: its bytes still count.
+            record(AcctStatus.STOP, 900, 150, 100),
+            nas_event(AcctStatus.ACCOUNTING_OFF, reboot + timedelta(hours=5)),
+        ],
+    )
+    [history] = await session_history(store, "s-1")
+    assert [e.status for e in history] == ["start", "interim-update", "accounting-on", "stop"]
+    usage = await all_usage(store)
+    assert sum(u.input_octets for u in usage) == 150
+    markers = [
+        e.decode()
+        for e in await store.read_stream(nas_sessions_stream("nas-1"))
+        if e.type == RadiusNasRebooted.event_type
+    ]
+    assert [(m.status, m.sessions_closed) for m in markers] == [
+        ("accounting-on", 1),
+        ("accounting-off", 0),
+    ]

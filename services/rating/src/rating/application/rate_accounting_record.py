@@ -10,12 +10,12 @@ from opentelemetry import trace
 
 from ispbill_core.contracts.accounts import RadiusUsernameAssigned, radius_user_stream
 from ispbill_core.contracts.rating import UsageRated, usage_stream
-from ispbill_core.contracts.usage_collector import AccountingRecordReceived
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.events import NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import context_from_traceparent, current_traceparent
-from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded
+from rating.domain.events import RadiusNasRebooted, RadiusSessionOpened, SessionCountersRecorded
 from rating.domain.sessions import (
     SESSION_STATUSES,
     SessionState,
@@ -44,6 +44,14 @@ def session_stream(key: str) -> str:
     return f"session-{key}"
 
 
+def nas_sessions_stream(nas_id: str) -> str:
+    """Every session opened on a NAS, with a marker after each reboot that closed them."""
+    return f"radius-nas-sessions-{nas_id}"
+
+
+NAS_REBOOT_STATUSES = {AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF}
+
+
 async def rate_accounting_record(
     store: EventStore, settings: RatingSettings, message: NewEvent
 ) -> UsageRated | None:
@@ -59,8 +67,10 @@ async def rate_accounting_record(
             "radius.status": str(record.status),
         },
     ):
+        if record.status in NAS_REBOOT_STATUSES:
+            await close_sessions_of_rebooted_nas(store, record)
+            return None
         if record.status not in SESSION_STATUSES:
-            # Accounting-On/Off close the NAS's open sessions: the collector issue's work.
             return None
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
@@ -99,12 +109,119 @@ async def _session_for(store: EventStore, record: AccountingRecordReceived) -> s
         acct_session_id=record.acct_session_id,
         started_at=started_at,
     )
+    # Listed on the NAS first, so that a crash between the two appends leaves, at worst, a
+    # listed session that never got records (a reboot skips it), never an unlisted open one.
+    await store.append(
+        nas_sessions_stream(record.nas_id),
+        [
+            new_event(
+                opening, id=deterministic_id("nas-session-listed", key), occurred_at=started_at
+            )
+        ],
+        ANY,
+    )
     await store.append(
         index,
         [new_event(opening, id=deterministic_id("session-opened", key), occurred_at=started_at)],
         len(history) - 1 if history else NO_STREAM,
     )
     return key
+
+
+async def close_sessions_of_rebooted_nas(
+    store: EventStore, record: AccountingRecordReceived
+) -> int:
+    """Accounting-On/Off: the NAS restarted (or is about to), so every session it had open
+    before then is over, Stop or not. Close each with a zero-usage entry; return how many.
+
+    Usage is unaffected: a late Interim or Stop of a closed session still counts its bytes
+    (counters are cumulative, the delta is taken against what was recorded). Idempotent: a
+    redelivered or retransmitted Accounting-On closes nothing twice.
+    """
+    listing = nas_sessions_stream(record.nas_id)
+    entries = await store.read_stream(listing)
+    marker_id = deterministic_id("nas-rebooted", record.record_id)
+    if any(e.id == marker_id for e in entries):
+        return 0
+    since_last_reboot: list[RadiusSessionOpened] = []
+    for entry in entries:
+        decoded = entry.decode()
+        if isinstance(decoded, RadiusNasRebooted):
+            # Sessions listed before an earlier reboot and started before it were closed then.
+            since_last_reboot = [s for s in since_last_reboot if s.started_at >= decoded.event_time]
+        elif isinstance(decoded, RadiusSessionOpened):
+            since_last_reboot.append(decoded)
+    closed = 0
+    for opened in since_last_reboot:
+        if opened.started_at >= record.event_time:
+            continue  # a session of the NAS's new life
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                closed += await _close_session(store, opened.session_key, record)
+                break
+            except WrongExpectedVersion:
+                continue
+        else:
+            raise RuntimeError(f"session {opened.session_key} kept conflicting")
+    marker = RadiusNasRebooted(
+        nas_id=record.nas_id,
+        record_id=record.record_id,
+        status=str(record.status),
+        event_time=record.event_time,
+        sessions_closed=closed,
+    )
+    await store.append(
+        listing, [new_event(marker, id=marker_id, occurred_at=record.event_time)], ANY
+    )
+    log.info("NAS %s rebooted (%s): %d open sessions closed", record.nas_id, record.status, closed)
+    return closed
+
+
+async def _close_session(store: EventStore, key: str, record: AccountingRecordReceived) -> int:
+    stream = session_stream(key)
+    state = SessionState()
+    last: SessionCountersRecorded | None = None
+    for recorded in await store.read_stream(stream):
+        applied = recorded.decode()
+        assert isinstance(applied, SessionCountersRecorded)
+        state.apply(
+            applied.input_octets,
+            applied.output_octets,
+            applied.event_time,
+            applied.record_id,
+            (applied.input_delta, applied.output_delta),
+            applied.closed,
+        )
+        last = applied
+    if last is None or state.closed or record.record_id in state.seen:
+        return 0
+    assert state.version is not None
+    closing = SessionCountersRecorded(
+        session_key=key,
+        record_id=record.record_id,
+        status=str(record.status),
+        username=last.username,
+        customer_id=last.customer_id,
+        subscription_id=last.subscription_id,
+        event_time=max(record.event_time, last.event_time),
+        input_octets=state.input_octets,
+        output_octets=state.output_octets,
+        input_delta=0,
+        output_delta=0,
+        closed=True,
+    )
+    await store.append(
+        stream,
+        [
+            new_event(
+                closing,
+                id=deterministic_id("session-closed-by-nas", record.record_id, key),
+                occurred_at=record.event_time,
+            )
+        ],
+        state.version,
+    )
+    return 1
 
 
 async def _rate(

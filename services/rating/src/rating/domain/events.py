@@ -35,3 +35,18 @@ class SessionCountersRecorded(DomainEvent):
     input_delta: int = Field(ge=0)
     output_delta: int = Field(ge=0)
     closed: bool = False
+
+
+@event_type("RadiusNasRebooted", 1)
+class RadiusNasRebooted(DomainEvent):
+    """Written to a NAS's session list after an Accounting-On/Off closed its open sessions.
+
+    Sessions listed before this marker that started before `event_time` are closed, so the next
+    reboot only looks at sessions listed after it.
+    """
+
+    nas_id: str
+    record_id: uuid.UUID
+    status: str
+    event_time: AwareDatetime
+    sessions_closed: int = Field(ge=0)
