@@ -22,8 +22,6 @@ naive datetimes). Exits 1 when either is non-zero.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import os
 import random
 import struct
@@ -36,97 +34,31 @@ from datetime import UTC, datetime
 
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder
-from usage_collector.application.nas_registry import RegisteredNas
 from usage_collector.application.screen_accounting_request import (
     AcceptedRequest,
     screen_accounting_request,
 )
+from usage_collector.testing import (
+    FUZZ_NASES,
+    INTEGER_ATTRIBUTES,
+    MESSAGE_AUTHENTICATOR,
+    OTHER_ATTRIBUTES,
+    VENDOR_SPECIFIC,
+    VENDORS,
+    attribute,
+    independently_authentic,
+    insane_fields,
+    sign,
+)
 
 CHUNK = 10_000
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-NASES = {
-    "127.0.0.1": RegisteredNas(
-        nas_id="nas-1",
-        ip_address="127.0.0.1",
-        secret=b"testing123",
-        require_message_authenticator=False,
-    ),
-    "127.0.0.2": RegisteredNas(
-        nas_id="nas-2",
-        ip_address="127.0.0.2",
-        secret=b"s3cr3t-ma",
-        require_message_authenticator=True,
-    ),
-}
+NASES = FUZZ_NASES
 SOURCES = sorted(NASES)
-ACCOUNTING_REQUEST = 4
-MESSAGE_AUTHENTICATOR = 80
-VENDOR_SPECIFIC = 26
-INTEGER_ATTRIBUTES = (40, 41, 42, 43, 46, 47, 48, 49, 52, 53, 55)
-OTHER_ATTRIBUTES = (1, 4, 5, 8, 30, 31, 32, 33, 44, 45, 50, 51, 61, 87, 95, 96, 97)
-VENDORS = (9, 2636, 14988, 0, 311, 0xFFFFFFFF)
-
-
-def attribute(attribute_type: int, value: bytes) -> bytes:
-    return bytes([attribute_type, len(value) + 2]) + value
-
-
-def sign(identifier: int, attributes: bytes, secret: bytes, *, ma: bool) -> bytes:
-    """An Accounting-Request signed per RFC 2866 section 3 (and RFC 3579 for the MA)."""
-    if ma:
-        attributes += attribute(MESSAGE_AUTHENTICATOR, bytes(16))
-    header = struct.pack("!BBH", ACCOUNTING_REQUEST, identifier, 20 + len(attributes))
-    if ma:
-        digest = hmac.new(secret, header + bytes(16) + attributes, hashlib.md5).digest()
-        attributes = attributes[:-16] + digest
-    authenticator = hashlib.md5(header + bytes(16) + attributes + secret).digest()
-    return header + authenticator + attributes
-
-
-def independently_authentic(datagram: bytes, nas: RegisteredNas) -> bool:
-    """Would an RFC-following server accept this datagram's framing and authenticators?"""
-    if len(datagram) < 20:
-        return False
-    code, _, length = struct.unpack_from("!BBH", datagram)
-    if code != ACCOUNTING_REQUEST or not 20 <= length <= 4096 or len(datagram) < length:
-        return False
-    raw = datagram[:length]
-    offset, ma_values, ma_offset = 20, [], -1
-    while offset < length:
-        if length - offset < 2 or raw[offset + 1] < 2 or offset + raw[offset + 1] > length:
-            return False
-        if raw[offset] == MESSAGE_AUTHENTICATOR:
-            ma_values.append(raw[offset + 2 : offset + raw[offset + 1]])
-            ma_offset = offset + 2 if ma_offset < 0 else ma_offset
-        offset += raw[offset + 1]
-    digest = hashlib.md5(raw[:4] + bytes(16) + raw[20:] + nas.secret).digest()
-    if not hmac.compare_digest(digest, raw[4:20]):
-        return False
-    if not ma_values:
-        return not nas.require_message_authenticator
-    if len(ma_values) != 1 or len(ma_values[0]) != 16:
-        return False
-    zeroed = raw[:ma_offset] + bytes(16) + raw[ma_offset + 16 :]
-    expected = hmac.new(nas.secret, zeroed[:4] + bytes(16) + zeroed[20:], hashlib.md5).digest()
-    return hmac.compare_digest(expected, ma_values[0])
 
 
 def is_sane(result: AcceptedRequest) -> bool:
-    record = result.record
-    counters = (
-        record.delay_time,
-        record.session_time,
-        record.input_octets,
-        record.output_octets,
-        record.input_packets,
-        record.output_packets,
-    )
-    return (
-        all(c is None or (isinstance(c, int) and 0 <= c < 2**64) for c in counters)
-        and record.event_time.utcoffset() is not None
-        and record.received_at.utcoffset() is not None
-        and record.nas_id == NASES[record.nas_ip].nas_id
-    )
+    return not insane_fields(result, NASES)
 
 
 # --- generators -------------------------------------------------------------------------------

@@ -10,14 +10,13 @@ Three classes of input (the usage-collector issue: "Bad input never crashes it")
     authenticators pass and the attribute decoding is what is fuzzed: any accepted record
     must be sane.
 
-Packets are built and verified here by hand from the RFCs (2865, 2866, 2869), not with the
-module under test, so the oracle is independent. bench/fuzz_collector.py runs a million.
+Packets are built and verified by usage_collector.testing, written from the RFCs (2865, 2866,
+2869, 3579) and not from the code under test, so the oracle is independent.
+bench/fuzz_collector.py runs a million.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from datetime import UTC, datetime
 
@@ -27,93 +26,33 @@ from hypothesis import strategies as st
 
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder
-from usage_collector.application.nas_registry import RegisteredNas
 from usage_collector.application.screen_accounting_request import (
     AcceptedRequest,
     DroppedRequest,
     screen_accounting_request,
 )
+from usage_collector.testing import (
+    FUZZ_NASES,
+    INTEGER_ATTRIBUTES,
+    MESSAGE_AUTHENTICATOR,
+    OTHER_ATTRIBUTES,
+    VENDOR_SPECIFIC,
+    VENDORS,
+    attribute,
+    independently_authentic,
+    insane_fields,
+    sign,
+)
 
 pytestmark = pytest.mark.unit
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-NASES = {
-    "127.0.0.1": RegisteredNas(
-        nas_id="nas-1",
-        ip_address="127.0.0.1",
-        secret=b"testing123",
-        require_message_authenticator=False,
-    ),
-    "127.0.0.2": RegisteredNas(
-        nas_id="nas-2",
-        ip_address="127.0.0.2",
-        secret=b"s3cr3t-ma",
-        require_message_authenticator=True,
-    ),
-}
+NASES = FUZZ_NASES
 REGISTRY = InMemoryNasRegistry(list(NASES.values()))
 DECODER = DictionaryAttributeDecoder()
 FUZZ = settings(
     max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
-
-ACCOUNTING_REQUEST = 4
-MESSAGE_AUTHENTICATOR = 80
-VENDOR_SPECIFIC = 26
-#: Integer attributes the record is built from (RFC 2866, RFC 2869).
-INTEGER_ATTRIBUTES = (40, 41, 42, 43, 46, 47, 48, 49, 52, 53, 55)
-#: Text and address attributes: User-Name, NAS-IP, Framed-IP, Calling-Station-Id, Session-Id...
-OTHER_ATTRIBUTES = (1, 4, 5, 8, 30, 31, 32, 33, 44, 45, 50, 51, 61, 87, 95, 96, 97)
-VENDORS = (9, 2636, 14988, 0, 311, 0xFFFFFFFF)
-
-
-# --- packets built and checked by hand --------------------------------------------------------
-
-
-def attribute(attribute_type: int, value: bytes) -> bytes:
-    return bytes([attribute_type, len(value) + 2]) + value
-
-
-def sign(code: int, identifier: int, attributes: bytes, secret: bytes, *, ma: bool) -> bytes:
-    """An Accounting-Request signed per RFC 2866 section 3 (and RFC 3579 for the MA)."""
-    if ma:
-        attributes += attribute(MESSAGE_AUTHENTICATOR, bytes(16))
-    length = 20 + len(attributes)
-    header = struct.pack("!BBH", code, identifier, length)
-    if ma:
-        offset = len(attributes) - 16
-        digest = hmac.new(secret, header + bytes(16) + attributes, hashlib.md5).digest()
-        attributes = attributes[:offset] + digest
-    authenticator = hashlib.md5(header + bytes(16) + attributes + secret).digest()
-    return header + authenticator + attributes
-
-
-def independently_authentic(datagram: bytes, nas: RegisteredNas) -> bool:
-    """Would an RFC-following server accept this datagram's framing and authenticators?"""
-    if len(datagram) < 20:
-        return False
-    code, _, length = struct.unpack_from("!BBH", datagram)
-    if code != ACCOUNTING_REQUEST or not 20 <= length <= 4096 or len(datagram) < length:
-        return False
-    raw = datagram[:length]
-    offset, ma_values, ma_offset = 20, [], -1
-    while offset < length:
-        if length - offset < 2 or raw[offset + 1] < 2 or offset + raw[offset + 1] > length:
-            return False
-        if raw[offset] == MESSAGE_AUTHENTICATOR:
-            ma_values.append(raw[offset + 2 : offset + raw[offset + 1]])
-            ma_offset = offset + 2 if ma_offset < 0 else ma_offset
-        offset += raw[offset + 1]
-    digest = hashlib.md5(raw[:4] + bytes(16) + raw[20:] + nas.secret).digest()
-    if not hmac.compare_digest(digest, raw[4:20]):
-        return False
-    if not ma_values:
-        return not nas.require_message_authenticator
-    if len(ma_values) != 1 or len(ma_values[0]) != 16:
-        return False
-    zeroed = raw[:ma_offset] + bytes(16) + raw[ma_offset + 16 :]
-    expected = hmac.new(nas.secret, zeroed[:4] + bytes(16) + zeroed[20:], hashlib.md5).digest()
-    return hmac.compare_digest(expected, ma_values[0])
 
 
 def screen(datagram: bytes, source: str) -> AcceptedRequest | DroppedRequest:
@@ -123,20 +62,7 @@ def screen(datagram: bytes, source: str) -> AcceptedRequest | DroppedRequest:
 
 
 def assert_sane(result: AcceptedRequest) -> None:
-    record = result.record
-    for counter in (
-        record.delay_time,
-        record.session_time,
-        record.input_octets,
-        record.output_octets,
-        record.input_packets,
-        record.output_packets,
-    ):
-        assert counter is None or (isinstance(counter, int) and 0 <= counter < 2**64)
-    assert record.event_time.tzinfo is not None and record.event_time.utcoffset() is not None
-    assert record.received_at.tzinfo is not None and record.received_at.utcoffset() is not None
-    assert record.nas_id == NASES[record.nas_ip].nas_id
-    assert len(result.response) >= 20 and result.response[0] == 5
+    assert insane_fields(result, NASES) == []
 
 
 # --- strategies -------------------------------------------------------------------------------
@@ -204,9 +130,7 @@ def signed_packets(draw: st.DrawFn) -> tuple[bytes, str]:
     source = draw(sources)
     nas = NASES[source]
     ma = nas.require_message_authenticator or draw(st.booleans())
-    packet = sign(
-        ACCOUNTING_REQUEST, draw(st.integers(0, 255)), draw(attribute_blocks()), nas.secret, ma=ma
-    )
+    packet = sign(draw(st.integers(0, 255)), draw(attribute_blocks()), nas.secret, ma=ma)
     return packet, source
 
 
@@ -312,7 +236,7 @@ def test_the_builder_makes_packets_the_collector_accepts() -> None:
     """Guards the oracle: a hand-built Start is accepted, so (c) exercises real acceptances."""
     body = attribute(40, struct.pack("!I", 1)) + attribute(44, b"sess-1") + attribute(1, b"alice")
     for source, nas in NASES.items():
-        packet = sign(ACCOUNTING_REQUEST, 1, body, nas.secret, ma=nas.require_message_authenticator)
+        packet = sign(1, body, nas.secret, ma=nas.require_message_authenticator)
         assert independently_authentic(packet, nas)
         result = screen(packet, source)
         assert isinstance(result, AcceptedRequest), result
