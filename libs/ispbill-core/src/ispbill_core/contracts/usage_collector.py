@@ -60,20 +60,38 @@ class AccountingRecordReceived(DomainEvent):
     terminate_cause: str | None = None
 
 
-#: Kafka topic of router interface byte counters read over SNMP; keyed by
-#: "<router_id>/<interface_key>" so that one interface's samples stay in order.
+#: Kafka topic of router byte counters (SNMP interfaces, RouterOS interfaces and simple
+#: queues); keyed by "<router_id>/<interface_key>" so that one counter's samples stay in order.
 ROUTER_COUNTERS_TOPIC = "ispbill.usage.router-counters"
+
+
+class CounterSource(StrEnum):
+    """Where a router's byte counters were read."""
+
+    SNMP_INTERFACE = "snmp-interface"
+    ROUTEROS_INTERFACE = "routeros-interface"
+    ROUTEROS_SIMPLE_QUEUE = "routeros-simple-queue"
 
 
 @event_type("RouterCountersSampled", 1)
 class RouterCountersSampled(DomainEvent):
-    """One SNMP reading of a router interface's byte counters (IF-MIB).
+    """One reading of a router's cumulative byte counters for an interface or a simple queue.
 
-    `octets_in`/`octets_out` are the cumulative counter values as read (ifHCInOctets/
-    ifHCOutOctets when `counter_bits` is 64, ifInOctets/ifOutOctets when it is 32).
-    `delta_in`/`delta_out` are the bytes since the previous sample of the same interface,
-    wraps and agent restarts accounted for (`counter_reset`); 0 for the first sample.
-    `interface_key` is the ifName, or the ifIndex when the agent has no ifName.
+    `source` says what was read: an interface over SNMP (IF-MIB: ifHCInOctets/ifHCOutOctets
+    when `counter_bits` is 64, ifInOctets/ifOutOctets when it is 32), an interface over the
+    MikroTik RouterOS API (rx-byte/tx-byte), or a RouterOS simple queue (bytes upload/download).
+    `octets_in` is what the router received from that side (an interface's rx, a queue's
+    upload: the subscriber's upload when the interface faces the subscriber), `octets_out`
+    what it sent there (the subscriber's download).
+    `delta_in`/`delta_out` are the bytes since the previous sample of the same counter,
+    wraps and resets (agent restart, a PPPoE session reconnecting) accounted for
+    (`counter_reset`). A poller's first sample of a counter has delta 0; a RouterOS counter
+    that appears later (a new PPPoE session) counted from zero, so its value is its delta.
+    `interface_key` is the ifName (the ifIndex when the agent has no ifName), the RouterOS
+    interface name, or "queue:<name>" for a simple queue.
+    `username` is the RADIUS username the counters belong to, when known (a PPPoE interface's
+    name, a simple queue's mapping); `subscriber_hint` is a label from the poller's
+    configuration (SNMP interface mappings).
     """
 
     router_id: str
@@ -86,3 +104,5 @@ class RouterCountersSampled(DomainEvent):
     sampled_at: AwareDatetime
     counter_bits: int = Field(default=64, ge=1, le=64)
     counter_reset: bool = False
+    source: CounterSource = CounterSource.SNMP_INTERFACE
+    username: str | None = None
