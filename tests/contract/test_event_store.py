@@ -327,6 +327,42 @@ class EventStoreContract:
             await stop(task)
         assert [r.data["n"] for r in seen] == [1, 2]
 
+    async def test_head_position_is_the_last_global_position(self, store: EventStore) -> None:
+        before = await store.head_position()
+        assert before == await self._head(store)
+        await store.append(self.stream(), [event(n=1), event(n=2)], NO_STREAM)
+        after = await store.head_position()
+        assert after > before
+        assert after == await self._head(store)
+
+    async def test_an_idle_filtered_subscription_waits_instead_of_polling(
+        self, store: EventStore
+    ) -> None:
+        """Events of other types past the last match must not wake the subscriber in a loop
+        (it once spun at 100 % CPU in an idle all-in-one)."""
+        await store.append(self.stream(), [event("UsageRated", n=1)], NO_STREAM)
+        start = await self._head(store) - 1
+        reads = 0
+        read_all = store.read_all
+
+        async def counting_read_all(**kwargs: Any) -> list[RecordedEvent]:
+            nonlocal reads
+            reads += 1
+            return await read_all(**kwargs)
+
+        store.read_all = counting_read_all  # type: ignore[method-assign]
+        seen: list[RecordedEvent] = []
+        task = asyncio.create_task(
+            collect(store, seen, after=start, types={"PaymentReceived"}, idle_timeout=0.5)
+        )
+        try:
+            await asyncio.sleep(1.2)
+        finally:
+            await stop(task)
+            del store.read_all
+        assert seen == []
+        assert reads <= 4, f"{reads} reads in 1.2 s with a 0.5 s idle timeout: it polls"
+
     async def test_killed_subscriber_resumes_from_checkpoint_exactly_once(
         self, store: EventStore, open_store: StoreFactory
     ) -> None:

@@ -121,6 +121,33 @@ async def test_only_the_requested_types_are_delivered(store) -> None:
     assert seen.numbers == [5, 6, 7, 8, 9]
 
 
+async def test_idle_with_other_types_after_its_last_event_it_waits_and_still_follows(
+    store,
+) -> None:
+    await append(store, range(0, 2), "Tock")
+    await append(store, range(2, 6), "Tick")  # past its last Tock: must not wake it in a loop
+    reads = 0
+    read_all = store.read_all
+
+    async def counting_read_all(**kwargs):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return await read_all(**kwargs)
+
+    store.read_all = counting_read_all  # type: ignore[method-assign]
+    seen = Seen()
+    subscriber = LedgerSubscriber("tocks", store, store, seen, types={"Tock"})
+    async with running(subscriber):
+        await subscriber.wait_caught_up()
+        await asyncio.sleep(1.5)
+        idle_reads = reads
+        await append(store, range(6, 7), "Tock")
+        await seen.wait_for(3)
+    assert seen.numbers == [0, 1, 6]
+    # Woken by its 1 s poll at most twice in 1.5 s, plus the catch-up read.
+    assert idle_reads <= 4, f"{idle_reads} reads while idle: the subscriber spins"
+
+
 async def test_resumes_from_its_checkpoint_after_being_cancelled(store) -> None:
     await append(store, range(0, 10))
     first = Seen()

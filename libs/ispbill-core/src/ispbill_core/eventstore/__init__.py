@@ -89,6 +89,15 @@ class EventStore(abc.ABC):
         """Events of every stream with global position > after, in global order."""
 
     @abc.abstractmethod
+    async def head_position(self) -> int:
+        """Global position of the last recorded event; 0 when the ledger is empty.
+
+        Every event at or below it is readable, so a reader that asked for the head before a
+        read (filtered by type or not) has seen everything up to it once the read came back
+        short, and can wait for appends past the head rather than past its own last event.
+        """
+
+    @abc.abstractmethod
     async def wait_for_append(self, after: int, timeout: float) -> None:
         """Return once an event past `after` may exist, or after `timeout` seconds."""
 
@@ -100,15 +109,20 @@ class EventStore(abc.ABC):
         batch_size: int = 500,
         idle_timeout: float = 1.0,
     ) -> AsyncIterator[RecordedEvent]:
-        """Catch up from `after`, then follow live appends, forever."""
+        """Catch up from `after`, then follow live appends, forever.
+
+        Idle, it waits past the ledger's head, not past its own last event: with a type filter,
+        other types' events beyond that would otherwise wake it at once, again and again.
+        """
         position = after
         while True:
+            head = await self.head_position()
             batch = await self.read_all(after=position, limit=batch_size, types=types)
             for event in batch:
                 yield event
                 position = event.global_position
             if len(batch) < batch_size:
-                await self.wait_for_append(position, idle_timeout)
+                await self.wait_for_append(max(position, head), idle_timeout)
 
     async def close(self) -> None:  # noqa: B027 - adapters without resources need not override
         pass

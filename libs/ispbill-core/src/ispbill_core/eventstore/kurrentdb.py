@@ -258,6 +258,15 @@ class KurrentDBEventStore(EventStore, CheckpointStore):
             raise _translate(exc, "read all") from exc
         return found[:limit]
 
+    async def head_position(self) -> int:
+        try:
+            position: int = await self._client.get_commit_position(
+                filter_exclude=DEFAULT_EXCLUDE_FILTER
+            )
+        except KurrentDBClientError as exc:
+            raise _translate(exc, "read the head position") from exc
+        return position
+
     async def wait_for_append(self, after: int, timeout: float) -> None:
         """A short-lived subscription from `after`: returns on its first event, else times out."""
         loop = asyncio.get_running_loop()

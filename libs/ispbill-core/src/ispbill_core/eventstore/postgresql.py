@@ -152,6 +152,7 @@ class PostgresEventStore(EventStore, CheckpointStore):
             " data::text, metadata::text"
         )
         self._sql_version = f"SELECT max(stream_position) FROM {t} WHERE stream = $1"  # noqa: S608
+        self._sql_head = f"SELECT max(global_position) FROM {t}"  # noqa: S608
         # The stream's version (the row without an id) and any of the batch's ids already
         # recorded, in one round trip.
         self._sql_check = (
@@ -364,6 +365,10 @@ class PostgresEventStore(EventStore, CheckpointStore):
         else:
             rows = await self._fetch(self._sql_read_all_types, after, sorted(types), limit)
         return [_row_to_event(r) for r in rows]
+
+    async def head_position(self) -> int:
+        rows = await self._fetch(self._sql_head)
+        return int(rows[0][0] or 0) if rows else 0
 
     async def wait_for_append(self, after: int, timeout: float) -> None:
         # NOTIFY wakes us for any process's appends; the timeout is the polling fallback

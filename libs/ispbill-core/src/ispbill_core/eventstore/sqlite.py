@@ -207,6 +207,10 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         rows = await asyncio.to_thread(self._read, sql, params)
         return [_row_to_event(r) for r in rows]
 
+    async def head_position(self) -> int:
+        rows = await asyncio.to_thread(self._read, "SELECT max(global_position) FROM events", ())
+        return int(rows[0][0] or 0) if rows else 0
+
     async def wait_for_append(self, after: int, timeout: float) -> None:
         # Appends from this process wake us at once; another process's appends by polling.
         await self._signal.wait(after, timeout)
