@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import shutil
 import ssl
 import subprocess
@@ -721,7 +722,8 @@ async def test_quit_on_close(ros, make_poller):
 
 
 @pytest.mark.integration
-async def test_the_loop_survives_failures_and_stops_when_told(ros, make_poller):
+async def test_the_loop_survives_failures_and_stops_when_told(ros, make_poller, caplog):
+    caplog.set_level(logging.WARNING, logger="usage_collector.adapters.routeros_poller")
     ros.connect_pppoe("alice", rx=1, tx=1)
     publisher = Recorder()
     poller = make_poller(publisher)
@@ -737,6 +739,46 @@ async def test_the_loop_survives_failures_and_stops_when_told(ros, make_poller):
     assert len(publisher.calls) >= 3
     assert poller.counters.connection_failures == 1 and poller.counters.polls_failed == 1
     assert ros.commands[-1][1] == ["/quit"]
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("router bras-1: connection lost while reading")
+    assert "failure 1 in a row" in warning.getMessage() and not warning.exc_info
+
+
+@pytest.mark.unit
+async def test_the_loop_logs_unexpected_errors_with_the_router_and_a_traceback(caplog):
+    class BrokenPublisher:
+        async def publish(self, topic, messages):
+            raise RuntimeError("a bug, not the network")
+
+    stop = asyncio.Event()
+    poller = RouterOsCounterPoller(
+        router(),
+        publisher=BrokenPublisher(),
+        clock=FixedClock(T0),
+        reader=Script(*[reading(1, _row(1, 1)) for _ in range(50)]),
+    )
+    poller.poll_once = _stop_after(poller.poll_once, stop, calls=2)
+    await asyncio.wait_for(poller.run(0.01, stop=stop, min_backoff=0.001), 5)
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert all(r.levelno == logging.ERROR and r.exc_info for r in records)
+    messages = [r.getMessage() for r in records]
+    assert messages and all(
+        m.startswith("router bras-1: poll failed: RuntimeError") for m in messages
+    )
+    assert poller.counters.publish_failures == 2
+
+
+def _stop_after(poll_once, stop: asyncio.Event, *, calls: int):
+    count = 0
+
+    async def poll():
+        nonlocal count
+        count += 1
+        if count >= calls:
+            stop.set()
+        return await poll_once()
+
+    return poll
 
 
 # --- api-ssl --------------------------------------------------------------------------------

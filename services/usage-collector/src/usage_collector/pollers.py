@@ -48,7 +48,7 @@ from usage_collector.adapters.routeros_poller import (
     RouterOsRouter,
     poll_periodically,
 )
-from usage_collector.adapters.snmp_poller import SnmpCounterPoller
+from usage_collector.adapters.snmp_poller import SnmpCounterPoller, SnmpPollError
 from usage_collector.application.ports import AccountingPublisher
 
 log = logging.getLogger(__name__)
@@ -426,6 +426,7 @@ class CounterPollers:
                         stop=stop,
                         min_backoff=min(self.config.min_backoff, interval),
                         max_backoff=self.config.max_backoff,
+                        expected=(SnmpPollError,),
                     ),
                     name=f"poll-{poller.router_id}",
                 )

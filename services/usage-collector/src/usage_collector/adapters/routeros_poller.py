@@ -369,7 +369,7 @@ def reconnect_delay(failures: int, *, min_backoff: float, max_backoff: float) ->
     """Seconds to wait after `failures` failed polls in a row: doubling, capped."""
     if failures <= 0:
         return 0.0
-    return min(max_backoff, min_backoff * 2 ** min(failures - 1, 32))
+    return float(min(max_backoff, min_backoff * 2.0 ** min(failures - 1, 32)))
 
 
 # --- the poller -----------------------------------------------------------------------------
@@ -647,8 +647,14 @@ async def poll_periodically(
     min_backoff: float = 1.0,
     max_backoff: float | None = None,
     jitter: float = 0.1,
+    expected: tuple[type[Exception], ...] = (),
 ) -> None:
-    """Call `poller.poll_once()` every `interval` seconds until `stop` is set; see `run`."""
+    """Call `poller.poll_once()` every `interval` seconds until `stop` is set; see `run`.
+
+    Failures of the kinds in `expected` (and the RouterOS poller's, and network errors) are
+    logged as warnings without a traceback; anything else is logged with its traceback.
+    """
+    expected = (RouterOsPollError, OSError, TimeoutError, *expected)
     if interval <= 0:
         raise ValueError(f"poll interval must be positive, got {interval}")
     stop = stop or asyncio.Event()
@@ -664,15 +670,20 @@ async def poll_periodically(
                 failures += 1
                 delay = reconnect_delay(failures, min_backoff=min_backoff, max_backoff=cap)
                 delay *= 1 - jitter * random.random()
-                if isinstance(exc, RouterOsPollError):
-                    log.warning("%s (failure %d in a row; retry in %.1fs)", exc, failures, delay)
-                else:
-                    log.exception(
-                        "router %s: poll failed (failure %d in a row; retry in %.1fs)",
-                        poller.router_id,
-                        failures,
-                        delay,
-                    )
+                # the router's own error already names it; others (the bus, SNMP) do not
+                what = (
+                    str(exc)
+                    if isinstance(exc, RouterOsPollError)
+                    else f"router {poller.router_id}: poll failed: {_describe(exc)}"
+                )
+                log.log(
+                    logging.WARNING if isinstance(exc, expected) else logging.ERROR,
+                    "%s (failure %d in a row; retry in %.1fs)",
+                    what,
+                    failures,
+                    delay,
+                    exc_info=not isinstance(exc, expected),
+                )
             else:
                 if failures:
                     log.info(
