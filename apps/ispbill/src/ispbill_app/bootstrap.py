@@ -83,6 +83,7 @@ class Services:
     store: Any
     clock: Clock = field(default_factory=SystemClock)
     collector_counters: Callable[[], dict[str, int]] | None = None
+    poller_counters: Callable[[], dict[str, dict[str, int]]] | None = None
 
     def render_pdf(self, invoice: InvoiceIssued, status: str) -> bytes:
         return render_invoice_pdf(invoice, branding(self.settings), status=status)
@@ -123,6 +124,13 @@ class Services:
             if self.collector_counters is None:
                 raise HTTPException(404, "no collector runs in this process")
             return self.collector_counters()
+
+        @router.get("/collector/pollers")
+        async def pollers() -> dict[str, dict[str, int]]:
+            """Per router (ISPBILL_POLLERS): polls, samples published, errors by kind."""
+            if self.poller_counters is None:
+                raise HTTPException(404, "no router pollers run in this process")
+            return self.poller_counters()
 
         return router
 
@@ -249,23 +257,26 @@ async def background(
 
 async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     """`ispbill run`: every service in this process on the SQLite ledger."""
+    from ispbill_app.collector_runtime import ConfiguredPollers, embedded_stream_for
     from ispbill_core.bus.ledger import LedgerPublisher
-    from usage_collector.bootstrap import accounting_stream_for
     from usage_collector.bootstrap import bootstrap as collector_bootstrap
 
     setup_tracing("ispbill")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_ledger(settings)
     services = Services(settings, store)
+    publisher = LedgerPublisher(store, embedded_stream_for)
+    pollers = ConfiguredPollers(settings.pollers, publisher, services.clock)
     collector = collector_bootstrap(
         store,
-        LedgerPublisher(store, accounting_stream_for),
+        publisher,
         host=settings.host,
         port=settings.radius_acct_port,
         clock=services.clock,
     )
     await collector.start()
     services.collector_counters = collector.accounting_server.counters.as_dict
+    services.poller_counters = pollers.counters
     log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
     grpc_server = await _start_grpc(services)
     subscribers = [
@@ -275,7 +286,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     ]
     try:
         async with (
-            background(*(s.run for s in subscribers)),
+            background(*(s.run for s in subscribers), pollers.run),
             serve_http(services.http_app(), settings.host, settings.http_port),
         ):
             if with_demo:

@@ -41,6 +41,8 @@ class Settings:
     invoice_series: str = field(default_factory=lambda: env("INVOICE_SERIES", "INV"))
     payment_terms_days: int = field(default_factory=lambda: int(env("PAYMENT_TERMS_DAYS", "14")))
     tax_rounding: str = field(default_factory=lambda: env("TAX_ROUNDING", "per_invoice"))
+    #: a TOML or JSON file of routers whose byte counters are polled (SNMP, RouterOS API)
+    pollers: str = field(default_factory=lambda: env("POLLERS", ""))
     #: where the invoicing gRPC service is, for the notifier in distributed mode
     invoicing_grpc: str = field(default_factory=lambda: env("INVOICING_GRPC", ""))
 

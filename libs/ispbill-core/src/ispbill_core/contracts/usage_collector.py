@@ -65,6 +65,11 @@ class AccountingRecordReceived(DomainEvent):
 ROUTER_COUNTERS_TOPIC = "ispbill.usage.router-counters"
 
 
+def router_counters_stream(router_id: str) -> str:
+    """Embedded runtime: the ledger stream that stands in for the topic, one per router."""
+    return f"router-counters-{router_id}"
+
+
 class CounterSource(StrEnum):
     """Where a router's byte counters were read."""
 
