@@ -355,12 +355,8 @@ server default {{
 """
 
 
-@contextlib.contextmanager
-def freeradius(root: Path, port: int, max_requests: int) -> Iterator[Path]:
-    """FreeRADIUS on 127.0.0.1:port; yields the radacct directory (detail files)."""
-    binary = shutil.which("freeradius") or shutil.which("radiusd")
-    if binary is None:
-        raise FileNotFoundError("freeradius is not installed (make install-bench)")
+def write_freeradius_config(root: Path, port: int, max_requests: int) -> Path:
+    """The accounting-only config under root/raddb (logs, detail files, pid file beside it)."""
     for sub in ("raddb", "log", "radacct", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "raddb" / "radiusd.conf").write_text(
@@ -370,14 +366,25 @@ def freeradius(root: Path, port: int, max_requests: int) -> Iterator[Path]:
     )
     # radiusd reads <confdir>/dictionary after the system dictionaries; nothing to add.
     (root / "raddb" / "dictionary").write_text("")
+    return root / "raddb"
+
+
+@contextlib.contextmanager
+def freeradius(root: Path, port: int, max_requests: int) -> Iterator[Path]:
+    """FreeRADIUS on 127.0.0.1:port; yields the radacct directory (detail files)."""
+    binary = shutil.which("freeradius") or shutil.which("radiusd")
+    if binary is None:
+        raise FileNotFoundError("freeradius is not installed (make install-bench)")
+    raddb = write_freeradius_config(root, port, max_requests)
     log = root / "log" / "radius.log"
     check = subprocess.run(
-        [binary, "-C", "-d", str(root / "raddb")], capture_output=True, text=True, check=False
+        [binary, "-C", "-d", str(raddb)], capture_output=True, text=True, check=False
     )
     if check.returncode != 0:
-        raise RuntimeError(f"freeradius -C rejected the config:\n{check.stdout}{check.stderr}")
+        raise RuntimeError(f"freeradius -C rejected the config:\n{tail(log)}{check.stderr}")
+    # -f: foreground, without -X's debug output (which costs most of the throughput).
     process = subprocess.Popen(
-        [binary, "-f", "-d", str(root / "raddb")],
+        [binary, "-f", "-d", str(raddb)],
         stdout=subprocess.DEVNULL,
         stderr=open(root / "log" / "stderr.log", "wb"),  # noqa: SIM115
     )
