@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from usage_collector.application.nas_registry import NasRegistry, RegisteredNas, normalise_ip
@@ -63,9 +64,8 @@ def screen_accounting_request(
     The NAS is identified by the source address, not by NAS-IP-Address or NAS-Identifier,
     which the sender controls; the secret of that NAS is the only proof of who sent it.
     """
-    try:
-        ip = normalise_ip(source_ip)
-    except ValueError:
+    ip = _normalised(source_ip)
+    if ip is None:
         return DroppedRequest(DropReason.MALFORMED, f"source address {source_ip!r}")
     nas = registry.lookup(ip)
     if nas is None:
@@ -104,3 +104,12 @@ def screen_accounting_request(
     except InvalidAccountingRecord as exc:
         return DroppedRequest(DropReason.INVALID_RECORD, str(exc), nas.nas_id)
     return AcceptedRequest(nas=nas, record=record, response=accounting_response(packet, nas.secret))
+
+
+@lru_cache(maxsize=4096)
+def _normalised(source_ip: str) -> str | None:
+    """normalise_ip once per source address, not once per datagram (it parses the address)."""
+    try:
+        return normalise_ip(source_ip)
+    except ValueError:
+        return None

@@ -23,6 +23,7 @@ MAX_LENGTH = 4096
 PROXY_STATE = 33
 MESSAGE_AUTHENTICATOR = 80
 _ZERO_AUTHENTICATOR = bytes(16)
+_HEADER = struct.Struct("!BBH")
 
 
 class MalformedPacket(ValueError):
@@ -45,27 +46,30 @@ class RadiusPacket:
 
 def parse_packet(datagram: bytes) -> RadiusPacket:
     """Split a datagram into header and attributes; MalformedPacket when they do not add up."""
-    if len(datagram) < MIN_LENGTH:
-        raise MalformedPacket(f"{len(datagram)} octets is shorter than a RADIUS header")
-    code, identifier, length = struct.unpack_from("!BBH", datagram)
+    size = len(datagram)
+    if size < MIN_LENGTH:
+        raise MalformedPacket(f"{size} octets is shorter than a RADIUS header")
+    code, identifier, length = _HEADER.unpack_from(datagram)
     if length < MIN_LENGTH or length > MAX_LENGTH:
         raise MalformedPacket(f"Length field {length} is outside {MIN_LENGTH}..{MAX_LENGTH}")
-    if len(datagram) < length:
-        raise MalformedPacket(f"Length field {length} exceeds the {len(datagram)} octets received")
+    if size < length:
+        raise MalformedPacket(f"Length field {length} exceeds the {size} octets received")
     # RFC 2865 section 3: octets past Length are padding, ignored on reception.
-    raw = bytes(datagram[:length])
+    raw = datagram if size == length and type(datagram) is bytes else bytes(datagram[:length])
     attributes: list[tuple[int, bytes]] = []
+    append = attributes.append
     offset = HEADER_LENGTH
     while offset < length:
         if length - offset < 2:
             raise MalformedPacket(f"truncated attribute header at offset {offset}")
-        attribute_type, attribute_length = raw[offset], raw[offset + 1]
-        if attribute_length < 2 or offset + attribute_length > length:
+        attribute_length = raw[offset + 1]
+        end = offset + attribute_length
+        if attribute_length < 2 or end > length:
             raise MalformedPacket(
-                f"attribute {attribute_type} at offset {offset} has length {attribute_length}"
+                f"attribute {raw[offset]} at offset {offset} has length {attribute_length}"
             )
-        attributes.append((attribute_type, raw[offset + 2 : offset + attribute_length]))
-        offset += attribute_length
+        append((raw[offset], raw[offset + 2 : end]))
+        offset = end
     return RadiusPacket(
         code=code,
         identifier=identifier,
