@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -14,6 +14,7 @@ from pyrad.client import Client
 from pyrad.packet import AcctPacket
 
 from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, AcctStatus
+from ispbill_core.events import NewEvent
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import load_dictionary
 from usage_collector.entrypoints.radius import AccountingServer
@@ -361,3 +362,178 @@ async def test_radclient_with_the_wrong_secret_gets_no_reply(server, publisher) 
     assert await radclient(server, "not-the-secret", attributes) != 0
     assert server.counters.dropped_bad_authenticator >= 1
     assert server.counters.acked == 0 and publisher.calls == []
+
+
+# --- batched reading, SO_REUSEPORT ------------------------------------------------------------
+
+
+class FlakyPublisher:
+    """Fails while `failing` is set, then keeps the events it is given."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.attempts = 0
+        self.events: list[NewEvent] = []
+
+    async def publish(self, topic: str, messages: Sequence[tuple[str, NewEvent]]) -> None:
+        self.attempts += 1
+        if self.failing:
+            raise ConnectionError("bus unavailable")
+        self.events.extend(event for _, event in messages)
+
+
+async def _hold_the_worker(nas: Nas, requests, server: AccountingServer) -> None:
+    """Send one request and wait until its publish is in flight (the publisher's gate is shut)."""
+    nas.send(requests.start(Acct_Session_Id="held"))
+    for _ in range(200):
+        if server.counters.received:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never read the first datagram")
+
+
+async def test_one_drain_counts_every_kind_of_drop_and_acks_only_after_the_publish(
+    make_server, requests
+) -> None:
+    gate = asyncio.Event()
+    publisher = requests.recording_publisher(gate)
+    server = make_server(publisher)
+    await server.start()
+    nas = await connect(server)
+    try:
+        await _hold_the_worker(nas, requests, server)
+        # A burst the reader takes in one or a few drains while the publish is in flight.
+        for n in range(10):
+            nas.send(requests.start(Acct_Session_Id=f"ok-{n}", id=n))
+        for n in range(5):
+            nas.send(requests.start(Acct_Session_Id=f"bad-{n}", secret=b"wrong"))
+        for datagram in [b"\x04" * 3, b"\xff" * 40, b"\x05" * 20]:
+            nas.send(datagram)
+        nas.send(requests.build(Acct_Session_Id="no-status"))
+        assert await nas.reply(NO_REPLY) is None
+        counters = server.counters
+        assert counters.received == 20
+        assert counters.dropped_bad_authenticator == 5
+        assert counters.dropped_malformed == 3
+        assert counters.dropped_invalid_record == 1
+        assert counters.acked == 0 and publisher.calls == []
+        gate.set()
+        replies = [await nas.reply() for _ in range(11)]
+        assert all(replies)
+        assert await nas.reply(NO_REPLY) is None
+        assert [len(messages) for _, messages in publisher.calls] == [1, 10]
+        assert counters.acked == 11 and counters.batches_published == 2
+    finally:
+        nas.transport.close()
+        await server.stop()
+
+
+async def test_no_response_while_the_publisher_fails_then_the_retransmission_is_acked(
+    make_server, requests
+) -> None:
+    publisher = FlakyPublisher()
+    server = make_server(publisher)
+    await server.start()
+    nas = await connect(server)
+    try:
+        request = requests.start()
+        for _ in range(3):
+            assert await nas.exchange(request, NO_REPLY) is None
+        assert server.counters.publish_failures == 3 and server.counters.acked == 0
+        publisher.failing = False
+        reply = await nas.exchange(request)
+        assert reply is not None and reply_to(request, reply, requests.secret)
+        assert server.counters.acked == 1 and len(publisher.events) == 1
+    finally:
+        nas.transport.close()
+        await server.stop()
+
+
+async def test_batches_are_capped_at_max_batch(make_server, requests) -> None:
+    gate = asyncio.Event()
+    publisher = requests.recording_publisher(gate)
+    server = make_server(publisher, max_batch=4)
+    await server.start()
+    nas = await connect(server)
+    try:
+        await _hold_the_worker(nas, requests, server)
+        for n in range(10):
+            nas.send(requests.start(Acct_Session_Id=f"s{n}", id=n))
+        await asyncio.sleep(0.2)
+        gate.set()
+        assert all([await nas.reply() for _ in range(11)])
+        assert [len(messages) for _, messages in publisher.calls] == [1, 4, 4, 2]
+    finally:
+        nas.transport.close()
+        await server.stop()
+
+
+async def test_more_than_max_pending_waiting_is_counted_as_overload(make_server, requests) -> None:
+    gate = asyncio.Event()
+    publisher = requests.recording_publisher(gate)
+    server = make_server(publisher, max_pending=5)
+    await server.start()
+    nas = await connect(server)
+    try:
+        await _hold_the_worker(nas, requests, server)
+        for n in range(12):
+            nas.send(requests.start(Acct_Session_Id=f"s{n}", id=n))
+        assert await nas.reply(NO_REPLY) is None
+        assert server.counters.received == 13
+        assert server.counters.dropped_overload == 7
+        gate.set()
+        assert all([await nas.reply() for _ in range(6)])
+        assert await nas.reply(NO_REPLY) is None
+        assert server.counters.acked == 6
+    finally:
+        nas.transport.close()
+        await server.stop()
+
+
+async def test_stop_is_bounded_when_the_publish_never_returns(make_server, requests) -> None:
+    publisher = requests.recording_publisher(asyncio.Event())  # a gate nobody opens
+    server = make_server(publisher, stop_timeout=0.2)
+    await server.start()
+    nas = await connect(server)
+    try:
+        await _hold_the_worker(nas, requests, server)
+        await asyncio.wait_for(server.stop(), 30)
+        assert server.counters.acked == 0
+        assert await nas.reply(NO_REPLY) is None
+    finally:
+        nas.transport.close()
+
+
+async def test_two_servers_share_one_port_with_so_reuseport(
+    make_server, publisher, requests
+) -> None:
+    first = make_server(publisher, reuse_port=True)
+    await first.start()
+    second = AccountingServer(*first.address, first._registry, publisher, first._clock,
+                              reuse_port=True)  # fmt: skip
+    await second.start()
+    clients = [await connect(first) for _ in range(32)]
+    try:
+        assert second.address == first.address
+        for n, nas in enumerate(clients):
+            nas.send(requests.start(Acct_Session_Id=f"s{n}"))
+        assert all([await nas.reply() for nas in clients])
+        # The kernel spreads the 32 client sockets over both (by address and port hash).
+        assert first.counters.acked > 0 and second.counters.acked > 0
+        assert first.counters.acked + second.counters.acked == 32
+    finally:
+        for nas in clients:
+            nas.transport.close()
+        await second.stop()
+        await first.stop()
+
+
+async def test_without_reuse_port_a_second_server_cannot_bind(make_server, publisher) -> None:
+    first = make_server(publisher)
+    await first.start()
+    try:
+        second = AccountingServer(*first.address, first._registry, publisher, first._clock)
+        with pytest.raises(OSError):
+            await second.start()
+    finally:
+        await first.stop()

@@ -42,8 +42,14 @@ def bootstrap(
     host: str = "127.0.0.1",
     port: int = RADIUS_ACCOUNTING_PORT,
     clock: Clock | None = None,
+    reuse_port: bool = False,
 ) -> UsageCollector:
-    """The collector over a ledger (NAS registry) and a bus (records); call start() and stop()."""
+    """The collector over a ledger (NAS registry) and a bus (records); call start() and stop().
+
+    `reuse_port=True` binds with SO_REUSEPORT, for several collector processes on one port.
+    """
     registry = LedgerNasRegistry(store)
-    server = AccountingServer(host, port, registry, publisher, clock or SystemClock())
+    server = AccountingServer(
+        host, port, registry, publisher, clock or SystemClock(), reuse_port=reuse_port
+    )
     return UsageCollector(nas_registry=registry, accounting_server=server)

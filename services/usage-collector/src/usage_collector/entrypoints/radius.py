@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -15,7 +16,6 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from ispbill_core.clock import Clock
-from ispbill_core.telemetry import current_traceparent
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder
 from usage_collector.application.nas_registry import NasRegistry
 from usage_collector.application.ports import AccountingPublisher, AttributeDecoder
@@ -26,14 +26,20 @@ from usage_collector.application.screen_accounting_request import (
     DropReason,
     screen_accounting_request,
 )
+from usage_collector.domain.radius_packet import MAX_LENGTH
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ispbill.usage_collector")
 
 #: Bursts (a NAS reboot makes every session stop at once) must wait in the kernel, not be lost.
 DEFAULT_RECEIVE_BUFFER = 16 * 1024 * 1024
+#: Responses of a whole batch leave in one tight loop; room for them avoids EAGAIN.
+DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
 
 Address = tuple[Any, ...]
+#: A screened request waiting for the publish: what to publish, its span, where to answer, and
+#: the traceparent that rides on the event.
+_Pending = tuple[AcceptedRequest, Span, Address, str | None]
 
 
 @dataclass
@@ -56,33 +62,20 @@ class AccountingCounters:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class _Datagram:
-    data: bytes
-    address: Address
-    received_at: datetime
-
-
-class _AccountingProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: AccountingServer) -> None:
-        self._server = server
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._server._enqueue(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for responses to a NAS that went away; nothing to do but note them.
-        log.debug("RADIUS socket error: %s", exc)
-
-
 class AccountingServer:
     """RFC 2866 accounting server whose Accounting-Response means "durable on the bus".
 
-    Datagrams are queued as they arrive; one worker takes everything queued (up to
-    `max_batch`), screens each, publishes the accepted records with one publisher call and
-    only then sends their responses. While a publish is in flight the next batch fills up, so
-    batches grow with load (group commit). A failed publish sends nothing: the NAS retransmits.
-    The worker is the seam where a recvmmsg-style reader can later hand over whole batches.
+    The socket is non-blocking and read with `loop.add_reader`: each wakeup drains up to
+    `max_batch` datagrams with recvfrom in a tight loop (the nearest Python has to recvmmsg),
+    and screens each at once, so that screening overlaps the publish in flight. One worker
+    takes every screened request waiting (up to `max_batch`), publishes their records with one
+    publisher call and only then sends their responses, again in a tight loop. While a publish
+    is in flight the next batch fills up, so batches grow with load (group commit). A failed
+    publish sends nothing: the NAS retransmits.
+
+    With `reuse_port=True` the socket is bound with SO_REUSEPORT, so several processes can
+    serve one port; the kernel spreads NASes over them by source address and port, so the
+    requests of one NAS socket (and so of one session) stay in one process, in order.
     """
 
     def __init__(
@@ -97,8 +90,12 @@ class AccountingServer:
         max_batch: int = 1024,
         max_pending: int = 100_000,
         receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+        send_buffer: int = DEFAULT_SEND_BUFFER,
         stop_timeout: float = 5.0,
+        reuse_port: bool = False,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.host = host
         self.port = port
         self.counters = AccountingCounters()
@@ -109,10 +106,15 @@ class AccountingServer:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._receive_buffer = receive_buffer
+        self._send_buffer = send_buffer
         self._stop_timeout = stop_timeout
-        self._pending: deque[_Datagram] = deque()
+        self._reuse_port = reuse_port
+        self._pending: deque[_Pending] = deque()
+        #: Responses the kernel had no room for; sent when the socket is writable again.
+        self._unsent: deque[tuple[bytes, Address]] = deque()
         self._wakeup = asyncio.Event()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         self._stopping = False
         self.receive_buffer_size: int | None = None
@@ -120,25 +122,29 @@ class AccountingServer:
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port); with port 0 the kernel's choice, known after start()."""
-        if self._transport is None:
+        if self._sock is None:
             return self.host, self.port
-        sockname = self._transport.get_extra_info("sockname")
+        sockname = self._sock.getsockname()
         return sockname[0], sockname[1]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _AccountingProtocol(self), local_addr=(self.host, self.port)
-        )
-        self._transport = transport
-        self._set_receive_buffer(transport.get_extra_info("socket"))
+        self._sock = await self._bind(loop)
+        self._loop = loop
         self._stopping = False
         self._worker = asyncio.create_task(self._run(), name="radius-accounting-worker")
-        log.info("RADIUS accounting listening on %s:%s", *self.address)
+        loop.add_reader(self._sock.fileno(), self._read_ready)
+        log.info(
+            "RADIUS accounting listening on %s:%s%s",
+            *self.address,
+            " (SO_REUSEPORT)" if self._reuse_port else "",
+        )
 
     async def stop(self) -> None:
-        """Stop receiving; let the batch in flight finish (bounded), then close the socket."""
+        """Stop receiving; let the batches screened so far finish (bounded), close the socket."""
         self._stopping = True
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
         self._wakeup.set()
         if self._worker is not None:
             try:
@@ -148,13 +154,37 @@ class AccountingServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._worker
             self._worker = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        while self._pending:
+            _, span, _, _ = self._pending.popleft()
+            _end_unacknowledged(span, "stopped before it was published")
+        if self._sock is not None:
+            if self._loop is not None and self._unsent:
+                self._loop.remove_writer(self._sock.fileno())
+            self._unsent.clear()
+            self._sock.close()
+            self._sock = None
 
-    def _set_receive_buffer(self, sock: socket.socket | None) -> None:
-        if sock is None:
-            return
+    async def _bind(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        infos = await loop.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        )
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                if self._reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.setblocking(False)
+                sock.bind(sockaddr)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            self._set_buffers(sock)
+            return sock
+        raise error or OSError(f"cannot resolve {self.host!r} to bind to")
+
+    def _set_buffers(self, sock: socket.socket) -> None:
         force = getattr(socket, "SO_RCVBUFFORCE", None)
         for option in (force, socket.SO_RCVBUF):
             if option is None:
@@ -165,104 +195,177 @@ class AccountingServer:
             except OSError:
                 continue  # SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by rmem_max
         self.receive_buffer_size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
 
-    def _enqueue(self, data: bytes, address: Address) -> None:
-        self.counters.received += 1
-        if self._stopping:
+    # -- receiving: called by the event loop whenever the socket is readable ---------------
+    def _read_ready(self) -> None:
+        sock = self._sock
+        if sock is None or self._stopping:
             return
-        if len(self._pending) >= self._max_pending:
-            self.counters.dropped_overload += 1
+        recvfrom = sock.recvfrom
+        counters = self.counters
+        pending = self._pending
+        datagrams: list[tuple[bytes, Address]] = []
+        for _ in range(self._max_batch):
+            try:
+                datagrams.append(recvfrom(MAX_LENGTH))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP errors for responses to a NAS that went away; nothing to do but note them.
+                log.debug("RADIUS socket error: %s", exc)
+                break
+        if not datagrams:
             return
-        self._pending.append(_Datagram(data, address, self._clock.now()))
-        self._wakeup.set()
+        counters.received += len(datagrams)
+        # One clock read per wakeup: these datagrams were all waiting in the socket together.
+        received_at = self._clock.now()
+        started_ns = time.time_ns()
+        room = self._max_pending - len(pending)
+        for data, address in datagrams:
+            if room <= 0:
+                counters.dropped_overload += 1
+                continue
+            accepted = self._screen(data, address, received_at, started_ns)
+            if accepted is not None:
+                pending.append(accepted)
+                room -= 1
+        if pending:
+            self._wakeup.set()
 
+    def _screen(
+        self, data: bytes, address: Address, received_at: datetime, started_ns: int
+    ) -> _Pending | None:
+        source = str(address[0])
+        try:
+            result = screen_accounting_request(
+                data, source, received_at, registry=self._registry, decode_attributes=self._decode
+            )
+        except Exception as exc:
+            log.exception("screening a datagram from %s failed", source)
+            result = DroppedRequest(DropReason.MALFORMED, f"unexpected: {exc!r}")
+        if isinstance(result, DroppedRequest):
+            self._count_drop(result, source, started_ns)
+            return None
+        record = result.record
+        # One span per datagram, started when it was read; attributes given at once, as a
+        # sampler sees them and as a non-recording span ignores them at no further cost.
+        span = tracer.start_span(
+            "radius.accounting",
+            start_time=started_ns,
+            attributes={
+                "net.peer.ip": source,
+                "radius.nas_id": record.nas_id,
+                "radius.acct_session_id": record.acct_session_id,
+                "radius.acct_status_type": record.status.value,
+            },
+        )
+        return result, span, address, _traceparent(span)
+
+    def _count_drop(self, dropped: DroppedRequest, source: str, started_ns: int) -> None:
+        name = dropped.reason.value
+        setattr(self.counters, name, getattr(self.counters, name) + 1)
+        attributes = {"net.peer.ip": source, "radius.drop_reason": name}
+        if dropped.nas_id is not None:
+            attributes["radius.nas_id"] = dropped.nas_id
+        span = tracer.start_span("radius.accounting", start_time=started_ns, attributes=attributes)
+        if span.is_recording():
+            span.set_status(Status(StatusCode.ERROR, dropped.detail))
+        span.end()
+        log.debug("dropped RADIUS datagram: %s (%s)", name, dropped.detail)
+
+    # -- publishing and answering ------------------------------------------------------------
     async def _run(self) -> None:
+        pending = self._pending
         while True:
-            if not self._pending:
+            if not pending:
                 if self._stopping:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = [
-                self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
-            ]
+            batch = [pending.popleft() for _ in range(min(self._max_batch, len(pending)))]
             try:
-                await self._process(batch)
+                await self._publish_and_answer(batch)
             except asyncio.CancelledError:
+                for _, span, _, _ in batch:
+                    _end_unacknowledged(span, "stopped while publishing")
                 raise
             except Exception:
                 # A bug must cost one batch (unacknowledged, so retransmitted), not the server.
                 log.exception("RADIUS accounting batch of %d failed", len(batch))
 
-    async def _process(self, batch: list[_Datagram]) -> None:
-        accepted: list[tuple[AcceptedRequest, Span, Address, str | None]] = []
-        for datagram in batch:
-            span = tracer.start_span(
-                "radius.accounting", attributes={"net.peer.ip": str(datagram.address[0])}
-            )
-            result = self._screen(datagram)
-            if isinstance(result, DroppedRequest):
-                self._count_drop(result, span)
-                span.end()
-                continue
-            record = result.record
-            span.set_attributes(
-                {
-                    "radius.nas_id": record.nas_id,
-                    "radius.acct_session_id": record.acct_session_id,
-                    "radius.acct_status_type": record.status.value,
-                }
-            )
-            with trace.use_span(span, end_on_exit=False):
-                traceparent = current_traceparent()
-            accepted.append((result, span, datagram.address, traceparent))
-        if not accepted:
-            return
+    async def _publish_and_answer(self, batch: list[_Pending]) -> None:
         try:
             await publish_accounting_records(
-                self._publisher, [(request.record, tp) for request, _, _, tp in accepted]
+                self._publisher, [(request.record, tp) for request, _, _, tp in batch]
             )
         except Exception as exc:
             self.counters.publish_failures += 1
-            log.warning("publishing %d accounting records failed: %r", len(accepted), exc)
-            for _, span, _, _ in accepted:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, "publish failed; not acknowledged"))
-                span.end()
+            log.warning("publishing %d accounting records failed: %r", len(batch), exc)
+            for _, span, _, _ in batch:
+                if span.is_recording():
+                    span.record_exception(exc)
+                _end_unacknowledged(span, "publish failed; not acknowledged")
             return
         self.counters.batches_published += 1
-        for request, span, address, _ in accepted:
-            self._send(request.response, address)
+        self._send([(request.response, address) for request, _, address, _ in batch])
+        for _, span, _, _ in batch:
             span.end()
 
-    def _screen(self, datagram: _Datagram) -> AcceptedRequest | DroppedRequest:
-        try:
-            return screen_accounting_request(
-                datagram.data,
-                str(datagram.address[0]),
-                datagram.received_at,
-                registry=self._registry,
-                decode_attributes=self._decode,
-            )
-        except Exception as exc:
-            log.exception("screening a datagram from %s failed", datagram.address[0])
-            return DroppedRequest(DropReason.MALFORMED, f"unexpected: {exc!r}")
-
-    def _count_drop(self, dropped: DroppedRequest, span: Span) -> None:
-        name = dropped.reason.value
-        setattr(self.counters, name, getattr(self.counters, name) + 1)
-        if dropped.nas_id is not None:
-            span.set_attribute("radius.nas_id", dropped.nas_id)
-        span.set_attribute("radius.drop_reason", dropped.reason.value)
-        span.set_status(Status(StatusCode.ERROR, dropped.detail))
-        log.debug("dropped RADIUS datagram: %s (%s)", dropped.reason.value, dropped.detail)
-
-    def _send(self, response: bytes, address: Address) -> None:
-        if self._transport is None or self._transport.is_closing():
+    def _send(self, responses: list[tuple[bytes, Address]]) -> None:
+        sock = self._sock
+        if sock is None:
             return
-        try:
-            self._transport.sendto(response, address)
-            self.counters.acked += 1
-        except OSError as exc:
-            log.warning("sending an Accounting-Response to %s failed: %s", address[0], exc)
+        if self._unsent:  # keep the order: behind the responses already waiting
+            self._unsent.extend(responses)
+            return
+        sendto = sock.sendto
+        sent = 0
+        for index, (response, address) in enumerate(responses):
+            try:
+                sendto(response, address)
+            except (BlockingIOError, InterruptedError):
+                self._unsent.extend(responses[index:])
+                assert self._loop is not None
+                self._loop.add_writer(sock.fileno(), self._send_unsent)
+                break
+            except OSError as exc:
+                log.warning("sending an Accounting-Response to %s failed: %s", address[0], exc)
+                continue
+            sent += 1
+        self.counters.acked += sent
+
+    def _send_unsent(self) -> None:
+        sock = self._sock
+        unsent = self._unsent
+        sent = 0
+        while sock is not None and unsent:
+            response, address = unsent[0]
+            try:
+                sock.sendto(response, address)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("sending an Accounting-Response to %s failed: %s", address[0], exc)
+            else:
+                sent += 1
+            unsent.popleft()
+        self.counters.acked += sent
+        if not unsent and sock is not None and self._loop is not None:
+            self._loop.remove_writer(sock.fileno())
+
+
+def _traceparent(span: Span) -> str | None:
+    """The W3C traceparent of `span`, as the propagator would write it, without a context."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def _end_unacknowledged(span: Span, why: str) -> None:
+    if span.is_recording():
+        span.set_status(Status(StatusCode.ERROR, why))
+    span.end()
