@@ -84,6 +84,8 @@ class Services:
     clock: Clock = field(default_factory=SystemClock)
     collector_counters: Callable[[], dict[str, int]] | None = None
     poller_counters: Callable[[], dict[str, dict[str, int]]] | None = None
+    #: POST /api/v1/collector/imports/radius-detail, in a process that runs the collector.
+    collector_imports: APIRouter | None = None
 
     def render_pdf(self, invoice: InvoiceIssued, status: str) -> bytes:
         return render_invoice_pdf(invoice, branding(self.settings), status=status)
@@ -132,7 +134,12 @@ class Services:
                 raise HTTPException(404, "no router pollers run in this process")
             return self.poller_counters()
 
-        return router
+        if self.collector_imports is None:
+            return router
+        both = APIRouter()
+        both.include_router(router)
+        both.include_router(self.collector_imports)
+        return both
 
     def collector_app(self) -> FastAPI:
         return create_app(
@@ -260,6 +267,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     from ispbill_app.collector_runtime import ConfiguredPollers, embedded_stream_for
     from ispbill_core.bus.ledger import LedgerPublisher
     from usage_collector.bootstrap import bootstrap as collector_bootstrap
+    from usage_collector.entrypoints.http import collector_import_router
 
     setup_tracing("ispbill")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -277,6 +285,9 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     await collector.start()
     services.collector_counters = collector.accounting_server.counters.as_dict
     services.poller_counters = pollers.counters
+    services.collector_imports = collector_import_router(
+        collector.nas_registry, publisher, services.clock, store=store
+    )
     log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
     grpc_server = await _start_grpc(services)
     subscribers = [
