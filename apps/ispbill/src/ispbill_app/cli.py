@@ -160,6 +160,26 @@ def main(argv: list[str] | None = None) -> int:
     pay_rec.add_argument("--method", default="cash")
     pay_rec.add_argument("--format", choices=("json", "table"), default="table")
 
+    imp = sub.add_parser("import", help="import another system's history")
+    imp_sub = imp.add_subparsers(dest="action", required=True)
+    imp_detail = imp_sub.add_parser(
+        "radius-detail",
+        help="FreeRADIUS detail files (plain or gzip; a directory: every detail* file under it)",
+    )
+    imp_detail.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    imp_detail.add_argument(
+        "--nas", help="attribute every record to this NAS (id or address), whatever it says"
+    )
+    imp_detail.add_argument(
+        "--timezone",
+        help="IANA zone the FreeRADIUS server ran in; needed when its dates are not UTC",
+    )
+    imp_detail.add_argument("--dry-run", action="store_true", help="screen only, record nothing")
+    imp_detail.add_argument(
+        "--batch-size", type=int, default=1000, help="records per request (default 1000)"
+    )
+    imp_detail.add_argument("--format", choices=("json", "table"), default="table")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -227,6 +247,8 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
             else:
                 args.output.write_bytes(client.get_bytes(f"/api/v1/invoices/{args.invoice}/pdf"))
                 print(f"wrote {args.output}")
+        elif args.command == "import":
+            return _import_radius_detail(client, args)
         elif args.command == "payments":
             body = {
                 "invoice": args.invoice,
@@ -249,6 +271,151 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
     except httpx.TransportError as exc:
         raise OSError(str(exc)) from exc
     return 0
+
+
+IMPORT_PATH = "/api/v1/collector/imports/radius-detail"
+#: Per reason, how many skipped records are named on stderr (all of them with --verbose).
+SHOWN_PER_REASON = 20
+
+
+def _detail_files(paths: list[Path]) -> list[Path]:
+    """The files named, and under each directory every detail* file (FreeRADIUS's radacct
+    layout: <client address>/detail-YYYYMMDD), in name order, so rotated files go oldest first.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("detail*") if p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+class _ImportTotals:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.verbose = args.verbose
+        self.summary: dict[str, Any] = {
+            "files": 0,
+            "records": 0,
+            "malformed": 0,
+            "imported": 0,
+            "repeated": 0,
+            "skipped": {},
+            "unknown_nas": {},
+            "dry_run": args.dry_run,
+        }
+        self._shown: dict[str, int] = {}
+
+    def skipped(self, reason: str, where: str, why: str) -> None:
+        shown = self._shown.get(reason, 0)
+        self._shown[reason] = shown + 1
+        if self.verbose or shown < SHOWN_PER_REASON:
+            print(f"{where}: skipped ({reason}): {why}", file=sys.stderr)
+        elif shown == SHOWN_PER_REASON:
+            print(f"(more {reason} not shown; --verbose shows them all)", file=sys.stderr)
+
+    def add(self, result: dict[str, Any]) -> None:
+        s = self.summary
+        s["imported"] += result["imported"]
+        s["repeated"] += result["repeated"]
+        for reason, count in result["skipped"].items():
+            s["skipped"][reason] = s["skipped"].get(reason, 0) + count
+        for address, count in result["unknown_nas"].items():
+            s["unknown_nas"][address] = s["unknown_nas"].get(address, 0) + count
+        for record in result["skipped_records"]:
+            self.skipped(record["reason"], record["ref"], record["detail"])
+
+
+def _import_radius_detail(client: ApiClient, args: argparse.Namespace) -> int:
+    """Read the files here, send the records in batches; the server screens and records them.
+
+    Every batch is one idempotent publish, so an import that stops half-way (Ctrl-C, a lost
+    connection, a bus that was down) is finished by running the same command again.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from usage_collector.adapters.detail_file import (
+        LocalTimeWithoutZone,
+        MalformedDetailRecord,
+        read_detail_file,
+    )
+    from usage_collector.entrypoints.http import encode_imported_request
+
+    if args.batch_size < 1:
+        print("ispbill: --batch-size must be at least 1", file=sys.stderr)
+        return 1
+    try:
+        zone = ZoneInfo(args.timezone) if args.timezone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        print(f"ispbill: unknown time zone {args.timezone!r}", file=sys.stderr)
+        return 1
+    totals = _ImportTotals(args)
+    verb = "would import" if args.dry_run else "imported"
+
+    def send(batch: list[dict[str, Any]]) -> None:
+        body = {"records": batch, "nas": args.nas, "dry_run": args.dry_run}
+        totals.add(client.post(IMPORT_PATH, body))
+        batch.clear()
+
+    for path in _detail_files(args.files):
+        totals.summary["files"] += 1
+        batch: list[dict[str, Any]] = []
+        read = 0
+        try:
+            for item in read_detail_file(path, timezone=zone):
+                read += 1
+                if isinstance(item, MalformedDetailRecord):
+                    totals.summary["malformed"] += 1
+                    totals.skipped("malformed", item.ref, item.reason)
+                    continue
+                batch.append(
+                    encode_imported_request(
+                        item.ref, item.attributes, item.nas_addresses, item.received_at
+                    )
+                )
+                if len(batch) >= args.batch_size:
+                    send(batch)
+                    print(f"{path}: {read} records read so far", file=sys.stderr)
+            if batch:
+                send(batch)
+        except LocalTimeWithoutZone as exc:
+            print(f"ispbill: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"ispbill: cannot read {path}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(
+                f"ispbill: interrupted in {path}; the same command finishes the import"
+                " (what is already recorded is not counted again)",
+                file=sys.stderr,
+            )
+            return 130
+        totals.summary["records"] += read
+        print(f"{path}: {_count(read, 'record')} read", file=sys.stderr)
+
+    summary = totals.summary
+    if args.format == "json":
+        _print(summary, "json")
+        return 0
+    skipped = sum(summary["skipped"].values())
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(summary["skipped"].items()))
+    print(
+        f"{_count(summary['records'], 'record')} in {_count(summary['files'], 'file')}: "
+        f"{verb} {summary['imported']}, repeated {summary['repeated']}, "
+        f"malformed {summary['malformed']}, skipped {skipped}"
+        + (f" ({reasons})" if reasons else "")
+    )
+    for address, count in sorted(summary["unknown_nas"].items()):
+        print(
+            f"  no NAS registered at {address}: {_count(count, 'record')}"
+            " (register the NAS, or name it with --nas)"
+        )
+    return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 if __name__ == "__main__":

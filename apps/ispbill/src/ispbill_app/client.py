@@ -30,6 +30,14 @@ class ApiClient:
             detail = body.get("detail") if isinstance(body, dict) else body
         except ValueError:
             detail = response.text
+        if isinstance(detail, list):
+            # FastAPI's request validation: one entry per problem, located in the body.
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                if isinstance(e, dict)
+                else str(e)
+                for e in detail
+            )
         raise ApiError(response.status_code, str(detail))
 
     def get(self, path: str, **params: Any) -> Any:
