@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -63,6 +64,9 @@ class Load:
     """The summary line of one loadgen run."""
 
     fields: dict[str, str]
+    #: CPU seconds spent during the run by the server (its process tree) and by loadgen
+    server_cpu: float = 0.0
+    generator_cpu: float = 0.0
 
     @classmethod
     def parse(cls, output: str) -> Load:
@@ -85,6 +89,10 @@ class Load:
     @property
     def pps(self) -> int:
         return int(self.number("pps"))
+
+    def cores(self, cpu_seconds: float) -> float:
+        duration = self.number("duration_s")
+        return cpu_seconds / duration if duration else 0.0
 
 
 @dataclass
@@ -132,6 +140,8 @@ class LoadGenerator:
     window: int
     timeout_ms: int = 3000
     retries: int = 5
+    #: the server's processes, whose CPU time (children included) each run reports
+    server_pids: tuple[int, ...] = ()
 
     def run(
         self,
@@ -155,10 +165,15 @@ class LoadGenerator:
             f"--retries={self.retries}",
             "--max-seconds=900",
         ]
+        server_before = process_tree_cpu(*self.server_pids)
+        generator_before = children_cpu()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
+        generator_cpu = children_cpu() - generator_before
+        server_cpu = process_tree_cpu(*self.server_pids) - server_before
         if done.stderr.strip():
             print(done.stderr.strip(), file=sys.stderr)
         load = Load.parse(done.stdout)
+        load.server_cpu, load.generator_cpu = server_cpu, generator_cpu
         print(f"  {prefix}: {done.stdout.strip().splitlines()[-1]}", flush=True)
         return load
 
@@ -188,6 +203,36 @@ class LoadGenerator:
 
 
 # -- the machine ---------------------------------------------------------------------------
+
+
+def process_tree_cpu(*pids: int) -> float:
+    """CPU seconds (user + system) of the processes and their live descendants, from /proc."""
+    if not pids:
+        return 0.0
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid ...
+        parent[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+    tree = set(pids)
+    grew = True
+    while grew:
+        children = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_udp_port() -> int:
@@ -370,8 +415,8 @@ def write_freeradius_config(root: Path, port: int, max_requests: int) -> Path:
 
 
 @contextlib.contextmanager
-def freeradius(root: Path, port: int, max_requests: int) -> Iterator[Path]:
-    """FreeRADIUS on 127.0.0.1:port; yields the radacct directory (detail files)."""
+def freeradius(root: Path, port: int, max_requests: int) -> Iterator[tuple[Path, int]]:
+    """FreeRADIUS on 127.0.0.1:port; yields the radacct directory (detail files) and its pid."""
     binary = shutil.which("freeradius") or shutil.which("radiusd")
     if binary is None:
         raise FileNotFoundError("freeradius is not installed (make install-bench)")
@@ -393,7 +438,7 @@ def freeradius(root: Path, port: int, max_requests: int) -> Iterator[Path]:
             raise RuntimeError(
                 f"freeradius did not start:\n{tail(log)}{tail(root / 'log' / 'stderr.log')}"
             )
-        yield root / "radacct"
+        yield root / "radacct", process.pid
     finally:
         stop_process(process)
 
@@ -617,7 +662,9 @@ def run_freeradius(report: Report, binary: Path, settings: Settings, tmp: Path) 
     port = free_udp_port()
     generator = generator_for(binary, port, settings)
     total = settings.packets * len(settings.windows) + settings.warmup + settings.burst
-    with freeradius(tmp / "freeradius", port, max_requests=max(16384, 2 * total)) as radacct:
+    with freeradius(tmp / "freeradius", port, max_requests=max(16384, 2 * total)) as running:
+        radacct, pid = running
+        generator.server_pids = (pid,)
         rows = measure(report, "freeradius", generator, settings, burst=True)
     for row in rows:
         row.records, row.distinct = detail_records(radacct, row.prefix)
@@ -634,7 +681,8 @@ def run_embedded(
     root.mkdir()
     port = free_udp_port()
     generator = generator_for(binary, port, settings)
-    with collector(root, port, workers, options):
+    with collector(root, port, workers, options) as process:
+        generator.server_pids = (process.pid,)
         rows = measure(report, "ispbill-embedded", generator, settings, burst=True)
     for row in rows:
         row.records, row.distinct = ledger_records(root / "ledger.db", row.prefix)
@@ -662,7 +710,9 @@ def run_kafka(
     generator = generator_for(binary, port, settings)
     with broker:
         asyncio.run(create_topic(broker.bootstrap))
-        with collector(root, port, workers, options, kafka=broker.bootstrap):
+        with collector(root, port, workers, options, kafka=broker.bootstrap) as process:
+            # The broker's CPU counts too: it is part of what acknowledges a request.
+            generator.server_pids = (process.pid, broker.pid or process.pid)
             rows = measure(report, "ispbill-kafka", generator, settings, burst=True)
         counted = asyncio.run(topic_records(broker.bootstrap, [row.prefix for row in rows]))
     for row in rows:
@@ -680,7 +730,7 @@ def print_table(report: Report) -> None:
     print(
         f"{'server':<17} {'run':<8} {'window':>6} {'packets':>8} {'acked':>8} {'pps':>7} "
         f"{'p50_ms':>8} {'p99_ms':>8} {'resent':>7} {'lost':>5} {'seconds':>8} "
-        f"{'records':>8} {'distinct':>8}"
+        f"{'records':>8} {'distinct':>8} {'srv_cpu':>7} {'gen_cpu':>7}"
     )
     for row in report.rows:
         load = row.load
@@ -690,11 +740,13 @@ def print_table(report: Report) -> None:
             f"{int(load.number('retransmits')):>7} {int(load.number('unanswered')):>5} "
             f"{load.number('duration_s'):>8.2f} "
             f"{'-' if row.records is None else row.records:>8} "
-            f"{'-' if row.distinct is None else row.distinct:>8}"
+            f"{'-' if row.distinct is None else row.distinct:>8} "
+            f"{load.cores(load.server_cpu):>7.2f} {load.cores(load.generator_cpu):>7.2f}"
         )
     print(
         "lost: unanswered after every retransmission; records/distinct: what the server kept "
-        "for the run's sessions (detail file, ledger stream or topic)"
+        "for the run's sessions (detail file, ledger stream or topic); srv_cpu/gen_cpu: cores "
+        "busy in the server's processes and in loadgen during the run"
     )
     for row in report.rows:
         if row.records is not None and (
