@@ -67,6 +67,8 @@ class Load:
     #: CPU seconds spent during the run by the server (its process tree) and by loadgen
     server_cpu: float = 0.0
     generator_cpu: float = 0.0
+    #: datagrams the kernel dropped for a full receive buffer during the run (host-wide)
+    kernel_drops: int = 0
 
     @classmethod
     def parse(cls, output: str) -> Load:
@@ -167,6 +169,7 @@ class LoadGenerator:
         ]
         server_before = process_tree_cpu(*self.server_pids)
         generator_before = children_cpu()
+        drops_before = udp_receive_buffer_errors()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         generator_cpu = children_cpu() - generator_before
         server_cpu = process_tree_cpu(*self.server_pids) - server_before
@@ -174,6 +177,7 @@ class LoadGenerator:
             print(done.stderr.strip(), file=sys.stderr)
         load = Load.parse(done.stdout)
         load.server_cpu, load.generator_cpu = server_cpu, generator_cpu
+        load.kernel_drops = udp_receive_buffer_errors() - drops_before
         print(f"  {prefix}: {done.stdout.strip().splitlines()[-1]}", flush=True)
         return load
 
@@ -228,6 +232,18 @@ def process_tree_cpu(*pids: int) -> float:
         tree |= children
         grew = bool(children)
     return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def udp_receive_buffer_errors() -> int:
+    """Udp RcvbufErrors from /proc/net/snmp: datagrams dropped because a socket buffer was full."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return 0
+    udp = [line for line in lines if line and line[0] == "Udp:"]
+    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
+        return 0
+    return int(udp[1][udp[0].index("RcvbufErrors")])
 
 
 def children_cpu() -> float:
@@ -730,7 +746,7 @@ def print_table(report: Report) -> None:
     print(
         f"{'server':<17} {'run':<8} {'window':>6} {'packets':>8} {'acked':>8} {'pps':>7} "
         f"{'p50_ms':>8} {'p99_ms':>8} {'resent':>7} {'lost':>5} {'seconds':>8} "
-        f"{'records':>8} {'distinct':>8} {'srv_cpu':>7} {'gen_cpu':>7}"
+        f"{'records':>8} {'distinct':>8} {'srv_cpu':>7} {'gen_cpu':>7} {'k_drops':>7}"
     )
     for row in report.rows:
         load = row.load
@@ -741,12 +757,14 @@ def print_table(report: Report) -> None:
             f"{load.number('duration_s'):>8.2f} "
             f"{'-' if row.records is None else row.records:>8} "
             f"{'-' if row.distinct is None else row.distinct:>8} "
-            f"{load.cores(load.server_cpu):>7.2f} {load.cores(load.generator_cpu):>7.2f}"
+            f"{load.cores(load.server_cpu):>7.2f} {load.cores(load.generator_cpu):>7.2f} "
+            f"{load.kernel_drops:>7}"
         )
     print(
         "lost: unanswered after every retransmission; records/distinct: what the server kept "
         "for the run's sessions (detail file, ledger stream or topic); srv_cpu/gen_cpu: cores "
-        "busy in the server's processes and in loadgen during the run"
+        "busy in the server's processes and in loadgen during the run; k_drops: datagrams the "
+        "kernel dropped for a full socket buffer (host-wide, /proc/net/snmp)"
     )
     for row in report.rows:
         if row.records is not None and (
