@@ -25,6 +25,7 @@ from usage_collector.adapters.spool import (
     DAMAGED_SUFFIX,
     OFFSET_FILE,
     Damage,
+    RenewablePublisher,
     SpooledBatch,
     SpoolingPublisher,
     SpoolLocked,
@@ -525,3 +526,54 @@ def test_a_drain_killed_at_any_chunk_publishes_everything_in_order_on_restart(
     # Only the chunk in flight at the kill is published twice: a suffix of the first run.
     repeated = len(first) + len(second) - len(expected)
     assert repeated == 0 or first[-repeated:] == second[:repeated]
+
+
+# -- the recovery hook for Kafka
+
+
+class Numbered(Bus):
+    made = 0
+
+    def __init__(self) -> None:
+        super().__init__("up")
+        Numbered.made += 1
+        self.number = Numbered.made
+        self.stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_renew_retires_the_publisher_and_starts_a_new_one() -> None:
+    prepared = 0
+
+    async def prepare() -> None:
+        nonlocal prepared
+        prepared += 1
+        await asyncio.sleep(0.01)  # ensure_topics talks to the broker: renewals overlap
+
+    renewable = RenewablePublisher(Numbered, prepare=prepare)
+    await renewable.start()
+    await renewable.publish(TOPIC, batch(0, 1))
+    first = renewable._current
+    assert isinstance(first, Numbered)
+    await asyncio.gather(renewable.renew(), renewable.renew())  # one renewal, not two
+    second = renewable._current
+    assert isinstance(second, Numbered) and second is not first
+    await eventually(lambda: first.stopped)
+    assert renewable.renewals == 1 and prepared == 2
+    await renewable.publish(TOPIC, batch(1, 1))
+    assert second.ids == ids(batch(1, 1))
+    await renewable.stop()
+    assert second.stopped
+
+
+async def test_a_renewable_publisher_whose_start_failed_raises_bus_unavailable() -> None:
+    async def unreachable() -> None:
+        raise BusUnavailable("no broker")
+
+    renewable = RenewablePublisher(Numbered, prepare=unreachable)
+    with pytest.raises(BusUnavailable):
+        await renewable.start()
+    with pytest.raises(BusUnavailable):
+        await renewable.publish(TOPIC, batch(0, 1))

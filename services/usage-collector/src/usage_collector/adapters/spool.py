@@ -414,7 +414,7 @@ class SpoolingPublisher(Publisher):
     # -- lifecycle
 
     async def start(self) -> None:
-        if self._drainer is not None:
+        if self._flusher is not None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock()
@@ -425,9 +425,8 @@ class SpoolingPublisher(Publisher):
             raise
         self._stopping = False
         self._flusher = asyncio.create_task(self._flush_loop(), name="spool-flusher")
-        self._drainer = asyncio.create_task(self._drain_loop(), name="spool-drainer")
         try:
-            async with asyncio.timeout(self._publish_timeout * 5):
+            async with asyncio.timeout(self._publish_timeout * 2):
                 await self.inner.start()
         except asyncio.CancelledError:
             raise
@@ -435,6 +434,7 @@ class SpoolingPublisher(Publisher):
             # Not fatal: the first publish fails at once and is spooled, and the drain keeps
             # calling `recover` until the bus is there.
             log.warning("the bus is not reachable at start (%r): spooling until it is", exc)
+        self._drainer = asyncio.create_task(self._drain_loop(), name="spool-drainer")
 
     async def stop(self) -> None:
         """Stop the drain (what it has not recorded as drained is published again next time),
@@ -829,9 +829,28 @@ class RenewablePublisher(Publisher):
         self._retire_timeout = retire_timeout
         self._current: Publisher | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        #: publishers started so far; renew() after a concurrent renewal does nothing more
+        self._generation = 0
         self.renewals = 0
 
     async def start(self) -> None:
+        async with self._lock:
+            await self._start()
+
+    async def renew(self) -> None:
+        """Retire the current publisher and start a new one (unless one was started meanwhile)."""
+        generation = self._generation
+        async with self._lock:
+            if self._generation != generation and self._current is not None:
+                return
+            current, self._current = self._current, None
+            if current is not None:
+                self._retire(current)
+                self.renewals += 1
+            await self._start()
+
+    async def _start(self) -> None:
         if self._current is not None:
             return
         if self._prepare is not None:
@@ -845,13 +864,7 @@ class RenewablePublisher(Publisher):
             self._retire(publisher)
             raise
         self._current = publisher
-
-    async def renew(self) -> None:
-        current, self._current = self._current, None
-        if current is not None:
-            self._retire(current)
-            self.renewals += 1
-        await self.start()
+        self._generation += 1
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         current = self._current
