@@ -376,21 +376,57 @@ def _require_kafka(settings: Settings) -> str:
 async def _serve_collector(services: Services) -> None:
     from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
     from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+    from usage_collector.adapters.spool import RenewablePublisher, SpoolingPublisher
     from usage_collector.bootstrap import bootstrap as collector_bootstrap
 
     s = services.settings
     bootstrap = _require_kafka(s)
-    await ensure_topics(bootstrap, [ACCOUNTING_TOPIC], partitions=s.kafka_partitions)
-    publisher = KafkaPublisher(bootstrap, client_id="ispbill-collector")
+
+    async def create_topics() -> None:
+        await ensure_topics(
+            bootstrap,
+            [ACCOUNTING_TOPIC],
+            partitions=s.kafka_partitions,
+            request_timeout=max(s.publish_timeout, 5.0),
+        )
+
+    # A new producer (and the topic again) after failures: a broker that lost its state
+    # answers an idempotent producer with UnknownProducerId for good.
+    kafka = RenewablePublisher(
+        lambda: KafkaPublisher(
+            bootstrap, client_id="ispbill-collector", delivery_timeout=max(s.publish_timeout, 5.0)
+        ),
+        prepare=create_topics,
+        start_timeout=max(s.publish_timeout, 5.0),
+    )
+    # Kafka unreachable or slow: batches go to a local spool (fsynced) and are acknowledged;
+    # the spool drains in order when Kafka is back (docs/adr/0010-collector-spool.md).
+    publisher = SpoolingPublisher(
+        kafka,
+        s.spool_dir,
+        publish_timeout=s.publish_timeout,
+        recover=kafka.renew,
+        max_spool_bytes=s.spool_max_bytes or None,
+    )
     await publisher.start()
     collector = collector_bootstrap(
         services.store, publisher, host=s.host, port=s.radius_acct_port, clock=services.clock
     )
-    await collector.start()
-    services.collector_counters = collector.accounting_server.counters.as_dict
-    log.info("RADIUS accounting on udp://%s:%d -> kafka %s", s.host, s.radius_acct_port, bootstrap)
     try:
-        # Drop counters are on /api/v1/collector/counters; /healthz checks the ledger.
+        await collector.start()
+        accounting = collector.accounting_server.counters
+        services.collector_counters = lambda: {
+            **accounting.as_dict(),
+            **publisher.counters_dict(),
+        }
+        log.info(
+            "RADIUS accounting on udp://%s:%d -> kafka %s (spool %s)",
+            s.host,
+            s.radius_acct_port,
+            bootstrap,
+            s.spool_dir,
+        )
+        # Drop and spool counters are on /api/v1/collector/counters; /healthz checks the ledger.
         async with serve_http(services.collector_app(), s.host, s.http_port):
             await _until_signalled()
     finally:

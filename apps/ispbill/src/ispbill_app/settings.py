@@ -26,6 +26,12 @@ class Settings:
     kafka: str = field(default_factory=lambda: env("KAFKA", ""))
     #: partitions of the accounting topic when ispbill creates it (rating's parallelism)
     kafka_partitions: int = field(default_factory=lambda: int(env("KAFKA_PARTITIONS", "3")))
+    #: seconds the collector waits for Kafka to acknowledge a batch before spooling it to disk
+    publish_timeout: float = field(default_factory=lambda: float(env("PUBLISH_TIMEOUT", "2")))
+    #: where the collector spools batches while Kafka is unreachable; "" is <data_dir>/spool
+    spool_dir_setting: str = field(default_factory=lambda: env("SPOOL_DIR", ""))
+    #: refuse (do not acknowledge) batches once the spool holds this many bytes; 0: no limit
+    spool_max_bytes: int = field(default_factory=lambda: int(env("SPOOL_MAX_BYTES", "0")))
     smtp_host: str = field(default_factory=lambda: env("SMTP_HOST", ""))
     smtp_port: int = field(default_factory=lambda: int(env("SMTP_PORT", "25")))
     smtp_username: str = field(default_factory=lambda: env("SMTP_USERNAME", ""))
@@ -49,3 +55,7 @@ class Settings:
     @property
     def ledger_path(self) -> Path:
         return self.data_dir / "ledger.db"
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.spool_dir_setting) if self.spool_dir_setting else self.data_dir / "spool"
