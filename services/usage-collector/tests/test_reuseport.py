@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import sys
 import uuid
@@ -236,3 +237,27 @@ async def test_two_workers_publish_to_kafka(tmp_path, requests, kafka_broker) ->
     finally:
         await consumer.stop()
     assert sorted(sessions) == sorted(f"{prefix}-{n}" for n in range(CLIENTS))
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(tmp_path, requests) -> None:
+    ledger = tmp_path / "ledger.db"
+    await register_nas(ledger, requests.secret)
+    async with collector(ledger, "--workers", "2") as running:
+        running.process.kill()  # SIGKILL: the supervisor cannot tell its workers
+        await running.process.wait()
+        for _ in range(int(STOP_TIMEOUT / 0.2)):
+            if port_is_free(running.port):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the workers outlived their supervisor")
+
+
+def port_is_free(port: int) -> bool:
+    """True once nothing is bound to the UDP port any more (a plain bind succeeds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

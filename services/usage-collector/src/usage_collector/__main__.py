@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import multiprocessing
@@ -35,6 +36,7 @@ READY = "READY"
 WORKER_START_TIMEOUT = 120.0
 #: A stopping worker waits up to 5 s for the batch in flight, then closes its connections.
 WORKER_STOP_TIMEOUT = 30.0
+SUPERVISOR_CHECK_INTERVAL = 1.0
 
 
 async def open_ledger(ledger: str) -> EventStore:
@@ -76,12 +78,19 @@ async def serve(
     worker: int = 0,
     reuse_port: bool = False,
     on_bound: Callable[[tuple[str, int]], None],
+    parent_sentinel: int | None = None,
 ) -> dict[str, int]:
-    """Run one collector until SIGTERM or SIGINT; return its final counters."""
+    """Run one collector until SIGTERM or SIGINT (or its supervisor's end); return its counters."""
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
+    supervisor = None
+    if parent_sentinel is not None:
+        # A supervisor killed outright must not leave its workers holding the port: its end
+        # of the sentinel pipe closes, and (should that be missed) the parent pid changes.
+        loop.add_reader(parent_sentinel, stopped.set)
+        supervisor = os.getppid()
     setup_tracing_if_exported()
     store = await open_ledger(args.ledger)
     try:
@@ -94,11 +103,7 @@ async def serve(
             counters = collector.accounting_server.counters
             try:
                 on_bound(collector.accounting_server.address)
-                while not stopped.is_set():
-                    try:
-                        await asyncio.wait_for(stopped.wait(), args.stats_interval)
-                    except TimeoutError:
-                        log.info("counters %s", counters.as_dict())
+                await _until_stopped(stopped, args.stats_interval, counters.as_dict, supervisor)
             finally:
                 await collector.stop()
                 log.info("final counters %s", counters.as_dict())
@@ -107,6 +112,28 @@ async def serve(
     finally:
         await store.close()
     return counters.as_dict()
+
+
+async def _until_stopped(
+    stopped: asyncio.Event,
+    stats_interval: float,
+    counters: Callable[[], dict[str, int]],
+    supervisor: int | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    next_stats = loop.time() + stats_interval
+    while not stopped.is_set():
+        timeout = max(0.0, next_stats - loop.time())
+        if supervisor is not None:
+            timeout = min(timeout, SUPERVISOR_CHECK_INTERVAL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), timeout)
+        if supervisor is not None and os.getppid() != supervisor:
+            log.warning("the supervisor is gone; stopping")
+            return
+        if loop.time() >= next_stats:
+            log.info("counters %s", counters())
+            next_stats = loop.time() + stats_interval
 
 
 def _log_format(worker: int | None) -> str:
@@ -129,10 +156,18 @@ def run_single(args: argparse.Namespace) -> int:
 def _worker_main(args: argparse.Namespace, worker: int, conn: Connection) -> None:
     """A worker process: its own ledger and bus connections, the shared port via SO_REUSEPORT."""
     logging.basicConfig(level=logging.INFO, format=_log_format(worker))
+    parent = multiprocessing.parent_process()
     counters = asyncio.run(
-        serve(args, worker=worker, reuse_port=True, on_bound=lambda a: conn.send(("bound", a)))
+        serve(
+            args,
+            worker=worker,
+            reuse_port=True,
+            on_bound=lambda address: conn.send(("bound", address)),
+            parent_sentinel=None if parent is None else parent.sentinel,
+        )
     )
-    conn.send(("counters", counters))
+    with contextlib.suppress(OSError):  # no supervisor left to tell
+        conn.send(("counters", counters))
     conn.close()
 
 
