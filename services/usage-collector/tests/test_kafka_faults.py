@@ -45,12 +45,13 @@ from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
 from ispbill_core.clock import SystemClock
 from ispbill_core.contracts.accounts import NasRegistered, nas_stream
 from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
-from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from tests.fixtures.kafka import TansuBroker, TansuNotFound
 from tests.fixtures.smtp import free_port
 from usage_collector.adapters.spool import RenewablePublisher, SpoolingPublisher
+from usage_collector.adapters.spool import main as spool_main
 from usage_collector.bootstrap import UsageCollector, bootstrap
 
 pytestmark = pytest.mark.integration
@@ -633,7 +634,11 @@ async def test_a_collector_killed_during_a_burst_gives_one_record_per_packet(
             await collector_process.start()
             if broker_state == "paused":
                 # The new collector acks retransmissions from the spool while the broker hangs.
-                await eventually(lambda: nas.acked > acked_at_kill + 100, what="acks after")
+                await eventually(
+                    lambda: collector_process.counters()["spooled_records"] >= 100,
+                    what="the restarted collector to spool",
+                    every=0.1,
+                )
         finally:
             if broker_state == "paused":
                 broker.resume()
@@ -663,3 +668,58 @@ async def test_a_collector_killed_during_a_burst_gives_one_record_per_packet(
             "seconds": round(time.monotonic() - started, 1),
         },
     )
+
+
+# -- by hand ------------------------------------------------------------------------------------
+
+
+def test_a_spool_left_behind_is_drained_by_hand(
+    tmp_path: Path, broker: TansuBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runbook's `python -m usage_collector.adapters.spool drain`: a spool written while no
+    broker answered (nothing listens on the port) goes to a broker that has never seen the
+    topic, in order."""
+    topic = "test.spool.by-hand"
+    run_id = uuid.uuid4().hex[:8]
+    messages = [
+        (
+            f"nas-1/{run_id}-{n % 5}",
+            NewEvent(
+                id=deterministic_id("by-hand", run_id, str(n)),
+                type="SpooledByHand",
+                version=1,
+                data={"acct_session_id": f"{run_id}-{n % 5}", "n": n},
+                metadata=EventMetadata(occurred_at=datetime(2026, 1, 1, tzinfo=UTC)),
+            ),
+        )
+        for n in range(300)
+    ]
+
+    async def spool_while_no_broker() -> None:
+        nowhere = KafkaPublisher(f"127.0.0.1:{free_port()}", delivery_timeout=1)
+        spool = SpoolingPublisher(nowhere, tmp_path, publish_timeout=0.5, retry_initial=60)
+        await spool.start()
+        try:
+            for first in range(0, len(messages), 50):
+                await spool.publish(topic, messages[first : first + 50])
+            assert spool.pending_records == len(messages)
+        finally:
+            await spool.stop()
+
+    asyncio.run(spool_while_no_broker())
+    assert spool_main(["status", str(tmp_path)]) == 0
+    assert '"undrained_records": 300' in capsys.readouterr().out
+
+    assert spool_main(["drain", str(tmp_path), "--kafka", broker.bootstrap, "--timeout", "30"]) == 0
+    assert spool_segments(tmp_path) == []
+
+    async def consume() -> list[uuid.UUID]:
+        async with TopicReader(broker.bootstrap, topic) as reader:
+            await eventually(lambda: len(reader.ids(run_id)) >= len(messages))
+            return [r.event.id for r in reader.records]
+
+    consumed = asyncio.run(consume())
+    assert sorted(consumed) == sorted(e.id for _, e in messages)
+    for session in range(5):
+        sent = [e.id for k, e in messages if k.endswith(f"-{session}")]
+        assert [i for i in consumed if i in set(sent)] == sent

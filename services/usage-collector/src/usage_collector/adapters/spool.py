@@ -930,9 +930,8 @@ def spool_status(directory: Path) -> dict[str, Any]:
     }
 
 
-def _dump(directory: Path, out: IO[str]) -> int:
+def _undrained(directory: Path) -> Iterator[tuple[int, SpooledBatch]]:
     offset = _read_offset(directory) or (0, 0)
-    count = 0
     for seq in _list_segments(directory):
         if seq < offset[0]:
             continue
@@ -940,17 +939,32 @@ def _dump(directory: Path, out: IO[str]) -> int:
         start = offset[1] if seq == offset[0] else 0
         for item in scan_segment(data, min(start, len(data))):
             if isinstance(item, SpooledBatch):
-                for key, value in item.records:
-                    line = {"segment": seq, "offset": item.start, "topic": item.topic, "key": key}
-                    out.write(json.dumps({**line, "event": json.loads(value)}) + "\n")
-                    count += 1
+                yield seq, item
+
+
+def _dump(directory: Path, out: IO[str]) -> int:
+    count = 0
+    for seq, batch in _undrained(directory):
+        for key, value in batch.records:
+            line = {"segment": seq, "offset": batch.start, "topic": batch.topic, "key": key}
+            out.write(json.dumps({**line, "event": json.loads(value)}) + "\n")
+            count += 1
     return count
 
 
-async def _drain_by_hand(directory: Path, bootstrap: str, timeout: float) -> dict[str, int]:
-    from ispbill_core.bus.kafka import KafkaPublisher
+async def _drain_by_hand(
+    directory: Path, bootstrap: str, timeout: float, partitions: int
+) -> dict[str, int]:
+    from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
 
-    kafka = RenewablePublisher(lambda: KafkaPublisher(bootstrap, client_id="ispbill-spool-drain"))
+    topics = sorted({batch.topic for _, batch in _undrained(directory)})
+
+    async def create_topics() -> None:
+        await ensure_topics(bootstrap, topics, partitions, request_timeout=10)
+
+    kafka = RenewablePublisher(
+        lambda: KafkaPublisher(bootstrap, client_id="ispbill-spool-drain"), prepare=create_topics
+    )
     spool = SpoolingPublisher(kafka, directory, recover=kafka.renew)
     await spool.start()
     try:
@@ -976,6 +990,9 @@ def main(argv: list[str] | None = None) -> int:
     drain.add_argument("directory", type=Path)
     drain.add_argument("--kafka", required=True, help="bootstrap servers, host:port")
     drain.add_argument("--timeout", type=float, default=600.0, help="give up after (seconds)")
+    drain.add_argument(
+        "--partitions", type=int, default=3, help="partitions of a topic that must be created"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "status":
@@ -984,7 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
         _dump(args.directory, sys.stdout)
     else:
         try:
-            counters = asyncio.run(_drain_by_hand(args.directory, args.kafka, args.timeout))
+            counters = asyncio.run(
+                _drain_by_hand(args.directory, args.kafka, args.timeout, args.partitions)
+            )
         except SpoolLocked as exc:
             print(f"spool: {exc}; stop the collector first", file=sys.stderr)
             return 2
