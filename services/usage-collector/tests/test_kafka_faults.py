@@ -383,9 +383,11 @@ async def collector_in_process(
         await ensure_topics(broker.bootstrap, [ACCOUNTING_TOPIC], 3, request_timeout=3)
 
     kafka = RenewablePublisher(
-        lambda: KafkaPublisher(broker.bootstrap, client_id="test-collector", delivery_timeout=5),
+        lambda: KafkaPublisher(
+            broker.bootstrap, client_id="test-collector", delivery_timeout=publish_timeout
+        ),
         prepare=create_topics,
-        start_timeout=3,
+        start_timeout=5,
     )
     spool = SpoolingPublisher(
         kafka,
@@ -673,6 +675,17 @@ async def test_a_collector_killed_during_a_burst_gives_one_record_per_packet(
 # -- by hand ------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The tool's main() sets up logging like a command does; undo it after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 def test_a_spool_left_behind_is_drained_by_hand(
     tmp_path: Path, broker: TansuBroker, capsys: pytest.CaptureFixture[str]
 ) -> None:

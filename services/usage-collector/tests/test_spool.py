@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -424,6 +425,17 @@ async def test_the_drain_resumes_at_its_offset_after_a_kill(tmp_path: Path) -> N
     )
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """main() sets up logging like a command does; undo it after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 async def test_status_and_dump_read_a_spool(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -382,22 +382,25 @@ async def _serve_collector(services: Services) -> None:
     s = services.settings
     bootstrap = _require_kafka(s)
 
+    topic_timeout = max(s.publish_timeout, 5.0)
+
     async def create_topics() -> None:
         await ensure_topics(
             bootstrap,
             [ACCOUNTING_TOPIC],
             partitions=s.kafka_partitions,
-            request_timeout=max(s.publish_timeout, 5.0),
+            request_timeout=topic_timeout,
         )
 
     # A new producer (and the topic again) after failures: a broker that lost its state
-    # answers an idempotent producer with UnknownProducerId for good.
+    # answers an idempotent producer with UnknownProducerId for good. The adapters' own
+    # timeouts (delivery_timeout also bounds the producer's start) come before the outer ones.
     kafka = RenewablePublisher(
         lambda: KafkaPublisher(
-            bootstrap, client_id="ispbill-collector", delivery_timeout=max(s.publish_timeout, 5.0)
+            bootstrap, client_id="ispbill-collector", delivery_timeout=s.publish_timeout
         ),
         prepare=create_topics,
-        start_timeout=max(s.publish_timeout, 5.0),
+        start_timeout=topic_timeout + 5.0,
     )
     # Kafka unreachable or slow: batches go to a local spool (fsynced) and are acknowledged;
     # the spool drains in order when Kafka is back (docs/adr/0010-collector-spool.md).

@@ -372,6 +372,7 @@ class SpoolingPublisher(Publisher):
         retry_max: float = 5.0,
         max_spool_bytes: int | None = None,
         stop_timeout: float = 10.0,
+        recover_timeout: float = 30.0,
     ) -> None:
         self.inner = inner
         self.directory = Path(directory)
@@ -384,6 +385,9 @@ class SpoolingPublisher(Publisher):
         self._retry_max = retry_max
         self._max_spool_bytes = max_spool_bytes
         self._stop_timeout = stop_timeout
+        #: a safety net for `inner.start()` and `recover`; the adapters have their own timeouts
+        #: (interrupting one half way can leave a client behind), and should use them first
+        self._recover_timeout = recover_timeout
         self._active = False
         #: segment -> end of its valid frames (for the segment being written: its durable end)
         self._segments: dict[int, int] = {}
@@ -426,7 +430,7 @@ class SpoolingPublisher(Publisher):
         self._stopping = False
         self._flusher = asyncio.create_task(self._flush_loop(), name="spool-flusher")
         try:
-            async with asyncio.timeout(self._publish_timeout * 2):
+            async with asyncio.timeout(self._recover_timeout):
                 await self.inner.start()
         except asyncio.CancelledError:
             raise
@@ -678,7 +682,7 @@ class SpoolingPublisher(Publisher):
 
     async def _try_recover(self) -> None:
         try:
-            async with asyncio.timeout(self._publish_timeout * 5):
+            async with asyncio.timeout(self._recover_timeout):
                 await self._recover()
         except asyncio.CancelledError:
             raise
