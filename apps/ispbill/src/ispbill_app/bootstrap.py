@@ -374,10 +374,12 @@ def _require_kafka(settings: Settings) -> str:
 
 
 async def _serve_collector(services: Services) -> None:
+    from ispbill_app.collector_runtime import ConfiguredPollers
     from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
-    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC
     from usage_collector.adapters.spool import RenewablePublisher, SpoolingPublisher
     from usage_collector.bootstrap import bootstrap as collector_bootstrap
+    from usage_collector.entrypoints.http import collector_import_router
 
     s = services.settings
     bootstrap = _require_kafka(s)
@@ -387,7 +389,7 @@ async def _serve_collector(services: Services) -> None:
     async def create_topics() -> None:
         await ensure_topics(
             bootstrap,
-            [ACCOUNTING_TOPIC],
+            [ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC],
             partitions=s.kafka_partitions,
             request_timeout=topic_timeout,
         )
@@ -411,6 +413,8 @@ async def _serve_collector(services: Services) -> None:
         recover=kafka.renew,
         max_spool_bytes=s.spool_max_bytes or None,
     )
+    # Router counters share the bus and its spool with the accounting records.
+    pollers = ConfiguredPollers(s.pollers, publisher, services.clock)
     await publisher.start()
     collector = collector_bootstrap(
         services.store, publisher, host=s.host, port=s.radius_acct_port, clock=services.clock
@@ -422,6 +426,11 @@ async def _serve_collector(services: Services) -> None:
             **accounting.as_dict(),
             **publisher.counters_dict(),
         }
+        services.poller_counters = pollers.counters
+        # `ispbill import radius-detail --server http://<collector>` lands here.
+        services.collector_imports = collector_import_router(
+            collector.nas_registry, publisher, services.clock, store=services.store
+        )
         log.info(
             "RADIUS accounting on udp://%s:%d -> kafka %s (spool %s)",
             s.host,
@@ -430,7 +439,10 @@ async def _serve_collector(services: Services) -> None:
             s.spool_dir,
         )
         # Drop and spool counters are on /api/v1/collector/counters; /healthz checks the ledger.
-        async with serve_http(services.collector_app(), s.host, s.http_port):
+        async with (
+            background(pollers.run),
+            serve_http(services.collector_app(), s.host, s.http_port),
+        ):
             await _until_signalled()
     finally:
         await collector.stop()
