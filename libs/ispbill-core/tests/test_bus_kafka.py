@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import uuid
 from datetime import UTC, datetime
 
@@ -137,6 +139,29 @@ async def test_publish_to_an_unresponsive_broker_raises_bus_unavailable(
             kafka_broker.resume()
     finally:
         await publisher.stop()
+
+
+async def test_a_start_cancelled_against_a_hung_broker_leaves_no_client_behind(
+    kafka_broker: TansuBroker,
+) -> None:
+    reported: list[object] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context.get("message")))
+    try:
+        publisher = KafkaPublisher(kafka_broker.bootstrap, delivery_timeout=30)
+        kafka_broker.pause()
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(publisher.start(), 1.0)  # a caller's own timeout
+        finally:
+            kafka_broker.resume()
+        del publisher
+        gc.collect()
+        await asyncio.sleep(0.1)
+    finally:
+        loop.set_exception_handler(None)
+    # aiokafka reports a producer that was never stopped when it is collected.
+    assert not [m for m in reported if "Unclosed AIOKafkaProducer" in str(m)], reported
 
 
 async def test_standalone_broker_restarts_on_its_port_with_empty_storage() -> None:

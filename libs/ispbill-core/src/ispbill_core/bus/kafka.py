@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -66,9 +67,14 @@ class KafkaPublisher(Publisher):
         )
         try:
             await asyncio.wait_for(producer.start(), self._delivery_timeout)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            await producer.stop()
-            raise BusUnavailable(f"cannot start the Kafka producer: {exc!r}") from None
+        except BaseException as exc:
+            # Cancelled too (a caller's own timeout): a half-started producer keeps a
+            # connection and a sender task alive unless it is stopped here.
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            if isinstance(exc, KafkaError | OSError | TimeoutError):
+                raise BusUnavailable(f"cannot start the Kafka producer: {exc!r}") from None
+            raise
         self._producer = producer
 
     async def stop(self) -> None:
@@ -95,7 +101,11 @@ class KafkaPublisher(Publisher):
                     key=key.encode(),
                     headers=_headers(event),
                 )
-                deliveries.append(await asyncio.wait_for(send, deadline - loop.time()))
+                delivery = await asyncio.wait_for(send, deadline - loop.time())
+                # Once this call has failed, nobody awaits the other deliveries of the batch;
+                # retrieve their errors so asyncio does not log "never retrieved" for each.
+                delivery.add_done_callback(_retrieve_exception)
+                deliveries.append(delivery)
         except (KafkaError, TimeoutError) as exc:
             raise BusUnavailable(f"cannot send to {topic!r}: {exc!r}") from None
         # asyncio.wait, not gather: a timeout must not cancel aiokafka's own futures.
@@ -109,6 +119,11 @@ class KafkaPublisher(Publisher):
             error = delivery.exception()
             if error is not None:
                 raise BusUnavailable(f"delivery to {topic!r} failed: {error!r}") from None
+
+
+def _retrieve_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def ensure_topics(
