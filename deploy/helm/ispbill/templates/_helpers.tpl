@@ -70,12 +70,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The environment every container gets: the ConfigMap, then credentials from the Secret. */}}
+{{/*
+The environment every container gets: the ConfigMap, credentials from the Secret, the
+component's own settings, then extraEnv. (dict "root" $ "env" (list ...))
+*/}}
 {{- define "ispbill.env" -}}
+{{- $root := .root -}}
 envFrom:
   - configMapRef:
-      name: {{ include "ispbill.fullname" . }}
+      name: {{ include "ispbill.fullname" $root }}
 env:
+  {{- with $root }}
   {{- if include "ispbill.allInOne" . }}
   - name: ISPBILL_LEDGER
     value: sqlite
@@ -98,7 +103,11 @@ env:
         name: {{ include "ispbill.secretName" . }}
         key: {{ .Values.secrets.keys.smtpPassword }}
         optional: true
-  {{- with .Values.extraEnv }}
+  {{- end }}
+  {{- with .env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+  {{- with $root.Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end }}
@@ -106,7 +115,9 @@ env:
 {{/*
 The pod template of one component.
 (dict "root" $ "component" "api" "values" .Values.api "args" (list "serve" "api")
-      "ports" (list ...) "probes" (dict ...) "dataVolume" (dict ...))
+      "ports" (list ...) "probes" "..." "dataClaim" "claim name or empty"
+      "env" (list ...) "annotations" (dict ...) "volumeMounts" (list ...) "volumes" (list ...))
+env, annotations, volumeMounts and volumes are optional, the component's own additions.
 */}}
 {{- define "ispbill.podTemplate" -}}
 {{- $root := .root -}}
@@ -120,6 +131,9 @@ metadata:
   annotations:
     checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
     checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+    {{- with .annotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
     {{- with $root.Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -142,7 +156,7 @@ spec:
       imagePullPolicy: {{ $root.Values.image.pullPolicy }}
       args:
         {{- toYaml .args | nindent 8 }}
-      {{- include "ispbill.env" $root | nindent 6 }}
+      {{- include "ispbill.env" (dict "root" $root "env" .env) | nindent 6 }}
       {{- with .ports }}
       ports:
         {{- toYaml . | nindent 8 }}
@@ -159,6 +173,9 @@ spec:
           mountPath: /tmp
         - name: data
           mountPath: {{ $root.Values.dataDir }}
+        {{- with .volumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir:
@@ -171,6 +188,9 @@ spec:
     - name: data
       emptyDir:
         sizeLimit: {{ $root.Values.tmpSizeLimit }}
+    {{- end }}
+    {{- with .volumes }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- with $v.nodeSelector }}
   nodeSelector:
@@ -225,4 +245,98 @@ livenessProbe:
   periodSeconds: 20
   timeoutSeconds: 3
   failureThreshold: 3
+{{- end }}
+
+{{/* The kind of a component's workload: the collector keeps its spool in a StatefulSet. */}}
+{{- define "ispbill.workloadKind" -}}
+{{- if eq . "collector" }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
+Bytes in a Kubernetes quantity ("1Gi", "500Mi", "2G") or a plain number of bytes, as an
+integer string. Decimal (k, M, G, T, P) and binary (Ki ... Pi) suffixes.
+*/}}
+{{- define "ispbill.quantityBytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}
+{{- printf "%d" (int64 .) }}
+{{- else }}
+{{- $q := trim (toString .) }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$" $q) }}
+{{- fail (printf "%q is not a size: give bytes or a quantity such as 1Gi, 500Mi or 2G" $q) }}
+{{- end }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000
+      "P" 1000000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776
+      "Pi" 1125899906842624 }}
+{{- printf "%d" (int64 (floor (mulf $number (index $units (trimPrefix $number $q))))) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the collector's spool lives in its pod (ISPBILL_SPOOL_DIR). */}}
+{{- define "ispbill.collector.spoolDir" -}}
+{{- printf "%s/spool" (trimSuffix "/" .Values.dataDir) }}
+{{- end }}
+
+{{/*
+ISPBILL_SPOOL_MAX_BYTES: collector.spool.maxBytes, or with "auto" 80 % of the spool volume
+(the filesystem's own metadata and reserved blocks take part of a volume; an emptyDir past its
+sizeLimit gets the pod evicted).
+*/}}
+{{- define "ispbill.collector.spoolMaxBytes" -}}
+{{- $spool := .Values.collector.spool }}
+{{- if eq (toString $spool.maxBytes) "auto" }}
+{{- $size := include "ispbill.quantityBytes" $spool.persistence.size }}
+{{- printf "%d" (int64 (floor (mulf $size 0.8))) }}
+{{- else }}
+{{- include "ispbill.quantityBytes" $spool.maxBytes }}
+{{- end }}
+{{- end }}
+
+{{/* Router pollers (ISPBILL_POLLERS): the file's directory, name and ConfigMap. */}}
+{{- define "ispbill.pollers.dir" -}}/etc/ispbill/pollers{{- end }}
+{{- define "ispbill.pollers.file" -}}pollers.toml{{- end }}
+{{- define "ispbill.pollers.configMapName" -}}
+{{- printf "%s-pollers" (include "ispbill.fullname" .) }}
+{{- end }}
+
+{{- define "ispbill.pollers.enabled" -}}
+{{- $p := .Values.collector.pollers }}
+{{- if $p.config }}true
+{{- else if $p.existingSecret }}
+{{- fail "collector.pollers.existingSecret holds the pollers' secrets: set collector.pollers.config too" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The podTemplate pieces of the pollers, as YAML of a dict: env, volumeMounts, volumes,
+annotations. The ConfigMap's pollers.toml and the keys of collector.pollers.existingSecret
+are projected into one directory, so `password_file = "bras-1"` (relative to the config) works.
+*/}}
+{{- define "ispbill.pollers.pod" -}}
+{{- if include "ispbill.pollers.enabled" . }}
+{{- $p := .Values.collector.pollers }}
+{{- $sources := list (dict "configMap" (dict "name" (include "ispbill.pollers.configMapName" .))) }}
+{{- with $p.existingSecret }}
+{{- $sources = append $sources (dict "secret" (dict "name" .)) }}
+{{- end }}
+env:
+  - name: ISPBILL_POLLERS
+    value: {{ printf "%s/%s" (include "ispbill.pollers.dir" .) (include "ispbill.pollers.file" .) | quote }}
+volumeMounts:
+  - name: pollers
+    mountPath: {{ include "ispbill.pollers.dir" . }}
+    readOnly: true
+volumes:
+  - name: pollers
+    projected:
+      sources:
+        {{- toYaml $sources | nindent 8 }}
+annotations:
+  checksum/pollers: {{ $p.config | sha256sum }}
+{{- else }}
+env: []
+volumeMounts: []
+volumes: []
+annotations: {}
+{{- end }}
 {{- end }}
