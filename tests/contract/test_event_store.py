@@ -78,6 +78,8 @@ class EventStoreContract:
 
     #: EventStoreDB/KurrentDB only knows ids per stream; see the adapter's docstring.
     detects_id_reuse_across_streams = True
+    #: SQLite and PostgreSQL append several streams in one transaction.
+    append_many_is_atomic = True
 
     @pytest.fixture
     def store_factory(self) -> StoreFactory:
@@ -327,6 +329,32 @@ class EventStoreContract:
             await stop(task)
         assert [r.data["n"] for r in seen] == [1, 2]
 
+    async def test_append_many_writes_every_stream_and_a_retry_is_a_no_op(
+        self, store: EventStore
+    ) -> None:
+        first, second = self.stream("nas"), self.stream("nas")
+        batches = [
+            (first, [event(n=1), event(n=2)], NO_STREAM),
+            (second, [event(n=3)], ANY),
+        ]
+        assert await store.append_many(batches) == [1, 0]
+        assert await store.append_many(batches) == [1, 0]
+        assert [r.data["n"] for r in await store.read_stream(first)] == [1, 2]
+        assert [r.data["n"] for r in await store.read_stream(second)] == [3]
+
+    async def test_append_many_is_all_or_nothing(self, store: EventStore) -> None:
+        if not self.append_many_is_atomic:
+            pytest.skip("this adapter appends stream by stream (no multi-stream transaction)")
+        existing = self.stream("nas")
+        await store.append(existing, [event(n=0)], NO_STREAM)
+        fresh = self.stream("nas")
+        with pytest.raises(WrongExpectedVersion):
+            await store.append_many(
+                [(fresh, [event(n=1)], NO_STREAM), (existing, [event(n=2)], NO_STREAM)]
+            )
+        assert await store.read_stream(fresh) == []
+        assert [r.data["n"] for r in await store.read_stream(existing)] == [0]
+
     async def test_head_position_is_the_last_global_position(self, store: EventStore) -> None:
         before = await store.head_position()
         assert before == await self._head(store)
@@ -535,6 +563,7 @@ class TestPostgresEventStore(EventStoreContract):
 
 @pytest.mark.integration
 class TestKurrentDBEventStore(EventStoreContract):
+    append_many_is_atomic = False
     detects_id_reuse_across_streams = False
 
     @pytest.fixture

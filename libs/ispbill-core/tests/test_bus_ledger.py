@@ -89,6 +89,11 @@ class _UnreachableStore(SQLiteEventStore):
     ) -> int:
         raise StoreUnavailable("connection refused")
 
+    async def append_many(
+        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+    ) -> list[int]:
+        raise StoreUnavailable("connection refused")
+
 
 async def test_an_unreachable_ledger_is_bus_unavailable(tmp_path: Path) -> None:
     store: EventStore = _UnreachableStore(tmp_path / "ledger.db")
@@ -96,6 +101,24 @@ async def test_an_unreachable_ledger_is_bus_unavailable(tmp_path: Path) -> None:
     with pytest.raises(BusUnavailable):
         await publisher.publish(ACCOUNTING_TOPIC, [(accounting_key("nas-1", "s"), _event(1))])
     await store.close()
+
+
+async def test_a_batch_from_many_nases_is_one_commit(store: SQLiteEventStore) -> None:
+    commits = 0
+    original = store._append_many_sync
+
+    def counting(batches):  # type: ignore[no-untyped-def]
+        nonlocal commits
+        commits += 1
+        return original(batches)
+
+    store._append_many_sync = counting  # type: ignore[method-assign]
+    nas = [f"nas-{n % 16}" for n in range(64)]
+    messages = [(accounting_key(nas[n], f"s{n}"), _event(n, nas[n])) for n in range(64)]
+    await LedgerPublisher(store, _stream_for).publish(ACCOUNTING_TOPIC, messages)
+    assert commits == 1
+    assert len({e.stream for e in await store.read_all()}) == 16
+    assert len(await store.read_all()) == 64
 
 
 async def test_an_empty_batch_is_a_no_op(store: SQLiteEventStore) -> None:

@@ -92,20 +92,22 @@ class KafkaPublisher(Publisher):
         deadline = loop.time() + self._delivery_timeout
         deliveries: list[asyncio.Future[Any]] = []
         try:
-            for key, event in messages:
-                # send() only waits for metadata and buffer space; it returns the delivery
-                # future, so the batch goes out together and is awaited below.
-                send = producer.send(
-                    topic,
-                    encode_message(event),
-                    key=key.encode(),
-                    headers=_headers(event),
-                )
-                delivery = await asyncio.wait_for(send, deadline - loop.time())
-                # Once this call has failed, nobody awaits the other deliveries of the batch;
-                # retrieve their errors so asyncio does not log "never retrieved" for each.
-                delivery.add_done_callback(_retrieve_exception)
-                deliveries.append(delivery)
+            # One deadline for the whole loop: a wait_for per message made a task per message
+            # (about 14 us of the collector's ~75 us per request on Kafka).
+            async with asyncio.timeout_at(deadline):
+                for key, event in messages:
+                    # send() only waits for metadata and buffer space; it returns the delivery
+                    # future, so the batch goes out together and is awaited below.
+                    delivery = await producer.send(
+                        topic,
+                        encode_message(event),
+                        key=key.encode(),
+                        headers=_headers(event),
+                    )
+                    # Once this call has failed, nobody awaits the batch's other deliveries;
+                    # retrieve their errors so asyncio does not log "never retrieved" for each.
+                    delivery.add_done_callback(_retrieve_exception)
+                    deliveries.append(delivery)
         except (KafkaError, TimeoutError) as exc:
             raise BusUnavailable(f"cannot send to {topic!r}: {exc!r}") from None
         # asyncio.wait, not gather: a timeout must not cancel aiokafka's own futures.

@@ -26,6 +26,18 @@ class LedgerPublisher(Publisher):
         for key, event in messages:
             # A retransmission can land in the same batch as its original: same id, once.
             by_stream.setdefault(self._stream_for(topic, key), {}).setdefault(event.id, event)
+        try:
+            # Every stream of the batch in one transaction where the store has them: one
+            # commit per batch however many NASes it came from.
+            await self._store.append_many(
+                [(stream, list(events.values()), ANY) for stream, events in by_stream.items()]
+            )
+            return
+        except EventIdConflict:
+            pass  # part of it was recorded before, grouped otherwise: stream by stream below
+        except EventStoreError as exc:
+            failed = f"ledger append of {len(by_stream)} streams failed: {exc}"
+            raise BusUnavailable(failed) from None
         for stream, events in by_stream.items():
             try:
                 await self._append(stream, list(events.values()))

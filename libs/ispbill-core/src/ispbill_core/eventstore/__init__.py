@@ -72,6 +72,19 @@ class EventStore(abc.ABC):
     ) -> int:
         """Append atomically; return the stream's version (position of its last event)."""
 
+    async def append_many(
+        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+    ) -> list[int]:
+        """Append to several streams; return each stream's version, in the order given.
+
+        Adapters with transactions (SQLite, PostgreSQL) make it one transaction: all or
+        nothing, one commit (one fsync) for the lot, which is what lets a collector batch from
+        many NASes cost one commit instead of one per NAS. Each stream's batch follows the
+        rules of `append` (expected version, idempotent when all its ids are recorded there).
+        This default appends one stream after another and is not atomic.
+        """
+        return [await self.append(stream, events, expected) for stream, events, expected in batches]
+
     @abc.abstractmethod
     async def read_stream(
         self, stream: str, *, from_position: int = 0, limit: int | None = None

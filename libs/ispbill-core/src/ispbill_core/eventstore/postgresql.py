@@ -290,6 +290,31 @@ class PostgresEventStore(EventStore, CheckpointStore):
             await self._signal.notify(head)
         return version
 
+    async def append_many(
+        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+    ) -> list[int]:
+        if any(not events for _, events, _ in batches):
+            raise ValueError("append needs at least one event")
+        if not batches:
+            return []
+        pool = self._require_pool()
+        versions: list[int] = []
+        head = 0
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Each _append_in is a savepoint inside this one transaction: one commit.
+                for stream, events, expected in batches:
+                    version, appended = await self._append_in(conn, stream, events, expected)
+                    versions.append(version)
+                    head = max(head, appended)
+        except (EventStoreError, ValueError):
+            raise
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, f"append to {len(batches)} streams") from exc
+        if head:
+            await self._signal.notify(head)
+        return versions
+
     async def _append_in(
         self,
         conn: _AnyConnection,

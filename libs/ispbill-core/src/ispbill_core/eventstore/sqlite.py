@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
 from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
 from ispbill_core.eventstore import (
     AppendSignal,
@@ -92,57 +94,99 @@ class SQLiteEventStore(EventStore, CheckpointStore):
             await self._signal.notify(head)
         return version
 
+    async def append_many(
+        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+    ) -> list[int]:
+        if any(not events for _, events, _ in batches):
+            raise ValueError("append needs at least one event")
+        if not batches:
+            return []
+        versions, head = await asyncio.to_thread(self._append_many_sync, batches)
+        if head:
+            await self._signal.notify(head)
+        return versions
+
     def _append_sync(
         self, stream: str, events: Sequence[NewEvent], expected: ExpectedVersion
     ) -> tuple[int, int]:
+        versions, head = self._append_many_sync([(stream, events, expected)])
+        return versions[0], head
+
+    def _append_many_sync(
+        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+    ) -> tuple[list[int], int]:
+        """One transaction (one fsync) for every stream's batch: all of them or none."""
         now = datetime.now(UTC)
-        ids = [str(e.id) for e in events]
         with self._write_lock:
             conn = self._writer
+            stream = batches[0][0]
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    recorded = self._recorded_ids(conn, ids)
-                    if recorded:
-                        if len(recorded) == len(ids) and set(recorded.values()) == {stream}:
-                            conn.execute("ROLLBACK")
-                            return self._version(conn, stream) or 0, 0
-                        raise EventIdConflict(
-                            f"stream {stream!r}: ids {sorted(recorded)} already recorded elsewhere"
-                            " or in a different batch"
+                    versions: list[int] = []
+                    head = 0
+                    for stream, events, expected in batches:
+                        version, appended_head = self._append_rows(
+                            conn, stream, events, expected, now
                         )
-                    current = self._version(conn, stream)
-                    check_expected(stream, expected, current)
-                    position = -1 if current is None else current
-                    rows = []
-                    for event in events:
-                        position += 1
-                        metadata = event.metadata.model_copy(update={"recorded_at": now})
-                        rows.append(
-                            (
-                                str(event.id),
-                                stream,
-                                position,
-                                event.type,
-                                event.version,
-                                json.dumps(event.data, separators=(",", ":")),
-                                metadata.model_dump_json(),
-                            )
-                        )
-                    conn.executemany(
-                        "INSERT INTO events (id, stream, stream_position, type, version, data,"
-                        " metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    head = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                    conn.execute("COMMIT")
-                    return position, head
+                        versions.append(version)
+                        head = max(head, appended_head)
+                    if head:
+                        conn.execute("COMMIT")
+                    else:
+                        conn.execute("ROLLBACK")  # every batch was a retry: nothing to write
+                    return versions, head
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise EventStoreError(f"sqlite append to {stream!r} failed: {exc}") from exc
+
+    def _append_rows(
+        self,
+        conn: sqlite3.Connection,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected: ExpectedVersion,
+        now: datetime,
+    ) -> tuple[int, int]:
+        """Inside an open transaction: (the stream's version, the last global position written,
+        0 when the batch was recorded before)."""
+        ids = [str(e.id) for e in events]
+        recorded = self._recorded_ids(conn, ids)
+        if recorded:
+            if len(recorded) == len(set(ids)) and set(recorded.values()) == {stream}:
+                return self._version(conn, stream) or 0, 0
+            raise EventIdConflict(
+                f"stream {stream!r}: ids {sorted(recorded)} already recorded elsewhere"
+                " or in a different batch"
+            )
+        current = self._version(conn, stream)
+        check_expected(stream, expected, current)
+        position = -1 if current is None else current
+        rows = []
+        for event in events:
+            position += 1
+            metadata = event.metadata.model_copy(update={"recorded_at": now})
+            rows.append(
+                (
+                    str(event.id),
+                    stream,
+                    position,
+                    event.type,
+                    event.version,
+                    to_json(event.data).decode(),
+                    metadata.model_dump_json(),
+                )
+            )
+        conn.executemany(
+            "INSERT INTO events (id, stream, stream_position, type, version, data,"
+            " metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        head: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return position, head
 
     @staticmethod
     def _recorded_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
