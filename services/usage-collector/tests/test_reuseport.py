@@ -202,9 +202,6 @@ async def test_a_worker_that_cannot_start_stops_the_collector_with_an_error(tmp_
 
 
 async def test_two_workers_publish_to_kafka(tmp_path, requests, kafka_broker) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from ispbill_core.bus.kafka_compat import install_kafka_compat
 
     ledger = tmp_path / "ledger.db"
     await register_nas(ledger, requests.secret)
@@ -215,9 +212,21 @@ async def test_two_workers_publish_to_kafka(tmp_path, requests, kafka_broker) ->
         assert all(is_reply_to(q, r, requests.secret) for q, r in zip(sent, replies, strict=True))
         assert await stop(running) == 0
     assert stored_sessions(ledger) == []  # records went to Kafka, not to the ledger
+    sessions = await sessions_on_kafka(kafka_broker.bootstrap, prefix, CLIENTS)
+    assert sorted(sessions) == sorted(f"{prefix}-{n}" for n in range(CLIENTS))
+
+
+async def sessions_on_kafka(bootstrap: str, prefix: str, expected: int) -> list[str]:
+    """The Acct-Session-Ids starting with prefix on the accounting topic, read from the start
+    until `expected` of them arrived (60 s at most)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from ispbill_core.bus.kafka_compat import install_kafka_compat
+
     install_kafka_compat()
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
+    sessions: list[str] = []
     try:
         partitions = [
             TopicPartition(ACCOUNTING_TOPIC, p)
@@ -225,18 +234,41 @@ async def test_two_workers_publish_to_kafka(tmp_path, requests, kafka_broker) ->
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        sessions: list[str] = []
         async with asyncio.timeout(60):
-            while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-                for messages in (await consumer.getmany(timeout_ms=1000)).values():
+            while len(set(sessions)) < expected:
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
                     for message in messages:
                         session = json.loads(message.value)["data"]["acct_session_id"]
                         if session.startswith(f"{prefix}-"):
                             sessions.append(session)
     finally:
         await consumer.stop()
-    assert sorted(sessions) == sorted(f"{prefix}-{n}" for n in range(CLIENTS))
+    return sessions
+
+
+async def test_workers_spool_while_kafka_hangs_and_drain_when_it_returns(
+    tmp_path, requests, kafka_broker
+) -> None:
+    ledger = tmp_path / "ledger.db"
+    spool = tmp_path / "spool"
+    await register_nas(ledger, requests.secret)
+    prefix = uuid.uuid4().hex[:8]
+    sent = [requests.start(Acct_Session_Id=f"{prefix}-{n}") for n in range(CLIENTS)]
+    options = ["--workers", "2", "--kafka", kafka_broker.bootstrap, "--spool-dir", str(spool)]
+    async with collector(ledger, *options, "--publish-timeout", "0.5") as running:
+        kafka_broker.pause()
+        try:
+            replies = await exchange_from_many_sockets(running.port, sent)
+            # Acknowledged although the broker does not answer: the batches are in the spools.
+            assert all(
+                is_reply_to(q, r, requests.secret) for q, r in zip(sent, replies, strict=True)
+            )
+            assert sorted(d.name for d in spool.iterdir()) == ["worker-0", "worker-1"]
+        finally:
+            kafka_broker.resume()
+        sessions = await sessions_on_kafka(kafka_broker.bootstrap, prefix, CLIENTS)
+        assert await stop(running) == 0
+    assert sorted(set(sessions)) == sorted(f"{prefix}-{n}" for n in range(CLIENTS))
 
 
 async def test_workers_stop_when_their_supervisor_is_killed(tmp_path, requests) -> None:

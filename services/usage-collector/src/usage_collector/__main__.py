@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 from ispbill_core.bus import Publisher
@@ -53,9 +54,36 @@ async def open_publisher(args: argparse.Namespace, store: EventStore, worker: in
         return LedgerPublisher(store, accounting_stream_for)
     from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
     from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+    from usage_collector.adapters.spool import RenewablePublisher, SpoolingPublisher
 
-    await ensure_topics(args.kafka, [ACCOUNTING_TOPIC], partitions=args.kafka_partitions)
-    publisher = KafkaPublisher(args.kafka, client_id=f"ispbill-collector-{worker}")
+    timeout = args.publish_timeout
+    topic_timeout = max(timeout, 5.0)
+
+    async def create_topics() -> None:
+        await ensure_topics(
+            args.kafka,
+            [ACCOUNTING_TOPIC],
+            partitions=args.kafka_partitions,
+            request_timeout=topic_timeout,
+        )
+
+    # As in `ispbill serve collector` (docs/adr/0010-collector-spool.md): Kafka unreachable or
+    # slow, batches are fsynced to this worker's own spool (a spool is one process's: it is
+    # locked) and acknowledged, and drained in order when Kafka is back.
+    kafka = RenewablePublisher(
+        lambda: KafkaPublisher(
+            args.kafka, client_id=f"ispbill-collector-{worker}", delivery_timeout=timeout
+        ),
+        prepare=create_topics,
+        start_timeout=topic_timeout + 5.0,
+    )
+    publisher = SpoolingPublisher(
+        kafka,
+        Path(args.spool_dir) / f"worker-{worker}",
+        publish_timeout=timeout,
+        recover=kafka.renew,
+        max_spool_bytes=args.spool_max_bytes or None,
+    )
     await publisher.start()
     return publisher
 
@@ -327,6 +355,23 @@ def main() -> None:
         type=int,
         default=3,
         help="partitions of the accounting topic, when it has to be created",
+    )
+    parser.add_argument(
+        "--spool-dir",
+        default="var/ispbill/spool",
+        help="with --kafka: where each worker spools (worker-N/) while Kafka is unreachable",
+    )
+    parser.add_argument(
+        "--publish-timeout",
+        type=float,
+        default=2.0,
+        help="with --kafka: seconds a publish may take before its batch is spooled",
+    )
+    parser.add_argument(
+        "--spool-max-bytes",
+        type=int,
+        default=0,
+        help="with --kafka: refuse (leave unanswered) batches beyond this spool size; 0: no limit",
     )
     parser.add_argument("--stats-interval", type=float, default=60.0, help="seconds")
     args = parser.parse_args()
