@@ -93,7 +93,7 @@ proto-check: proto ## fail when the committed stubs differ from freshly generate
 	@untracked=$$(git ls-files --others --exclude-standard -- $(PROTO_OUT)); \
 	  if [ -n "$$untracked" ]; then echo "generated stubs not committed:"; echo "$$untracked"; exit 1; fi
 
-bench: bench-store ## every benchmark
+bench: bench-store bench-fuzz-collector bench-collector ## every benchmark
 
 bench-fuzz-collector: ## 1,000,000 malformed RADIUS packets through the collector's screening
 	$(RUN) python bench/fuzz_collector.py
