@@ -177,8 +177,10 @@ async def close_sessions_of_rebooted_nas(
     return closed
 
 
-async def _close_session(store: EventStore, key: str, record: AccountingRecordReceived) -> int:
-    stream = session_stream(key)
+async def _load_session(
+    store: EventStore, stream: str
+) -> tuple[SessionState, SessionCountersRecorded | None]:
+    """The session folded from its stream, and the last entry (None for a new session)."""
     state = SessionState()
     last: SessionCountersRecorded | None = None
     for recorded in await store.read_stream(stream):
@@ -193,6 +195,12 @@ async def _close_session(store: EventStore, key: str, record: AccountingRecordRe
             applied.closed,
         )
         last = applied
+    return state, last
+
+
+async def _close_session(store: EventStore, key: str, record: AccountingRecordReceived) -> int:
+    stream = session_stream(key)
+    state, last = await _load_session(store, stream)
     if last is None or state.closed or record.record_id in state.seen:
         return 0
     assert state.version is not None
@@ -229,18 +237,7 @@ async def _rate(
 ) -> UsageRated | None:
     key = await _session_for(store, record)
     stream = session_stream(key)
-    state = SessionState()
-    for recorded in await store.read_stream(stream):
-        applied = recorded.decode()
-        assert isinstance(applied, SessionCountersRecorded)
-        state.apply(
-            applied.input_octets,
-            applied.output_octets,
-            applied.event_time,
-            applied.record_id,
-            (applied.input_delta, applied.output_delta),
-            applied.closed,
-        )
+    state, _ = await _load_session(store, stream)
     subscriber = await _subscriber_of(store, record.username)
     traceparent = current_traceparent()
 
