@@ -647,12 +647,15 @@ def test_a_pollers_change_rolls_the_collector(helm: Path) -> None:
     )
 
 
-def test_notes_say_that_every_collector_pod_polls(helm: Path) -> None:
-    polled = "every collector pod polls every router"
+def test_only_the_first_collector_pod_polls(helm: Path) -> None:
     pollers = ["--set", "collector.pollers.config=interval = 60"]
-    assert polled in notes(helm, *pollers)
-    assert polled not in notes(helm, *pollers, "--set", "collector.replicas=1")
-    assert polled not in notes(helm, *CONFIGURATIONS["all-in-one"], *pollers)
+    sts = one(template(helm, *pollers), "StatefulSet", COLLECTOR)
+    # A StatefulSet pod's host name is its name: <statefulset>-<ordinal>.
+    assert env_values(container(sts))["ISPBILL_POLLERS_HOST"] == f"{COLLECTOR}-0"
+    assert f"polled by {COLLECTOR}-0 only" in notes(helm, *pollers)
+    docs = template(helm, *CONFIGURATIONS["all-in-one"], *pollers)
+    all_in_one = one(docs, "Deployment", FULLNAME)
+    assert "ISPBILL_POLLERS_HOST" not in env_values(container(all_in_one))  # one process anyway
     assert "Router pollers" not in notes(helm)
 
 

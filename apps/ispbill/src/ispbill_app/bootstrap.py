@@ -274,7 +274,9 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     store = await open_ledger(settings)
     services = Services(settings, store)
     publisher = LedgerPublisher(store, embedded_stream_for)
-    pollers = ConfiguredPollers(settings.pollers, publisher, services.clock)
+    pollers = ConfiguredPollers(
+        settings.pollers, publisher, services.clock, only_on_host=settings.pollers_host
+    )
     collector = collector_bootstrap(
         store,
         publisher,
@@ -414,7 +416,7 @@ async def _serve_collector(services: Services) -> None:
         max_spool_bytes=s.spool_max_bytes or None,
     )
     # Router counters share the bus and its spool with the accounting records.
-    pollers = ConfiguredPollers(s.pollers, publisher, services.clock)
+    pollers = ConfiguredPollers(s.pollers, publisher, services.clock, only_on_host=s.pollers_host)
     await publisher.start()
     collector = collector_bootstrap(
         services.store, publisher, host=s.host, port=s.radius_acct_port, clock=services.clock

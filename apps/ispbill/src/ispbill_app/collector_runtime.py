@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 
 from ispbill_core.clock import Clock
@@ -40,11 +41,18 @@ class ConfiguredPollers:
     problem listed, rather than leaving a router silently unpolled.
     """
 
-    def __init__(self, path: str, publisher: AccountingPublisher, clock: Clock) -> None:
+    def __init__(
+        self, path: str, publisher: AccountingPublisher, clock: Clock, *, only_on_host: str = ""
+    ) -> None:
         from usage_collector.pollers import CounterPollers, PollerConfigError, load_poller_config
 
         self._pollers: CounterPollers | None = None
         if not path:
+            return
+        if only_on_host and only_on_host != socket.gethostname():
+            # Several collectors (replicas) share one config; each router must be polled by
+            # one of them, or every sample and its deltas would be published once per replica.
+            log.info("router pollers run on %s, not on %s", only_on_host, socket.gethostname())
             return
         try:
             config = load_poller_config(Path(path))

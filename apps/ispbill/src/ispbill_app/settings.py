@@ -49,6 +49,8 @@ class Settings:
     tax_rounding: str = field(default_factory=lambda: env("TAX_ROUNDING", "per_invoice"))
     #: a TOML or JSON file of routers whose byte counters are polled (SNMP, RouterOS API)
     pollers: str = field(default_factory=lambda: env("POLLERS", ""))
+    #: when set, only the process on this host name polls (one of several collector replicas)
+    pollers_host: str = field(default_factory=lambda: env("POLLERS_HOST", ""))
     #: where the invoicing gRPC service is, for the notifier in distributed mode
     invoicing_grpc: str = field(default_factory=lambda: env("INVOICING_GRPC", ""))
 

@@ -322,6 +322,11 @@ are projected into one directory, so `password_file = "bras-1"` (relative to the
 env:
   - name: ISPBILL_POLLERS
     value: {{ printf "%s/%s" (include "ispbill.pollers.dir" .) (include "ispbill.pollers.file" .) | quote }}
+  {{- if not (include "ispbill.allInOne" .) }}
+  # One poller among the collector replicas: the StatefulSet's first pod (its host name).
+  - name: ISPBILL_POLLERS_HOST
+    value: {{ printf "%s-collector-0" (include "ispbill.fullname" .) | quote }}
+  {{- end }}
 volumeMounts:
   - name: pollers
     mountPath: {{ include "ispbill.pollers.dir" . }}
