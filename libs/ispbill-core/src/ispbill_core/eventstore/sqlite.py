@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import AwareDatetime, TypeAdapter
 from pydantic_core import to_json
 
-from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
+from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent, utc
 from ispbill_core.eventstore import (
     AppendSignal,
     CheckpointStore,
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     position INTEGER NOT NULL
 );
 """
+
+_RECORDED_AT: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 
 _COLUMNS = "global_position, id, stream, stream_position, type, version, data, metadata"
 
@@ -165,19 +168,22 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         current = self._version(conn, stream)
         check_expected(stream, expected, current)
         position = -1 if current is None else current
+        # The metadata as JSON with recorded_at set: one dump per event, no model copy.
+        recorded_at = _RECORDED_AT.dump_python(utc(now), mode="json")
         rows = []
-        for event in events:
+        for event_id, event in zip(ids, events, strict=True):
             position += 1
-            metadata = event.metadata.model_copy(update={"recorded_at": now})
+            metadata = event.metadata.model_dump(mode="json")
+            metadata["recorded_at"] = recorded_at
             rows.append(
                 (
-                    str(event.id),
+                    event_id,
                     stream,
                     position,
                     event.type,
                     event.version,
                     to_json(event.data).decode(),
-                    metadata.model_dump_json(),
+                    to_json(metadata).decode(),
                 )
             )
         conn.executemany(
