@@ -186,6 +186,34 @@ async def test_two_workers_share_the_port_answer_and_stop_on_sigterm(tmp_path, r
     )
 
 
+async def test_workers_on_a_postgresql_ledger(requests, postgres_dsn, postgres_schema) -> None:
+    from ispbill_core.eventstore.postgresql import PostgresEventStore
+
+    store = await PostgresEventStore.connect(postgres_dsn, schema=postgres_schema)
+    try:
+        nas = NasRegistered(
+            nas_id="nas-1", name="test", ip_address="127.0.0.1", secret=requests.secret.decode()
+        )
+        await store.append(
+            "nas-nas-1",
+            [new_event(nas, id=deterministic_id("test", "nas-1"), occurred_at=datetime.now(UTC))],
+            ANY,
+        )
+        sent = [requests.start(Acct_Session_Id=f"pg-{n}") for n in range(CLIENTS)]
+        options = ["--workers", "2", "--ledger-schema", postgres_schema]
+        async with collector(postgres_dsn, *options) as running:  # type: ignore[arg-type]
+            replies = await exchange_from_many_sockets(running.port, sent)
+            answered = zip(sent, replies, strict=True)
+            assert all(is_reply_to(q, r, requests.secret) for q, r in answered)
+            assert await stop(running) == 0
+        records = await store.read_stream(accounting_stream("nas-1"))
+        assert sorted(r.data["acct_session_id"] for r in records) == sorted(
+            f"pg-{n}" for n in range(CLIENTS)
+        )
+    finally:
+        await store.close()
+
+
 async def test_a_worker_that_cannot_start_stops_the_collector_with_an_error(tmp_path) -> None:
     # A ledger path that cannot be created: the first worker fails, the supervisor exits 1.
     blocker = tmp_path / "file"

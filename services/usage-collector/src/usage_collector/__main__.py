@@ -41,11 +41,11 @@ WORKER_STOP_TIMEOUT = 30.0
 SUPERVISOR_CHECK_INTERVAL = 1.0
 
 
-async def open_ledger(ledger: str) -> EventStore:
+async def open_ledger(ledger: str, schema: str = "ispbill") -> EventStore:
     if ledger.startswith(("postgresql://", "postgres://")):
         from ispbill_core.eventstore.postgresql import PostgresEventStore
 
-        return await PostgresEventStore.connect(ledger)
+        return await PostgresEventStore.connect(ledger, schema=schema)
     return SQLiteEventStore(ledger)
 
 
@@ -121,7 +121,7 @@ async def serve(
         loop.add_reader(parent_sentinel, stopped.set)
         supervisor = os.getppid()
     setup_tracing_if_exported()
-    store = await open_ledger(args.ledger)
+    store = await open_ledger(args.ledger, args.ledger_schema)
     try:
         publisher = await open_publisher(args, store, worker)
         try:
@@ -338,6 +338,11 @@ def main() -> None:
         "--ledger",
         default="var/ispbill/ledger.db",
         help="the ledger: an SQLite file, or a postgresql:// DSN",
+    )
+    parser.add_argument(
+        "--ledger-schema",
+        default=os.environ.get("ISPBILL_LEDGER_SCHEMA", "ispbill"),
+        help="with a postgresql:// ledger: its schema (default $ISPBILL_LEDGER_SCHEMA or ispbill)",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
     parser.add_argument("--port", type=int, default=RADIUS_ACCOUNTING_PORT)
