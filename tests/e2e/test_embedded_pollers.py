@@ -1,17 +1,14 @@
 """The all-in-one polls a router's byte counters (ISPBILL_POLLERS) into the ledger.
 
-The router is the RouterOS API stand-in of the collector's tests, speaking the real wire
+The router is the RouterOS API stand-in (usage_collector.testing.routeros), speaking the real wire
 protocol on 127.0.0.1; `ispbill run` is the real process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
@@ -19,21 +16,9 @@ import pytest
 from ispbill_core.contracts.usage_collector import RouterCountersSampled, router_counters_stream
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from tests.e2e.harness import ISPBILL, Process, free_port
+from usage_collector.testing.routeros import RouterOsStandIn
 
 pytestmark = pytest.mark.e2e
-
-STANDIN = Path(__file__).parents[2] / "services/usage-collector/tests/routeros_standin.py"
-
-
-def _load_standin() -> ModuleType:
-    name = "usage_collector_tests.routeros_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, STANDIN)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 async def poll_json(url: str, condition, timeout: float = 30.0):  # type: ignore[no-untyped-def]
@@ -54,7 +39,7 @@ async def poll_json(url: str, condition, timeout: float = 30.0):  # type: ignore
 
 
 async def test_all_in_one_polls_a_routeros_router_into_the_ledger(tmp_path: Path) -> None:
-    router = _load_standin().RouterOsStandIn()
+    router = RouterOsStandIn()
     router.connect_pppoe("alice", rx=1_000, tx=5_000)
     api_port = await router.start()
     (tmp_path / "api-password").write_text("s3cret\n")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import socket
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -26,23 +23,7 @@ from usage_collector.pollers import (
     parse_poller_config,
     run_pollers,
 )
-
-
-def _load_standin() -> ModuleType:
-    """tests/ is no package (--import-mode=importlib): load the stand-in by its path."""
-    name = "usage_collector_tests.routeros_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("routeros_standin.py")
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-RouterOsStandIn = _load_standin().RouterOsStandIn
+from usage_collector.testing.routeros import RouterOsStandIn
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 

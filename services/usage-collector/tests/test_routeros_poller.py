@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import shutil
 import ssl
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given
@@ -45,23 +41,8 @@ from usage_collector.adapters.routeros_poller import (
     username_from_pppoe_interface,
 )
 from usage_collector.domain.counters import CounterSample
+from usage_collector.testing import routeros as standin
 
-
-def _load_standin() -> ModuleType:
-    """tests/ is no package (--import-mode=importlib): load the stand-in by its path."""
-    name = "usage_collector_tests.routeros_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("routeros_standin.py")
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-standin = _load_standin()
 RouterOsStandIn = standin.RouterOsStandIn
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

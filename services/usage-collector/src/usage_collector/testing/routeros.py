@@ -342,7 +342,8 @@ class RouterOsStandIn:
             expected = (
                 "00"
                 + hashlib.md5(  # the protocol's own legacy scheme
-                    b"\x00" + (password or "").encode() + session.challenge
+                    b"\x00" + (password or "").encode() + session.challenge,
+                    usedforsecurity=False,
                 ).hexdigest()
             )
             ok = password is not None and secrets.compare_digest(attributes["response"], expected)

@@ -3,7 +3,9 @@
 Written from the RFCs, not from the collector's code, so that the collector can be checked
 against it: the decoder tests (tests/test_fuzz_decoder.py) and the million-packet fuzzer
 (bench/fuzz_collector.py) both build their packets with `sign` and judge every accepted record
-with `independently_authentic` and `is_sane`. The collector itself never imports this module.
+with `independently_authentic` and `insane_fields`. `usage_collector.testing.routeros` is a
+protocol-level stand-in of a MikroTik router's API service, for the RouterOS poller's tests and
+the all-in-one e2e. The collector itself never imports this package.
 """
 
 from __future__ import annotations
