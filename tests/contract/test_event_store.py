@@ -8,13 +8,23 @@ import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
+from ispbill_core.events import (
+    AnyNewEvent,
+    EncodedEvent,
+    EventMetadata,
+    NewEvent,
+    RecordedEvent,
+    ordered_deterministic_id,
+)
 from ispbill_core.eventstore import (
     ANY,
     NO_STREAM,
@@ -41,6 +51,39 @@ def event(type_: str = "UsageRated", **data: Any) -> NewEvent:
         data=data or {"amount": "1.10"},
         metadata=EventMetadata(occurred_at=OCCURRED, actor="contract-test"),
     )
+
+
+def in_form(events: list[NewEvent], encode: list[bool]) -> list[AnyNewEvent]:
+    """Each event as it is (a NewEvent) or serialised (its EncodedEvent), as `encode` says."""
+    return [e.encoded() if flag else e for e, flag in zip(events, encode, strict=True)]
+
+
+def as_appended(recorded: RecordedEvent) -> NewEvent:
+    """What was appended, as far as a read can tell: the envelope without positions and
+    without the recorded_at the ledger stamped."""
+    return NewEvent(
+        id=recorded.id,
+        type=recorded.type,
+        version=recorded.version,
+        data=recorded.data,
+        metadata=recorded.metadata.model_copy(update={"recorded_at": None}),
+    )
+
+
+#: JSON every adapter stores as it is given (PostgreSQL's jsonb refuses "\u0000").
+json_text = st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | json_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(json_text, inner, max_size=3),
+    max_leaves=8,
+)
+#: Hypothesis examples share the test's store (each example uses streams of its own), and
+#: one test method runs for every adapter's subclass (the "executors" hypothesis sees).
+store_examples = settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
+)
 
 
 def checkpoints_of(store: EventStore) -> CheckpointStore:
@@ -168,6 +211,180 @@ class EventStoreContract:
     async def test_empty_batch_is_refused(self, store: EventStore) -> None:
         with pytest.raises(ValueError):
             await store.append(self.stream(), [], ANY)
+
+    # -- already serialised events (EncodedEvent) --------------------------------------
+    async def test_an_encoded_event_reads_back_as_the_new_event_it_came_from(
+        self, store: EventStore
+    ) -> None:
+        correlation = uuid.uuid4()
+        original = NewEvent(
+            id=uuid.uuid4(),
+            type="InvoiceIssued",
+            version=2,
+            data={
+                "total": "12.30",
+                "lines": [{"name": "Fibre 100 — März", "qty": 1}],
+                "n": None,
+                "octets": 2**70,
+                "quoted": 'a "b" \\ \u2028 😀',
+            },
+            metadata=EventMetadata(
+                occurred_at=OCCURRED,
+                actor="clerk@isp.example",
+                correlation_id=correlation,
+                causation_id=uuid.uuid4(),
+                traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        )
+        twin = original.model_copy(update={"id": uuid.uuid4()})
+        via_model, via_encoded = self.stream(), self.stream()
+        await store.append(via_model, [twin], NO_STREAM)
+        await store.append(via_encoded, [original.encoded()], NO_STREAM)
+
+        (from_model,) = await store.read_stream(via_model)
+        (from_encoded,) = await store.read_stream(via_encoded)
+        assert as_appended(from_encoded) == original
+        assert as_appended(from_model) == twin
+        # Every field but the id, where it went and when: as the NewEvent's twin reads back.
+        ignored: dict[str, Any] = dict.fromkeys(
+            ("id", "stream", "stream_position", "global_position"), True
+        )
+        ignored["metadata"] = {"recorded_at"}
+        assert from_encoded.model_dump(exclude=ignored) == from_model.model_dump(exclude=ignored)
+        assert from_encoded.metadata.recorded_at is not None
+        assert from_encoded.metadata.recorded_at.utcoffset() is not None
+        assert (from_encoded.stream, from_encoded.stream_position) == (via_encoded, 0)
+
+    @store_examples
+    @given(
+        data=st.dictionaries(json_text, json_values, max_size=5),
+        actor=json_text,
+        traceparent=st.none() | st.from_regex(r"\A00-[0-9a-f]{32}-[0-9a-f]{16}-01\Z"),
+    )
+    async def test_any_encoded_envelope_reads_back_unchanged(
+        self, store: EventStore, data: dict[str, Any], actor: str, traceparent: str | None
+    ) -> None:
+        original = NewEvent(
+            id=uuid.uuid4(),
+            type="UsageRated",
+            version=1,
+            data=data,
+            metadata=EventMetadata(
+                occurred_at=OCCURRED,
+                actor=actor,
+                correlation_id=uuid.uuid4(),
+                traceparent=traceparent,
+            ),
+        )
+        name = self.stream()
+        await store.append(name, [original.encoded()], NO_STREAM)
+        (recorded,) = await store.read_stream(name)
+        assert as_appended(recorded) == original
+
+    async def test_a_hand_built_encoded_event_is_stored_as_its_json_says(
+        self, store: EventStore
+    ) -> None:
+        """As the usage collector builds them: an ordered id, JSON written by hand (spacing
+        and key order of its own), metadata with only the fields it sets."""
+        hand = EncodedEvent(
+            id=ordered_deterministic_id(1_743_296_399, "nas-1", "sess-7", 3),
+            type="AccountingRecordReceived",
+            version=1,
+            data_json='{ "session": "sess-7", "octets_in": 1200, "nas": "nas-1" }',
+            metadata_json='{"occurred_at":"2025-03-30T00:59:59Z","actor":"usage-collector"}',
+        )
+        name = self.stream("nas")
+        assert await store.append(name, [hand], NO_STREAM) == 0
+        (recorded,) = await store.read_stream(name)
+        assert str(recorded.id) == hand.id
+        assert as_appended(recorded) == hand.decoded()
+        assert recorded.data == {"session": "sess-7", "octets_in": 1200, "nas": "nas-1"}
+        assert recorded.metadata.occurred_at == OCCURRED
+        assert recorded.metadata.recorded_at is not None
+        # The same fact again as a model (a retry after a restart) is the same event.
+        assert await store.append(name, [hand.decoded()], NO_STREAM) == 0
+        assert len(await store.read_stream(name)) == 1
+
+    async def test_a_new_event_retried_as_its_encoded_event_is_a_no_op(
+        self, store: EventStore
+    ) -> None:
+        name = self.stream("payment")
+        first, second = event("PaymentReceived", n=1), event("PaymentReceived", n=2)
+        assert await store.append(name, [first, second], NO_STREAM) == 1
+        head = await self._head(store)
+        # The retry of a write whose reply was lost, by a caller that serialises its events.
+        assert await store.append(name, [first.encoded(), second.encoded()], NO_STREAM) == 1
+        assert await store.append(name, [first.encoded(), second.encoded()], ANY) == 1
+        # And the other way round.
+        other = self.stream("payment")
+        third = event("PaymentReceived", n=3)
+        assert await store.append(other, [third.encoded()], NO_STREAM) == 0
+        assert await store.append(other, [third], NO_STREAM) == 0
+        assert await store.append(other, [third], ANY) == 0
+
+        assert [r.id for r in await store.read_stream(name)] == [first.id, second.id]
+        assert [r.id for r in await store.read_stream(other)] == [third.id]
+        later = await store.read_all(after=head)
+        assert [r.id for r in later if r.stream in (name, other)] == [third.id]
+
+    @store_examples
+    @given(
+        encode=st.lists(st.booleans(), min_size=1, max_size=8),
+        retry_data=st.data(),
+    )
+    async def test_a_mixed_batch_keeps_its_order_and_a_retry_in_any_form_is_a_no_op(
+        self, store: EventStore, encode: list[bool], retry_data: st.DataObject
+    ) -> None:
+        name = self.stream("nas")
+        # Metadata of their own: a batch's metadata is not necessarily shared.
+        events = [
+            NewEvent(
+                id=uuid.uuid4(),
+                type="UsageRated",
+                version=1,
+                data={"n": i, "encoded": flag},
+                metadata=EventMetadata(
+                    occurred_at=OCCURRED, actor=f"writer-{i}", correlation_id=uuid.uuid4()
+                ),
+            )
+            for i, flag in enumerate(encode)
+        ]
+        assert await store.append(name, in_form(events, encode), NO_STREAM) == len(events) - 1
+
+        retry = retry_data.draw(st.lists(st.booleans(), min_size=len(events), max_size=len(events)))
+        assert await store.append(name, in_form(events, retry), NO_STREAM) == len(events) - 1
+        assert await store.append(name, in_form(events, retry), ANY) == len(events) - 1
+
+        recorded = await store.read_stream(name)
+        assert [as_appended(r) for r in recorded] == events
+        assert [r.stream_position for r in recorded] == list(range(len(events)))
+        positions = [r.global_position for r in recorded]
+        assert positions == sorted(set(positions))
+
+        # A later batch that repeats one of these ids in either form conflicts.
+        repeated = retry_data.draw(st.sampled_from(events))
+        as_encoded = retry_data.draw(st.booleans())
+        with pytest.raises(EventIdConflict):
+            await store.append(
+                name,
+                [repeated.encoded() if as_encoded else repeated, event().encoded()],
+                len(events) - 1,
+            )
+        assert len(await store.read_stream(name)) == len(events)
+
+    async def test_append_many_with_mixed_events_and_its_retry_in_the_other_form(
+        self, store: EventStore
+    ) -> None:
+        first, second = self.stream("nas"), self.stream("nas")
+        one, two, three = event(n=1), event(n=2), event(n=3)
+        assert await store.append_many(
+            [(first, [one, two.encoded()], NO_STREAM), (second, [three.encoded()], ANY)]
+        ) == [1, 0]
+        assert await store.append_many(
+            [(first, [one.encoded(), two], NO_STREAM), (second, [three], ANY)]
+        ) == [1, 0]
+        assert [as_appended(r) for r in await store.read_stream(first)] == [one, two]
+        assert [as_appended(r) for r in await store.read_stream(second)] == [three]
 
     # -- expected version --------------------------------------------------------------
     async def test_no_stream_conflicts_once_the_stream_exists(self, store: EventStore) -> None:
@@ -475,15 +692,45 @@ class EventStoreContract:
         return head
 
 
-class TestSQLiteEventStore(EventStoreContract):
+class _CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting what asyncio.to_thread hands it."""
+
+    submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+class SQLiteContract(EventStoreContract):
+    #: SQLiteEventStore(write_on_loop=...): appends on the loop's thread, or in a worker.
+    write_on_loop = False
+
     @pytest.fixture
     def store_factory(self, tmp_path: Path) -> StoreFactory:
         path = tmp_path / "ledger.sqlite"
 
         async def factory() -> EventStore:
-            return SQLiteEventStore(path)
+            return SQLiteEventStore(path, write_on_loop=self.write_on_loop)
 
         return factory
+
+    async def test_appends_run_on_the_loop_thread_only_when_asked_to(
+        self, store: EventStore
+    ) -> None:
+        executor = _CountingExecutor(max_workers=2)
+        asyncio.get_running_loop().set_default_executor(executor)
+        await store.append(self.stream(), [event(), event().encoded()], NO_STREAM)
+        await store.append_many([(self.stream(), [event()], NO_STREAM)])
+        assert executor.submitted == (0 if self.write_on_loop else 2)
+
+
+class TestSQLiteEventStore(SQLiteContract):
+    pass
+
+
+class TestSQLiteEventStoreWritingOnTheLoop(SQLiteContract):
+    write_on_loop = True
 
 
 @pytest.mark.integration

@@ -17,7 +17,7 @@ OCCURRED = datetime(2025, 3, 30, 1, 0, tzinfo=UTC)
 
 
 def as_recorded(new: NewEvent, commit_position: int = 4242) -> KurrentRecordedEvent:
-    stored = _encode(new, datetime(2025, 3, 30, 1, 0, 1, tzinfo=UTC))
+    stored = _encode(new.encoded(), datetime(2025, 3, 30, 1, 0, 1, tzinfo=UTC))
     return KurrentRecordedEvent(
         type=stored.type,
         data=stored.data,

@@ -8,14 +8,14 @@ from types import TracebackType
 
 from pydantic import ValidationError
 
-from ispbill_core.events import NewEvent
+from ispbill_core.events import AnyNewEvent, NewEvent, encoded
 
 #: Kafka header that carries the W3C trace context of the event, so a consumer can continue
 #: the trace without decoding the payload.
 TRACEPARENT_HEADER = "traceparent"
 
 #: One message of a batch: the partition key (keeps one key's messages in order) and the event.
-Message = tuple[str, NewEvent]
+Message = tuple[str, AnyNewEvent]
 
 
 class BusError(Exception):
@@ -62,9 +62,9 @@ class Publisher(abc.ABC):
         await self.stop()
 
 
-def encode_message(event: NewEvent) -> bytes:
+def encode_message(event: AnyNewEvent) -> bytes:
     """The message value: the envelope as JSON (UTF-8)."""
-    return event.model_dump_json().encode()
+    return encoded(event).envelope_json().encode()
 
 
 def decode_message(value: bytes) -> NewEvent:
@@ -75,9 +75,9 @@ def decode_message(value: bytes) -> NewEvent:
         raise UndecodableMessage(f"not an ispbill event envelope: {exc}") from None
 
 
-def message_headers(event: NewEvent) -> list[tuple[str, bytes]]:
+def message_headers(event: AnyNewEvent) -> list[tuple[str, bytes]]:
     """Kafka headers of a message: the traceparent of its metadata, when it has one."""
-    traceparent = event.metadata.traceparent
+    traceparent = encoded(event).traceparent
     if traceparent is None:
         return []
     return [(TRACEPARENT_HEADER, traceparent.encode("ascii"))]

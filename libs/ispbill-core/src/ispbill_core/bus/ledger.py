@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from uuid import UUID
 
 from ispbill_core.bus import BusError, BusUnavailable, Message, Publisher
-from ispbill_core.events import NewEvent
+from ispbill_core.events import EncodedEvent, encoded
 from ispbill_core.eventstore import ANY, EventIdConflict, EventStore, EventStoreError
 
 
@@ -22,10 +21,13 @@ class LedgerPublisher(Publisher):
         self._stream_for = stream_for
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        by_stream: dict[str, dict[UUID, NewEvent]] = {}
+        by_stream: dict[str, dict[str, EncodedEvent]] = {}
         for key, event in messages:
+            serialised = encoded(event)
             # A retransmission can land in the same batch as its original: same id, once.
-            by_stream.setdefault(self._stream_for(topic, key), {}).setdefault(event.id, event)
+            by_stream.setdefault(self._stream_for(topic, key), {}).setdefault(
+                serialised.id, serialised
+            )
         try:
             # Every stream of the batch in one transaction where the store has them: one
             # commit per batch however many NASes it came from.
@@ -48,7 +50,7 @@ class LedgerPublisher(Publisher):
                 # being unreachable or busy: retryable with the same ids.
                 raise BusUnavailable(f"ledger append to {stream!r} failed: {exc}") from None
 
-    async def _append(self, stream: str, events: list[NewEvent]) -> None:
+    async def _append(self, stream: str, events: list[EncodedEvent]) -> None:
         try:
             await self._store.append(stream, events, ANY)
         except EventIdConflict:

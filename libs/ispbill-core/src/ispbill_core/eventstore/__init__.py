@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Collection, Sequence
 from enum import Enum
 
-from ispbill_core.events import NewEvent, RecordedEvent
+from ispbill_core.events import AnyNewEvent, RecordedEvent
 
 
 class StreamState(Enum):
@@ -68,12 +68,12 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def append(
-        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+        self, stream: str, events: Sequence[AnyNewEvent], expected_version: ExpectedVersion
     ) -> int:
         """Append atomically; return the stream's version (position of its last event)."""
 
     async def append_many(
-        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
     ) -> list[int]:
         """Append to several streams; return each stream's version, in the order given.
 

@@ -54,7 +54,14 @@ from kurrentdbclient.exceptions import (
     WrongCurrentVersionError,
 )
 
-from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
+from ispbill_core.events import (
+    AnyNewEvent,
+    EncodedEvent,
+    EventMetadata,
+    RecordedEvent,
+    encoded,
+    timestamp_json,
+)
 from ispbill_core.eventstore import (
     AppendSignal,
     CheckpointStore,
@@ -92,13 +99,13 @@ def _type_filter(types: Collection[str]) -> tuple[str, ...]:
     return ("(?:" + "|".join(re.escape(t) for t in sorted(types)) + ")",)
 
 
-def _encode(event: NewEvent, recorded_at: datetime) -> KurrentNewEvent:
-    metadata = event.metadata.model_copy(update={"recorded_at": recorded_at})
-    stored = {_VERSION_KEY: event.version, **metadata.model_dump(mode="json")}
+def _encode(serialised: EncodedEvent, recorded_at: datetime) -> KurrentNewEvent:
+    metadata = json.loads(serialised.stamped_metadata(timestamp_json(recorded_at)))
+    stored = {_VERSION_KEY: serialised.version, **metadata}
     return KurrentNewEvent(
-        id=event.id,
-        type=event.type,
-        data=json.dumps(event.data, separators=(",", ":")).encode(),
+        id=uuid.UUID(serialised.id),
+        type=serialised.type,
+        data=serialised.data_json.encode(),
         metadata=json.dumps(stored, separators=(",", ":")).encode(),
         content_type="application/json",
     )
@@ -157,11 +164,12 @@ class KurrentDBEventStore(EventStore, CheckpointStore):
 
     # -- writes --------------------------------------------------------------------------
     async def append(
-        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+        self, stream: str, events: Sequence[AnyNewEvent], expected_version: ExpectedVersion
     ) -> int:
         if not events:
             raise ValueError("append needs at least one event")
-        ids = {e.id for e in events}
+        batch = [encoded(e) for e in events]
+        ids = {uuid.UUID(e.id) for e in batch}
         try:
             for _ in range(_MAX_ATTEMPTS):
                 current, found = await self._tail(stream, ids, len(events))
@@ -182,7 +190,7 @@ class KurrentDBEventStore(EventStore, CheckpointStore):
                 try:
                     head = await self._client.append_to_stream(
                         stream,
-                        events=[_encode(e, now) for e in events],
+                        events=[_encode(e, now) for e in batch],
                         current_version=exact,
                     )
                 except WrongCurrentVersionError:

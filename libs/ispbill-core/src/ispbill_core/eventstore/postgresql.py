@@ -15,7 +15,14 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent
+from ispbill_core.events import (
+    AnyNewEvent,
+    EncodedEvent,
+    EventMetadata,
+    RecordedEvent,
+    encoded,
+    timestamp_json,
+)
 from ispbill_core.eventstore import (
     AppendSignal,
     CheckpointStore,
@@ -86,16 +93,15 @@ async def _keep_session(_conn: _AnyConnection) -> None:
     is skipped; asyncpg still rolls back a transaction left open by a cancelled task."""
 
 
-def _metadata_json(events: Sequence[NewEvent], recorded_at: datetime) -> list[str]:
-    """Each event's metadata as stored; a batch usually shares one metadata object."""
-    done: dict[int, str] = {}
+def _metadata_json(events: Sequence[EncodedEvent], recorded_at: datetime) -> list[str]:
+    """Each event's metadata as stored, recorded_at added; a batch often shares one metadata."""
+    stamp = timestamp_json(recorded_at)
+    done: dict[str, str] = {}
     out = []
     for event in events:
-        key = id(event.metadata)
-        text = done.get(key)
+        text = done.get(event.metadata_json)
         if text is None:
-            stamped = event.metadata.model_copy(update={"recorded_at": recorded_at})
-            text = done[key] = stamped.model_dump_json()
+            text = done[event.metadata_json] = event.stamped_metadata(stamp)
         out.append(text)
     return out
 
@@ -274,7 +280,7 @@ class PostgresEventStore(EventStore, CheckpointStore):
 
     # -- writes --------------------------------------------------------------------------
     async def append(
-        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+        self, stream: str, events: Sequence[AnyNewEvent], expected_version: ExpectedVersion
     ) -> int:
         if not events:
             raise ValueError("append needs at least one event")
@@ -291,7 +297,7 @@ class PostgresEventStore(EventStore, CheckpointStore):
         return version
 
     async def append_many(
-        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
     ) -> list[int]:
         if any(not events for _, events, _ in batches):
             raise ValueError("append needs at least one event")
@@ -319,10 +325,11 @@ class PostgresEventStore(EventStore, CheckpointStore):
         self,
         conn: _AnyConnection,
         stream: str,
-        events: Sequence[NewEvent],
+        events: Sequence[AnyNewEvent],
         expected: ExpectedVersion,
     ) -> tuple[int, int]:
-        ids = [e.id for e in events]
+        batch = [encoded(e) for e in events]
+        ids = [uuid.UUID(e.id) for e in batch]
         async with conn.transaction():
             # Its own statement: in READ COMMITTED each statement takes a fresh snapshot, so
             # the reads below see every append committed before the lock was granted.
@@ -347,10 +354,10 @@ class PostgresEventStore(EventStore, CheckpointStore):
                     stream,
                     ids,
                     list(range(start, start + len(events))),
-                    [e.type for e in events],
-                    [e.version for e in events],
-                    [json.dumps(e.data, separators=(",", ":")) for e in events],
-                    _metadata_json(events, now),
+                    [e.type for e in batch],
+                    [e.version for e in batch],
+                    [e.data_json for e in batch],
+                    _metadata_json(batch, now),
                     self._channel,
                 )
             except asyncpg.UniqueViolationError as exc:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import AwareDatetime, TypeAdapter
-from pydantic_core import to_json
-
-from ispbill_core.events import EventMetadata, NewEvent, RecordedEvent, utc
+from ispbill_core.events import AnyNewEvent, EventMetadata, RecordedEvent, encoded, timestamp_json
 from ispbill_core.eventstore import (
     AppendSignal,
     CheckpointStore,
@@ -45,8 +44,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
-_RECORDED_AT: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
-
 _COLUMNS = "global_position, id, stream, stream_position, type, version, data, metadata"
 
 
@@ -65,19 +62,55 @@ def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
 
 
 class SQLiteEventStore(EventStore, CheckpointStore):
-    """One writer connection and one reader connection, each used from worker threads."""
+    """One writer connection and one reader connection, each used from worker threads (the
+    writer from the loop's own thread with `write_on_loop`); writer processes of one file take
+    turns on an flock beside it."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", write_on_loop: bool = False
+    ) -> None:
+        """`write_on_loop`: run appends on the event loop's own thread, blocking it for the
+        transaction (a few ms per batch, the fsync included), rather than in a worker thread.
+        For a process whose loop has nothing else to do meanwhile, like the usage collector:
+        there, binding each row in a worker thread while the loop screened packets handed the
+        GIL back and forth per row (14.4 us of lock time per row under load, against 8.7 us)."""
         self.path = str(path)
+        self._write_on_loop = write_on_loop
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer = self._connect(synchronous)
-        self._writer.executescript(SCHEMA)
-        # ":memory:" databases are private to a connection, so readers share the writer there.
-        self._reader = self._writer if self.path == ":memory:" else self._connect(synchronous)
+        self._lock_file = (
+            None if self.path == ":memory:" else open(f"{self.path}-writers.lock", "ab")  # noqa: SIM115
+        )
+        # Opening takes the writers' flock too: switching a new file to WAL needs SQLite's
+        # exclusive lock, and a second process doing the same at that moment gets "database is
+        # locked" at once, without its busy handler being consulted.
+        with self._writers_lock():
+            self._writer = self._connect(synchronous)
+            self._writer.executescript(SCHEMA)
+            # ":memory:" databases are private to a connection, so readers share the writer.
+            self._reader = self._writer if self.path == ":memory:" else self._connect(synchronous)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock() if self._reader is not self._writer else self._write_lock
         self._signal = AppendSignal()
+
+    @contextlib.contextmanager
+    def _writers_lock(self) -> Iterator[None]:
+        """Exclusive among this ledger's writer processes (an flock on a file beside it).
+
+        SQLite lets one writer in at a time too, but a writer that finds the database locked
+        sleeps in its busy handler (1, 2, 5, 10 ms...) and often wakes long after the lock was
+        released; with several collector processes on one ledger that idled a third of the
+        CPU. Waiting on the flock in the append's thread wakes the next writer as soon as the
+        previous commit is done.
+        """
+        if self._lock_file is None:
+            yield
+            return
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -88,39 +121,47 @@ class SQLiteEventStore(EventStore, CheckpointStore):
 
     # -- writes --------------------------------------------------------------------------
     async def append(
-        self, stream: str, events: Sequence[NewEvent], expected_version: ExpectedVersion
+        self, stream: str, events: Sequence[AnyNewEvent], expected_version: ExpectedVersion
     ) -> int:
         if not events:
             raise ValueError("append needs at least one event")
-        version, head = await asyncio.to_thread(self._append_sync, stream, events, expected_version)
+        if self._write_on_loop:
+            version, head = self._append_sync(stream, events, expected_version)
+        else:
+            version, head = await asyncio.to_thread(
+                self._append_sync, stream, events, expected_version
+            )
         if head:
             await self._signal.notify(head)
         return version
 
     async def append_many(
-        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
     ) -> list[int]:
         if any(not events for _, events, _ in batches):
             raise ValueError("append needs at least one event")
         if not batches:
             return []
-        versions, head = await asyncio.to_thread(self._append_many_sync, batches)
+        if self._write_on_loop:
+            versions, head = self._append_many_sync(batches)
+        else:
+            versions, head = await asyncio.to_thread(self._append_many_sync, batches)
         if head:
             await self._signal.notify(head)
         return versions
 
     def _append_sync(
-        self, stream: str, events: Sequence[NewEvent], expected: ExpectedVersion
+        self, stream: str, events: Sequence[AnyNewEvent], expected: ExpectedVersion
     ) -> tuple[int, int]:
         versions, head = self._append_many_sync([(stream, events, expected)])
         return versions[0], head
 
     def _append_many_sync(
-        self, batches: Sequence[tuple[str, Sequence[NewEvent], ExpectedVersion]]
+        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
     ) -> tuple[list[int], int]:
         """One transaction (one fsync) for every stream's batch: all of them or none."""
         now = datetime.now(UTC)
-        with self._write_lock:
+        with self._write_lock, self._writers_lock():
             conn = self._writer
             stream = batches[0][0]
             try:
@@ -150,13 +191,14 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         self,
         conn: sqlite3.Connection,
         stream: str,
-        events: Sequence[NewEvent],
+        events: Sequence[AnyNewEvent],
         expected: ExpectedVersion,
         now: datetime,
     ) -> tuple[int, int]:
         """Inside an open transaction: (the stream's version, the last global position written,
         0 when the batch was recorded before)."""
-        ids = [str(e.id) for e in events]
+        batch = [encoded(e) for e in events]
+        ids = [e.id for e in batch]
         recorded = self._recorded_ids(conn, ids)
         if recorded:
             if len(recorded) == len(set(ids)) and set(recorded.values()) == {stream}:
@@ -168,22 +210,19 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         current = self._version(conn, stream)
         check_expected(stream, expected, current)
         position = -1 if current is None else current
-        # The metadata as JSON with recorded_at set: one dump per event, no model copy.
-        recorded_at = _RECORDED_AT.dump_python(utc(now), mode="json")
+        recorded_at = timestamp_json(now)
         rows = []
-        for event_id, event in zip(ids, events, strict=True):
+        for event in batch:
             position += 1
-            metadata = event.metadata.model_dump(mode="json")
-            metadata["recorded_at"] = recorded_at
             rows.append(
                 (
-                    event_id,
+                    event.id,
                     stream,
                     position,
                     event.type,
                     event.version,
-                    to_json(event.data).decode(),
-                    to_json(metadata).decode(),
+                    event.data_json,
+                    event.stamped_metadata(recorded_at),
                 )
             )
         conn.executemany(
@@ -290,6 +329,8 @@ class SQLiteEventStore(EventStore, CheckpointStore):
     async def close(self) -> None:
         with self._write_lock:
             self._writer.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
         if self._reader is not self._writer:
             with self._read_lock:
                 self._reader.close()
