@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ispbill_core.contracts.usage_collector import AcctStatus
 from usage_collector.domain.accounting_record import (
@@ -175,3 +178,154 @@ def test_unsupported_status_is_a_named_error() -> None:
 def test_a_counter_that_did_not_decode_is_a_named_error() -> None:
     with pytest.raises(InvalidAttributeValue):
         decode(**interim(Acct_Input_Octets=b"\x00\x01\x02"))
+
+
+# --- time-ordered record ids (ordered_deterministic_id, a UUIDv8) ------------------------------
+
+PROPERTY = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+u32 = st.integers(0, 2**32 - 1)
+session_statuses = st.sampled_from(["Start", "Stop", "Interim-Update"])
+any_status = st.sampled_from(["Start", "Stop", "Interim-Update", "Accounting-On", "Accounting-Off"])
+received_times = st.datetimes(
+    min_value=datetime(2024, 1, 1),
+    max_value=datetime(2030, 1, 1),
+    timezones=st.just(UTC),
+)
+
+
+def id_milliseconds(record_id: str) -> int:
+    """The 48-bit time prefix of a record id."""
+    return uuid.UUID(record_id).int >> 80
+
+
+@PROPERTY
+@given(
+    earlier=st.integers(0, 2**32 - 2),
+    later_by=st.integers(1, 2**32 - 1),
+    first=session_statuses,
+    second=session_statuses,
+    first_octets=u32,
+    second_octets=u32,
+)
+def test_a_record_of_a_later_event_timestamp_sorts_after(
+    earlier: int, later_by: int, first: str, second: str, first_octets: int, second_octets: int
+) -> None:
+    later = min(earlier + later_by, 2**32 - 1)
+    # Whatever else differs (session, status, counters), time comes first.
+    a = decode(
+        **interim(
+            Acct_Status_Type=first,
+            Event_Timestamp=earlier,
+            Acct_Session_Id="zzz",
+            Acct_Input_Octets=first_octets,
+        )
+    )
+    b = decode(
+        **interim(
+            Acct_Status_Type=second,
+            Event_Timestamp=later,
+            Acct_Session_Id="aaa",
+            Acct_Input_Octets=second_octets,
+        )
+    )
+    assert a.record_id < b.record_id
+    assert uuid.UUID(a.record_id) < uuid.UUID(b.record_id)
+
+
+@PROPERTY
+@given(timestamp=u32, status=any_status, received_at=received_times, delay=u32)
+def test_the_id_starts_with_the_event_timestamp_in_milliseconds(
+    timestamp: int, status: str, received_at: datetime, delay: int
+) -> None:
+    record = decode(
+        received_at,
+        **interim(Acct_Status_Type=status, Event_Timestamp=timestamp, Acct_Delay_Time=delay),
+    )
+    assert id_milliseconds(record.record_id) == timestamp * 1000
+    assert record.record_id == str(uuid.UUID(record.record_id))  # canonical text
+
+
+@PROPERTY
+@given(status=any_status, received_at=received_times, timestamp=st.none() | u32)
+def test_the_id_is_a_version_8_rfc_9562_uuid(
+    status: str, received_at: datetime, timestamp: int | None
+) -> None:
+    record_id = uuid.UUID(
+        decode(received_at, **interim(Acct_Status_Type=status, Event_Timestamp=timestamp)).record_id
+    )
+    assert record_id.variant == uuid.RFC_4122
+    assert record_id.version == 8
+    assert str(record_id)[14] == "8"
+
+
+@PROPERTY
+@given(
+    status=any_status,
+    received_at=received_times,
+    session_time=st.none() | st.integers(0, 10**6),
+    delay=st.integers(0, 3600),
+    retransmitted_after=st.integers(1, 3600),
+)
+def test_without_event_timestamp_a_retransmission_with_a_higher_delay_keeps_its_id(
+    status: str,
+    received_at: datetime,
+    session_time: int | None,
+    delay: int,
+    retransmitted_after: int,
+) -> None:
+    attributes = interim(Acct_Status_Type=status, Acct_Session_Time=session_time)
+    original = decode(received_at, **attributes, Acct_Delay_Time=delay)
+    again = decode(
+        received_at + timedelta(seconds=retransmitted_after),
+        **attributes,
+        Acct_Delay_Time=delay + retransmitted_after,
+    )
+    assert again.event_time == original.event_time
+    assert again.delay_time > original.delay_time
+    assert again.record_id == original.record_id
+
+
+@PROPERTY
+@given(
+    started=received_times,
+    session_times=st.lists(st.integers(0, 10**7), min_size=2, max_size=6, unique=True),
+    delays=st.lists(st.integers(0, 120), min_size=6, max_size=6),
+)
+def test_without_event_timestamp_a_session_s_later_records_sort_after(
+    started: datetime, session_times: list[int], delays: list[int]
+) -> None:
+    """Interim-Updates of one session: the id's time is the start minute + Acct-Session-Time."""
+    session_times.sort()
+    records = [
+        decode(
+            started + timedelta(seconds=elapsed + delay),
+            **interim(Acct_Session_Time=elapsed, Acct_Delay_Time=delay),
+        )
+        for elapsed, delay in zip(session_times, delays, strict=False)
+    ]
+    ids = [record.record_id for record in records]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    start_minute = int(started.timestamp()) // 60
+    for record, elapsed in zip(records, session_times, strict=False):
+        assert id_milliseconds(record.record_id) == (start_minute * 60 + elapsed) * 1000
+
+
+@PROPERTY
+@given(
+    status=st.sampled_from(["Accounting-On", "Accounting-Off"]),
+    received_at=received_times,
+    delay=st.integers(0, 3600),
+    later_by=st.integers(1, 10**6),
+)
+def test_without_event_timestamp_accounting_on_off_ids_carry_the_estimated_second(
+    status: str, received_at: datetime, delay: int, later_by: int
+) -> None:
+    record = decode(received_at, Acct_Status_Type=status, Acct_Delay_Time=delay)
+    estimated = int((received_at - timedelta(seconds=delay)).timestamp())
+    assert id_milliseconds(record.record_id) == estimated * 1000
+    later = decode(
+        received_at + timedelta(seconds=later_by), Acct_Status_Type=status, Acct_Delay_Time=delay
+    )
+    assert later.record_id > record.record_id

@@ -351,3 +351,14 @@ def test_records_rendered_in_detail_format_read_back_the_same(records, zone):
         assert got.received_at == datetime.fromtimestamp(record["timestamp"], UTC)
         if record["source"]:
             assert got.nas_addresses[0] == record["source"]
+
+
+def test_an_unquoted_value_that_is_not_utf8_is_kept_as_octets() -> None:
+    """Like a quoted one (and as the live decoder keeps it), never as text with lone surrogates,
+    which no JSON writer takes: the import would refuse the whole batch."""
+    text = (
+        b"Tue Mar 10 08:00:00 2026\n\tUser-Name = d\xffve\n\tAcct-Status-Type = Start\n"
+        b"\tTimestamp = 1773129600\n\n"
+    )
+    (record,) = only_records(parse(text))
+    assert record.attributes["User-Name"] == [b"d\xffve"]

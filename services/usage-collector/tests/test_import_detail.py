@@ -40,6 +40,7 @@ from usage_collector.application.screen_accounting_request import (
     screen_accounting_request,
 )
 from usage_collector.bootstrap import accounting_stream_for
+from usage_collector.domain.accounting_record import AccountingRecord
 from usage_collector.entrypoints.http import collector_import_router, encode_imported_request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "freeradius" / "radacct-utc"
@@ -105,7 +106,7 @@ def as_request(record: DetailRecord) -> ImportedRequest:
     return ImportedRequest(record.ref, record.attributes, record.nas_addresses, record.received_at)
 
 
-def live(requests, attributes: dict, received_at: datetime) -> AccountingRecordReceived:
+def live(requests, attributes: dict, received_at: datetime) -> AccountingRecord:
     """The record the live collector makes of the same request arriving from the NAS."""
     datagram = requests.build(secret=NAS.secret, **attributes)
     accepted = screen_accounting_request(
@@ -180,8 +181,8 @@ async def test_records_received_live_then_imported_are_recorded_once(ledger, req
     assert report.imported == 3
     records = await recorded(ledger)
     assert len(records) == 3
-    assert [r.record_id for r in records[:2]] == [r.record_id for r in seen_live]
-    assert records[2].record_id == live(requests, SENT[2], NOW).record_id
+    assert [str(r.record_id) for r in records[:2]] == [r.record_id for r in seen_live]
+    assert str(records[2].record_id) == live(requests, SENT[2], NOW).record_id
 
 
 @pytest.mark.unit
@@ -203,7 +204,7 @@ def test_without_event_timestamp_the_live_and_the_imported_record_agree_too(requ
     (record,) = parse_detail(io.BytesIO(text.encode()), source="detail")
     assert isinstance(record, DetailRecord)
     imported = screen_imported_request(as_request(record), InMemoryNasRegistry([NAS]), now=NOW)
-    assert isinstance(imported, AccountingRecordReceived)
+    assert isinstance(imported, AccountingRecord)
     assert imported.record_id == live(requests, attributes, received).record_id
     assert imported.event_time == received - timedelta(seconds=4)
 

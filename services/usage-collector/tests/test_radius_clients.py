@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from pyrad.client import Client, Timeout
+from pyrad.packet import AuthPacket, Packet
 
 from ispbill_core.bus.ledger import LedgerPublisher
 from ispbill_core.clock import FixedClock
@@ -84,11 +86,15 @@ async def make_collector(
 
 async def radclient(port: int, attributes: dict[str, Any], *, secret: str = SECRET) -> bool:
     """One request with radclient (1 try, 1 s timeout); True when a valid reply came back."""
+    line = ",".join(f"{name}={value}" for name, value in attributes.items())
+    return await _radclient(port, "acct", line, secret)
+
+
+async def _radclient(port: int, command: str, line: str, secret: str) -> bool:
     if RADCLIENT is None:
         pytest.skip("radclient (Debian freeradius-utils) is not installed: make install-system")
-    line = ",".join(f"{name}={value}" for name, value in attributes.items())
     process = await asyncio.create_subprocess_exec(
-        RADCLIENT, "-x", "-r", "1", "-t", "1", f"127.0.0.1:{port}", "acct", secret,
+        RADCLIENT, "-x", "-r", "1", "-t", "1", f"127.0.0.1:{port}", command, secret,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -235,3 +241,49 @@ async def test_gigawords_carry_the_counters_past_four_gigabytes(make_collector, 
     [record] = await collector.records()
     assert record.input_octets == 3 * GIGAWORD + 5
     assert record.output_octets == 2 * GIGAWORD - 1
+
+
+# --- Status-Server (RFC 5997) ------------------------------------------------------------------
+
+
+async def radclient_status(port: int, *, secret: str = SECRET) -> bool:
+    """A Status-Server from radclient, which signs it with a Message-Authenticator itself."""
+    return await _radclient(port, "status", "Message-Authenticator = 0x00", secret)
+
+
+async def pyrad_status(port: int, *, secret: str = SECRET) -> bool:
+    """A Status-Server from pyrad: an AuthPacket of code 12 (a random Request Authenticator
+    and a Message-Authenticator over it) sent to the accounting port; pyrad's VerifyReply,
+    with enforce_ma, checks the reply's Response Authenticator and Message-Authenticator."""
+
+    def send() -> bool:
+        request = AuthPacket(code=12, secret=secret.encode(), dict=load_dictionary())
+        request.add_message_authenticator()
+        raw = request.RequestPacket()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(1)
+            sock.sendto(raw, ("127.0.0.1", port))
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                return False
+        reply = Packet(packet=data, secret=secret.encode(), dict=load_dictionary())
+        return bool(reply.code == 5 and request.VerifyReply(reply, data, enforce_ma=True))
+
+    return await asyncio.to_thread(send)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [pytest.param(radclient_status, id="radclient"), pytest.param(pyrad_status, id="pyrad")],
+)
+async def test_a_status_server_is_answered_and_records_nothing(make_collector, status) -> None:
+    collector = await make_collector()
+    assert await status(collector.port)
+    assert collector.server.counters.status_server == 1
+    assert collector.server.counters.acked == 0  # no record acknowledged
+    assert await collector.records() == []
+    # A wrong secret makes the Message-Authenticator wrong: dropped, not answered.
+    assert not await status(collector.port, secret="not-the-secret")
+    assert collector.server.counters.dropped_bad_authenticator == 1
+    assert collector.server.counters.status_server == 1

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import struct
+from datetime import UTC, datetime
+from random import Random
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyrad.packet import AcctPacket
 
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder, load_dictionary
+from usage_collector.application.nas_registry import RegisteredNas
 from usage_collector.application.screen_accounting_request import (
     AcceptedRequest,
     DroppedRequest,
     DropReason,
+    StatusServerRequest,
     screen_accounting_request,
 )
 from usage_collector.domain.radius_packet import (
@@ -19,6 +29,7 @@ from usage_collector.domain.radius_packet import (
     parse_packet,
     request_authenticator_is_valid,
 )
+from usage_collector.testing import attribute, sign
 
 pytestmark = pytest.mark.unit
 
@@ -164,3 +175,166 @@ def test_the_response_authenticator_verifies_at_the_nas(screen, requests) -> Non
     assert not request.VerifyReply(reply, result.response)
     assert reply.code == 5 and reply.id == 42
     assert reply["Proxy-State"] == [b"proxy-1", b"proxy-2"]
+
+
+# --- parsing: first values, every value, Proxy-State, Message-Authenticator ---------------------
+
+PROPERTY = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+START = attribute(40, struct.pack("!I", 1)) + attribute(44, b"sess-1")
+
+
+@PROPERTY
+@given(
+    attributes=st.lists(
+        st.tuples(
+            st.sampled_from([1, 8, 26, 33, 40, 44]) | st.integers(0, 255), st.binary(max_size=30)
+        ),
+        max_size=20,
+    )
+)
+def test_first_keeps_the_first_of_repeated_attributes_and_attributes_lists_them_all(
+    attributes: list[tuple[int, bytes]],
+) -> None:
+    packet = parse_packet(sign(1, b"".join(attribute(t, v) for t, v in attributes), b"s", ma=False))
+    assert packet.attributes == attributes
+    first: dict[int, bytes] = {}
+    for attribute_type, value in attributes:
+        first.setdefault(attribute_type, value)
+    assert packet.first == first
+    for attribute_type in {t for t, _ in attributes} | {0, 255}:
+        assert packet.values(attribute_type) == [v for t, v in attributes if t == attribute_type]
+
+
+def test_a_repeated_user_name_keeps_its_first_value() -> None:
+    body = attribute(1, b"alice") + START + attribute(1, b"mallory") + attribute(1, b"")
+    packet = parse_packet(sign(1, body, b"s", ma=False))
+    assert packet.first[1] == b"alice"
+    assert packet.values(1) == [b"alice", b"mallory", b""]
+    assert [t for t, _ in packet.attributes] == [1, 40, 44, 1, 1]
+
+
+def expected_response(request: bytes, attributes: bytes, secret: bytes) -> bytes:
+    """RFC 2866 section 3, written out: the Accounting-Response to `request`."""
+    header = struct.pack("!BBH", 5, request[1], 20 + len(attributes))
+    authenticator = hashlib.md5(
+        header + request[4:20] + attributes + secret, usedforsecurity=False
+    ).digest()
+    return header + authenticator + attributes
+
+
+PROXY_NAS = RegisteredNas(
+    nas_id="nas-1",
+    ip_address="127.0.0.1",
+    secret=b"testing123",
+    require_message_authenticator=False,
+)
+
+
+@PROPERTY
+@given(
+    states=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+    others=st.lists(
+        st.tuples(st.sampled_from([1, 31, 32, 44, 87]), st.binary(min_size=1, max_size=10)),
+        max_size=6,
+    ),
+    order=st.randoms(use_true_random=False),
+    identifier=st.integers(0, 255),
+)
+def test_proxy_states_are_echoed_in_order(
+    states: list[bytes], others: list[tuple[int, bytes]], order: Random, identifier: int
+) -> None:
+    """RFC 2865 section 5.33: every Proxy-State, in the order received, and nothing else."""
+    parts = [(33, state) for state in states] + others
+    order.shuffle(parts)
+    # Proxy-States stay in their generated order among themselves, wherever they land.
+    in_order = iter(states)
+    parts = [(t, next(in_order)) if t == 33 else (t, v) for t, v in parts]
+    body = START + b"".join(attribute(t, v) for t, v in parts)
+    datagram = sign(identifier, body, PROXY_NAS.secret, ma=False)
+    result = screen_accounting_request(
+        datagram,
+        PROXY_NAS.ip_address,
+        datetime(2025, 3, 1, 12, tzinfo=UTC),
+        registry=InMemoryNasRegistry([PROXY_NAS]),
+        decode_attributes=DictionaryAttributeDecoder(),
+    )
+    assert isinstance(result, AcceptedRequest), result
+    echoed = b"".join(attribute(33, state) for state in states)
+    assert result.response == expected_response(datagram, echoed, PROXY_NAS.secret)
+    assert parse_packet(result.response).attributes == [(33, state) for state in states]
+
+
+def two_message_authenticators(secret: bytes, *, second: bytes) -> bytes:
+    """A request whose first Message-Authenticator is the right HMAC, followed by another one."""
+    attributes = START + attribute(80, bytes(16)) + attribute(80, second)
+    header = struct.pack("!BBH", 4, 9, 20 + len(attributes))
+    mac = hmac.new(secret, header + bytes(16) + attributes, hashlib.md5).digest()
+    attributes = START + attribute(80, mac) + attribute(80, second)
+    authenticator = hashlib.md5(header + bytes(16) + attributes + secret, usedforsecurity=False)
+    return header + authenticator.digest() + attributes
+
+
+@pytest.mark.parametrize("second", [bytes(16), b"\x01" * 16, b"\x02" * 4])
+@pytest.mark.parametrize("require_ma", [False, True])
+def test_a_packet_with_two_message_authenticators_is_dropped(
+    screen, requests, second: bytes, require_ma: bool
+) -> None:
+    registry = InMemoryNasRegistry([requests.nas(require_ma=require_ma)])
+    datagram = two_message_authenticators(requests.secret, second=second)
+    packet = parse_packet(datagram)
+    assert request_authenticator_is_valid(packet, requests.secret)
+    assert packet.values(80)[1] == second
+    assert not message_authenticator_is_valid(packet, requests.secret)
+    result = screen(datagram, registry=registry)
+    assert isinstance(result, DroppedRequest)
+    assert result.reason is DropReason.BAD_AUTHENTICATOR
+    # The same request with its one (first) Message-Authenticator is accepted.
+    single = sign(9, START, requests.secret, ma=True)
+    assert isinstance(screen(single, registry=registry), AcceptedRequest)
+
+
+# --- Status-Server (RFC 5997) ------------------------------------------------------------------
+
+
+def status_server(secret: bytes, *, ma: bool = True, authenticator: bytes = b"\x5a" * 16) -> bytes:
+    """A Status-Server as a client sends it: a random Request Authenticator and, when `ma`, a
+    Message-Authenticator = HMAC-MD5(secret, packet with the attribute zeroed)."""
+    attributes = attribute(80, bytes(16)) if ma else b""
+    header = struct.pack("!BBH", 12, 7, 20 + len(attributes))
+    if ma:
+        signature = hmac.new(secret, header + authenticator + attributes, hashlib.md5).digest()
+        attributes = attributes[:2] + signature
+    return header + authenticator + attributes
+
+
+def test_a_status_server_is_answered_with_a_signed_accounting_response(screen, requests) -> None:
+    request = status_server(requests.secret)
+    result = screen(request)
+    assert isinstance(result, StatusServerRequest)
+    response = parse_packet(result.response)
+    assert (response.code, response.identifier) == (5, 7)
+    # Response Authenticator over the response with the request's authenticator (RFC 2866 3).
+    expected = hashlib.md5(
+        result.response[:4] + request[4:20] + result.response[20:] + requests.secret
+    ).digest()
+    assert response.authenticator == expected
+    # Its Message-Authenticator, as a client checks it: over the response with the request's
+    # authenticator in the header and the attribute zeroed (RFC 3579 3.2).
+    zeroed = result.response[:4] + request[4:20] + result.response[20:22] + bytes(16)
+    signature = hmac.new(requests.secret, zeroed, hashlib.md5).digest()
+    assert response.first[80] == signature
+
+
+def test_a_status_server_without_a_message_authenticator_is_dropped(screen, requests) -> None:
+    """RFC 5997 section 3, whatever the NAS's own switch says (this NAS does not require one)."""
+    result = screen(status_server(requests.secret, ma=False))
+    assert isinstance(result, DroppedRequest)
+    assert result.reason is DropReason.MISSING_MESSAGE_AUTHENTICATOR
+
+
+def test_a_status_server_signed_with_another_secret_is_dropped(screen, requests) -> None:
+    result = screen(status_server(b"not-the-secret"))
+    assert isinstance(result, DroppedRequest)
+    assert result.reason is DropReason.BAD_AUTHENTICATOR

@@ -46,7 +46,9 @@ async def open_ledger(ledger: str, schema: str = "ispbill") -> EventStore:
         from ispbill_core.eventstore.postgresql import PostgresEventStore
 
         return await PostgresEventStore.connect(ledger, schema=schema)
-    return SQLiteEventStore(ledger)
+    # The loop of a collector process only screens packets; it writes each batch itself
+    # rather than sharing the GIL with a writer thread row by row (docs/adr/0011).
+    return SQLiteEventStore(ledger, write_on_loop=True)
 
 
 async def open_publisher(args: argparse.Namespace, store: EventStore, worker: int) -> Publisher:

@@ -318,6 +318,13 @@ def _value(written: str) -> AttributeValue:
         return int(written)
     if not written:
         raise _Malformed("no value")
+    raw = written.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Read with surrogateescape: text that is not UTF-8 would carry lone surrogates, which
+        # no JSON writer takes. Octets, as for a quoted string and as the live decoder keeps it.
+        return raw
     return written
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -15,6 +15,7 @@ from usage_collector.domain.accounting_record import AccountingAttributes, Attri
 from usage_collector.domain.radius_packet import RadiusPacket
 
 VENDOR_SPECIFIC = 26
+_NO_NAMES: Mapping[bytes, str] = {}
 
 
 def dictionary_path() -> Path:
@@ -43,6 +44,10 @@ class DictionaryAttributeDecoder:
     def __init__(self, dictionary: Dictionary | None = None) -> None:
         self._dictionary = dictionary if dictionary is not None else load_dictionary()
         self._table = _compile(self._dictionary)
+
+    def value_names(self, attribute_type: int) -> Mapping[bytes, str]:
+        entry = self._table.get(attribute_type)
+        return (entry[1] or _NO_NAMES) if entry is not None else _NO_NAMES
 
     def __call__(self, packet: RadiusPacket) -> AccountingAttributes:
         decoded: dict[str, list[AttributeValue]] = {}

@@ -63,6 +63,7 @@ from ispbill_core.bus import (
     decode_message,
     encode_message,
 )
+from ispbill_core.events import NewEvent
 
 __all__ = [
     "RenewablePublisher",
@@ -105,8 +106,12 @@ class SpooledBatch:
     records: tuple[tuple[str, bytes], ...]
     start: int
     end: int
+    #: The values decoded, once, when the frame was checked (in `records`' order).
+    events: tuple[NewEvent, ...] = ()
 
     def messages(self) -> list[Message]:
+        if len(self.events) == len(self.records):
+            return [(key, event) for (key, _), event in zip(self.records, self.events, strict=True)]
         return [(key, decode_message(value)) for key, value in self.records]
 
 
@@ -161,11 +166,12 @@ def _decode_payload(payload: bytes, start: int, end: int) -> SpooledBatch | None
             records.append((key, value))
         if at != len(payload):
             return None
-        for _, value in records:
-            decode_message(value)  # a CRC-valid frame whose values are not events is damage too
+        # A CRC-valid frame whose values are not events is damage too; the events decoded here
+        # are the ones the drain publishes (decoding is most of a drain's cost).
+        events = tuple(decode_message(value) for _, value in records)
     except (struct.error, UnicodeDecodeError, UndecodableMessage):
         return None
-    return SpooledBatch(topic, tuple(records), start, end)
+    return SpooledBatch(topic, tuple(records), start, end, events)
 
 
 def _frame_at(data: bytes | memoryview, at: int, limit: int) -> SpooledBatch | None:

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from ispbill_core.contracts.accounts import NasRegistered
-from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import utc
 from ispbill_core.eventstore import EventStore
 from usage_collector.application.nas_registry import NasRegistry, RegisteredNas, normalise_ip
@@ -22,6 +21,7 @@ from usage_collector.application.ports import AccountingPublisher
 from usage_collector.application.publish_accounting_records import publish_accounting_records
 from usage_collector.domain.accounting_record import (
     AccountingAttributes,
+    AccountingRecord,
     InvalidAccountingRecord,
     decode_accounting_request,
 )
@@ -135,7 +135,7 @@ def screen_imported_request(
     *,
     now: datetime,
     nas: RegisteredNas | None = None,
-) -> AccountingRecordReceived | SkippedRequest:
+) -> AccountingRecord | SkippedRequest:
     """The record a logged request reports, or why it is skipped. Never raises for bad input.
 
     Without `nas`, the first of the request's addresses that a NAS is registered at names it.
@@ -181,7 +181,7 @@ async def import_accounting_requests(
     failed can send the same requests again.
     """
     report = ImportReport(received=len(requests), dry_run=dry_run)
-    records: list[tuple[AccountingRecordReceived, str | None]] = []
+    records: list[tuple[AccountingRecord, str | None]] = []
     for request in requests:
         screened = screen_imported_request(request, registry, now=now, nas=nas)
         if isinstance(screened, SkippedRequest):

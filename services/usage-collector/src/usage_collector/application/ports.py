@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from ispbill_core.events import NewEvent
+from ispbill_core.events import AnyNewEvent
 from usage_collector.domain.accounting_record import AccountingAttributes
 from usage_collector.domain.radius_packet import RadiusPacket
 
@@ -16,10 +16,14 @@ class AccountingPublisher(Protocol):
     `publish` returns once every message is durable, and raises when it is not.
     """
 
-    async def publish(self, topic: str, messages: Sequence[tuple[str, NewEvent]]) -> None: ...
+    async def publish(self, topic: str, messages: Sequence[tuple[str, AnyNewEvent]]) -> None: ...
 
 
 class AttributeDecoder(Protocol):
     """Types a packet's raw attributes by a RADIUS dictionary: name -> decoded values."""
 
     def __call__(self, packet: RadiusPacket) -> AccountingAttributes: ...
+
+    def value_names(self, attribute_type: int) -> Mapping[bytes, str]:
+        """The named values of a standard attribute: raw value -> name (empty when none)."""
+        ...

@@ -13,9 +13,16 @@ from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import (
+    NoOpTracer,
+    ProxyTracer,
+    Span,
+    Status,
+    StatusCode,
+)
 
 from ispbill_core.clock import Clock
+from ispbill_core.telemetry import spans_are_exported
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder
 from usage_collector.application.nas_registry import NasRegistry
 from usage_collector.application.ports import AccountingPublisher, AttributeDecoder
@@ -24,6 +31,7 @@ from usage_collector.application.screen_accounting_request import (
     AcceptedRequest,
     DroppedRequest,
     DropReason,
+    StatusServerRequest,
     screen_accounting_request,
 )
 from usage_collector.domain.radius_packet import MAX_LENGTH
@@ -39,7 +47,7 @@ DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
 Address = tuple[Any, ...]
 #: A screened request waiting for the publish: what to publish, its span, where to answer, and
 #: the traceparent that rides on the event.
-_Pending = tuple[AcceptedRequest, Span, Address, str | None]
+_Pending = tuple[AcceptedRequest, Span | None, Address, str | None]
 
 
 @dataclass
@@ -57,6 +65,8 @@ class AccountingCounters:
     #: Failed publish calls; none of that batch was acknowledged.
     publish_failures: int = 0
     batches_published: int = 0
+    #: Status-Server requests (RFC 5997) answered.
+    status_server: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -111,12 +121,14 @@ class AccountingServer:
         self._reuse_port = reuse_port
         self._pending: deque[_Pending] = deque()
         #: Responses the kernel had no room for; sent when the socket is writable again.
-        self._unsent: deque[tuple[bytes, Address]] = deque()
+        self._unsent: deque[tuple[bytes, Address, bool]] = deque()
         self._wakeup = asyncio.Event()
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Whether a tracer provider is set (start() looks); without one no span is made at all.
+        self._traced = False
         self.receive_buffer_size: int | None = None
 
     @property
@@ -132,6 +144,7 @@ class AccountingServer:
         self._sock = await self._bind(loop)
         self._loop = loop
         self._stopping = False
+        self._traced = tracing_is_on()
         self._worker = asyncio.create_task(self._run(), name="radius-accounting-worker")
         loop.add_reader(self._sock.fileno(), self._read_ready)
         log.info(
@@ -156,7 +169,8 @@ class AccountingServer:
             self._worker = None
         while self._pending:
             _, span, _, _ = self._pending.popleft()
-            _end_unacknowledged(span, "stopped before it was published")
+            if span is not None:
+                _end_unacknowledged(span, "stopped before it was published")
         if self._sock is not None:
             if self._loop is not None and self._unsent:
                 self._loop.remove_writer(self._sock.fileno())
@@ -221,20 +235,38 @@ class AccountingServer:
         counters.received += len(datagrams)
         # One clock read per wakeup: these datagrams were all waiting in the socket together.
         received_at = self._clock.now()
-        started_ns = time.time_ns()
         room = self._max_pending - len(pending)
-        for data, address in datagrams:
-            if room <= 0:
-                counters.dropped_overload += 1
-                continue
-            accepted = self._screen(data, address, received_at, started_ns)
-            if accepted is not None:
-                pending.append(accepted)
-                room -= 1
+        if len(datagrams) > room:
+            counters.dropped_overload += len(datagrams) - max(room, 0)
+            datagrams = datagrams[: max(room, 0)]
+        if self._traced:
+            started_ns = time.time_ns()
+            for data, address in datagrams:
+                accepted = self._screen_traced(data, address, received_at, started_ns)
+                if accepted is not None:
+                    pending.append(accepted)
+        else:
+            # The hot path: no span, nothing per datagram but screening it.
+            registry = self._registry
+            decode = self._decode
+            for data, address in datagrams:
+                try:
+                    result = screen_accounting_request(
+                        data, address[0], received_at, registry=registry, decode_attributes=decode
+                    )
+                except Exception as exc:
+                    log.exception("screening a datagram from %s failed", address[0])
+                    result = DroppedRequest(DropReason.MALFORMED, f"unexpected: {exc!r}")
+                if isinstance(result, AcceptedRequest):
+                    pending.append((result, None, address, None))
+                elif isinstance(result, StatusServerRequest):
+                    self._answer_status_server(result, address)
+                else:
+                    self._count_drop(result, str(address[0]), None)
         if pending:
             self._wakeup.set()
 
-    def _screen(
+    def _screen_traced(
         self, data: bytes, address: Address, received_at: datetime, started_ns: int
     ) -> _Pending | None:
         source = str(address[0])
@@ -247,6 +279,9 @@ class AccountingServer:
             result = DroppedRequest(DropReason.MALFORMED, f"unexpected: {exc!r}")
         if isinstance(result, DroppedRequest):
             self._count_drop(result, source, started_ns)
+            return None
+        if isinstance(result, StatusServerRequest):
+            self._answer_status_server(result, address)
             return None
         record = result.record
         # One span per datagram, started when it was read; attributes given at once, as a
@@ -263,16 +298,24 @@ class AccountingServer:
         )
         return result, span, address, _traceparent(span)
 
-    def _count_drop(self, dropped: DroppedRequest, source: str, started_ns: int) -> None:
+    def _answer_status_server(self, request: StatusServerRequest, address: Address) -> None:
+        """Alive: answered at once, behind any responses still waiting for the socket."""
+        self.counters.status_server += 1
+        self._send([(request.response, address)], acks=False)
+
+    def _count_drop(self, dropped: DroppedRequest, source: str, started_ns: int | None) -> None:
         name = dropped.reason.value
         setattr(self.counters, name, getattr(self.counters, name) + 1)
-        attributes = {"net.peer.ip": source, "radius.drop_reason": name}
-        if dropped.nas_id is not None:
-            attributes["radius.nas_id"] = dropped.nas_id
-        span = tracer.start_span("radius.accounting", start_time=started_ns, attributes=attributes)
-        if span.is_recording():
-            span.set_status(Status(StatusCode.ERROR, dropped.detail))
-        span.end()
+        if started_ns is not None:
+            attributes = {"net.peer.ip": source, "radius.drop_reason": name}
+            if dropped.nas_id is not None:
+                attributes["radius.nas_id"] = dropped.nas_id
+            span = tracer.start_span(
+                "radius.accounting", start_time=started_ns, attributes=attributes
+            )
+            if span.is_recording():
+                span.set_status(Status(StatusCode.ERROR, dropped.detail))
+            span.end()
         log.debug("dropped RADIUS datagram: %s (%s)", name, dropped.detail)
 
     # -- publishing and answering ------------------------------------------------------------
@@ -290,7 +333,8 @@ class AccountingServer:
                 await self._publish_and_answer(batch)
             except asyncio.CancelledError:
                 for _, span, _, _ in batch:
-                    _end_unacknowledged(span, "stopped while publishing")
+                    if span is not None:
+                        _end_unacknowledged(span, "stopped while publishing")
                 raise
             except Exception:
                 # A bug must cost one batch (unacknowledged, so retransmitted), not the server.
@@ -305,21 +349,26 @@ class AccountingServer:
             self.counters.publish_failures += 1
             log.warning("publishing %d accounting records failed: %r", len(batch), exc)
             for _, span, _, _ in batch:
-                if span.is_recording():
-                    span.record_exception(exc)
-                _end_unacknowledged(span, "publish failed; not acknowledged")
+                if span is not None:
+                    if span.is_recording():
+                        span.record_exception(exc)
+                    _end_unacknowledged(span, "publish failed; not acknowledged")
             return
         self.counters.batches_published += 1
         self._send([(request.response, address) for request, _, address, _ in batch])
-        for _, span, _, _ in batch:
-            span.end()
+        if self._traced:
+            for _, span, _, _ in batch:
+                if span is not None:
+                    span.end()
 
-    def _send(self, responses: list[tuple[bytes, Address]]) -> None:
+    def _send(self, responses: list[tuple[bytes, Address]], *, acks: bool = True) -> None:
+        """Send in order; what the kernel has no room for waits for the socket to be writable.
+        `acks`: the responses acknowledge records (counted as acked) or not (Status-Server)."""
         sock = self._sock
         if sock is None:
             return
         if self._unsent:  # keep the order: behind the responses already waiting
-            self._unsent.extend(responses)
+            self._unsent.extend((response, address, acks) for response, address in responses)
             return
         sendto = sock.sendto
         sent = 0
@@ -327,7 +376,7 @@ class AccountingServer:
             try:
                 sendto(response, address)
             except (BlockingIOError, InterruptedError):
-                self._unsent.extend(responses[index:])
+                self._unsent.extend((r, a, acks) for r, a in responses[index:])
                 assert self._loop is not None
                 self._loop.add_writer(sock.fileno(), self._send_unsent)
                 break
@@ -335,14 +384,15 @@ class AccountingServer:
                 log.warning("sending an Accounting-Response to %s failed: %s", address[0], exc)
                 continue
             sent += 1
-        self.counters.acked += sent
+        if acks:
+            self.counters.acked += sent
 
     def _send_unsent(self) -> None:
         sock = self._sock
         unsent = self._unsent
         sent = 0
         while sock is not None and unsent:
-            response, address = unsent[0]
+            response, address, acks = unsent[0]
             try:
                 sock.sendto(response, address)
             except (BlockingIOError, InterruptedError):
@@ -350,11 +400,24 @@ class AccountingServer:
             except OSError as exc:
                 log.warning("sending an Accounting-Response to %s failed: %s", address[0], exc)
             else:
-                sent += 1
+                sent += acks
             unsent.popleft()
         self.counters.acked += sent
         if not unsent and sock is not None and self._loop is not None:
             self._loop.remove_writer(sock.fileno())
+
+
+def tracing_is_on() -> bool:
+    """Whether spans go anywhere: a provider with an exporter is set (telemetry.setup_tracing).
+
+    Without one, a span is a no-op or recorded and dropped, but making it still cost 2 us or
+    more per datagram; the server then makes none, and records carry no traceparent.
+    """
+    if isinstance(tracer, NoOpTracer):
+        return False
+    if isinstance(tracer, ProxyTracer):  # the API's: it follows the global provider
+        return spans_are_exported()
+    return True
 
 
 def _traceparent(span: Span) -> str | None:
