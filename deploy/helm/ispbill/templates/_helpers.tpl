@@ -71,6 +71,53 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
+The secrets key (ISPBILL_SECRETS_KEY), which seals the NAS secrets in the ledger: the Secret it
+is in (secrets.existingSecret, else a Secret of its own, kept on uninstall: secrets-key.yaml).
+*/}}
+{{- define "ispbill.secretsKey.secretName" -}}
+{{- if .Values.secrets.existingSecret }}
+{{- .Values.secrets.existingSecret }}
+{{- else }}
+{{- printf "%s-secrets-key" (include "ispbill.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+secrets.secretsKey as given, once checked as the processes will read it: base64 keys of 64
+bytes each (88 characters), separated by commas (or white space). Empty when not given.
+*/}}
+{{- define "ispbill.secretsKey.given" -}}
+{{- $given := .Values.secrets.secretsKey }}
+{{- if trim $given }}
+{{- if .Values.secrets.existingSecret }}
+{{- fail (printf "secrets.secretsKey is not used with secrets.existingSecret: put the key in Secret %s under %s" .Values.secrets.existingSecret .Values.secrets.keys.secretsKey) }}
+{{- end }}
+{{- range regexSplit "[,\\s]+" (trim $given) -1 }}
+{{- if not (regexMatch "^[A-Za-z0-9+/]{86}==$" .) }}
+{{- fail "secrets.secretsKey: each key (comma-separated) is base64 of 64 random bytes, 88 characters (`ispbill secrets new-key`, or head -c 64 /dev/urandom | base64 -w0)" }}
+{{- end }}
+{{- end }}
+{{- $given }}
+{{- end }}
+{{- end }}
+
+{{/*
+ISPBILL_SECRETS_KEY for the processes that seal or open NAS secrets (api, collector, all-in-one;
+not rating, invoicing or notifier), as YAML of a dict: env, and annotations that roll the pods
+when secrets.secretsKey (or where the key is read from) changes.
+*/}}
+{{- define "ispbill.secretsKey.pod" -}}
+env:
+  - name: ISPBILL_SECRETS_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "ispbill.secretsKey.secretName" . }}
+        key: {{ .Values.secrets.keys.secretsKey }}
+annotations:
+  checksum/secrets-key: {{ list (include "ispbill.secretsKey.secretName" .) .Values.secrets.keys.secretsKey (include "ispbill.secretsKey.given" .) | toJson | sha256sum }}
+{{- end }}
+
+{{/*
 The environment every container gets: the ConfigMap, credentials from the Secret, the
 component's own settings, then extraEnv. (dict "root" $ "env" (list ...))
 */}}
