@@ -63,6 +63,8 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
         ("RadiusUsernameAssigned", 1): {"username", "customer_id", "subscription_id"},
         # the collector's NAS registry reads NAS registrations
         ("NasRegistered", 1): {"nas_id", "ip_address", "secret", "require_message_authenticator"},
+        ("NasRegistered", 2): {"nas_id", "ip_address", "secret_sealed",
+                               "require_message_authenticator"},
         # invoicing reads plans, customers, subscriptions, rated usage and payments
         ("PlanDefined", 1): {"plan_id", "monthly_fee", "included_bytes", "overage_price",
                              "overage_unit_bytes"},

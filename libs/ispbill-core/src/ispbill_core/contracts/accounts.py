@@ -8,6 +8,7 @@ from pydantic import EmailStr, Field
 
 from ispbill_core.events import DomainEvent, event_type
 from ispbill_core.money import Money
+from ispbill_core.sealing import Keyring
 
 GIGABYTE = 10**9
 
@@ -70,9 +71,15 @@ class RadiusUsernameAssigned(DomainEvent):
     subscription_id: str
 
 
+def nas_secret_context(nas_id: str) -> str:
+    """What a NAS's sealed secret is bound to: it opens for this NAS and no other."""
+    return f"nas:{nas_id}"
+
+
 @event_type("NasRegistered", 1)
-class NasRegistered(DomainEvent):
-    """A NAS allowed to send accounting. The secret is the RADIUS shared secret."""
+class NasRegisteredV1(DomainEvent):
+    """Superseded by v2: a NAS registered before secrets were sealed, its RADIUS shared secret
+    in plain text in the ledger. Still read (an upgraded ledger keeps working); never written."""
 
     nas_id: str
     name: str
@@ -80,3 +87,45 @@ class NasRegistered(DomainEvent):
     secret: str = Field(min_length=1)
     vendor: str = "generic"
     require_message_authenticator: bool = False
+
+
+@event_type("NasRegistered", 2)
+class NasRegistered(DomainEvent):
+    """A NAS allowed to send accounting, or new details for one already registered (a later
+    event in the NAS's stream replaces the earlier ones).
+
+    `secret_sealed` is the RADIUS shared secret sealed (ispbill_core.sealing) for the context
+    `nas_secret_context(nas_id)`; only processes holding the secrets key can open it.
+    """
+
+    nas_id: str
+    name: str
+    ip_address: str
+    secret_sealed: str = Field(pattern=r"^sealed:v1:[0-9a-f]{8}:[A-Za-z0-9_-]+$")
+    vendor: str = "generic"
+    require_message_authenticator: bool = False
+
+
+def nas_registration(
+    keyring: Keyring,
+    *,
+    nas_id: str,
+    name: str,
+    ip_address: str,
+    secret: str,
+    vendor: str = "generic",
+    require_message_authenticator: bool = False,
+) -> NasRegistered:
+    """The registration of a NAS, its plain-text secret sealed with `keyring` for this NAS."""
+    return NasRegistered(
+        nas_id=nas_id,
+        name=name,
+        ip_address=ip_address,
+        secret_sealed=keyring.seal(secret.encode("utf-8"), nas_secret_context(nas_id)),
+        vendor=vendor,
+        require_message_authenticator=require_message_authenticator,
+    )
+
+
+#: Both versions, for readers that accept either (the collector's registry, the NAS listing).
+AnyNasRegistered = NasRegistered | NasRegisteredV1
