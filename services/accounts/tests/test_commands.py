@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from decimal import Decimal
 
@@ -10,7 +11,8 @@ from pydantic import ValidationError
 
 from accounts.domain.commands import DefinePlan, RegisterCustomer, RegisterNas, StartSubscription
 from accounts.domain.errors import InvalidPlan
-from ispbill_core.contracts.accounts import GIGABYTE
+from ispbill_core.contracts.accounts import GIGABYTE, nas_secret_context
+from ispbill_core.sealing import Keyring
 
 pytestmark = pytest.mark.unit
 
@@ -87,7 +89,16 @@ def test_a_customer_needs_a_real_email_address() -> None:
 @pytest.mark.parametrize("ip", ["10.0.0.1", "2001:db8::1"])
 def test_a_nas_has_a_valid_ip_address(ip: str) -> None:
     nas = RegisterNas(nas_id="nas-1", name="edge", ip_address=ip, secret="s3cret!")
-    assert nas.to_event().ip_address == ip
+    assert nas.to_event(Keyring([os.urandom(64)])).ip_address == ip
+
+
+def test_a_nas_secret_is_sealed_for_that_nas_in_its_event() -> None:
+    keyring = Keyring([os.urandom(64)])
+    cmd = RegisterNas(nas_id="nas-1", name="edge", ip_address="10.0.0.1", secret="s3cret!")
+    event = cmd.to_event(keyring)
+    assert "s3cret!" not in event.model_dump_json()
+    assert keyring.open(event.secret_sealed, nas_secret_context("nas-1")) == b"s3cret!"
+    assert cmd.to_event(keyring) == event  # the same command, the same event
 
 
 @pytest.mark.parametrize("ip", ["10.0.0.256", "not-an-ip", "", "10.0.0"])

@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 from datetime import UTC, date, datetime
 
 import pytest
 
+from accounts.application import use_cases
 from accounts.application.use_cases import (
+    change_nas,
     define_plan,
     register_customer,
-    register_nas,
     start_subscription,
 )
-from accounts.domain.commands import DefinePlan, RegisterCustomer, RegisterNas, StartSubscription
-from accounts.domain.errors import AlreadyExists, NotFound, UsernameTaken
+from accounts.domain.commands import (
+    ChangeNas,
+    DefinePlan,
+    RegisterCustomer,
+    RegisterNas,
+    StartSubscription,
+)
+from accounts.domain.errors import AlreadyExists, Conflict, NotFound, UsernameTaken
 from ispbill_core.clock import FixedClock
 from ispbill_core.contracts.accounts import (
+    NasRegistered,
+    NasRegisteredV1,
     RadiusUsernameAssigned,
     customer_stream,
+    nas_secret_context,
     nas_stream,
     plan_stream,
     radius_user_stream,
     subscription_stream,
 )
+from ispbill_core.events import deterministic_id, new_event
+from ispbill_core.eventstore import NO_STREAM
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.sealing import Keyring
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +56,8 @@ ALICE = RegisterCustomer(
 )
 BOB = RegisterCustomer(customer_id="c-2", name="Bob", email="bob@example.com", tax_region="BD")
 NAS = RegisterNas(nas_id="nas-1", name="edge", ip_address="192.0.2.1", secret="s3cret!")
+KEYRING = Keyring([os.urandom(64)])
+register_nas = functools.partial(use_cases.register_nas, keyring=KEYRING)
 
 
 def subscription(sub_id: str = "sub-1", username: str = "alice", **kw: object) -> StartSubscription:
@@ -203,3 +220,69 @@ async def test_a_subscription_to_an_unknown_plan_is_not_found(store, clock, cata
         await start_subscription(store, clock, subscription(plan_id="gold"), "clerk")
     assert await store.read_stream(radius_user_stream("alice")) == []
     assert await store.stream_version(subscription_stream("sub-1")) is None
+
+
+def change(**kw: object) -> ChangeNas:
+    fields: dict[str, object] = {
+        "name": "edge",
+        "ip_address": "192.0.2.1",
+        "secret": "s3cret!",
+        "vendor": "generic",
+        "require_message_authenticator": False,
+    }
+    fields.update(kw)
+    return ChangeNas(**fields)
+
+
+async def test_a_nas_gets_new_details_and_a_new_secret_sealed(store, clock) -> None:
+    await register_nas(store, clock, NAS, "admin")
+    moved = change(ip_address="192.0.2.9", secret="n3w-secret", require_message_authenticator=True)
+    event = await change_nas(store, clock, "nas-1", moved, "netops", keyring=KEYRING)
+    history = await store.read_stream(nas_stream("nas-1"))
+    assert [e.decode() for e in history][-1] == event
+    assert len(history) == 2 and history[-1].metadata.actor == "netops"
+    assert event.ip_address == "192.0.2.9" and event.require_message_authenticator
+    assert KEYRING.open(event.secret_sealed, nas_secret_context("nas-1")) == b"n3w-secret"
+    # The same change again (a retry) records nothing.
+    await change_nas(store, clock, "nas-1", moved, "netops", keyring=KEYRING)
+    assert len(await store.read_stream(nas_stream("nas-1"))) == 2
+
+
+async def test_changing_a_nas_that_is_not_registered_is_not_found(store, clock) -> None:
+    with pytest.raises(NotFound, match="NAS 'nas-7' is not registered"):
+        await change_nas(store, clock, "nas-7", change(), "netops", keyring=KEYRING)
+    assert await store.read_stream(nas_stream("nas-7")) == []
+
+
+async def test_a_change_made_meanwhile_is_not_overwritten(store, clock) -> None:
+    """Between this change's read of the NAS and its write, another clerk changed it."""
+    await register_nas(store, clock, NAS, "admin")
+
+    class ChangedMeanwhile:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        async def read_stream(self, stream: str, **kw: object) -> object:
+            history = await store.read_stream(stream, **kw)
+            await change_nas(store, clock, "nas-1", change(secret="theirs!"), "b", keyring=KEYRING)
+            return history
+
+    with pytest.raises(Conflict, match="changed meanwhile"):
+        await change_nas(
+            ChangedMeanwhile(), clock, "nas-1", change(secret="mine!!"), "a", keyring=KEYRING
+        )
+    history = await store.read_stream(nas_stream("nas-1"))
+    assert len(history) == 2
+    assert KEYRING.open(history[-1].decode().secret_sealed, "nas:nas-1") == b"theirs!"
+
+
+async def test_a_nas_registered_before_sealing_is_sealed_by_a_change(store, clock) -> None:
+    legacy = NasRegisteredV1(nas_id="nas-1", name="edge", ip_address="192.0.2.1", secret="old")
+    recorded = new_event(legacy, id=deterministic_id("legacy"), occurred_at=clock.now())
+    await store.append(nas_stream("nas-1"), [recorded], NO_STREAM)
+    event = await change_nas(
+        store, clock, "nas-1", change(secret="n3w-secret"), "a", keyring=KEYRING
+    )
+    assert isinstance(event, NasRegistered)
+    [_, latest] = await store.read_stream(nas_stream("nas-1"))
+    assert latest.decode() == event

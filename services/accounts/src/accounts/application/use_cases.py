@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from accounts.domain.commands import DefinePlan, RegisterCustomer, RegisterNas, StartSubscription
-from accounts.domain.errors import AlreadyExists, NotFound, UsernameTaken
+from accounts.domain.commands import (
+    ChangeNas,
+    DefinePlan,
+    RegisterCustomer,
+    RegisterNas,
+    StartSubscription,
+)
+from accounts.domain.errors import AlreadyExists, Conflict, NotFound, UsernameTaken
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
+    AnyNasRegistered,
     CustomerRegistered,
     NasRegistered,
+    NasRegisteredV1,
     PlanDefined,
     RadiusUsernameAssigned,
     SubscriptionStarted,
@@ -19,6 +27,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.sealing import Keyring
 
 
 async def _record_once(
@@ -50,10 +59,56 @@ async def register_customer(
 
 
 async def register_nas(
-    store: EventStore, clock: Clock, cmd: RegisterNas, actor: str
+    store: EventStore, clock: Clock, cmd: RegisterNas, actor: str, *, keyring: Keyring
+) -> AnyNasRegistered:
+    """Sealing is deterministic (ispbill_core.sealing), so a repeated registration records the
+    same event and is a no-op, like every other command here. A NAS whose current registration
+    says the same with its secret sealed under an earlier key (or, registered before sealing,
+    not sealed) is already registered too: the command is a no-op, not a conflict."""
+    event = cmd.to_event(keyring)
+    stream = nas_stream(event.nas_id)
+    try:
+        await _record_once(store, stream, event, clock, actor)
+    except AlreadyExists:
+        current = (await store.read_stream(stream))[-1].decode()
+        assert isinstance(current, NasRegistered | NasRegisteredV1)
+        if cmd.describes(current, keyring):
+            return current
+        raise
+    return event
+
+
+async def change_nas(
+    store: EventStore,
+    clock: Clock,
+    nas_id: str,
+    cmd: ChangeNas,
+    actor: str,
+    *,
+    keyring: Keyring,
 ) -> NasRegistered:
-    event = cmd.to_event()
-    await _record_once(store, nas_stream(event.nas_id), event, clock, actor)
+    """New details for a registered NAS, appended to its stream: the collector's registry
+    replaces the NAS's address, secret and flag with them. Details equal to the current ones
+    record nothing (a retry). A NAS registered before secrets were sealed is sealed this way."""
+    stream = nas_stream(nas_id)
+    history = await store.read_stream(stream)
+    if not history:
+        raise NotFound(f"NAS {nas_id!r} is not registered")
+    event = cmd.for_nas(nas_id).to_event(keyring)
+    current = history[-1]
+    if current.decode() == event:
+        return event
+    event_id = deterministic_id(
+        event.event_type, stream, str(current.stream_position), event.model_dump_json()
+    )
+    try:
+        await store.append(
+            stream,
+            [new_event(event, id=event_id, occurred_at=clock.now(), actor=actor)],
+            current.stream_position,
+        )
+    except WrongExpectedVersion:
+        raise Conflict(f"NAS {nas_id!r} was changed meanwhile; read it and try again") from None
     return event
 
 

@@ -11,12 +11,17 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from accounts.domain.errors import InvalidPlan
 from ispbill_core.contracts.accounts import (
     GIGABYTE,
+    AnyNasRegistered,
     CustomerRegistered,
     NasRegistered,
+    NasRegisteredV1,
     PlanDefined,
     SubscriptionStarted,
+    nas_registration,
+    nas_secret_context,
 )
 from ispbill_core.money import Money
+from ispbill_core.sealing import Keyring, SealingError
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
 _USERNAME = re.compile(r"^[^\s\x00-\x1f]{1,253}$")
@@ -98,5 +103,43 @@ class RegisterNas(BaseModel):
     def _ip(cls, value: str) -> str:
         return str(ipaddress.ip_address(value))
 
-    def to_event(self) -> NasRegistered:
-        return NasRegistered(**self.model_dump())
+    def to_event(self, keyring: Keyring) -> NasRegistered:
+        """The event, the secret sealed for this NAS: the ledger never holds it in plain text."""
+        return nas_registration(keyring, **self.model_dump())
+
+    def describes(self, registered: AnyNasRegistered, keyring: Keyring) -> bool:
+        """Whether a recorded registration says what this command says, the secret included
+        (opened: it may have been sealed with an earlier key, or not at all)."""
+        if isinstance(registered, NasRegisteredV1):
+            secret = registered.secret.encode("utf-8")
+        else:
+            try:
+                secret = keyring.open(registered.secret_sealed, nas_secret_context(self.nas_id))
+            except SealingError:
+                return False
+        details = registered.model_dump(exclude={"secret", "secret_sealed"})
+        return secret == self.secret.encode("utf-8") and details == self.model_dump(
+            exclude={"secret"}
+        )
+
+
+class ChangeNas(BaseModel):
+    """New details for a registered NAS (a replaced router, a new secret): every one of them,
+    none defaulted, so that a change that leaves a field out cannot quietly turn off the
+    Message-Authenticator requirement; the NAS id is the one in the path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=120)
+    ip_address: str
+    secret: str = Field(min_length=6, max_length=128)
+    vendor: str = Field(max_length=40)
+    require_message_authenticator: bool
+
+    @field_validator("ip_address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))
+
+    def for_nas(self, nas_id: str) -> RegisterNas:
+        return RegisterNas(nas_id=nas_id, **self.model_dump())

@@ -9,6 +9,10 @@ class AlreadyExists(AccountsError):
     """An entity with this id exists with different details."""
 
 
+class Conflict(AccountsError):
+    """Someone else changed the entity between this command's read and its write."""
+
+
 class NotFound(AccountsError):
     pass
 

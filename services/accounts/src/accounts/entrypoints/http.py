@@ -7,19 +7,56 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from accounts.application import use_cases
-from accounts.domain.commands import DefinePlan, RegisterCustomer, RegisterNas, StartSubscription
+from accounts.domain.commands import (
+    ChangeNas,
+    DefinePlan,
+    RegisterCustomer,
+    RegisterNas,
+    StartSubscription,
+)
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
+    AnyNasRegistered,
     CustomerRegistered,
     NasRegistered,
+    NasRegisteredV1,
     PlanDefined,
     SubscriptionStarted,
+    nas_secret_context,
 )
 from ispbill_core.eventstore import EventStore
-from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.eventstore.queries import all_events_of, recorded_of_types
+from ispbill_core.sealing import Keyring, SealingError, sealed_with
+
+#: How the ledger holds a NAS's secret (`secret_storage`); none of them is a secret.
+SEALED, PLAINTEXT, EXPOSED = "sealed", "plaintext", "exposed"
 
 
-def accounts_router(store: EventStore, clock: Clock) -> APIRouter:
+def nas_view(
+    event: AnyNasRegistered, keyring: Keyring, earlier_plaintext: frozenset[bytes] = frozenset()
+) -> dict[str, Any]:
+    """A NAS as the API shows it: never its secret, sealed or not.
+
+    `secret_storage` is "sealed"; "plaintext" for a NAS registered before secrets were sealed;
+    "exposed" when it is sealed now but the same secret is in plain text in an earlier
+    registration (`earlier_plaintext`): change the secret on the NAS and here. `secret_key_id`
+    is the key that sealed it (not secret; what key rotation needs to know).
+    """
+    view = event.model_dump(mode="json", exclude={"secret", "secret_sealed"})
+    if isinstance(event, NasRegisteredV1):
+        return {**view, "secret_storage": PLAINTEXT, "secret_key_id": None}
+    storage = SEALED
+    if earlier_plaintext:
+        try:
+            secret = keyring.open(event.secret_sealed, nas_secret_context(event.nas_id))
+        except SealingError:
+            secret = None
+        if secret in earlier_plaintext:
+            storage = EXPOSED
+    return {**view, "secret_storage": storage, "secret_key_id": sealed_with(event.secret_sealed)}
+
+
+def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["accounts"])
     actor = "api"
 
@@ -49,14 +86,30 @@ def accounts_router(store: EventStore, clock: Clock) -> APIRouter:
 
     @router.post("/nas", status_code=status.HTTP_201_CREATED)
     async def register_nas(cmd: RegisterNas) -> dict[str, Any]:
-        event = await use_cases.register_nas(store, clock, cmd, actor)
-        return event.model_dump(mode="json", exclude={"secret"})
+        """Register a NAS. Its secret is sealed before it is recorded and is never shown."""
+        registered = await use_cases.register_nas(store, clock, cmd, actor, keyring=keyring)
+        return nas_view(registered, keyring)
+
+    @router.put("/nas/{nas_id}")
+    async def change_nas(nas_id: str, cmd: ChangeNas) -> dict[str, Any]:
+        """New details for a registered NAS: address, secret, flags (all of them)."""
+        changed = await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
+        return nas_view(changed, keyring)
 
     @router.get("/nas")
     async def list_nas() -> list[dict[str, Any]]:
+        """Every registered NAS with its current details, in the order registered."""
+        current: dict[str, AnyNasRegistered] = {}
+        plaintext: dict[str, set[bytes]] = {}
+        for recorded in await recorded_of_types(store, NasRegistered.event_type):
+            event = recorded.decode()
+            assert isinstance(event, NasRegistered | NasRegisteredV1)
+            current[event.nas_id] = event
+            if isinstance(event, NasRegisteredV1):
+                plaintext.setdefault(event.nas_id, set()).add(event.secret.encode("utf-8"))
         return [
-            n.model_dump(mode="json", exclude={"secret"})
-            for n in await all_events_of(store, NasRegistered)
+            nas_view(event, keyring, frozenset(plaintext.get(nas_id, ())))
+            for nas_id, event in current.items()
         ]
 
     return router
