@@ -43,7 +43,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -507,18 +506,15 @@ def collector_options() -> set[str]:
 
 
 async def register_nas(ledger: Path) -> None:
-    from ispbill_core.contracts.accounts import NasRegistered, nas_stream
-    from ispbill_core.events import deterministic_id, new_event
-    from ispbill_core.eventstore import ANY
+    """The bench NAS, its secret sealed with the key beside the ledger (where the collector
+    finds it), as the accounts API would record it."""
     from ispbill_core.eventstore.sqlite import SQLiteEventStore
+    from usage_collector import testing
 
     store = SQLiteEventStore(ledger)
     try:
-        event = NasRegistered(nas_id=NAS_ID, name="bench", ip_address="127.0.0.1", secret=SECRET)
-        await store.append(
-            nas_stream(NAS_ID),
-            [new_event(event, id=deterministic_id("bench", NAS_ID), occurred_at=datetime.now(UTC))],
-            ANY,
+        await testing.register_nas(
+            store, testing.key_beside(ledger), secret=SECRET.encode(), nas_id=NAS_ID
         )
     finally:
         await store.close()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from ispbill_core.clock import FixedClock
-from ispbill_core.contracts.accounts import NasRegistered, nas_stream
 from ispbill_core.contracts.usage_collector import accounting_stream
-from ispbill_core.events import deterministic_id, new_event
-from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from usage_collector.bootstrap import accounting_stream_for, bootstrap
+from usage_collector.testing import key_beside, register_nas
 
 ledger_bus = pytest.importorskip("ispbill_core.bus.ledger")
 
@@ -32,16 +30,11 @@ async def test_a_nas_registered_in_the_ledger_is_served_and_retransmissions_land
     tmp_path, requests
 ) -> None:
     store = SQLiteEventStore(tmp_path / "ledger.db")
-    event = NasRegistered(
-        nas_id="nas-1", name="edge", ip_address="127.0.0.1", secret=requests.secret.decode()
-    )
-    at = datetime(2025, 1, 1, tzinfo=UTC)
-    await store.append(
-        nas_stream("nas-1"), [new_event(event, id=deterministic_id("n"), occurred_at=at)], ANY
-    )
+    keyring = key_beside(tmp_path / "ledger.db")
+    await register_nas(store, keyring, secret=requests.secret)
     clock = FixedClock(requests.now)
     publisher = ledger_bus.LedgerPublisher(store, accounting_stream_for)
-    collector = bootstrap(store, publisher, host="127.0.0.1", port=0, clock=clock)
+    collector = bootstrap(store, publisher, keyring=keyring, host="127.0.0.1", port=0, clock=clock)
     await collector.start()
     receiver = _Receiver()
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(

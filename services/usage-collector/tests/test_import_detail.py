@@ -13,14 +13,11 @@ from fastapi import FastAPI
 from ispbill_core.bus import BusUnavailable
 from ispbill_core.bus.ledger import LedgerPublisher
 from ispbill_core.clock import FixedClock
-from ispbill_core.contracts.accounts import NasRegistered, nas_stream
 from ispbill_core.contracts.usage_collector import (
     AccountingRecordReceived,
     AcctStatus,
     accounting_stream,
 )
-from ispbill_core.events import deterministic_id, new_event
-from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from usage_collector.adapters.detail_file import DetailRecord, parse_detail, read_detail_file
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
@@ -237,30 +234,24 @@ async def test_any_registered_address_of_a_record_names_its_nas(requests):
     assert publisher.events[0].data["nas_id"] == "nas-9"
 
 
-@pytest.mark.integration
-async def test_nas_named_for_the_import_by_address_or_by_id(ledger, requests):
-    registry = InMemoryNasRegistry([NAS])
-    assert await find_nas("127.0.0.1", registry, None) == NAS
-    assert await find_nas("::ffff:127.0.0.1", registry, None) == NAS
+@pytest.mark.unit
+async def test_nas_named_for_the_import_by_address_or_by_id(requests):
+    elsewhere = RegisteredNas(nas_id="nas-9", ip_address="10.9.9.9", secret=b"s")
+    registry = InMemoryNasRegistry([NAS, elsewhere])
+    assert await find_nas("127.0.0.1", registry) == NAS
+    assert await find_nas("::ffff:127.0.0.1", registry) == NAS
     with pytest.raises(UnknownNas, match=r"no NAS registered at 127\.0\.0\.9"):
-        await find_nas("127.0.0.9", registry, None)
-    with pytest.raises(UnknownNas, match="by its address"):
-        await find_nas("nas-1", registry, None)
-    with pytest.raises(UnknownNas, match="no NAS registered with the id 'nas-1'"):
-        await find_nas("nas-1", registry, ledger)
-    registered = NasRegistered(nas_id="nas-1", name="edge", ip_address="127.0.0.1", secret="s")
-    at = datetime(2026, 1, 1, tzinfo=UTC)
-    await ledger.append(
-        nas_stream("nas-1"), [new_event(registered, id=deterministic_id("n"), occurred_at=at)], ANY
-    )
-    by_id = await find_nas("nas-1", registry, ledger)
-    assert (by_id.nas_id, by_id.ip_address) == ("nas-1", "127.0.0.1")
+        await find_nas("127.0.0.9", registry)
+    with pytest.raises(UnknownNas, match="no NAS registered with the id 'nas-7'"):
+        await find_nas("nas-7", registry)
+    by_id = await find_nas("nas-9", registry)
+    assert by_id == elsewhere
 
     publisher = requests.recording_publisher()
     report = await import_accounting_requests(
         requests_of(OTHER_FILE), registry=registry, publisher=publisher, now=NOW, nas=by_id
     )
-    assert report.imported == 1 and publisher.events[0].data["nas_id"] == "nas-1"
+    assert report.imported == 1 and publisher.events[0].data["nas_id"] == "nas-9"
 
 
 @pytest.mark.unit

@@ -43,16 +43,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ispbill_core.bus import decode_message
 from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
 from ispbill_core.clock import SystemClock
-from ispbill_core.contracts.accounts import NasRegistered, nas_stream
 from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
-from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_event
-from ispbill_core.eventstore import ANY
+from ispbill_core.events import EventMetadata, NewEvent, deterministic_id
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.sealing import Keyring
 from tests.fixtures.kafka import TansuBroker, TansuNotFound
 from tests.fixtures.smtp import free_port
 from usage_collector.adapters.spool import RenewablePublisher, SpoolingPublisher
 from usage_collector.adapters.spool import main as spool_main
 from usage_collector.bootstrap import UsageCollector, bootstrap
+from usage_collector.testing import key_beside, register_nas
 
 pytestmark = pytest.mark.integration
 
@@ -352,24 +352,12 @@ def report(name: str, figures: dict[str, Any]) -> None:
 # -- the collector in process -------------------------------------------------------------------
 
 
-async def ledger_with_nas(path: Path, secret: bytes) -> SQLiteEventStore:
+async def ledger_with_nas(path: Path, secret: bytes) -> tuple[SQLiteEventStore, Keyring]:
     """A ledger with the NAS 127.0.0.1 registered: the collector's NAS registry reads it."""
     store = SQLiteEventStore(path)
-    registered = NasRegistered(
-        nas_id="nas-1", name="edge", ip_address="127.0.0.1", secret=secret.decode()
-    )
-    await store.append(
-        nas_stream("nas-1"),
-        [
-            new_event(
-                registered,
-                id=deterministic_id("nas", "nas-1"),
-                occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
-            )
-        ],
-        ANY,
-    )
-    return store
+    keyring = key_beside(path)
+    await register_nas(store, keyring, secret=secret)
+    return store, keyring
 
 
 @contextlib.asynccontextmanager
@@ -377,7 +365,7 @@ async def collector_in_process(
     directory: Path, broker: TansuBroker, secret: bytes, *, publish_timeout: float = 1.0
 ) -> AsyncIterator[tuple[UsageCollector, SpoolingPublisher, RenewablePublisher]]:
     """Wired as `ispbill serve collector` wires it, on port 0."""
-    store = await ledger_with_nas(directory / "ledger.db", secret)
+    store, keyring = await ledger_with_nas(directory / "ledger.db", secret)
 
     async def create_topics() -> None:
         await ensure_topics(broker.bootstrap, [ACCOUNTING_TOPIC], 3, request_timeout=3)
@@ -397,7 +385,9 @@ async def collector_in_process(
         retry_max=0.5,
     )
     await spool.start()
-    collector = bootstrap(store, spool, host="127.0.0.1", port=0, clock=SystemClock())
+    collector = bootstrap(
+        store, spool, keyring=keyring, host="127.0.0.1", port=0, clock=SystemClock()
+    )
     await collector.start()
     try:
         yield collector, spool, kafka
@@ -584,7 +574,7 @@ async def collector_process(
 ) -> AsyncIterator[CollectorProcess]:
     data = tmp_path / "data"
     data.mkdir()
-    store = await ledger_with_nas(data / "ledger.db", requests.secret)
+    store, _ = await ledger_with_nas(data / "ledger.db", requests.secret)  # data/secrets.key
     await store.close()
     env = {
         "ISPBILL_DATA_DIR": str(data),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import signal
@@ -14,17 +15,15 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pyrad.packet import AcctPacket
 
-from ispbill_core.contracts.accounts import NasRegistered
 from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, accounting_stream
-from ispbill_core.events import deterministic_id, new_event
-from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.sealing import KEY_ENV, Keyring, new_key
+from usage_collector import testing
 from usage_collector.adapters.radius_dictionary import load_dictionary
 
 pytestmark = pytest.mark.integration
@@ -51,16 +50,10 @@ class Collector:
 
 
 async def register_nas(ledger: Path, secret: bytes) -> None:
+    """The NAS, its secret sealed with the key beside the ledger (found there by the workers)."""
     store = SQLiteEventStore(ledger)
     try:
-        event = NasRegistered(
-            nas_id="nas-1", name="test", ip_address="127.0.0.1", secret=secret.decode()
-        )
-        await store.append(
-            "nas-nas-1",
-            [new_event(event, id=deterministic_id("test", "nas-1"), occurred_at=datetime.now(UTC))],
-            ANY,
-        )
+        await testing.register_nas(store, testing.key_beside(ledger), secret=secret)
     finally:
         await store.close()
 
@@ -186,19 +179,17 @@ async def test_two_workers_share_the_port_answer_and_stop_on_sigterm(tmp_path, r
     )
 
 
-async def test_workers_on_a_postgresql_ledger(requests, postgres_dsn, postgres_schema) -> None:
+async def test_workers_on_a_postgresql_ledger(
+    requests, postgres_dsn, postgres_schema, monkeypatch
+) -> None:
     from ispbill_core.eventstore.postgresql import PostgresEventStore
 
     store = await PostgresEventStore.connect(postgres_dsn, schema=postgres_schema)
     try:
-        nas = NasRegistered(
-            nas_id="nas-1", name="test", ip_address="127.0.0.1", secret=requests.secret.decode()
-        )
-        await store.append(
-            "nas-nas-1",
-            [new_event(nas, id=deterministic_id("test", "nas-1"), occurred_at=datetime.now(UTC))],
-            ANY,
-        )
+        # A PostgreSQL ledger has no key file beside it: the workers get the key from the env.
+        key = new_key()
+        monkeypatch.setenv(KEY_ENV, key)
+        await testing.register_nas(store, Keyring.from_text(key), secret=requests.secret)
         sent = [requests.start(Acct_Session_Id=f"pg-{n}") for n in range(CLIENTS)]
         options = ["--workers", "2", "--ledger-schema", postgres_schema]
         async with collector(postgres_dsn, *options) as running:  # type: ignore[arg-type]
@@ -222,11 +213,28 @@ async def test_a_worker_that_cannot_start_stops_the_collector_with_an_error(tmp_
         sys.executable, "-m", "usage_collector", "--ledger", str(blocker / "ledger.db"),
         "--host", "127.0.0.1", "--port", "0", "--workers", "2",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, KEY_ENV: new_key()},
     )  # fmt: skip
     async with asyncio.timeout(START_TIMEOUT):
         output, _ = await process.communicate()
     assert process.returncode == 1
     assert b"READY" not in output
+
+
+async def test_without_a_secrets_key_the_collector_does_not_start(tmp_path) -> None:
+    """No key in the environment and none beside the ledger: one clear error, no worker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ISPBILL_SECRETS_KEY")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "usage_collector", "--ledger", str(tmp_path / "ledger.db"),
+        "--host", "127.0.0.1", "--port", "0", "--workers", "2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    async with asyncio.timeout(START_TIMEOUT):
+        output, _ = await process.communicate()
+    assert process.returncode == 2
+    assert b"no secrets key: ISPBILL_SECRETS_KEY and" in output, output
+    assert b"secrets.key does not exist" in output, output
+    assert b"READY" not in output and not (tmp_path / "ledger.db").exists()
 
 
 async def test_two_workers_publish_to_kafka(tmp_path, requests, kafka_broker) -> None:

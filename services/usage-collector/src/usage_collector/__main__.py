@@ -28,6 +28,7 @@ from ispbill_core.bus import Publisher
 from ispbill_core.bus.ledger import LedgerPublisher
 from ispbill_core.eventstore import EventStore
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.sealing import Keyring, SealingError
 from ispbill_core.telemetry import setup_tracing
 from usage_collector.bootstrap import RADIUS_ACCOUNTING_PORT, accounting_stream_for, bootstrap
 
@@ -42,13 +43,26 @@ SUPERVISOR_CHECK_INTERVAL = 1.0
 
 
 async def open_ledger(ledger: str, schema: str = "ispbill") -> EventStore:
-    if ledger.startswith(("postgresql://", "postgres://")):
+    if _is_postgresql(ledger):
         from ispbill_core.eventstore.postgresql import PostgresEventStore
 
         return await PostgresEventStore.connect(ledger, schema=schema)
     # The loop of a collector process only screens packets; it writes each batch itself
     # rather than sharing the GIL with a writer thread row by row (docs/adr/0011).
     return SQLiteEventStore(ledger, write_on_loop=True)
+
+
+def load_keyring(args: argparse.Namespace) -> Keyring:
+    """ISPBILL_SECRETS_KEY or ISPBILL_SECRETS_KEY_FILE; for an SQLite ledger, its own key file
+    beside it otherwise ("secrets.key", as `ispbill run` keeps it in its data directory)."""
+    if args.secrets_key_file:
+        return Keyring.from_file(Path(args.secrets_key_file))
+    default = None if _is_postgresql(args.ledger) else Path(args.ledger).parent / "secrets.key"
+    return Keyring.from_env(default_file=default)
+
+
+def _is_postgresql(ledger: str) -> bool:
+    return ledger.startswith(("postgresql://", "postgres://"))
 
 
 async def open_publisher(args: argparse.Namespace, store: EventStore, worker: int) -> Publisher:
@@ -123,12 +137,18 @@ async def serve(
         loop.add_reader(parent_sentinel, stopped.set)
         supervisor = os.getppid()
     setup_tracing_if_exported()
+    keyring = load_keyring(args)
     store = await open_ledger(args.ledger, args.ledger_schema)
     try:
         publisher = await open_publisher(args, store, worker)
         try:
             collector = bootstrap(
-                store, publisher, host=args.host, port=args.port, reuse_port=reuse_port
+                store,
+                publisher,
+                keyring=keyring,
+                host=args.host,
+                port=args.port,
+                reuse_port=reuse_port,
             )
             await collector.start()
             counters = collector.accounting_server.counters
@@ -380,10 +400,19 @@ def main() -> None:
         default=0,
         help="with --kafka: refuse (leave unanswered) batches beyond this spool size; 0: no limit",
     )
+    parser.add_argument(
+        "--secrets-key-file",
+        help="the key that opens the NAS secrets in the ledger (default $ISPBILL_SECRETS_KEY,"
+        " $ISPBILL_SECRETS_KEY_FILE, or secrets.key beside an SQLite ledger)",
+    )
     parser.add_argument("--stats-interval", type=float, default=60.0, help="seconds")
     args = parser.parse_args()
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    try:
+        load_keyring(args)  # before any worker starts: a missing key is one clear error
+    except SealingError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format=_log_format(None))
     sys.exit(run_single(args) if args.workers == 1 else run_workers(args))
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ispbill_core.clock import Clock, SystemClock
 from ispbill_core.contracts.usage_collector import accounting_stream
 from ispbill_core.eventstore import EventStore
+from ispbill_core.sealing import Keyring
 from usage_collector.adapters.ledger_nas_registry import LedgerNasRegistry
 from usage_collector.application.ports import AccountingPublisher
 from usage_collector.entrypoints.radius import AccountingServer
@@ -39,6 +40,7 @@ def bootstrap(
     store: EventStore,
     publisher: AccountingPublisher,
     *,
+    keyring: Keyring,
     host: str = "127.0.0.1",
     port: int = RADIUS_ACCOUNTING_PORT,
     clock: Clock | None = None,
@@ -46,9 +48,10 @@ def bootstrap(
 ) -> UsageCollector:
     """The collector over a ledger (NAS registry) and a bus (records); call start() and stop().
 
-    `reuse_port=True` binds with SO_REUSEPORT, for several collector processes on one port.
+    `keyring` opens the NAS secrets sealed in the ledger. `reuse_port=True` binds with
+    SO_REUSEPORT, for several collector processes on one port.
     """
-    registry = LedgerNasRegistry(store)
+    registry = LedgerNasRegistry(store, keyring)
     server = AccountingServer(
         host, port, registry, publisher, clock or SystemClock(), reuse_port=reuse_port
     )

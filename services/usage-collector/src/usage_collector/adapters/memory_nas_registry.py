@@ -20,8 +20,17 @@ class InMemoryNasRegistry(NasRegistry):
         self._by_id[nas.nas_id] = nas
         self._by_ip[nas.ip_address] = nas
 
+    def remove(self, nas_id: str) -> None:
+        """Forget a NAS: its packets are dropped as from an unknown NAS from now on."""
+        previous = self._by_id.pop(nas_id, None)
+        if previous is not None and self._by_ip.get(previous.ip_address) is previous:
+            del self._by_ip[previous.ip_address]
+
     def lookup(self, source_ip: str) -> RegisteredNas | None:
         return self._by_ip.get(source_ip)
+
+    def lookup_id(self, nas_id: str) -> RegisteredNas | None:
+        return self._by_id.get(nas_id)
 
     def __len__(self) -> int:
         return len(self._by_id)

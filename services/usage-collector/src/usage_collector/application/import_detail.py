@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from ispbill_core.contracts.accounts import NasRegistered
 from ispbill_core.events import utc
-from ispbill_core.eventstore import EventStore
 from usage_collector.application.nas_registry import NasRegistry, RegisteredNas, normalise_ip
 from usage_collector.application.ports import AccountingPublisher
 from usage_collector.application.publish_accounting_records import publish_accounting_records
@@ -96,12 +94,8 @@ class UnknownNas(LookupError):
     """The NAS named for an import is not registered."""
 
 
-async def find_nas(nas: str, registry: NasRegistry, store: EventStore | None) -> RegisteredNas:
-    """The NAS an import is attributed to (`--nas`), by its address or by its id.
-
-    The registry answers by address; an id is looked up in the ledger's NasRegistered events,
-    the same events the registry is folded from (the latest registration of that id counts).
-    """
+async def find_nas(nas: str, registry: NasRegistry) -> RegisteredNas:
+    """The NAS an import is attributed to (`--nas`), by its address or by its id."""
     try:
         address: str | None = normalise_ip(nas)
     except ValueError:
@@ -111,22 +105,10 @@ async def find_nas(nas: str, registry: NasRegistry, store: EventStore | None) ->
         if found is None:
             raise UnknownNas(f"no NAS registered at {address}")
         return found
-    if store is None:
-        raise UnknownNas(f"name the NAS by its address here, not by its id {nas!r}")
-    by_id = None
-    after = 0
-    while True:
-        batch = await store.read_all(after=after, limit=1000, types={NasRegistered.event_type})
-        for event in batch:
-            registered = event.decode()
-            if isinstance(registered, NasRegistered) and registered.nas_id == nas:
-                by_id = RegisteredNas.from_event(registered)
-        if len(batch) < 1000:
-            break
-        after = batch[-1].global_position
-    if by_id is None:
+    found = registry.lookup_id(nas)
+    if found is None:
         raise UnknownNas(f"no NAS registered with the id {nas!r}")
-    return by_id
+    return found
 
 
 def screen_imported_request(

@@ -6,7 +6,8 @@ import abc
 import ipaddress
 from dataclasses import dataclass
 
-from ispbill_core.contracts.accounts import NasRegistered
+from ispbill_core.contracts.accounts import AnyNasRegistered, NasRegisteredV1, nas_secret_context
+from ispbill_core.sealing import Keyring
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,11 +18,16 @@ class RegisteredNas:
     require_message_authenticator: bool = False
 
     @classmethod
-    def from_event(cls, event: NasRegistered) -> RegisteredNas:
+    def from_event(cls, event: AnyNasRegistered, keyring: Keyring) -> RegisteredNas:
+        """The NAS with its secret opened; SealingError when the keyring cannot open it."""
+        if isinstance(event, NasRegisteredV1):  # registered before sealing: in plain text
+            secret = event.secret.encode("utf-8")
+        else:
+            secret = keyring.open(event.secret_sealed, nas_secret_context(event.nas_id))
         return cls(
             nas_id=event.nas_id,
             ip_address=normalise_ip(event.ip_address),
-            secret=event.secret.encode("utf-8"),
+            secret=secret,
             require_message_authenticator=event.require_message_authenticator,
         )
 
@@ -40,3 +46,7 @@ class NasRegistry(abc.ABC):
     @abc.abstractmethod
     def lookup(self, source_ip: str) -> RegisteredNas | None:
         """The NAS sending from `source_ip` (already normalised), or None when unknown."""
+
+    @abc.abstractmethod
+    def lookup_id(self, nas_id: str) -> RegisteredNas | None:
+        """The NAS registered under `nas_id` (its latest details), or None when unknown."""

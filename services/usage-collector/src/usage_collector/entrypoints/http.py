@@ -18,7 +18,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, Str
 
 from ispbill_core.bus import BusError
 from ispbill_core.clock import Clock
-from ispbill_core.eventstore import EventStore
 from usage_collector.application.import_detail import (
     ImportedRequest,
     ImportReport,
@@ -141,13 +140,9 @@ def collector_import_router(
     registry: NasRegistry,
     publisher: AccountingPublisher,
     clock: Clock,
-    *,
-    store: EventStore | None = None,
 ) -> APIRouter:
-    """The import endpoint over the collector's NAS registry and publisher.
-
-    With `store` (the ledger), `nas` may name a NAS by its id; without it, by its address.
-    """
+    """The import endpoint over the collector's NAS registry and publisher; `nas` may name a
+    NAS by its address or by its id."""
     router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
 
     @router.post("/collector/imports/radius-detail")
@@ -156,7 +151,7 @@ def collector_import_router(
         nas = None
         if body.nas is not None:
             try:
-                nas = await find_nas(body.nas, registry, store)
+                nas = await find_nas(body.nas, registry)
             except UnknownNas as exc:
                 raise HTTPException(422, str(exc)) from None
         try:

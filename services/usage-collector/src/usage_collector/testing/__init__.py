@@ -13,7 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from datetime import UTC, datetime
+from pathlib import Path
 
+from ispbill_core.contracts.accounts import nas_registration, nas_stream
+from ispbill_core.events import deterministic_id, new_event
+from ispbill_core.eventstore import ANY, EventStore
+from ispbill_core.sealing import Keyring
 from usage_collector.application.nas_registry import RegisteredNas
 from usage_collector.application.screen_accounting_request import AcceptedRequest
 
@@ -43,6 +49,36 @@ FUZZ_NASES = {
         require_message_authenticator=True,
     ),
 }
+
+
+def key_beside(ledger: Path) -> Keyring:
+    """The keyring of an SQLite ledger: `secrets.key` beside it, made when missing, as
+    `ispbill run` and `python -m usage_collector` find it."""
+    return Keyring.from_env({}, default_file=ledger.parent / "secrets.key", create_default=True)
+
+
+async def register_nas(
+    store: EventStore,
+    keyring: Keyring,
+    *,
+    secret: bytes,
+    nas_id: str = "nas-1",
+    ip_address: str = "127.0.0.1",
+    require_message_authenticator: bool = False,
+) -> int:
+    """Record a NAS registration (its secret sealed), as the accounts API does; its position."""
+    event = nas_registration(
+        keyring,
+        nas_id=nas_id,
+        name=nas_id,
+        ip_address=ip_address,
+        secret=secret.decode("utf-8"),
+        require_message_authenticator=require_message_authenticator,
+    )
+    stream = nas_stream(nas_id)
+    event_id = deterministic_id("test-nas", stream, event.model_dump_json())
+    await store.append(stream, [new_event(event, id=event_id, occurred_at=datetime.now(UTC))], ANY)
+    return await store.head_position()
 
 
 def attribute(attribute_type: int, value: bytes) -> bytes:
