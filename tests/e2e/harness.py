@@ -141,6 +141,11 @@ class Ispbill:
         response.raise_for_status()
         return response.json()
 
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        response = httpx.put(self.server + path, json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
     def healthy(self) -> bool:
         try:
             return httpx.get(self.server + "/healthz", timeout=2).status_code == 200

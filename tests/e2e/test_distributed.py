@@ -12,8 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ispbill_core.sealing import new_key
 from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
 from tests.e2e.scenario import (
+    assert_a_nas_secret_change_takes_effect,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
     run_thin_path,
@@ -68,6 +70,9 @@ def cluster(
         "ISPBILL_SMTP_PORT": str(smtp_server.port),
         "ISPBILL_DATA_DIR": str(tmp_path / "data"),
         "ISPBILL_TIMEZONE": "UTC",
+        # A PostgreSQL ledger has no key file: the api (sealing) and the collector (opening)
+        # are given the same key; the chart does it with a Secret.
+        "ISPBILL_SECRETS_KEY": new_key(),
     }
     nodes = Cluster(tmp_path, env)
     api = Ispbill(http)
@@ -78,7 +83,7 @@ def cluster(
         collector_http = free_port()
         nodes.start("collector", ISPBILL_HTTP_PORT=str(collector_http))
         for component in ("rating", "invoicing", "notifier"):
-            nodes.start(component)
+            nodes.start(component, ISPBILL_SECRETS_KEY="")  # they never read a NAS secret
         api.cli("demo")
         wait_until(lambda: (nodes.check(), _grpc_serving(grpc_port))[1], what="invoicing gRPC")
         collector = Ispbill(collector_http)
@@ -139,3 +144,8 @@ def test_distributed_thin_path(cluster, smtp_server):
         what="imported FreeRADIUS history rated from Kafka",
     )
     assert collector.get("/api/v1/collector/pollers") == {}  # no ISPBILL_POLLERS here
+
+    # The API seals a new NAS secret; the collector, another process given the same key,
+    # opens it from the ledger and answers with it.
+    assert_a_nas_secret_change_takes_effect(api, radius_port)
+    nodes.check()

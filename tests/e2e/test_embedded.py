@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from ispbill_app.demo import DEMO_NAS_SECRET
 from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
 from tests.e2e.scenario import (
+    assert_a_nas_secret_change_takes_effect,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
     run_thin_path,
@@ -50,7 +52,7 @@ def all_in_one(tmp_path: Path, smtp_server: Mailbox):
     try:
         wait_until(lambda: (proc.assert_running(), api.healthy())[1], what="the REST API")
         wait_until(lambda: api.get("/api/v1/nas"), what="the demo NAS")
-        yield api, radius, trace_file, proc
+        yield api, radius, trace_file, proc, tmp_path / "data"
     finally:
         code = proc.stop()
         # pytest shows captured output only for failing tests: the server's log is the evidence.
@@ -61,7 +63,7 @@ def all_in_one(tmp_path: Path, smtp_server: Mailbox):
 
 
 def test_radius_session_becomes_one_paid_emailed_invoice(all_in_one, smtp_server):
-    api, radius_port, trace_file, _proc = all_in_one
+    api, radius_port, trace_file, *_ = all_in_one
     invoice = run_thin_path(api, radius_port, smtp_server)
     assert_one_trace_links_packet_to_line([trace_file], invoice["number"])
 
@@ -79,3 +81,12 @@ def test_cli_reports_errors_clearly(all_in_one):
     assert result.returncode == 1 and "422" in result.stderr
     body = json.loads(api.cli("invoices", "list", "--format", "json").stdout)
     assert body == []
+
+
+def test_nas_secrets_are_sealed_in_the_ledger_and_can_be_changed(all_in_one):
+    api, radius_port, _trace, _proc, data = all_in_one
+    key_file = data / "secrets.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600  # made on first start, owner only
+    assert_a_nas_secret_change_takes_effect(api, radius_port)
+    for path in data.glob("ledger.db*"):  # the database and its WAL
+        assert DEMO_NAS_SECRET.encode() not in path.read_bytes(), path

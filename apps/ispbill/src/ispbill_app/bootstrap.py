@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException
 
-from accounts.domain.errors import AlreadyExists, InvalidPlan, NotFound, UsernameTaken
+from accounts.domain.errors import AlreadyExists, Conflict, InvalidPlan, NotFound, UsernameTaken
 from accounts.entrypoints.http import accounts_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
@@ -24,11 +24,14 @@ from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
 from ispbill_app.settings import Settings
 from ispbill_core.clock import Clock, SystemClock
+from ispbill_core.contracts.accounts import NasRegistered, NasRegisteredV1
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
-from ispbill_core.events import RecordedEvent
+from ispbill_core.events import DomainEvent, RecordedEvent
+from ispbill_core.eventstore.queries import recorded_of_types
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.subscriber import LedgerSubscriber
 from ispbill_core.telemetry import setup_tracing
 from notifier.adapters.outbox import OutboxMailer
@@ -41,6 +44,17 @@ from rating.application.rate_accounting_record import RatingSettings, rate_accou
 from rating.entrypoints.http import rating_router
 
 log = logging.getLogger("ispbill")
+
+
+async def key_ids_missing_from(store: Any, keyring: Keyring) -> set[str]:
+    """Keys that sealed some NAS's current secret and are not in `keyring`."""
+    latest: dict[str, DomainEvent] = {}
+    for recorded in await recorded_of_types(store, NasRegistered.event_type):
+        event = recorded.decode()
+        assert isinstance(event, NasRegistered | NasRegisteredV1)
+        latest[event.nas_id] = event
+    used = {sealed_with(e.secret_sealed) for e in latest.values() if isinstance(e, NasRegistered)}
+    return used - set(keyring.key_ids)
 
 
 async def open_ledger(settings: Settings) -> Any:
@@ -86,6 +100,46 @@ class Services:
     poller_counters: Callable[[], dict[str, dict[str, int]]] | None = None
     #: POST /api/v1/collector/imports/radius-detail, in a process that runs the collector.
     collector_imports: APIRouter | None = None
+    #: seals and opens NAS secrets; loaded by the processes that need it (accounts API, collector)
+    keyring: Keyring | None = None
+
+    #: the default key file was made by this process (it did not exist when it started)
+    made_key_file: bool = False
+
+    def require_keyring(self) -> Keyring:
+        if self.keyring is None:
+            default = self.settings.default_key_file
+            missing = default is not None and not default.exists()
+            self.keyring = self.settings.keyring()
+            self.made_key_file = missing and default is not None and default.exists()
+        return self.keyring
+
+    async def check_keyring_opens_the_ledger(self) -> None:
+        """Every NAS's current secret is sealed with a key of the keyring, or this says so.
+
+        A key file made just now, beside a ledger whose NAS secrets were sealed with another
+        key, means the old one was lost or not put back (a restore without it): the new file is
+        removed again and the process stops, rather than start with every NAS left out.
+        """
+        keyring = self.require_keyring()
+        missing = await key_ids_missing_from(self.store, keyring)
+        if not missing:
+            return
+        default = self.settings.default_key_file
+        if self.made_key_file and default is not None:
+            default.unlink(missing_ok=True)
+            self.made_key_file = False
+            raise SealingError(
+                f"{default} did not exist, but NAS secrets in the ledger are sealed with key(s)"
+                f" {', '.join(sorted(missing))}: put the key file back from its backup (or set"
+                " ISPBILL_SECRETS_KEY)"
+            )
+        log.error(
+            "NAS secrets in the ledger are sealed with key(s) %s, which the keyring (%s) lacks:"
+            " those NASes are left out by the collector",
+            ", ".join(sorted(missing)),
+            ", ".join(keyring.key_ids),
+        )
 
     def render_pdf(self, invoice: InvoiceIssued, status: str) -> bytes:
         return render_invoice_pdf(invoice, branding(self.settings), status=status)
@@ -97,7 +151,7 @@ class Services:
     def http_app(self) -> FastAPI:
         return create_app(
             [
-                accounts_router(self.store, self.clock),
+                accounts_router(self.store, self.clock, self.require_keyring()),
                 rating_router(self.store),
                 invoicing_router(
                     self.store, self.clock, billing_settings(self.settings), self.invoice_queries
@@ -107,6 +161,7 @@ class Services:
             ],
             error_statuses={
                 AlreadyExists: 409,
+                Conflict: 409,
                 UsernameTaken: 409,
                 DuplicatePaymentReference: 409,
                 NotFound: 404,
@@ -271,8 +326,14 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
 
     setup_tracing("ispbill")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_ledger(settings)
-    services = Services(settings, store)
+    services = Services(settings, None)
+    keyring = services.require_keyring()  # before the ledger: no key, nothing started
+    store = services.store = await open_ledger(settings)
+    try:
+        await services.check_keyring_opens_the_ledger()
+    except BaseException:
+        await store.close()
+        raise
     publisher = LedgerPublisher(store, embedded_stream_for)
     pollers = ConfiguredPollers(
         settings.pollers, publisher, services.clock, only_on_host=settings.pollers_host
@@ -280,6 +341,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     collector = collector_bootstrap(
         store,
         publisher,
+        keyring=keyring,
         host=settings.host,
         port=settings.radius_acct_port,
         clock=services.clock,
@@ -288,7 +350,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     services.collector_counters = collector.accounting_server.counters.as_dict
     services.poller_counters = pollers.counters
     services.collector_imports = collector_import_router(
-        collector.nas_registry, publisher, services.clock, store=store
+        collector.nas_registry, publisher, services.clock
     )
     log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
     grpc_server = await _start_grpc(services)
@@ -343,9 +405,13 @@ async def run_component(component: str, settings: Settings) -> None:
     """`ispbill serve <component>`: one service of the distributed runtime."""
     setup_tracing(f"ispbill-{component}")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_ledger(settings)
-    services = Services(settings, store)
+    services = Services(settings, None)
+    if component in {"api", "collector"}:
+        services.require_keyring()  # the NAS secrets: sealed by the API, opened by the collector
+    store = services.store = await open_ledger(settings)
     try:
+        if services.keyring is not None:
+            await services.check_keyring_opens_the_ledger()
         if component == "collector":
             await _serve_collector(services)
         elif component == "rating":
@@ -419,7 +485,12 @@ async def _serve_collector(services: Services) -> None:
     pollers = ConfiguredPollers(s.pollers, publisher, services.clock, only_on_host=s.pollers_host)
     await publisher.start()
     collector = collector_bootstrap(
-        services.store, publisher, host=s.host, port=s.radius_acct_port, clock=services.clock
+        services.store,
+        publisher,
+        keyring=services.require_keyring(),
+        host=s.host,
+        port=s.radius_acct_port,
+        clock=services.clock,
     )
     try:
         await collector.start()
@@ -431,7 +502,7 @@ async def _serve_collector(services: Services) -> None:
         services.poller_counters = pollers.counters
         # `ispbill import radius-detail --server http://<collector>` lands here.
         services.collector_imports = collector_import_router(
-            collector.nas_registry, publisher, services.clock, store=services.store
+            collector.nas_registry, publisher, services.clock
         )
         log.info(
             "RADIUS accounting on udp://%s:%d -> kafka %s (spool %s)",

@@ -114,6 +114,21 @@ def _show_invoice(invoice: dict[str, Any], fmt: str) -> None:
     print(f"  {'TOTAL ' + invoice['currency']:<78} {invoice['total']['amount']:>12}")
 
 
+def _secrets(args: argparse.Namespace) -> int:
+    from ispbill_core.sealing import SealingError, new_key
+
+    if args.secrets_command == "new-key":
+        print(new_key())
+        return 0
+    try:
+        keyring = _settings_from(args).keyring(create=False)
+    except SealingError as exc:
+        print(f"ispbill: {exc}", file=sys.stderr)
+        return 2
+    print(f"seals with key {keyring.sealing_key_id}; opens {', '.join(keyring.key_ids)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ispbill", description=__doc__)
     parser.add_argument(
@@ -133,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_runtime_flags(serve)
 
     sub.add_parser("demo", help="load the demo ISP into the running server")
+
+    secrets_cmd = sub.add_parser("secrets", help="the key that seals NAS secrets in the ledger")
+    secrets_sub = secrets_cmd.add_subparsers(dest="secrets_command", required=True)
+    secrets_sub.add_parser("new-key", help="print a new random key (for ISPBILL_SECRETS_KEY)")
+    secrets_check = secrets_sub.add_parser(
+        "check", help="load the keyring as a server would and print its key ids"
+    )
+    _add_runtime_flags(secrets_check)
 
     bill = sub.add_parser("bill-run", help="issue the invoices of a billing period")
     bill.add_argument("--period", required=True, help="YYYY-MM")
@@ -188,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    if args.command == "secrets":
+        return _secrets(args)
+
     if args.command in ("run", "serve"):
         from ispbill_app import bootstrap
+        from ispbill_core.sealing import SealingError
 
         settings = _settings_from(args)
         try:
@@ -199,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(bootstrap.run_component(args.component, settings))
         except KeyboardInterrupt:
             pass
+        except SealingError as exc:
+            print(f"ispbill: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     client = ApiClient(args.server)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from ispbill_core.sealing import Keyring
+
 
 def env(name: str, default: str) -> str:
     return os.environ.get(f"ISPBILL_{name}", default)
@@ -57,6 +59,19 @@ class Settings:
     @property
     def ledger_path(self) -> Path:
         return self.data_dir / "ledger.db"
+
+    @property
+    def default_key_file(self) -> Path | None:
+        """With the SQLite ledger, its key file beside it; a PostgreSQL ledger is shared by
+        several processes, which must all be given the same key, so it has none."""
+        return self.data_dir / "secrets.key" if self.ledger == "sqlite" else None
+
+    def keyring(self, *, create: bool = True) -> Keyring:
+        """The key that seals and opens NAS secrets: ISPBILL_SECRETS_KEY or
+        ISPBILL_SECRETS_KEY_FILE, else the default key file (made when `create` and missing).
+        SealingError when there is none."""
+        default = self.default_key_file
+        return Keyring.from_env(default_file=default, create_default=create and default is not None)
 
     @property
     def spool_dir(self) -> Path:

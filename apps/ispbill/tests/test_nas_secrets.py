@@ -1,0 +1,170 @@
+"""NAS secrets through the REST API and the composition root: sealed, shown never, changeable,
+and a lost key is noticed at start rather than after every NAS has been left out."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ispbill_app.bootstrap import Services, open_ledger
+from ispbill_app.cli import main as cli_main
+from ispbill_app.settings import Settings
+from ispbill_core.contracts.accounts import NasRegisteredV1, nas_stream
+from ispbill_core.events import deterministic_id, new_event
+from ispbill_core.eventstore import NO_STREAM
+from ispbill_core.sealing import KEY_ENV, KEY_FILE_ENV, Keyring, SealingError, new_key
+
+pytestmark = pytest.mark.integration
+
+NAS = {
+    "nas_id": "bng-1",
+    "name": "BNG 1",
+    "ip_address": "192.0.2.1",
+    "secret": "first-secret",
+    "vendor": "mikrotik",
+}
+CHANGE = {k: v for k, v in NAS.items() if k != "nas_id"} | {"require_message_authenticator": True}
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+
+
+class Api:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=services.http_app()), base_url="http://api"
+        )
+
+    async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        return await self.client.request(method, f"/api/v1{path}", json=body)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    (tmp_path / "data").mkdir()
+    return tmp_path / "data"
+
+
+async def start(data: Path, keyring: Keyring | None = None) -> Api:
+    """As `ispbill run` wires the API: the keyring first (the default key file, unless one is
+    given), then the ledger, then the check that the keyring opens it."""
+    services = Services(Settings(data_dir=data, ledger="sqlite"), None, keyring=keyring)
+    services.require_keyring()
+    services.store = await open_ledger(services.settings)
+    try:
+        await services.check_keyring_opens_the_ledger()
+    except BaseException:
+        await services.store.close()
+        raise
+    return Api(services)
+
+
+@pytest.fixture
+async def api(data: Path) -> AsyncIterator[Api]:
+    started = await start(data)
+    yield started
+    await started.client.aclose()
+    await started.services.store.close()
+
+
+async def nas_events(api: Api) -> list[Any]:
+    return await api.services.store.read_stream(nas_stream("bng-1"))
+
+
+async def test_a_registered_secret_is_sealed_never_shown_and_not_in_the_ledger(api, data) -> None:
+    created = await api.call("POST", "/nas", NAS)
+    assert created.status_code == 201, created.text
+    view = created.json()
+    keyring = api.services.require_keyring()
+    assert view["secret_storage"] == "sealed"
+    assert view["secret_key_id"] == keyring.sealing_key_id
+    assert "first-secret" not in created.text and "secret_sealed" not in view
+    listed = (await api.call("GET", "/nas")).json()
+    assert listed == [view]
+    assert (await api.call("POST", "/nas", NAS)).json() == view  # a retry: nothing new
+    assert len(await nas_events(api)) == 1
+    await api.services.store.close()
+    for path in data.glob("ledger.db*"):
+        assert b"first-secret" not in path.read_bytes(), path
+
+
+async def test_a_retry_after_the_key_was_rotated_is_still_a_no_op(api, data) -> None:
+    assert (await api.call("POST", "/nas", NAS)).status_code == 201
+    old = api.services.require_keyring()
+    old_text = (data / "secrets.key").read_text().split("\n")[-2]
+    rotated = Keyring.from_text(f"{new_key()},{old_text}")
+    assert rotated.key_ids[1] == old.sealing_key_id
+    later = Api(Services(api.services.settings, api.services.store, keyring=rotated))
+    again = await later.call("POST", "/nas", NAS)
+    assert again.status_code == 201, again.text
+    assert again.json()["secret_key_id"] == old.sealing_key_id  # as recorded, not re-sealed
+    other = await later.call("POST", "/nas", NAS | {"secret": "another-secret"})
+    assert other.status_code == 409
+    assert len(await nas_events(api)) == 1
+
+
+async def test_a_change_needs_every_field_and_is_taken_as_the_current_details(api) -> None:
+    assert (await api.call("POST", "/nas", NAS)).status_code == 201
+    partial = {k: v for k, v in CHANGE.items() if k != "require_message_authenticator"}
+    refused = await api.call("PUT", "/nas/bng-1", partial)
+    assert refused.status_code == 422 and "require_message_authenticator" in refused.text
+    changed = await api.call("PUT", "/nas/bng-1", CHANGE | {"secret": "second-secret"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["require_message_authenticator"] is True
+    assert (await api.call("GET", "/nas")).json() == [changed.json()]
+    assert (await api.call("PUT", "/nas/bng-9", CHANGE)).status_code == 404
+    assert len(await nas_events(api)) == 2
+
+
+async def test_a_nas_registered_before_sealing_is_shown_plaintext_then_exposed(api) -> None:
+    legacy = NasRegisteredV1(**{k: v for k, v in NAS.items()})
+    recorded = new_event(legacy, id=deterministic_id("v1"), occurred_at=datetime.now(UTC))
+    await api.services.store.append(nas_stream("bng-1"), [recorded], NO_STREAM)
+    [shown] = (await api.call("GET", "/nas")).json()
+    assert shown["secret_storage"] == "plaintext" and shown["secret_key_id"] is None
+    assert "first-secret" not in str(shown)
+    assert (await api.call("POST", "/nas", NAS)).status_code == 201  # what is recorded: no-op
+    # Sealed now, but with the same secret that stays readable in the old event.
+    await api.call("PUT", "/nas/bng-1", CHANGE)
+    assert (await api.call("GET", "/nas")).json()[0]["secret_storage"] == "exposed"
+    await api.call("PUT", "/nas/bng-1", CHANGE | {"secret": "a-new-secret"})
+    assert (await api.call("GET", "/nas")).json()[0]["secret_storage"] == "sealed"
+
+
+async def test_a_lost_key_file_stops_the_start_instead_of_replacing_the_key(data) -> None:
+    first = await start(data)
+    assert (await first.call("POST", "/nas", NAS)).status_code == 201
+    await first.client.aclose()
+    await first.services.store.close()
+    key_file = data / "secrets.key"
+    sealed_with = Keyring.from_file(key_file).sealing_key_id
+    key_file.unlink()  # a restore of the data directory without its key file
+    with pytest.raises(SealingError, match=f"sealed with key\\(s\\) {sealed_with}: put the key"):
+        await start(data)
+    assert not key_file.exists()  # not left behind for the next start to accept silently
+    # Given the key again (here through the environment), it starts.
+    restarted = await start(data, keyring=Keyring([os.urandom(64)]))
+    await restarted.services.store.close()  # another key: starts, logs the NAS as left out
+
+
+def test_secrets_new_key_and_check(data, capsys, monkeypatch) -> None:
+    assert cli_main(["secrets", "new-key"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert len(base64.b64decode(key)) == 64
+    assert cli_main(["secrets", "check", "--data-dir", str(data)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (data / "secrets.key").exists()  # a check never makes a key
+    monkeypatch.setenv(KEY_ENV, key)
+    assert cli_main(["secrets", "check", "--data-dir", str(data)]) == 0
+    assert Keyring.from_text(key).sealing_key_id in capsys.readouterr().out
