@@ -122,3 +122,9 @@ def test_a_radius_username_is_printable_without_spaces(username: str) -> None:
             radius_username=username,
             started_on=date(2026, 1, 1),
         )
+
+
+def test_an_ipv4_mapped_nas_address_is_kept_as_ipv4() -> None:
+    """The collector sees a dual-stack socket's IPv4-mapped source as plain IPv4."""
+    nas = RegisterNas(nas_id="nas-1", name="edge", ip_address="::ffff:10.0.0.1", secret="s3cret!")
+    assert nas.ip_address == "10.0.0.1"

@@ -23,7 +23,7 @@ from accounts.domain.commands import (
     RegisterNas,
     StartSubscription,
 )
-from accounts.domain.errors import AlreadyExists, Conflict, NotFound, UsernameTaken
+from accounts.domain.errors import AddressInUse, AlreadyExists, Conflict, NotFound, UsernameTaken
 from ispbill_core.clock import FixedClock
 from ispbill_core.contracts.accounts import (
     NasRegistered,
@@ -286,3 +286,28 @@ async def test_a_nas_registered_before_sealing_is_sealed_by_a_change(store, cloc
     assert isinstance(event, NasRegistered)
     [_, latest] = await store.read_stream(nas_stream("nas-1"))
     assert latest.decode() == event
+
+
+async def test_a_second_nas_at_an_address_in_use_is_refused(store, clock) -> None:
+    await register_nas(store, clock, NAS, "admin")
+    head = await store.head_position()
+    for address in ["192.0.2.1", "::ffff:192.0.2.1"]:
+        other = NAS.model_copy(update={"nas_id": "nas-2", "ip_address": address})
+        with pytest.raises(AddressInUse, match=r"192\.0\.2\.1 is the address of NAS 'nas-1'"):
+            await register_nas(store, clock, RegisterNas(**other.model_dump()), "admin")
+    assert await store.head_position() == head
+
+
+async def test_a_nas_moves_only_to_a_free_address_and_frees_its_old_one(store, clock) -> None:
+    await register_nas(store, clock, NAS, "admin")
+    second = RegisterNas(nas_id="nas-2", name="core", ip_address="192.0.2.2", secret="s3cret!")
+    await register_nas(store, clock, second, "admin")
+    with pytest.raises(AddressInUse):
+        await change_nas(
+            store, clock, "nas-2", change(ip_address="192.0.2.1"), "a", keyring=KEYRING
+        )
+    await change_nas(store, clock, "nas-1", change(ip_address="192.0.2.9"), "a", keyring=KEYRING)
+    moved = await change_nas(
+        store, clock, "nas-2", change(ip_address="192.0.2.1"), "a", keyring=KEYRING
+    )
+    assert moved.ip_address == "192.0.2.1"

@@ -13,7 +13,14 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException
 
-from accounts.domain.errors import AlreadyExists, Conflict, InvalidPlan, NotFound, UsernameTaken
+from accounts.domain.errors import (
+    AddressInUse,
+    AlreadyExists,
+    Conflict,
+    InvalidPlan,
+    NotFound,
+    UsernameTaken,
+)
 from accounts.entrypoints.http import accounts_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
@@ -161,6 +168,7 @@ class Services:
             ],
             error_statuses={
                 AlreadyExists: 409,
+                AddressInUse: 409,
                 Conflict: 409,
                 UsernameTaken: 409,
                 DuplicatePaymentReference: 409,

@@ -8,8 +8,9 @@ from accounts.domain.commands import (
     RegisterCustomer,
     RegisterNas,
     StartSubscription,
+    nas_address,
 )
-from accounts.domain.errors import AlreadyExists, Conflict, NotFound, UsernameTaken
+from accounts.domain.errors import AddressInUse, AlreadyExists, Conflict, NotFound, UsernameTaken
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
@@ -27,6 +28,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.eventstore.queries import recorded_of_types
 from ispbill_core.sealing import Keyring
 
 
@@ -67,6 +69,7 @@ async def register_nas(
     not sealed) is already registered too: the command is a no-op, not a conflict."""
     event = cmd.to_event(keyring)
     stream = nas_stream(event.nas_id)
+    await _refuse_an_address_in_use(store, event.nas_id, event.ip_address)
     try:
         await _record_once(store, stream, event, clock, actor)
     except AlreadyExists:
@@ -76,6 +79,21 @@ async def register_nas(
             return current
         raise
     return event
+
+
+async def _refuse_an_address_in_use(store: EventStore, nas_id: str, address: str) -> None:
+    """The collector knows a NAS by its source address: a second NAS at an address would take
+    the first one's accounting (and, with another secret, have its packets dropped). Checked
+    against every NAS's current address; two clerks registering one address at the same
+    instant are not caught (NAS registrations are rare; the collector then keeps the later)."""
+    current: dict[str, AnyNasRegistered] = {}
+    for recorded in await recorded_of_types(store, NasRegistered.event_type):
+        registered = recorded.decode()
+        assert isinstance(registered, NasRegistered | NasRegisteredV1)
+        current[registered.nas_id] = registered
+    for other in current.values():
+        if other.nas_id != nas_id and nas_address(other.ip_address) == address:
+            raise AddressInUse(f"{address} is the address of NAS {other.nas_id!r} already")
 
 
 async def change_nas(
@@ -95,6 +113,7 @@ async def change_nas(
     if not history:
         raise NotFound(f"NAS {nas_id!r} is not registered")
     event = cmd.for_nas(nas_id).to_event(keyring)
+    await _refuse_an_address_in_use(store, nas_id, event.ip_address)
     current = history[-1]
     if current.decode() == event:
         return event

@@ -88,6 +88,15 @@ class StartSubscription(BaseModel):
         return SubscriptionStarted(**self.model_dump())
 
 
+def nas_address(value: str) -> str:
+    """One spelling per address, as the collector looks NASes up: IPv4-mapped IPv6 (what a
+    dual-stack socket reports) is plain IPv4."""
+    ip = ipaddress.ip_address(value)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
 class RegisterNas(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,7 +110,7 @@ class RegisterNas(BaseModel):
     @field_validator("ip_address")
     @classmethod
     def _ip(cls, value: str) -> str:
-        return str(ipaddress.ip_address(value))
+        return nas_address(value)
 
     def to_event(self, keyring: Keyring) -> NasRegistered:
         """The event, the secret sealed for this NAS: the ledger never holds it in plain text."""
@@ -139,7 +148,7 @@ class ChangeNas(BaseModel):
     @field_validator("ip_address")
     @classmethod
     def _ip(cls, value: str) -> str:
-        return str(ipaddress.ip_address(value))
+        return nas_address(value)
 
     def for_nas(self, nas_id: str) -> RegisterNas:
         return RegisterNas(nas_id=nas_id, **self.model_dump())

@@ -13,6 +13,10 @@ class Conflict(AccountsError):
     """Someone else changed the entity between this command's read and its write."""
 
 
+class AddressInUse(AccountsError):
+    """Another NAS is registered at this address: the collector knows a NAS by its address."""
+
+
 class NotFound(AccountsError):
     pass
 
