@@ -136,7 +136,7 @@ async def test_a_nas_registered_before_sealing_is_shown_plaintext_then_exposed(a
     assert "first-secret" not in str(shown)
     assert (await api.call("POST", "/nas", NAS)).status_code == 201  # what is recorded: no-op
     # Sealed now, but with the same secret that stays readable in the old event.
-    await api.call("PUT", "/nas/bng-1", CHANGE)
+    assert (await api.call("PUT", "/nas/bng-1", CHANGE)).json()["secret_storage"] == "exposed"
     assert (await api.call("GET", "/nas")).json()[0]["secret_storage"] == "exposed"
     await api.call("PUT", "/nas/bng-1", CHANGE | {"secret": "a-new-secret"})
     assert (await api.call("GET", "/nas")).json()[0]["secret_storage"] == "sealed"

@@ -90,6 +90,7 @@ def test_a_keyring_that_is_not_one_is_refused_with_a_reason(text: str, message: 
 def test_keys_are_read_from_commas_lines_and_comments() -> None:
     a, b = base64.b64encode(KEY_A).decode(), base64.b64encode(KEY_B).decode()
     assert Keyring.from_text(f"{a}, {b}").key_ids == [key_id(KEY_A), key_id(KEY_B)]
+    assert Keyring.from_text(f"{a} {b}").key_ids == [key_id(KEY_A), key_id(KEY_B)]
     keyring = Keyring.from_text(f"# new one first\n{b}\n\n{a}  # the old one\n")
     assert keyring.sealing_key_id == key_id(KEY_B)
     assert keyring.key_ids == [key_id(KEY_B), key_id(KEY_A)]

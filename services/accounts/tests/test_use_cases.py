@@ -311,3 +311,12 @@ async def test_a_nas_moves_only_to_a_free_address_and_frees_its_old_one(store, c
         store, clock, "nas-2", change(ip_address="192.0.2.1"), "a", keyring=KEYRING
     )
     assert moved.ip_address == "192.0.2.1"
+
+
+async def test_the_first_registration_again_after_a_change_is_refused(store, clock) -> None:
+    """Not a no-op answering with details that are no longer the NAS's."""
+    await register_nas(store, clock, NAS, "admin")
+    await change_nas(store, clock, "nas-1", change(ip_address="192.0.2.9"), "a", keyring=KEYRING)
+    with pytest.raises(AlreadyExists, match="change it with PUT"):
+        await register_nas(store, clock, NAS, "admin")
+    assert len(await store.read_stream(nas_stream("nas-1"))) == 2

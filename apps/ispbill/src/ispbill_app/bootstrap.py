@@ -57,7 +57,11 @@ async def key_ids_missing_from(store: Any, keyring: Keyring) -> set[str]:
     """Keys that sealed some NAS's current secret and are not in `keyring`."""
     latest: dict[str, DomainEvent] = {}
     for recorded in await recorded_of_types(store, NasRegistered.event_type):
-        event = recorded.decode()
+        try:
+            event = recorded.decode()
+        except Exception:  # the collector logs and skips it too; not a reason not to start
+            log.exception("NasRegistered event %s does not decode", recorded.id)
+            continue
         assert isinstance(event, NasRegistered | NasRegisteredV1)
         latest[event.nas_id] = event
     used = {sealed_with(e.secret_sealed) for e in latest.values() if isinstance(e, NasRegistered)}
@@ -139,7 +143,9 @@ class Services:
             raise SealingError(
                 f"{default} did not exist, but NAS secrets in the ledger are sealed with key(s)"
                 f" {', '.join(sorted(missing))}: put the key file back from its backup (or set"
-                " ISPBILL_SECRETS_KEY)"
+                " ISPBILL_SECRETS_KEY). If the key is lost for good, write a new key file"
+                " (`ispbill secrets new-key`), start, and give each NAS a new secret with"
+                " PUT /api/v1/nas/<id> (docs/runbooks/secrets-key.md)"
             )
         log.error(
             "NAS secrets in the ledger are sealed with key(s) %s, which the keyring (%s) lacks:"

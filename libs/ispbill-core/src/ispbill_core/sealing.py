@@ -87,14 +87,11 @@ class Keyring:
     # -- building one ----------------------------------------------------------------------
     @classmethod
     def from_text(cls, text: str, *, source: str = "the keyring") -> Keyring:
-        """Base64 keys separated by commas or lines; blank lines and "#" comments are skipped."""
+        """Base64 keys separated by commas, spaces or lines; "#" starts a comment."""
         keys: list[bytes] = []
         for line in text.splitlines():
             line = line.split("#", 1)[0]
-            for item in line.split(","):
-                item = item.strip()
-                if not item:
-                    continue
+            for item in line.replace(",", " ").split():
                 try:
                     keys.append(base64.b64decode(item, validate=True))
                 except binascii.Error:

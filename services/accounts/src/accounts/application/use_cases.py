@@ -63,21 +63,24 @@ async def register_customer(
 async def register_nas(
     store: EventStore, clock: Clock, cmd: RegisterNas, actor: str, *, keyring: Keyring
 ) -> AnyNasRegistered:
-    """Sealing is deterministic (ispbill_core.sealing), so a repeated registration records the
-    same event and is a no-op, like every other command here. A NAS whose current registration
-    says the same with its secret sealed under an earlier key (or, registered before sealing,
-    not sealed) is already registered too: the command is a no-op, not a conflict."""
-    event = cmd.to_event(keyring)
-    stream = nas_stream(event.nas_id)
-    await _refuse_an_address_in_use(store, event.nas_id, event.ip_address)
-    try:
-        await _record_once(store, stream, event, clock, actor)
-    except AlreadyExists:
-        current = (await store.read_stream(stream))[-1].decode()
+    """A NAS registered already is judged by its current details: the same (its secret opened,
+    whichever key sealed it, or none for a NAS registered before sealing) is a no-op returning
+    them; anything else, the first registration of a NAS changed since included, is refused
+    (change a NAS with `change_nas`). Sealing is deterministic, so the first attempt and its
+    retries record one event."""
+    stream = nas_stream(cmd.nas_id)
+    history = await store.read_stream(stream)
+    if history:
+        current = history[-1].decode()
         assert isinstance(current, NasRegistered | NasRegisteredV1)
         if cmd.describes(current, keyring):
             return current
-        raise
+        raise AlreadyExists(
+            f"NAS {cmd.nas_id!r} is registered with other details; change it with PUT"
+        )
+    event = cmd.to_event(keyring)
+    await _refuse_an_address_in_use(store, event.nas_id, event.ip_address)
+    await _record_once(store, stream, event, clock, actor)
     return event
 
 

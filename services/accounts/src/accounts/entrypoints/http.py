@@ -84,21 +84,8 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
     async def list_subscriptions() -> list[SubscriptionStarted]:
         return await all_events_of(store, SubscriptionStarted)
 
-    @router.post("/nas", status_code=status.HTTP_201_CREATED)
-    async def register_nas(cmd: RegisterNas) -> dict[str, Any]:
-        """Register a NAS. Its secret is sealed before it is recorded and is never shown."""
-        registered = await use_cases.register_nas(store, clock, cmd, actor, keyring=keyring)
-        return nas_view(registered, keyring)
-
-    @router.put("/nas/{nas_id}")
-    async def change_nas(nas_id: str, cmd: ChangeNas) -> dict[str, Any]:
-        """New details for a registered NAS: address, secret, flags (all of them)."""
-        changed = await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
-        return nas_view(changed, keyring)
-
-    @router.get("/nas")
-    async def list_nas() -> list[dict[str, Any]]:
-        """Every registered NAS with its current details, in the order registered."""
+    async def nas_views() -> dict[str, dict[str, Any]]:
+        """Every registered NAS's current details, in the order registered."""
         current: dict[str, AnyNasRegistered] = {}
         plaintext: dict[str, set[bytes]] = {}
         for recorded in await recorded_of_types(store, NasRegistered.event_type):
@@ -107,9 +94,26 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
             current[event.nas_id] = event
             if isinstance(event, NasRegisteredV1):
                 plaintext.setdefault(event.nas_id, set()).add(event.secret.encode("utf-8"))
-        return [
-            nas_view(event, keyring, frozenset(plaintext.get(nas_id, ())))
+        return {
+            nas_id: nas_view(event, keyring, frozenset(plaintext.get(nas_id, ())))
             for nas_id, event in current.items()
-        ]
+        }
+
+    @router.post("/nas", status_code=status.HTTP_201_CREATED)
+    async def register_nas(cmd: RegisterNas) -> dict[str, Any]:
+        """Register a NAS. Its secret is sealed before it is recorded and is never shown."""
+        await use_cases.register_nas(store, clock, cmd, actor, keyring=keyring)
+        return (await nas_views())[cmd.nas_id]
+
+    @router.put("/nas/{nas_id}")
+    async def change_nas(nas_id: str, cmd: ChangeNas) -> dict[str, Any]:
+        """New details for a registered NAS: address, secret, flags (all of them)."""
+        await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
+        return (await nas_views())[nas_id]
+
+    @router.get("/nas")
+    async def list_nas() -> list[dict[str, Any]]:
+        """Every registered NAS with its current details, in the order registered."""
+        return list((await nas_views()).values())
 
     return router
