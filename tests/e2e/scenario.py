@@ -169,7 +169,7 @@ def assert_bad_packets_dropped_and_counted(
     assert reply is not None and reply[0] == 5  # Accounting-Response
 
 
-def assert_a_nas_secret_change_takes_effect(api: Ispbill, radius_port: int) -> None:
+def assert_a_nas_secret_change_takes_effect(api: Ispbill, radius_port: int) -> str:
     """The demo NAS is shown without its secret, sealed; a new secret given through the API is
     taken up by the collector live (it opens it with its key), and the old one is refused."""
     [nas] = [n for n in api.get("/api/v1/nas") if n["nas_id"] == "nas-demo-1"]
@@ -190,3 +190,4 @@ def assert_a_nas_secret_change_takes_effect(api: Ispbill, radius_port: int) -> N
         what="an Accounting-Response to the NAS's new secret",
     )
     assert send_accounting_from("127.0.0.1", radius_port, DEMO_NAS_SECRET, probe, 1.0) is None
+    return new_secret

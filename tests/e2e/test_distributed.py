@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -9,9 +10,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
+from ispbill_app.demo import DEMO_NAS_SECRET
 from ispbill_core.sealing import new_key
 from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
 from tests.e2e.scenario import (
@@ -147,5 +150,34 @@ def test_distributed_thin_path(cluster, smtp_server):
 
     # The API seals a new NAS secret; the collector, another process given the same key,
     # opens it from the ledger and answers with it.
-    assert_a_nas_secret_change_takes_effect(api, radius_port)
+    new_secret = assert_a_nas_secret_change_takes_effect(api, radius_port)
     nodes.check()
+    registrations, leaks = asyncio.run(
+        _nas_registrations_and_leaks(
+            nodes.env["ISPBILL_LEDGER"],
+            nodes.env["ISPBILL_LEDGER_SCHEMA"],
+            [DEMO_NAS_SECRET, new_secret],
+        )
+    )
+    assert registrations == 2 and leaks == 0  # both secrets are in PostgreSQL, sealed only
+
+
+async def _nas_registrations_and_leaks(
+    dsn: str, schema: str, secrets: list[str]
+) -> tuple[int, int]:
+    """How many NAS registrations the ledger holds, and how many events show a secret."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        registrations = await conn.fetchval(
+            f"SELECT count(*) FROM {schema}.events WHERE type = 'NasRegistered'"
+        )
+        leaks = 0
+        for secret in secrets:
+            leaks += await conn.fetchval(
+                f"SELECT count(*) FROM {schema}.events"
+                " WHERE data::text LIKE $1 OR metadata::text LIKE $1",
+                f"%{secret}%",
+            )
+        return registrations, leaks
+    finally:
+        await conn.close()
