@@ -65,6 +65,7 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
         ("NasRegistered", 1): {"nas_id", "ip_address", "secret", "require_message_authenticator"},
         ("NasRegistered", 2): {"nas_id", "ip_address", "secret_sealed",
                                "require_message_authenticator"},
+        ("NasRemoved", 1): {"nas_id"},
         # invoicing reads plans, customers, subscriptions, rated usage and payments
         ("PlanDefined", 1): {"plan_id", "monthly_fee", "included_bytes", "overage_price",
                              "overage_unit_bytes"},

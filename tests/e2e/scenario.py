@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pypdf import PdfReader
 
 from ispbill_app.demo import DEMO_NAS_SECRET
@@ -191,3 +192,20 @@ def assert_a_nas_secret_change_takes_effect(api: Ispbill, radius_port: int) -> s
     )
     assert send_accounting_from("127.0.0.1", radius_port, DEMO_NAS_SECRET, probe, 1.0) is None
     return new_secret
+
+
+def assert_a_removed_nas_is_refused(api: Ispbill, radius_port: int, secret: str) -> None:
+    """Taken out of service through the API, the NAS's accounting goes unanswered."""
+    response = httpx.delete(f"{api.server}/api/v1/nas/nas-demo-1", timeout=10)
+    assert response.status_code == 200, response.text
+    probe = {
+        "User-Name": "alice",
+        "Acct-Session-Id": f"removed-{uuid.uuid4().hex[:8]}",
+        "Acct-Status-Type": "Start",
+        "NAS-IP-Address": "127.0.0.1",
+    }
+    wait_until(
+        lambda: send_accounting_from("127.0.0.1", radius_port, secret, probe, 0.5) is None,
+        what="no Accounting-Response for a removed NAS",
+    )
+    assert api.get("/api/v1/nas") == []

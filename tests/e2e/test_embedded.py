@@ -13,6 +13,7 @@ from ispbill_app.demo import DEMO_NAS_SECRET
 from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
 from tests.e2e.scenario import (
     assert_a_nas_secret_change_takes_effect,
+    assert_a_removed_nas_is_refused,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
     run_thin_path,
@@ -83,10 +84,11 @@ def test_cli_reports_errors_clearly(all_in_one):
     assert body == []
 
 
-def test_nas_secrets_are_sealed_in_the_ledger_and_can_be_changed(all_in_one):
+def test_nas_secrets_are_sealed_in_the_ledger_changed_and_the_nas_removed(all_in_one):
     api, radius_port, _trace, _proc, data = all_in_one
     key_file = data / "secrets.key"
     assert key_file.stat().st_mode & 0o777 == 0o600  # made on first start, owner only
-    assert_a_nas_secret_change_takes_effect(api, radius_port)
+    new_secret = assert_a_nas_secret_change_takes_effect(api, radius_port)
+    assert_a_removed_nas_is_refused(api, radius_port, new_secret)
     for path in data.glob("ledger.db*"):  # the database and its WAL
         assert DEMO_NAS_SECRET.encode() not in path.read_bytes(), path

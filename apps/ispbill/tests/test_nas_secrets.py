@@ -168,3 +168,18 @@ def test_secrets_new_key_and_check(data, capsys, monkeypatch) -> None:
     monkeypatch.setenv(KEY_ENV, key)
     assert cli_main(["secrets", "check", "--data-dir", str(data)]) == 0
     assert Keyring.from_text(key).sealing_key_id in capsys.readouterr().out
+
+
+async def test_a_removed_nas_is_not_listed_and_its_address_is_free(api) -> None:
+    assert (await api.call("POST", "/nas", NAS)).status_code == 201
+    removed = await api.call("DELETE", "/nas/bng-1?reason=router%20replaced")
+    assert removed.status_code == 200, removed.text
+    assert removed.json() == {"nas_id": "bng-1", "reason": "router replaced"}
+    assert (await api.call("DELETE", "/nas/bng-1")).status_code == 200  # twice: the same
+    assert (await api.call("GET", "/nas")).json() == []
+    assert (await api.call("PUT", "/nas/bng-1", CHANGE)).status_code == 404
+    assert (await api.call("DELETE", "/nas/bng-9")).status_code == 404
+    other = NAS | {"nas_id": "bng-2", "secret": "second-secret"}
+    assert (await api.call("POST", "/nas", other)).status_code == 201
+    taken = await api.call("POST", "/nas", NAS)
+    assert taken.status_code == 409 and "address of NAS 'bng-2'" in taken.text

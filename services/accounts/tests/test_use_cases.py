@@ -13,7 +13,9 @@ from accounts.application import use_cases
 from accounts.application.use_cases import (
     change_nas,
     define_plan,
+    nases_in_service,
     register_customer,
+    remove_nas,
     start_subscription,
 )
 from accounts.domain.commands import (
@@ -28,6 +30,7 @@ from ispbill_core.clock import FixedClock
 from ispbill_core.contracts.accounts import (
     NasRegistered,
     NasRegisteredV1,
+    NasRemoved,
     RadiusUsernameAssigned,
     customer_stream,
     nas_secret_context,
@@ -320,3 +323,24 @@ async def test_the_first_registration_again_after_a_change_is_refused(store, clo
     with pytest.raises(AlreadyExists, match="change it with PUT"):
         await register_nas(store, clock, NAS, "admin")
     assert len(await store.read_stream(nas_stream("nas-1"))) == 2
+
+
+async def test_a_removed_nas_frees_its_address_and_can_be_registered_again(store, clock) -> None:
+    await register_nas(store, clock, NAS, "admin")
+    with pytest.raises(NotFound):
+        await remove_nas(store, clock, "nas-7", "", "netops")
+    removed = await remove_nas(store, clock, "nas-1", "router replaced", "netops")
+    assert removed == NasRemoved(nas_id="nas-1", reason="router replaced")
+    await remove_nas(store, clock, "nas-1", "again", "netops")  # a retry: nothing new
+    with pytest.raises(NotFound):
+        await change_nas(store, clock, "nas-1", change(), "netops", keyring=KEYRING)
+    assert await nases_in_service(store) == {}
+    # Its address is free for the router that replaces it...
+    new = RegisterNas(nas_id="nas-2", name="new", ip_address="192.0.2.1", secret="an0ther")
+    await register_nas(store, clock, new, "admin")
+    # ... and the old id can come back, elsewhere.
+    back = RegisterNas(**NAS.model_dump() | {"ip_address": "192.0.2.3"})
+    await register_nas(store, clock, back, "admin")
+    history = [e.decode() for e in await store.read_stream(nas_stream("nas-1"))]
+    assert [type(e) for e in history] == [NasRegistered, NasRemoved, NasRegistered]
+    assert sorted(await nases_in_service(store)) == ["nas-1", "nas-2"]

@@ -9,7 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ispbill_core.contracts.accounts import NasRegisteredV1, nas_registration, nas_stream
+from ispbill_core.contracts.accounts import (
+    NasRegisteredV1,
+    NasRemoved,
+    nas_registration,
+    nas_stream,
+)
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
@@ -182,5 +187,34 @@ async def test_a_live_change_the_collector_cannot_open_takes_the_nas_out(store) 
         )
         await asyncio.wait_for(registry.wait_for_position(position), 5)
         assert registry.lookup("192.0.2.1") is None  # not the old secret: the NAS was re-keyed
+    finally:
+        await registry.stop()
+
+
+async def test_a_removed_nas_is_refused_at_start_and_live_and_back_when_registered(store) -> None:
+    async def remove(nas_id: str) -> int:
+        removal = NasRemoved(nas_id=nas_id, reason="decommissioned")
+        at = await store.head_position()
+        await store.append(
+            nas_stream(nas_id),
+            [new_event(removal, id=deterministic_id("rm", str(at)), occurred_at=AT)],
+            ANY,
+        )
+        return await store.head_position()
+
+    await register(store, "edge-1", "192.0.2.1", "s1")
+    await register(store, "edge-2", "192.0.2.2", "s2")
+    await remove("edge-1")
+    registry = LedgerNasRegistry(store, KEYRING)
+    await registry.start()
+    try:
+        assert registry.lookup("192.0.2.1") is None and registry.lookup("192.0.2.2") is not None
+        position = await remove("edge-2")
+        await asyncio.wait_for(registry.wait_for_position(position), 5)
+        assert registry.lookup("192.0.2.2") is None and registry.lookup_id("edge-2") is None
+        position = await register(store, "edge-2", "192.0.2.2", "s2-again")
+        await asyncio.wait_for(registry.wait_for_position(position), 5)
+        back = registry.lookup("192.0.2.2")
+        assert back is not None and back.secret == b"s2-again"
     finally:
         await registry.stop()

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException
 
+from accounts.application.use_cases import nases_in_service
 from accounts.domain.errors import (
     AddressInUse,
     AlreadyExists,
@@ -31,12 +32,11 @@ from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
 from ispbill_app.settings import Settings
 from ispbill_core.clock import Clock, SystemClock
-from ispbill_core.contracts.accounts import NasRegistered, NasRegisteredV1
+from ispbill_core.contracts.accounts import NasRegistered
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
-from ispbill_core.events import DomainEvent, RecordedEvent
-from ispbill_core.eventstore.queries import recorded_of_types
+from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.subscriber import LedgerSubscriber
@@ -55,16 +55,13 @@ log = logging.getLogger("ispbill")
 
 async def key_ids_missing_from(store: Any, keyring: Keyring) -> set[str]:
     """Keys that sealed some NAS's current secret and are not in `keyring`."""
-    latest: dict[str, DomainEvent] = {}
-    for recorded in await recorded_of_types(store, NasRegistered.event_type):
-        try:
-            event = recorded.decode()
-        except Exception:  # the collector logs and skips it too; not a reason not to start
-            log.exception("NasRegistered event %s does not decode", recorded.id)
-            continue
-        assert isinstance(event, NasRegistered | NasRegisteredV1)
-        latest[event.nas_id] = event
-    used = {sealed_with(e.secret_sealed) for e in latest.values() if isinstance(e, NasRegistered)}
+    try:
+        nases = await nases_in_service(store)
+    except Exception:  # the collector logs and skips what does not decode; not a reason to stop
+        log.exception("the NAS registrations could not all be read to check the keyring")
+        return set()
+    current = [nas.current for nas in nases.values()]
+    used = {sealed_with(e.secret_sealed) for e in current if isinstance(e, NasRegistered)}
     return used - set(keyring.key_ids)
 
 

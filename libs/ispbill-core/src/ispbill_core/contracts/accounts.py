@@ -127,5 +127,14 @@ def nas_registration(
     )
 
 
+@event_type("NasRemoved", 1)
+class NasRemoved(DomainEvent):
+    """A NAS taken out of service: its accounting is refused from then on, and its address is
+    free for another NAS. Registering the id again puts it back."""
+
+    nas_id: str
+    reason: str = ""
+
+
 #: Both versions, for readers that accept either (the collector's registry, the NAS listing).
 AnyNasRegistered = NasRegistered | NasRegisteredV1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from accounts.domain.commands import (
     ChangeNas,
     DefinePlan,
@@ -17,6 +19,7 @@ from ispbill_core.contracts.accounts import (
     CustomerRegistered,
     NasRegistered,
     NasRegisteredV1,
+    NasRemoved,
     PlanDefined,
     RadiusUsernameAssigned,
     SubscriptionStarted,
@@ -60,6 +63,61 @@ async def register_customer(
     return event
 
 
+@dataclass(frozen=True)
+class NasInService:
+    current: AnyNasRegistered
+    #: plain-text secrets of the NAS's registrations before sealing (its history kept them)
+    plaintext_secrets: frozenset[bytes] = frozenset()
+
+
+async def nases_in_service(store: EventStore) -> dict[str, NasInService]:
+    """Every NAS in service with its latest registration, in the order first registered."""
+    found: dict[str, NasInService] = {}
+    plaintext: dict[str, frozenset[bytes]] = {}
+    for recorded in await recorded_of_types(store, NasRegistered.event_type, NasRemoved.event_type):
+        event = recorded.decode()
+        if isinstance(event, NasRemoved):
+            found.pop(event.nas_id, None)
+            continue
+        assert isinstance(event, NasRegistered | NasRegisteredV1)
+        if isinstance(event, NasRegisteredV1):
+            secret = event.secret.encode("utf-8")
+            plaintext[event.nas_id] = plaintext.get(event.nas_id, frozenset()) | {secret}
+        found[event.nas_id] = NasInService(event, plaintext.get(event.nas_id, frozenset()))
+    return found
+
+
+async def _nas_history(
+    store: EventStore, nas_id: str
+) -> tuple[int | None, AnyNasRegistered | NasRemoved | None]:
+    """The NAS stream's version and its latest event; (None, None) when never registered."""
+    history = await store.read_stream(nas_stream(nas_id))
+    if not history:
+        return None, None
+    latest = history[-1].decode()
+    assert isinstance(latest, NasRegistered | NasRegisteredV1 | NasRemoved)
+    return history[-1].stream_position, latest
+
+
+async def _append_nas_event(
+    store: EventStore,
+    clock: Clock,
+    nas_id: str,
+    event: NasRegistered | NasRemoved,
+    version: int,
+    actor: str,
+) -> None:
+    """After `version`, which this command read: Conflict when someone else appended since."""
+    stream = nas_stream(nas_id)
+    event_id = deterministic_id(event.event_type, stream, str(version), event.model_dump_json())
+    try:
+        await store.append(
+            stream, [new_event(event, id=event_id, occurred_at=clock.now(), actor=actor)], version
+        )
+    except WrongExpectedVersion:
+        raise Conflict(f"NAS {nas_id!r} was changed meanwhile; read it and try again") from None
+
+
 async def register_nas(
     store: EventStore, clock: Clock, cmd: RegisterNas, actor: str, *, keyring: Keyring
 ) -> AnyNasRegistered:
@@ -67,12 +125,9 @@ async def register_nas(
     whichever key sealed it, or none for a NAS registered before sealing) is a no-op returning
     them; anything else, the first registration of a NAS changed since included, is refused
     (change a NAS with `change_nas`). Sealing is deterministic, so the first attempt and its
-    retries record one event."""
-    stream = nas_stream(cmd.nas_id)
-    history = await store.read_stream(stream)
-    if history:
-        current = history[-1].decode()
-        assert isinstance(current, NasRegistered | NasRegisteredV1)
+    retries record one event. A removed NAS is registered again."""
+    version, current = await _nas_history(store, cmd.nas_id)
+    if current is not None and not isinstance(current, NasRemoved):
         if cmd.describes(current, keyring):
             return current
         raise AlreadyExists(
@@ -80,7 +135,10 @@ async def register_nas(
         )
     event = cmd.to_event(keyring)
     await _refuse_an_address_in_use(store, event.nas_id, event.ip_address)
-    await _record_once(store, stream, event, clock, actor)
+    if version is None:
+        await _record_once(store, nas_stream(cmd.nas_id), event, clock, actor)
+    else:
+        await _append_nas_event(store, clock, cmd.nas_id, event, version, actor)
     return event
 
 
@@ -89,12 +147,8 @@ async def _refuse_an_address_in_use(store: EventStore, nas_id: str, address: str
     the first one's accounting (and, with another secret, have its packets dropped). Checked
     against every NAS's current address; two clerks registering one address at the same
     instant are not caught (NAS registrations are rare; the collector then keeps the later)."""
-    current: dict[str, AnyNasRegistered] = {}
-    for recorded in await recorded_of_types(store, NasRegistered.event_type):
-        registered = recorded.decode()
-        assert isinstance(registered, NasRegistered | NasRegisteredV1)
-        current[registered.nas_id] = registered
-    for other in current.values():
+    for nas in (await nases_in_service(store)).values():
+        other = nas.current
         if other.nas_id != nas_id and nas_address(other.ip_address) == address:
             raise AddressInUse(f"{address} is the address of NAS {other.nas_id!r} already")
 
@@ -111,27 +165,29 @@ async def change_nas(
     """New details for a registered NAS, appended to its stream: the collector's registry
     replaces the NAS's address, secret and flag with them. Details equal to the current ones
     record nothing (a retry). A NAS registered before secrets were sealed is sealed this way."""
-    stream = nas_stream(nas_id)
-    history = await store.read_stream(stream)
-    if not history:
+    version, current = await _nas_history(store, nas_id)
+    if version is None or isinstance(current, NasRemoved):
         raise NotFound(f"NAS {nas_id!r} is not registered")
     event = cmd.for_nas(nas_id).to_event(keyring)
     await _refuse_an_address_in_use(store, nas_id, event.ip_address)
-    current = history[-1]
-    if current.decode() == event:
-        return event
-    event_id = deterministic_id(
-        event.event_type, stream, str(current.stream_position), event.model_dump_json()
-    )
-    try:
-        await store.append(
-            stream,
-            [new_event(event, id=event_id, occurred_at=clock.now(), actor=actor)],
-            current.stream_position,
-        )
-    except WrongExpectedVersion:
-        raise Conflict(f"NAS {nas_id!r} was changed meanwhile; read it and try again") from None
+    if current != event:
+        await _append_nas_event(store, clock, nas_id, event, version, actor)
     return event
+
+
+async def remove_nas(
+    store: EventStore, clock: Clock, nas_id: str, reason: str, actor: str
+) -> NasRemoved:
+    """Take a NAS out of service: the collector refuses its accounting from then on. Removing
+    a removed NAS records nothing."""
+    version, current = await _nas_history(store, nas_id)
+    if version is None:
+        raise NotFound(f"NAS {nas_id!r} is not registered")
+    if isinstance(current, NasRemoved):
+        return current
+    removal = NasRemoved(nas_id=nas_id, reason=reason)
+    await _append_nas_event(store, clock, nas_id, removal, version, actor)
+    return removal
 
 
 async def start_subscription(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 
 from accounts.application import use_cases
 from accounts.domain.commands import (
@@ -18,14 +18,13 @@ from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
     CustomerRegistered,
-    NasRegistered,
     NasRegisteredV1,
     PlanDefined,
     SubscriptionStarted,
     nas_secret_context,
 )
 from ispbill_core.eventstore import EventStore
-from ispbill_core.eventstore.queries import all_events_of, recorded_of_types
+from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 
 #: How the ledger holds a NAS's secret (`secret_storage`); none of them is a secret.
@@ -85,18 +84,10 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
         return await all_events_of(store, SubscriptionStarted)
 
     async def nas_views() -> dict[str, dict[str, Any]]:
-        """Every registered NAS's current details, in the order registered."""
-        current: dict[str, AnyNasRegistered] = {}
-        plaintext: dict[str, set[bytes]] = {}
-        for recorded in await recorded_of_types(store, NasRegistered.event_type):
-            event = recorded.decode()
-            assert isinstance(event, NasRegistered | NasRegisteredV1)
-            current[event.nas_id] = event
-            if isinstance(event, NasRegisteredV1):
-                plaintext.setdefault(event.nas_id, set()).add(event.secret.encode("utf-8"))
+        """Every NAS in service with its current details, in the order registered."""
         return {
-            nas_id: nas_view(event, keyring, frozenset(plaintext.get(nas_id, ())))
-            for nas_id, event in current.items()
+            nas_id: nas_view(nas.current, keyring, nas.plaintext_secrets)
+            for nas_id, nas in (await use_cases.nases_in_service(store)).items()
         }
 
     @router.post("/nas", status_code=status.HTTP_201_CREATED)
@@ -110,6 +101,15 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
         """New details for a registered NAS: address, secret, flags (all of them)."""
         await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
         return (await nas_views())[nas_id]
+
+    @router.delete("/nas/{nas_id}")
+    async def remove_nas(
+        nas_id: str, reason: str = Query(default="", max_length=200)
+    ) -> dict[str, Any]:
+        """Take a NAS out of service: its accounting is refused from then on, its address is
+        free for another NAS; POST registers it again. Removing it twice changes nothing."""
+        removal = await use_cases.remove_nas(store, clock, nas_id, reason, actor)
+        return removal.model_dump(mode="json")
 
     @router.get("/nas")
     async def list_nas() -> list[dict[str, Any]]:

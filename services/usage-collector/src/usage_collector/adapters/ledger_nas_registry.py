@@ -6,7 +6,12 @@ import asyncio
 import contextlib
 import logging
 
-from ispbill_core.contracts.accounts import AnyNasRegistered, NasRegistered, NasRegisteredV1
+from ispbill_core.contracts.accounts import (
+    AnyNasRegistered,
+    NasRegistered,
+    NasRegisteredV1,
+    NasRemoved,
+)
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStore
 from ispbill_core.sealing import Keyring, SealingError
@@ -15,7 +20,7 @@ from usage_collector.application.nas_registry import NasRegistry, RegisteredNas
 
 log = logging.getLogger(__name__)
 
-NAS_EVENT_TYPES = frozenset({NasRegistered.event_type})
+NAS_EVENT_TYPES = frozenset({NasRegistered.event_type, NasRemoved.event_type})
 
 
 class LedgerNasRegistry(NasRegistry):
@@ -43,7 +48,7 @@ class LedgerNasRegistry(NasRegistry):
     async def start(self) -> None:
         # Only each NAS's latest registration counts: earlier ones are neither opened nor
         # warned about (a NAS sealed since, or re-keyed, says nothing about its past).
-        latest: dict[str, AnyNasRegistered] = {}
+        latest: dict[str, AnyNasRegistered | NasRemoved] = {}
         while True:
             batch = await self._store.read_all(
                 after=self._position, limit=self._page_size, types=NAS_EVENT_TYPES
@@ -55,7 +60,8 @@ class LedgerNasRegistry(NasRegistry):
             if len(batch) < self._page_size:
                 break
         for registered in latest.values():
-            self._register(registered)
+            if not isinstance(registered, NasRemoved):
+                self._register(registered)
         self._follower = asyncio.create_task(self._follow(), name="nas-registry-follower")
 
     async def stop(self) -> None:
@@ -93,17 +99,20 @@ class LedgerNasRegistry(NasRegistry):
 
     def _apply(self, event: RecordedEvent) -> None:
         registered = self._decode(event)
-        if registered is not None:
+        if isinstance(registered, NasRemoved):
+            self._index.remove(registered.nas_id)
+            log.info("NAS %s removed: its accounting is refused from now on", registered.nas_id)
+        elif registered is not None:
             self._register(registered)
 
-    def _decode(self, event: RecordedEvent) -> AnyNasRegistered | None:
+    def _decode(self, event: RecordedEvent) -> AnyNasRegistered | NasRemoved | None:
         self._position = max(self._position, event.global_position)
         self._changed.set()
         try:
             registered = event.decode()
-            assert isinstance(registered, NasRegistered | NasRegisteredV1)
+            assert isinstance(registered, NasRegistered | NasRegisteredV1 | NasRemoved)
         except Exception:
-            log.exception("skipping NasRegistered event %s that does not decode", event.id)
+            log.exception("skipping NAS registry event %s that does not decode", event.id)
             return None
         return registered
 
