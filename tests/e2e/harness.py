@@ -127,8 +127,10 @@ class Ispbill:
     def __init__(self, http_port: int) -> None:
         self.server = f"http://127.0.0.1:{http_port}"
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = run_watched([*ISPBILL, "--server", self.server, *args], timeout=120)
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = run_watched([*ISPBILL, "--server", self.server, *args], input=input, timeout=120)
         if check and result.returncode != 0:
             raise AssertionError(f"ispbill {' '.join(args)} failed: {result.stderr}{result.stdout}")
         return result

@@ -92,3 +92,36 @@ def test_nas_secrets_are_sealed_in_the_ledger_changed_and_the_nas_removed(all_in
     assert_a_removed_nas_is_refused(api, radius_port, new_secret)
     for path in data.glob("ledger.db*"):  # the database and its WAL
         assert DEMO_NAS_SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_network_engineer_manages_nases_from_the_command_line(all_in_one, tmp_path):
+    api, *_ = all_in_one
+    secret_file = tmp_path / "bng-2.secret"
+    secret_file.write_text("from-a-file-secret\n")
+    registered = api.cli(
+        "nas", "register", "bng-2", "--name", "BNG 2", "--address", "127.0.0.2",
+        "--vendor", "cisco", "--require-message-authenticator",
+        "--secret-file", str(secret_file), "--format", "json",
+    )  # fmt: skip
+    shown = json.loads(registered.stdout)
+    assert shown["secret_storage"] == "sealed" and shown["require_message_authenticator"]
+    assert "from-a-file-secret" not in registered.stdout + registered.stderr
+    table = api.cli("nas", "list").stdout
+    assert "bng-2" in table and "127.0.0.2" in table and "nas-demo-1" in table
+    # The secret from standard input, as a script would pipe it; a change needs every field.
+    changed = api.cli(
+        "nas", "change", "bng-2", "--name", "BNG 2", "--address", "127.0.0.3",
+        "--format", "json", input="piped-secret\n",
+    )  # fmt: skip
+    assert json.loads(changed.stdout)["require_message_authenticator"] is False
+    taken = api.cli(
+        "nas", "register", "bng-3", "--name", "x", "--address", "127.0.0.3",
+        check=False, input="another-secret\n",
+    )  # fmt: skip
+    assert taken.returncode == 1 and "127.0.0.3 is the address of NAS 'bng-2'" in taken.stderr
+    no_secret = api.cli(
+        "nas", "register", "bng-4", "--name", "x", "--address", "127.0.0.4", check=False, input=""
+    )
+    assert no_secret.returncode != 0 and "no RADIUS shared secret" in no_secret.stderr
+    api.cli("nas", "remove", "bng-2", "--reason", "lab router returned")
+    assert "bng-2" not in api.cli("nas", "list").stdout

@@ -157,6 +157,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_runtime_flags(secrets_check)
 
+    nas = sub.add_parser("nas", help="the NASes allowed to send accounting")
+    nas_sub = nas.add_subparsers(dest="action", required=True)
+    nas_list = nas_sub.add_parser("list", help="every NAS in service (never a secret)")
+    nas_list.add_argument("--format", choices=("json", "table"), default="table")
+    for name, what in [
+        ("register", "register a NAS"),
+        ("change", "new details for a NAS: give every one, the secret included"),
+    ]:
+        p = nas_sub.add_parser(name, help=what)
+        p.add_argument("nas_id")
+        p.add_argument("--name", required=True)
+        p.add_argument("--address", required=True, help="the NAS's source IP address")
+        p.add_argument("--vendor", default="generic", help="mikrotik, cisco, juniper, ...")
+        p.add_argument(
+            "--require-message-authenticator",
+            action="store_true",
+            help="drop its requests that lack a valid Message-Authenticator (BlastRADIUS)",
+        )
+        p.add_argument(
+            "--secret-file",
+            type=Path,
+            help="read the RADIUS shared secret from this file (first line) rather than from a"
+            " prompt or standard input; never give a secret on the command line",
+        )
+        p.add_argument("--format", choices=("json", "table"), default="table")
+    nas_remove = nas_sub.add_parser("remove", help="take a NAS out of service")
+    nas_remove.add_argument("nas_id")
+    nas_remove.add_argument("--reason", default="")
+    nas_remove.add_argument("--format", choices=("json", "table"), default="table")
+
     bill = sub.add_parser("bill-run", help="issue the invoices of a billing period")
     bill.add_argument("--period", required=True, help="YYYY-MM")
     bill.add_argument("--format", choices=("json", "table"), default="table")
@@ -279,6 +309,8 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
                 print(f"wrote {args.output}")
         elif args.command == "import":
             return _import_radius_detail(client, args)
+        elif args.command == "nas":
+            _nas(client, args)
         elif args.command == "payments":
             body = {
                 "invoice": args.invoice,
@@ -301,6 +333,56 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
     except httpx.TransportError as exc:
         raise OSError(str(exc)) from exc
     return 0
+
+
+NAS_COLUMNS = [
+    ("NAS", "nas_id"),
+    ("NAME", "name"),
+    ("ADDRESS", "ip_address"),
+    ("VENDOR", "vendor"),
+    ("MSG-AUTH", "require_message_authenticator"),
+    ("SECRET", "secret_storage"),
+    ("KEY", "secret_key_id"),
+]
+
+
+def _nas(client: ApiClient, args: argparse.Namespace) -> None:
+    if args.action == "list":
+        _print(client.get("/api/v1/nas"), args.format, NAS_COLUMNS)
+        return
+    if args.action == "remove":
+        removed = client.delete(f"/api/v1/nas/{args.nas_id}", reason=args.reason or None)
+        _print(removed, args.format, [("REMOVED", "nas_id"), ("REASON", "reason")])
+        return
+    body = {
+        "name": args.name,
+        "ip_address": args.address,
+        "secret": _read_secret(args.secret_file),
+        "vendor": args.vendor,
+        "require_message_authenticator": args.require_message_authenticator,
+    }
+    if args.action == "register":
+        shown = client.post("/api/v1/nas", {"nas_id": args.nas_id, **body})
+    else:
+        shown = client.put(f"/api/v1/nas/{args.nas_id}", body)
+    _print(shown, args.format, NAS_COLUMNS)
+
+
+def _read_secret(path: Path | None) -> str:
+    """From a file, a prompt (a terminal), or the first line of standard input; never argv,
+    which other users of the machine can read in the process list."""
+    if path is not None:
+        text = path.read_text(encoding="utf-8")
+    elif sys.stdin.isatty():
+        import getpass
+
+        text = getpass.getpass("RADIUS shared secret: ")
+    else:
+        text = sys.stdin.readline()
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise SystemExit("ispbill: no RADIUS shared secret given")
+    return secret
 
 
 IMPORT_PATH = "/api/v1/collector/imports/radius-detail"

@@ -50,5 +50,12 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._check(self._http.post(path, json=body)).json()
 
+    def put(self, path: str, body: dict[str, Any]) -> Any:
+        return self._check(self._http.put(path, json=body)).json()
+
+    def delete(self, path: str, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self._check(self._http.delete(path, params=clean)).json()
+
     def close(self) -> None:
         self._http.close()
