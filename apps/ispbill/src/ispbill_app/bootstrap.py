@@ -55,11 +55,7 @@ log = logging.getLogger("ispbill")
 
 async def key_ids_missing_from(store: Any, keyring: Keyring) -> set[str]:
     """Keys that sealed some NAS's current secret and are not in `keyring`."""
-    try:
-        nases = await nases_in_service(store)
-    except Exception:  # the collector logs and skips what does not decode; not a reason to stop
-        log.exception("the NAS registrations could not all be read to check the keyring")
-        return set()
+    nases = await nases_in_service(store)  # what does not decode is logged and skipped
     current = [nas.current for nas in nases.values()]
     used = {sealed_with(e.secret_sealed) for e in current if isinstance(e, NasRegistered)}
     return used - set(keyring.key_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from accounts.domain.commands import (
@@ -33,6 +34,8 @@ from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.eventstore.queries import recorded_of_types
 from ispbill_core.sealing import Keyring
+
+log = logging.getLogger(__name__)
 
 
 async def _record_once(
@@ -71,11 +74,17 @@ class NasInService:
 
 
 async def nases_in_service(store: EventStore) -> dict[str, NasInService]:
-    """Every NAS in service with its latest registration, in the order first registered."""
+    """Every NAS in service with its latest registration, in the order registered (a NAS
+    removed and registered again counts from its new registration). An event that does not
+    decode is logged and skipped, as the collector's registry does."""
     found: dict[str, NasInService] = {}
     plaintext: dict[str, frozenset[bytes]] = {}
     for recorded in await recorded_of_types(store, NasRegistered.event_type, NasRemoved.event_type):
-        event = recorded.decode()
+        try:
+            event = recorded.decode()
+        except Exception:
+            log.exception("NAS registry event %s does not decode; skipped", recorded.id)
+            continue
         if isinstance(event, NasRemoved):
             found.pop(event.nas_id, None)
             continue

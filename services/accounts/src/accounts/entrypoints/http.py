@@ -90,17 +90,22 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
             for nas_id, nas in (await use_cases.nases_in_service(store)).items()
         }
 
+    async def view_of(registered: AnyNasRegistered) -> dict[str, Any]:
+        """The view GET gives of this NAS; from the event alone when it was removed since."""
+        views = await nas_views()
+        return views.get(registered.nas_id) or nas_view(registered, keyring)
+
     @router.post("/nas", status_code=status.HTTP_201_CREATED)
     async def register_nas(cmd: RegisterNas) -> dict[str, Any]:
         """Register a NAS. Its secret is sealed before it is recorded and is never shown."""
-        await use_cases.register_nas(store, clock, cmd, actor, keyring=keyring)
-        return (await nas_views())[cmd.nas_id]
+        registered = await use_cases.register_nas(store, clock, cmd, actor, keyring=keyring)
+        return await view_of(registered)
 
     @router.put("/nas/{nas_id}")
     async def change_nas(nas_id: str, cmd: ChangeNas) -> dict[str, Any]:
         """New details for a registered NAS: address, secret, flags (all of them)."""
-        await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
-        return (await nas_views())[nas_id]
+        changed = await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
+        return await view_of(changed)
 
     @router.delete("/nas/{nas_id}")
     async def remove_nas(

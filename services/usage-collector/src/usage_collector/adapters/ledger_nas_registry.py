@@ -1,4 +1,5 @@
-"""A NAS registry folded from NasRegistered events in the ledger, following new ones live."""
+"""A NAS registry folded from NasRegistered and NasRemoved events in the ledger, following new
+ones live."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ NAS_EVENT_TYPES = frozenset({NasRegistered.event_type, NasRemoved.event_type})
 
 
 class LedgerNasRegistry(NasRegistry):
-    """`start()` reads every NasRegistered so far, then a task follows the log for new ones.
+    """`start()` reads every NasRegistered and NasRemoved so far, then a task follows the log
+    for new ones.
 
     Lookups answer from memory, so the receive path never waits on the store. Secrets are
     opened with `keyring` as they are folded in; a NAS whose secret does not open is left out
@@ -94,7 +96,7 @@ class LedgerNasRegistry(NasRegistry):
                 raise
             except Exception:
                 # Keep serving the NASes already known; try the store again shortly.
-                log.exception("following NasRegistered events failed; retrying")
+                log.exception("following the NAS registry events failed; retrying")
                 await asyncio.sleep(1.0)
 
     def _apply(self, event: RecordedEvent) -> None:
