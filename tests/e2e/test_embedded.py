@@ -110,10 +110,19 @@ def test_a_network_engineer_manages_nases_from_the_command_line(all_in_one, tmp_
     assert "bng-2" in table and "127.0.0.2" in table and "nas-demo-1" in table
     # The secret from standard input, as a script would pipe it; a change needs every field.
     changed = api.cli(
-        "nas", "change", "bng-2", "--name", "BNG 2", "--address", "127.0.0.3",
-        "--format", "json", input="piped-secret\n",
+        "nas", "change", "bng-2", "--address", "127.0.0.3", "--format", "json",
+        input="piped-secret\n",
     )  # fmt: skip
-    assert json.loads(changed.stdout)["require_message_authenticator"] is False
+    after = json.loads(changed.stdout)  # what was not given is kept, the MA requirement too
+    assert (after["name"], after["vendor"], after["ip_address"]) == ("BNG 2", "cisco", "127.0.0.3")
+    assert after["require_message_authenticator"] is True
+    relaxed = api.cli(
+        "nas", "change", "bng-2", "--no-require-message-authenticator", "--format", "json",
+        input="piped-secret\n",
+    )  # fmt: skip
+    assert json.loads(relaxed.stdout)["require_message_authenticator"] is False
+    unknown = api.cli("nas", "change", "bng-8", check=False, input="s3cret!\n")
+    assert unknown.returncode == 1 and "not registered" in unknown.stderr
     taken = api.cli(
         "nas", "register", "bng-3", "--name", "x", "--address", "127.0.0.3",
         check=False, input="another-secret\n",

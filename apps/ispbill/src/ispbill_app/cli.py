@@ -163,17 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     nas_list.add_argument("--format", choices=("json", "table"), default="table")
     for name, what in [
         ("register", "register a NAS"),
-        ("change", "new details for a NAS: give every one, the secret included"),
+        ("change", "new details for a NAS; what is not given stays as it is, but the secret"),
     ]:
         p = nas_sub.add_parser(name, help=what)
         p.add_argument("nas_id")
-        p.add_argument("--name", required=True)
-        p.add_argument("--address", required=True, help="the NAS's source IP address")
-        p.add_argument("--vendor", default="generic", help="mikrotik, cisco, juniper, ...")
+        p.add_argument("--name", required=name == "register")
+        p.add_argument("--address", required=name == "register", help="its source IP address")
+        p.add_argument("--vendor", help="mikrotik, cisco, juniper, ... (default generic)")
         p.add_argument(
             "--require-message-authenticator",
-            action="store_true",
-            help="drop its requests that lack a valid Message-Authenticator (BlastRADIUS)",
+            action=argparse.BooleanOptionalAction,
+            help="drop its requests without a valid Message-Authenticator (BlastRADIUS); off"
+            " by default when registering",
         )
         p.add_argument(
             "--secret-file",
@@ -354,13 +355,21 @@ def _nas(client: ApiClient, args: argparse.Namespace) -> None:
         removed = client.delete(f"/api/v1/nas/{args.nas_id}", reason=args.reason or None)
         _print(removed, args.format, [("REMOVED", "nas_id"), ("REASON", "reason")])
         return
-    body = {
+    given = {
         "name": args.name,
         "ip_address": args.address,
-        "secret": _read_secret(args.secret_file),
         "vendor": args.vendor,
         "require_message_authenticator": args.require_message_authenticator,
     }
+    if args.action == "register":
+        defaults: dict[str, Any] = {"vendor": "generic", "require_message_authenticator": False}
+    else:  # a change keeps what is not given; the secret is never read back, so it is asked
+        found = [n for n in client.get("/api/v1/nas") if n["nas_id"] == args.nas_id]
+        if not found:
+            raise ApiError(404, f"NAS {args.nas_id!r} is not registered")
+        defaults = found[0]
+    body = {key: defaults.get(key) if value is None else value for key, value in given.items()}
+    body["secret"] = _read_secret(args.secret_file)
     if args.action == "register":
         shown = client.post("/api/v1/nas", {"nas_id": args.nas_id, **body})
     else:
