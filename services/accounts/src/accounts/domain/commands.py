@@ -97,20 +97,25 @@ def nas_address(value: str) -> str:
     return str(ip)
 
 
-class RegisterNas(BaseModel):
+class _NasDetails(BaseModel):
+    """What registering and changing a NAS both check: its name, address and secret."""
+
     model_config = ConfigDict(extra="forbid")
 
-    nas_id: str = Field(pattern=_ID)
     name: str = Field(min_length=1, max_length=120)
     ip_address: str
     secret: str = Field(min_length=6, max_length=128)
-    vendor: str = Field(default="generic", max_length=40)
-    require_message_authenticator: bool = False
 
     @field_validator("ip_address")
     @classmethod
     def _ip(cls, value: str) -> str:
         return nas_address(value)
+
+
+class RegisterNas(_NasDetails):
+    nas_id: str = Field(pattern=_ID)
+    vendor: str = Field(default="generic", max_length=40)
+    require_message_authenticator: bool = False
 
     def to_event(self, keyring: Keyring) -> NasRegistered:
         """The event, the secret sealed for this NAS: the ledger never holds it in plain text."""
@@ -132,23 +137,13 @@ class RegisterNas(BaseModel):
         )
 
 
-class ChangeNas(BaseModel):
+class ChangeNas(_NasDetails):
     """New details for a registered NAS (a replaced router, a new secret): every one of them,
     none defaulted, so that a change that leaves a field out cannot quietly turn off the
     Message-Authenticator requirement; the NAS id is the one in the path."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=120)
-    ip_address: str
-    secret: str = Field(min_length=6, max_length=128)
     vendor: str = Field(max_length=40)
     require_message_authenticator: bool
-
-    @field_validator("ip_address")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        return nas_address(value)
 
     def for_nas(self, nas_id: str) -> RegisterNas:
         return RegisterNas(nas_id=nas_id, **self.model_dump())
