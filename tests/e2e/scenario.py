@@ -156,6 +156,12 @@ def assert_bad_packets_dropped_and_counted(
         ),
         what="the drop counters",
     )
+    # Per source: the NAS with the wrong secret, and the router nobody registered.
+    drops = api.get(counters_path.replace("/counters", "/drops"))
+    assert drops["127.0.0.1"]["nas_id"] == "nas-demo-1", drops
+    assert drops["127.0.0.1"]["reasons"]["dropped_bad_authenticator"] >= 1, drops
+    assert drops["127.0.0.2"]["nas_id"] is None, drops
+    assert drops["127.0.0.2"]["reasons"]["dropped_unknown_nas"] >= 1, drops
     good = {**probe, "Acct-Session-Id": "good-1"}
     # Like a NAS, retransmit until answered: the ack waits for a durable write.
     reply = None

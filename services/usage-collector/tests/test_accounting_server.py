@@ -17,7 +17,7 @@ from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, AcctStatus
 from ispbill_core.events import NewEvent
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import load_dictionary
-from usage_collector.entrypoints.radius import AccountingServer
+from usage_collector.entrypoints.radius import AccountingServer, DropsBySource
 
 pytestmark = pytest.mark.integration
 
@@ -154,11 +154,20 @@ async def test_datagrams_arriving_during_a_publish_go_out_as_one_batch(
 
 
 async def test_wrong_secret_gets_no_response_and_is_counted(
-    server, nas_client, publisher, requests
+    server, nas_client, publisher, requests, clock
 ) -> None:
     assert await nas_client.exchange(requests.start(secret=b"wrong"), NO_REPLY) is None
     assert server.counters.dropped_bad_authenticator == 1
     assert publisher.calls == []
+    seen = clock.now().isoformat(timespec="seconds")
+    assert server.drops.as_dict() == {
+        "127.0.0.1": {
+            "nas_id": "nas-1",
+            "first_seen": seen,
+            "last_seen": seen,
+            "reasons": {"dropped_bad_authenticator": 1},
+        }
+    }
 
 
 async def test_unknown_nas_is_dropped_and_the_server_keeps_serving(
@@ -171,6 +180,8 @@ async def test_unknown_nas_is_dropped_and_the_server_keeps_serving(
     try:
         assert await nas.exchange(requests.start(), NO_REPLY) is None
         assert server.counters.dropped_unknown_nas == 1
+        [unknown] = server.drops.as_dict().values()  # a router sending, not registered
+        assert unknown["nas_id"] is None and unknown["reasons"] == {"dropped_unknown_nas": 1}
         registry.register(requests.nas(ip="127.0.0.1"))
         assert await nas.exchange(requests.start()) is not None
         assert server.counters.acked == 1
@@ -537,3 +548,19 @@ async def test_without_reuse_port_a_second_server_cannot_bind(make_server, publi
             await second.start()
     finally:
         await first.stop()
+
+
+def test_drops_are_kept_for_a_bounded_number_of_sources(clock) -> None:
+    """A flood from spoofed addresses costs one entry per address up to the limit, then one."""
+    drops = DropsBySource(limit=2)
+    for n in range(1000):
+        drops.count(f"198.51.100.{n % 250}", "dropped_unknown_nas", None, clock.now())
+    drops.count("198.51.100.0", "dropped_bad_authenticator", "nas-7", clock.now())
+    shown = drops.as_dict()
+    assert list(shown) == ["198.51.100.0", "198.51.100.1", "other"]
+    assert shown["198.51.100.0"]["reasons"] == {
+        "dropped_unknown_nas": 4,
+        "dropped_bad_authenticator": 1,
+    }
+    assert shown["198.51.100.0"]["nas_id"] == "nas-7"
+    assert shown["other"]["reasons"] == {"dropped_unknown_nas": 1000 - 8}

@@ -101,6 +101,7 @@ class Services:
     store: Any
     clock: Clock = field(default_factory=SystemClock)
     collector_counters: Callable[[], dict[str, int]] | None = None
+    collector_drops: Callable[[], dict[str, dict[str, Any]]] | None = None
     poller_counters: Callable[[], dict[str, dict[str, int]]] | None = None
     #: POST /api/v1/collector/imports/radius-detail, in a process that runs the collector.
     collector_imports: APIRouter | None = None
@@ -188,6 +189,15 @@ class Services:
             if self.collector_counters is None:
                 raise HTTPException(404, "no collector runs in this process")
             return self.collector_counters()
+
+        @router.get("/collector/drops")
+        async def drops() -> dict[str, dict[str, Any]]:
+            """Dropped accounting per source address: its NAS (null: none registered there),
+            first and last drop, and the count per reason. The unregistered router whose
+            usage goes unbilled, the NAS with the wrong secret."""
+            if self.collector_drops is None:
+                raise HTTPException(404, "no collector runs in this process")
+            return self.collector_drops()
 
         @router.get("/collector/pollers")
         async def pollers() -> dict[str, dict[str, int]]:
@@ -355,6 +365,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     )
     await collector.start()
     services.collector_counters = collector.accounting_server.counters.as_dict
+    services.collector_drops = collector.accounting_server.drops.as_dict
     services.poller_counters = pollers.counters
     services.collector_imports = collector_import_router(
         collector.nas_registry, publisher, services.clock
@@ -506,6 +517,7 @@ async def _serve_collector(services: Services) -> None:
             **accounting.as_dict(),
             **publisher.counters_dict(),
         }
+        services.collector_drops = collector.accounting_server.drops.as_dict
         services.poller_counters = pollers.counters
         # `ispbill import radius-detail --server http://<collector>` lands here.
         services.collector_imports = collector_import_router(

@@ -24,7 +24,7 @@ from opentelemetry.trace import (
 from ispbill_core.clock import Clock
 from ispbill_core.telemetry import spans_are_exported
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder
-from usage_collector.application.nas_registry import NasRegistry
+from usage_collector.application.nas_registry import NasRegistry, normalise_ip
 from usage_collector.application.ports import AccountingPublisher, AttributeDecoder
 from usage_collector.application.publish_accounting_records import publish_accounting_records
 from usage_collector.application.screen_accounting_request import (
@@ -72,6 +72,47 @@ class AccountingCounters:
         return asdict(self)
 
 
+class DropsBySource:
+    """Dropped datagrams per source address and reason: which NAS has the wrong secret, which
+    router sends accounting without being registered (its usage is not billed).
+
+    At most `limit` addresses are kept, so a flood from spoofed sources cannot exhaust memory;
+    drops from addresses beyond them are counted under "other". Only the drop path touches it.
+    """
+
+    OTHER = "other"
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._by_source: dict[str, dict[str, Any]] = {}
+
+    def count(self, source: str, reason: str, nas_id: str | None, at: datetime) -> None:
+        seen = at.isoformat(timespec="seconds")
+        entry = self._by_source.get(source)
+        if entry is None:
+            if len(self._by_source) >= self.limit:
+                source = self.OTHER
+            entry = self._by_source.get(source)
+            if entry is None:
+                entry = self._by_source[source] = {
+                    "nas_id": nas_id,
+                    "first_seen": seen,
+                    "reasons": {},
+                }
+        reasons = entry["reasons"]
+        reasons[reason] = reasons.get(reason, 0) + 1
+        entry["last_seen"] = seen
+        if nas_id is not None:
+            entry["nas_id"] = nas_id
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """{source: {nas_id (None: no NAS there), first_seen, last_seen, reasons: {reason: n}}}"""
+        return {
+            source: {**entry, "reasons": dict(entry["reasons"])}
+            for source, entry in self._by_source.items()
+        }
+
+
 class AccountingServer:
     """RFC 2866 accounting server whose Accounting-Response means "durable on the bus".
 
@@ -109,6 +150,7 @@ class AccountingServer:
         self.host = host
         self.port = port
         self.counters = AccountingCounters()
+        self.drops = DropsBySource()
         self._registry = nas_registry
         self._publisher = publisher
         self._clock = clock
@@ -306,6 +348,11 @@ class AccountingServer:
     def _count_drop(self, dropped: DroppedRequest, source: str, started_ns: int | None) -> None:
         name = dropped.reason.value
         setattr(self.counters, name, getattr(self.counters, name) + 1)
+        try:
+            shown = normalise_ip(source)
+        except ValueError:
+            shown = source
+        self.drops.count(shown, name, dropped.nas_id, self._clock.now())
         if started_ns is not None:
             attributes = {"net.peer.ip": source, "radius.drop_reason": name}
             if dropped.nas_id is not None:
