@@ -143,6 +143,11 @@ class Ispbill:
         response.raise_for_status()
         return response.json()
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = httpx.post(self.server + path, json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
     def put(self, path: str, body: dict[str, Any]) -> Any:
         response = httpx.put(self.server + path, json=body, timeout=10)
         response.raise_for_status()

@@ -215,3 +215,32 @@ def assert_a_removed_nas_is_refused(api: Ispbill, radius_port: int, secret: str)
         what="no Accounting-Response for a removed NAS",
     )
     assert api.get("/api/v1/nas") == []
+
+
+def assert_usage_before_a_subscription_is_rated_once_it_starts(
+    api: Ispbill, radius_port: int, customer: str = "C1001"
+) -> None:
+    """A router already carries dave's sessions; the clerk records his subscription later: the
+    usage waits, listed, and is rated into the customer's period once the subscription starts."""
+    started = int(time.time()) - 3600
+    when = datetime.fromtimestamp(started, UTC)
+    period = when.strftime("%Y-%m")
+    before = usage_of(api, customer, period)
+    packets = session_packets("dave", "e2e-dave", [(2 * GB, 1 * GB)], started_at=started)
+    radclient(radius_port, DEMO_NAS_SECRET, packets)
+    [waiting] = wait_until(lambda: api.get("/api/v1/usage/unmatched"), what="dave's usage")
+    assert (waiting["username"], waiting["total_octets"]) == ("dave", 3 * GB)
+    api.post(
+        "/api/v1/subscriptions",
+        {
+            "subscription_id": "S2001",
+            "customer_id": customer,
+            "plan_id": "home-25",
+            "radius_username": "dave",
+            "started_on": when.date().isoformat(),
+        },
+    )
+    wait_until(
+        lambda: usage_of(api, customer, period) == before + 3 * GB, what="dave's usage rated"
+    )
+    assert api.get("/api/v1/usage/unmatched") == []

@@ -21,6 +21,7 @@ from tests.e2e.scenario import (
     assert_a_nas_secret_change_takes_effect,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
+    assert_usage_before_a_subscription_is_rated_once_it_starts,
     run_thin_path,
 )
 from tests.e2e.test_import_detail import RADACCT
@@ -147,6 +148,9 @@ def test_distributed_thin_path(cluster, smtp_server):
         what="imported FreeRADIUS history rated from Kafka",
     )
     assert collector.get("/api/v1/collector/pollers") == {}  # no ISPBILL_POLLERS here
+
+    # Usage from before its subscription: kept by rating (faust), rated by its ledger reactor.
+    assert_usage_before_a_subscription_is_rated_once_it_starts(api, radius_port)
 
     # The API seals a new NAS secret; the collector, another process given the same key,
     # opens it from the ledger and answers with it.

@@ -10,12 +10,19 @@ from pathlib import Path
 import pytest
 
 from ispbill_app.demo import DEMO_NAS_SECRET
-from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
+from tests.e2e.harness import (
+    ISPBILL,
+    Ispbill,
+    Process,
+    free_port,
+    wait_until,
+)
 from tests.e2e.scenario import (
     assert_a_nas_secret_change_takes_effect,
     assert_a_removed_nas_is_refused,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
+    assert_usage_before_a_subscription_is_rated_once_it_starts,
     run_thin_path,
 )
 from tests.fixtures.smtp import Mailbox
@@ -134,3 +141,8 @@ def test_a_network_engineer_manages_nases_from_the_command_line(all_in_one, tmp_
     assert no_secret.returncode != 0 and "no RADIUS shared secret" in no_secret.stderr
     api.cli("nas", "remove", "bng-2", "--reason", "lab router returned")
     assert "bng-2" not in api.cli("nas", "list").stdout
+
+
+def test_usage_before_a_subscription_is_listed_then_rated_once_it_starts(all_in_one):
+    api, radius_port, *_ = all_in_one
+    assert_usage_before_a_subscription_is_rated_once_it_starts(api, radius_port)

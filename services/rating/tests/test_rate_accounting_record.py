@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -13,20 +13,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ispbill_core.contracts.accounts import RadiusUsernameAssigned, radius_user_stream
+from ispbill_core.contracts.accounts import (
+    RadiusUsernameAssigned,
+    SubscriptionStarted,
+    radius_user_stream,
+    subscription_stream,
+)
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.events import NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, ExpectedVersion
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from rating.application import rate_accounting_record as rating_module
 from rating.application.rate_accounting_record import (
     RatingSettings,
     nas_sessions_stream,
     rate_accounting_record,
+    rate_unmatched_usage,
     session_index_stream,
 )
-from rating.application.usage_summary import usage_summary
+from rating.application.usage_summary import unmatched_usage, usage_summary
 from rating.domain.events import RadiusNasRebooted, RadiusSessionOpened, SessionCountersRecorded
 
 pytestmark = pytest.mark.integration
@@ -472,3 +479,101 @@ async def test_a_repeated_accounting_on_closes_nothing_twice_and_late_usage_stil
         ("accounting-on", 1),
         ("accounting-off", 0),
     ]
+
+
+def started(
+    username: str = "mallory", started_on: date | None = None, subscription_id: str = "sub-9"
+) -> SubscriptionStarted:
+    return SubscriptionStarted(
+        subscription_id=subscription_id,
+        customer_id="c-9",
+        plan_id="home",
+        radius_username=username,
+        started_on=started_on or START.date(),
+    )
+
+
+async def claim(store: SQLiteEventStore, subscription: SubscriptionStarted) -> None:
+    """As accounts starts a subscription: the username claim, then the subscription."""
+    assigned = RadiusUsernameAssigned(
+        username=subscription.radius_username,
+        customer_id=subscription.customer_id,
+        subscription_id=subscription.subscription_id,
+    )
+    await store.append(
+        radius_user_stream(subscription.radius_username),
+        [new_event(assigned, id=deterministic_id("claim", subscription), occurred_at=START)],
+        NO_STREAM,
+    )
+    await store.append(
+        subscription_stream(subscription.subscription_id),
+        [new_event(subscription, id=deterministic_id("sub", subscription), occurred_at=START)],
+        NO_STREAM,
+    )
+
+
+async def test_usage_before_the_subscription_is_kept_and_rated_once_it_starts(store) -> None:
+    day_before = START - timedelta(days=1)
+    await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0, username="mallory", start=day_before),
+            record(AcctStatus.STOP, 600, 7_000, 3_000, username="mallory", start=day_before),
+            record(AcctStatus.START, 0, 0, 0, username="mallory", acct_session_id="s-2"),
+            record(
+                AcctStatus.INTERIM_UPDATE,
+                60,
+                1_000,
+                1_000,
+                acct_session_id="s-2",
+                username="mallory",
+            ),
+        ],
+    )
+    assert await all_usage(store) == []
+    [waiting] = await unmatched_usage(store, ZoneInfo("UTC"))
+    assert (waiting.username, waiting.total_octets, waiting.records) == ("mallory", 12_000, 2)
+    assert waiting.subscription_id is None and waiting.nas_ids == ["nas-1"]
+
+    subscription = started(started_on=START.date())  # the day after the first session
+    await claim(store, subscription)
+    rated = await rate_unmatched_usage(store, UTC_SETTINGS, subscription)
+    assert [(u.customer_id, u.input_octets, u.output_octets) for u in rated] == [
+        ("c-9", 1_000, 1_000)
+    ]
+    await rate_unmatched_usage(store, UTC_SETTINGS, subscription)  # redelivered: nothing new
+    assert [u.input_octets for u in await all_usage(store)] == [1_000]
+    # The session from before the subscription's start stays unmatched, and says whose it is not.
+    [left] = await unmatched_usage(store, ZoneInfo("UTC"))
+    assert (left.total_octets, left.subscription_id) == (10_000, "sub-9")
+    # From now on the username's usage is rated as it comes.
+    more = record(
+        AcctStatus.INTERIM_UPDATE, 120, 5_000, 1_000, acct_session_id="s-2", username="mallory"
+    )
+    [usage] = await rate_all(store, [more])
+    assert (usage.input_octets, usage.output_octets) == (4_000, 0)
+
+
+async def test_a_subscription_recorded_while_the_record_is_rated_does_not_lose_it(
+    store, monkeypatch
+) -> None:
+    """The record found no subscription; the subscription's reactor then ran before the record
+    kept its usage as unmatched. The record looks again after keeping it, and rates it."""
+    subscription = started()
+    keep = rating_module._keep_unmatched
+
+    async def claimed_meanwhile(*args, **kwargs) -> None:
+        await claim(store, subscription)
+        assert await rate_unmatched_usage(store, UTC_SETTINGS, subscription) == []  # too early
+        await keep(*args, **kwargs)
+
+    monkeypatch.setattr(rating_module, "_keep_unmatched", claimed_meanwhile)
+    rated = await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0, username="mallory"),
+            record(AcctStatus.INTERIM_UPDATE, 60, 2_000, 500, username="mallory"),
+        ],
+    )
+    assert [(u.customer_id, u.input_octets) for u in rated] == [("c-9", 2_000)]
+    assert await unmatched_usage(store, ZoneInfo("UTC")) == []

@@ -32,7 +32,7 @@ from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
 from ispbill_app.settings import Settings
 from ispbill_core.clock import Clock, SystemClock
-from ispbill_core.contracts.accounts import NasRegistered
+from ispbill_core.contracts.accounts import NasRegistered, SubscriptionStarted
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
@@ -47,7 +47,11 @@ from notifier.application.email_invoice import Mailer, SenderIdentity, email_inv
 from payments.domain.errors import DuplicatePaymentReference, InvalidPayment
 from payments.entrypoints.http import payments_router
 from portal.entrypoints.app import create_app
-from rating.application.rate_accounting_record import RatingSettings, rate_accounting_record
+from rating.application.rate_accounting_record import (
+    RatingSettings,
+    rate_accounting_record,
+    rate_unmatched_usage,
+)
 from rating.entrypoints.http import rating_router
 
 log = logging.getLogger("ispbill")
@@ -159,7 +163,7 @@ class Services:
         return create_app(
             [
                 accounts_router(self.store, self.clock, self.require_keyring()),
-                rating_router(self.store),
+                rating_router(self.store, self.settings.timezone),
                 invoicing_router(
                     self.store, self.clock, billing_settings(self.settings), self.invoice_queries
                 ),
@@ -262,6 +266,17 @@ class Services:
             {AccountingRecordReceived.event_type},
             lambda e: rate_accounting_record(self.store, rating, e),
         )
+
+    def unmatched_usage_subscriber(self) -> LedgerSubscriber:
+        """Usage of a username from before its subscription was recorded, rated once it is."""
+        rating = RatingSettings(timezone=self.settings.timezone)
+
+        async def handle(event: RecordedEvent) -> None:
+            started = event.decode()
+            assert isinstance(started, SubscriptionStarted)
+            await rate_unmatched_usage(self.store, rating, started)
+
+        return self.subscriber("rating.unmatched-usage", {SubscriptionStarted.event_type}, handle)
 
     def allocation_subscriber(self) -> LedgerSubscriber:
         return self.subscriber(
@@ -374,6 +389,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     grpc_server = await _start_grpc(services)
     subscribers = [
         services.rating_subscriber(),
+        services.unmatched_usage_subscriber(),
         services.allocation_subscriber(),
         services.notifier_subscriber(),
     ]
@@ -563,11 +579,14 @@ async def _serve_rating(services: Services) -> None:
     )
     worker = asyncio.create_task(run_rating_worker(app), name="rating-worker")
     signalled = asyncio.create_task(_until_signalled(), name="signals")
-    done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
-    if worker in done:
-        signalled.cancel()
-        worker.result()  # a crashed worker exits the process non-zero; the supervisor restarts it
-        return
-    worker.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await worker
+    # Subscriptions come from the ledger, not the topic: a ledger subscriber beside the worker
+    # rates the usage a username had before its subscription was recorded.
+    async with background(services.unmatched_usage_subscriber().run):
+        done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if worker in done:
+            signalled.cancel()
+            worker.result()  # a crashed worker exits the process non-zero; a supervisor restarts
+            return
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker

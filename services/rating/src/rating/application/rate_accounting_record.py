@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from opentelemetry import trace
 
-from ispbill_core.contracts.accounts import RadiusUsernameAssigned, radius_user_stream
+from ispbill_core.contracts.accounts import (
+    RadiusUsernameAssigned,
+    SubscriptionStarted,
+    radius_user_stream,
+)
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.events import NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import context_from_traceparent, current_traceparent
-from rating.domain.events import RadiusNasRebooted, RadiusSessionOpened, SessionCountersRecorded
+from rating.domain.events import (
+    RadiusNasRebooted,
+    RadiusSessionOpened,
+    SessionCountersRecorded,
+    UsageUnmatched,
+)
 from rating.domain.sessions import (
     SESSION_STATUSES,
     SessionState,
@@ -278,17 +289,51 @@ async def _rate(
             NO_STREAM if state.version is None else state.version,
         )
 
-    if subscriber is None:
-        if record.username:
-            log.warning("usage of unknown RADIUS username %r left unrated", record.username)
-        return None
     if in_delta == 0 and out_delta == 0:
         return None
-    period = str(BillingPeriod.containing(record.event_time, settings.timezone))
-    usage = UsageRated(
+    if subscriber is None:
+        if not record.username:
+            return None
+        await _keep_unmatched(store, record, key, in_delta, out_delta, message, traceparent)
+        # A subscription may have claimed the username since it was looked up; its reactor
+        # (rate_unmatched_usage) may then have read the username's unmatched usage before the
+        # append above. Looking again now means that one of the two rates this usage.
+        subscriber = await _subscriber_of(store, record.username)
+        if subscriber is None:
+            log.warning(
+                "usage of RADIUS username %r, which no subscription has, kept unrated until one"
+                " claims it (GET /api/v1/usage/unmatched)",
+                record.username,
+            )
+            return None
+    return await _append_usage(
+        store,
+        settings,
         customer_id=subscriber.customer_id,
         subscription_id=subscriber.subscription_id,
-        period=period,
+        session_key=key,
+        record_id=record.record_id,
+        input_octets=in_delta,
+        output_octets=out_delta,
+        occurred_at=record.event_time,
+        causation_id=message.id,
+        traceparent=traceparent,
+    )
+
+
+async def _keep_unmatched(
+    store: EventStore,
+    record: AccountingRecordReceived,
+    key: str,
+    in_delta: int,
+    out_delta: int,
+    message: NewEvent,
+    traceparent: str | None,
+) -> None:
+    assert record.username
+    unmatched = UsageUnmatched(
+        username=record.username,
+        nas_id=record.nas_id,
         session_key=key,
         record_id=record.record_id,
         input_octets=in_delta,
@@ -296,11 +341,11 @@ async def _rate(
         occurred_at=record.event_time,
     )
     await store.append(
-        usage_stream(subscriber.customer_id, period),
+        unmatched_usage_stream(record.username),
         [
             new_event(
-                usage,
-                id=deterministic_id("usage-rated", record.record_id),
+                unmatched,
+                id=deterministic_id("usage-unmatched", record.record_id),
                 occurred_at=record.event_time,
                 causation_id=message.id,
                 traceparent=traceparent,
@@ -308,4 +353,87 @@ async def _rate(
         ],
         ANY,
     )
+
+
+async def _append_usage(
+    store: EventStore,
+    settings: RatingSettings,
+    *,
+    customer_id: str,
+    subscription_id: str,
+    session_key: str,
+    record_id: uuid.UUID,
+    input_octets: int,
+    output_octets: int,
+    occurred_at: datetime,
+    causation_id: uuid.UUID,
+    traceparent: str | None,
+) -> UsageRated:
+    """The usage, in the customer's stream of the period it happened in. Its id is the
+    record's, so rating the same record again, by either path, records it once."""
+    period = str(BillingPeriod.containing(occurred_at, settings.timezone))
+    usage = UsageRated(
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+        period=period,
+        session_key=session_key,
+        record_id=record_id,
+        input_octets=input_octets,
+        output_octets=output_octets,
+        occurred_at=occurred_at,
+    )
+    await store.append(
+        usage_stream(customer_id, period),
+        [
+            new_event(
+                usage,
+                id=deterministic_id("usage-rated", record_id),
+                occurred_at=occurred_at,
+                causation_id=causation_id,
+                traceparent=traceparent,
+            )
+        ],
+        ANY,
+    )
     return usage
+
+
+def unmatched_usage_stream(username: str) -> str:
+    return f"unmatched-usage-{username}"
+
+
+async def rate_unmatched_usage(
+    store: EventStore, settings: RatingSettings, started: SubscriptionStarted
+) -> list[UsageRated]:
+    """A subscription started with a username that already had usage: rate what was used from
+    the subscription's start date on (in the billing time zone); what came before stays
+    unmatched, as it was not this subscription's. Idempotent (the usage ids are the records')."""
+    rated: list[UsageRated] = []
+    for recorded in await store.read_stream(unmatched_usage_stream(started.radius_username)):
+        unmatched = recorded.decode()
+        assert isinstance(unmatched, UsageUnmatched)
+        if unmatched.occurred_at.astimezone(settings.timezone).date() < started.started_on:
+            continue
+        rated.append(
+            await _append_usage(
+                store,
+                settings,
+                customer_id=started.customer_id,
+                subscription_id=started.subscription_id,
+                session_key=unmatched.session_key,
+                record_id=unmatched.record_id,
+                input_octets=unmatched.input_octets,
+                output_octets=unmatched.output_octets,
+                occurred_at=unmatched.occurred_at,
+                causation_id=recorded.id,
+                traceparent=recorded.metadata.traceparent,
+            )
+        )
+    if rated:
+        log.info(
+            "usage of %r before its subscription %s was recorded: %d records rated",
+            started.radius_username,
+            started.subscription_id,
+            len(rated),
+        )
+    return rated

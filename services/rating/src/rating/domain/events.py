@@ -50,3 +50,18 @@ class RadiusNasRebooted(DomainEvent):
     status: str
     event_time: AwareDatetime
     sessions_closed: int = Field(ge=0)
+
+
+@event_type("UsageUnmatched", 1)
+class UsageUnmatched(DomainEvent):
+    """Usage of a RADIUS username that no subscription had when it was rated. Kept in the
+    username's own stream: rated once a subscription starts with that username (the usage from
+    its start date on), and listed for the billing clerk until then."""
+
+    username: str
+    nas_id: str
+    session_key: str
+    record_id: uuid.UUID
+    input_octets: int = Field(ge=0)
+    output_octets: int = Field(ge=0)
+    occurred_at: AwareDatetime
