@@ -188,6 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     nas_remove.add_argument("--reason", default="")
     nas_remove.add_argument("--format", choices=("json", "table"), default="table")
 
+    usage = sub.add_parser("usage", help="usage as rating sees it")
+    usage_sub = usage.add_subparsers(dest="action", required=True)
+    usage_unmatched = usage_sub.add_parser(
+        "unmatched", help="usage of RADIUS usernames that no subscription has, largest first"
+    )
+    usage_unmatched.add_argument("--format", choices=("json", "table"), default="table")
+
+    collector = sub.add_parser("collector", help="the RADIUS accounting collector")
+    collector_sub = collector.add_subparsers(dest="action", required=True)
+    drops = collector_sub.add_parser(
+        "drops", help="dropped accounting per source address: unregistered routers, bad secrets"
+    )
+    drops.add_argument("--format", choices=("json", "table"), default="table")
+
     bill = sub.add_parser("bill-run", help="issue the invoices of a billing period")
     bill.add_argument("--period", required=True, help="YYYY-MM")
     bill.add_argument("--format", choices=("json", "table"), default="table")
@@ -312,6 +326,10 @@ def _operate(client: ApiClient, args: argparse.Namespace) -> int:
             return _import_radius_detail(client, args)
         elif args.command == "nas":
             _nas(client, args)
+        elif args.command == "usage":
+            _print(client.get("/api/v1/usage/unmatched"), args.format, UNMATCHED_COLUMNS)
+        elif args.command == "collector":
+            _collector_drops(client, args.format)
         elif args.command == "payments":
             body = {
                 "invoice": args.invoice,
@@ -345,6 +363,40 @@ NAS_COLUMNS = [
     ("SECRET", "secret_storage"),
     ("KEY", "secret_key_id"),
 ]
+
+
+UNMATCHED_COLUMNS = [
+    ("USERNAME", "username"),
+    ("RECORDS", "records"),
+    ("OCTETS", "total_octets"),
+    ("FIRST", "first_seen"),
+    ("LAST", "last_seen"),
+    ("NAS", "nas_ids"),
+    ("BEFORE-SUBSCRIPTION", "subscription_id"),
+]
+
+
+def _collector_drops(client: ApiClient, fmt: str) -> None:
+    found = client.get("/api/v1/collector/drops")
+    if fmt == "json":
+        _print(found, fmt)
+        return
+    rows = [
+        {
+            "source": source,
+            "nas_id": entry["nas_id"] or "(not registered)",
+            "reasons": ", ".join(
+                f"{r.removeprefix('dropped_')} {n}" for r, n in entry["reasons"].items()
+            ),
+            "last_seen": entry["last_seen"],
+        }
+        for source, entry in found.items()
+    ]
+    _print(
+        rows,
+        fmt,
+        [("SOURCE", "source"), ("NAS", "nas_id"), ("DROPPED", "reasons"), ("LAST", "last_seen")],
+    )
 
 
 def _nas(client: ApiClient, args: argparse.Namespace) -> None:
