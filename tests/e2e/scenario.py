@@ -162,6 +162,8 @@ def assert_bad_packets_dropped_and_counted(
     assert drops["127.0.0.1"]["reasons"]["dropped_bad_authenticator"] >= 1, drops
     assert drops["127.0.0.2"]["nas_id"] is None, drops
     assert drops["127.0.0.2"]["reasons"]["dropped_unknown_nas"] >= 1, drops
+    table = api.cli("collector", "drops").stdout
+    assert "127.0.0.2  (not registered)" in table and "unknown_nas" in table, table
     good = {**probe, "Acct-Session-Id": "good-1"}
     # Like a NAS, retransmit until answered: the ack waits for a durable write.
     reply = None
@@ -230,6 +232,8 @@ def assert_usage_before_a_subscription_is_rated_once_it_starts(
     radclient(radius_port, DEMO_NAS_SECRET, packets)
     [waiting] = wait_until(lambda: api.get("/api/v1/usage/unmatched"), what="dave's usage")
     assert (waiting["username"], waiting["total_octets"]) == ("dave", 3 * GB)
+    listed = api.cli("usage", "unmatched").stdout
+    assert "dave" in listed and str(3 * GB) in listed, listed
     api.post(
         "/api/v1/subscriptions",
         {
