@@ -77,11 +77,16 @@ def message(r: AccountingRecordReceived) -> NewEvent:
 
 
 async def assign(store: SQLiteEventStore, username: str = "alice") -> None:
-    event = RadiusUsernameAssigned(username=username, customer_id="c-1", subscription_id="sub-1")
-    await store.append(
-        radius_user_stream(username),
-        [new_event(event, id=deterministic_id("assign", username), occurred_at=START)],
-        NO_STREAM,
+    """A subscription with the username, started long before the usage of these tests."""
+    await claim(
+        store,
+        SubscriptionStarted(
+            subscription_id="sub-1",
+            customer_id="c-1",
+            plan_id="home",
+            radius_username=username,
+            started_on=date(2026, 1, 1),
+        ),
     )
 
 
@@ -576,4 +581,49 @@ async def test_a_subscription_recorded_while_the_record_is_rated_does_not_lose_i
         ],
     )
     assert [(u.customer_id, u.input_octets) for u in rated] == [("c-9", 2_000)]
+    assert await unmatched_usage(store, ZoneInfo("UTC")) == []
+
+
+async def test_usage_before_the_start_date_is_not_rated_to_the_subscription_live_either(
+    store,
+) -> None:
+    """Online for tests before the contract starts: listed, not billed; from the start on, rated."""
+    await claim(store, started(started_on=(START + timedelta(days=1)).date()))
+    early = [
+        record(AcctStatus.START, 0, 0, 0, username="mallory"),
+        record(AcctStatus.INTERIM_UPDATE, 60, 4_000, 1_000, username="mallory"),
+    ]
+    assert await rate_all(store, early) == []
+    [waiting] = await unmatched_usage(store, ZoneInfo("UTC"))
+    assert (waiting.total_octets, waiting.subscription_id) == (5_000, "sub-9")
+    next_day = record(AcctStatus.INTERIM_UPDATE, 86_400, 6_000, 2_000, username="mallory")
+    [usage] = await rate_all(store, [next_day])
+    assert (usage.customer_id, usage.input_octets, usage.output_octets) == ("c-9", 2_000, 1_000)
+    assert [u.total_octets for u in await unmatched_usage(store, ZoneInfo("UTC"))] == [5_000]
+
+
+async def test_a_claim_whose_subscription_is_not_written_yet_keeps_the_usage(store) -> None:
+    """accounts writes the username claim, then the subscription: usage in between waits for
+    the subscription (and its start date), then the reactor rates it."""
+    subscription = started()
+    assigned = RadiusUsernameAssigned(
+        username="mallory", customer_id="c-9", subscription_id="sub-9"
+    )
+    await store.append(
+        radius_user_stream("mallory"),
+        [new_event(assigned, id=deterministic_id("claim-only"), occurred_at=START)],
+        NO_STREAM,
+    )
+    in_between = [
+        record(AcctStatus.START, 0, 0, 0, username="mallory"),
+        record(AcctStatus.INTERIM_UPDATE, 60, 3_000, 0, username="mallory"),
+    ]
+    assert await rate_all(store, in_between) == []
+    await store.append(
+        subscription_stream("sub-9"),
+        [new_event(subscription, id=deterministic_id("sub-only"), occurred_at=START)],
+        NO_STREAM,
+    )
+    [usage] = await rate_unmatched_usage(store, UTC_SETTINGS, subscription)
+    assert (usage.customer_id, usage.input_octets) == ("c-9", 3_000)
     assert await unmatched_usage(store, ZoneInfo("UTC")) == []

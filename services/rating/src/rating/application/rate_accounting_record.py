@@ -14,6 +14,7 @@ from ispbill_core.contracts.accounts import (
     RadiusUsernameAssigned,
     SubscriptionStarted,
     radius_user_stream,
+    subscription_stream,
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
@@ -91,15 +92,33 @@ async def rate_accounting_record(
         raise RuntimeError(f"session of record {record.record_id} kept conflicting")
 
 
-async def _subscriber_of(store: EventStore, username: str | None) -> RadiusUsernameAssigned | None:
+async def _subscriber_of(
+    store: EventStore, username: str | None, settings: RatingSettings, at: datetime
+) -> SubscriptionStarted | None:
+    """The subscription this username's usage at `at` is rated to: the one that claimed the
+    username, once it is recorded, from its start date on (in the billing time zone). Before
+    that (no claim, a claim whose subscription is not written yet, or usage from before the
+    start date) the usage is kept unmatched; the reactor on SubscriptionStarted rates what the
+    same rule then allows, so both paths agree on every record."""
     if not username:
         return None
-    events = await store.read_stream(radius_user_stream(username), limit=1)
-    if not events:
+    claims = await store.read_stream(radius_user_stream(username), limit=1)
+    if not claims:
         return None
-    decoded = events[0].decode()
-    assert isinstance(decoded, RadiusUsernameAssigned)
-    return decoded
+    claim = claims[0].decode()
+    assert isinstance(claim, RadiusUsernameAssigned)
+    recorded = await store.read_stream(subscription_stream(claim.subscription_id), limit=1)
+    if not recorded:
+        return None
+    started = recorded[0].decode()
+    assert isinstance(started, SubscriptionStarted)
+    if not _rated_from(started, settings, at):
+        return None
+    return started
+
+
+def _rated_from(started: SubscriptionStarted, settings: RatingSettings, at: datetime) -> bool:
+    return at.astimezone(settings.timezone).date() >= started.started_on
 
 
 async def _session_for(store: EventStore, record: AccountingRecordReceived) -> str:
@@ -249,7 +268,7 @@ async def _rate(
     key = await _session_for(store, record)
     stream = session_stream(key)
     state, _ = await _load_session(store, stream)
-    subscriber = await _subscriber_of(store, record.username)
+    subscriber = await _subscriber_of(store, record.username, settings, record.event_time)
     traceparent = current_traceparent()
 
     if record.record_id in state.seen:
@@ -298,11 +317,11 @@ async def _rate(
         # A subscription may have claimed the username since it was looked up; its reactor
         # (rate_unmatched_usage) may then have read the username's unmatched usage before the
         # append above. Looking again now means that one of the two rates this usage.
-        subscriber = await _subscriber_of(store, record.username)
+        subscriber = await _subscriber_of(store, record.username, settings, record.event_time)
         if subscriber is None:
             log.warning(
-                "usage of RADIUS username %r, which no subscription has, kept unrated until one"
-                " claims it (GET /api/v1/usage/unmatched)",
+                "usage of RADIUS username %r, which no subscription has (or not yet at that"
+                " date), kept unrated (GET /api/v1/usage/unmatched)",
                 record.username,
             )
             return None
@@ -406,13 +425,14 @@ async def rate_unmatched_usage(
     store: EventStore, settings: RatingSettings, started: SubscriptionStarted
 ) -> list[UsageRated]:
     """A subscription started with a username that already had usage: rate what was used from
-    the subscription's start date on (in the billing time zone); what came before stays
-    unmatched, as it was not this subscription's. Idempotent (the usage ids are the records')."""
+    the subscription's start date on (in the billing time zone), as the live path does from now
+    on; what came before stays unmatched, listed for the clerk. Idempotent (the usage ids are
+    the records')."""
     rated: list[UsageRated] = []
     for recorded in await store.read_stream(unmatched_usage_stream(started.radius_username)):
         unmatched = recorded.decode()
         assert isinstance(unmatched, UsageUnmatched)
-        if unmatched.occurred_at.astimezone(settings.timezone).date() < started.started_on:
+        if not _rated_from(started, settings, unmatched.occurred_at):
             continue
         rated.append(
             await _append_usage(
