@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fcntl
 import itertools
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -234,3 +236,27 @@ def test_stores_opened_at_once_on_a_new_ledger_all_open(tmp_path: Path) -> None:
     for store in stores:
         asyncio.run(store.close())
     assert not failures, f"{len(failures)} of 900 opens failed, first: {failures[0]!r}"
+
+
+def test_a_new_ledger_has_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    new = tmp_path / "new.sqlite"
+    asyncio.run(SQLiteEventStore(new).close())
+    with contextlib.closing(sqlite3.connect(new)) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 16384
+    old = tmp_path / "old.sqlite"
+    with contextlib.closing(sqlite3.connect(old)) as conn:  # made by an earlier ispbill
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE before_us (x)")
+
+    async def append_and_read() -> list[RecordedEvent]:
+        store = SQLiteEventStore(old)
+        try:
+            await store.append("s-1", [_event(1)], NO_STREAM)
+            return await store.read_stream("s-1")
+        finally:
+            await store.close()
+
+    assert len(asyncio.run(append_and_read())) == 1
+    with contextlib.closing(sqlite3.connect(old)) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096

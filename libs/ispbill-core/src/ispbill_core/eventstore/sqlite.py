@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+#: Page size of a new ledger file.
+PAGE_SIZE = 16384
+
 _COLUMNS = "global_position, id, stream, stream_position, type, version, data, metadata"
 
 
@@ -114,6 +117,11 @@ class SQLiteEventStore(EventStore, CheckpointStore):
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        # Only a new, empty database takes it (an existing ledger keeps its page size). 16 KiB
+        # pages: a batch commit writes a quarter of the WAL frames, and a checkpoint a quarter
+        # of the pages, of SQLite's default 4 KiB; the collector acknowledged 7-12 % more per
+        # second with them (bench/RESULTS.md).
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
