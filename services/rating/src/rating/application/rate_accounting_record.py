@@ -102,6 +102,17 @@ async def _subscriber_of(
     same rule then allows, so both paths agree on every record."""
     if not username:
         return None
+    started = await subscription_with_username(store, username)
+    if started is None or not _rated_from(started, settings, at):
+        return None
+    return started
+
+
+async def subscription_with_username(
+    store: EventStore, username: str
+) -> SubscriptionStarted | None:
+    """The subscription that claimed `username`, once both its claim and the subscription
+    itself are recorded (accounts writes the claim first)."""
     claims = await store.read_stream(radius_user_stream(username), limit=1)
     if not claims:
         return None
@@ -112,8 +123,6 @@ async def _subscriber_of(
         return None
     started = recorded[0].decode()
     assert isinstance(started, SubscriptionStarted)
-    if not _rated_from(started, settings, at):
-        return None
     return started
 
 

@@ -9,15 +9,10 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from ispbill_core.contracts.accounts import (
-    RadiusUsernameAssigned,
-    SubscriptionStarted,
-    radius_user_stream,
-    subscription_stream,
-)
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.eventstore import EventStore
 from ispbill_core.eventstore.queries import recorded_of_types
+from rating.application.rate_accounting_record import subscription_with_username
 from rating.domain.events import UsageUnmatched
 
 
@@ -73,7 +68,7 @@ async def unmatched_usage(store: EventStore, timezone: ZoneInfo) -> list[Unmatch
         by_username[usage.username].append(usage)
     found: list[UnmatchedUsage] = []
     for username, usages in by_username.items():
-        started = await _subscription_with(store, username)
+        started = await subscription_with_username(store, username)
         if started is not None:  # rated from its start on (rate_unmatched_usage)
             usages = [
                 u for u in usages if u.occurred_at.astimezone(timezone).date() < started.started_on
@@ -96,17 +91,3 @@ async def unmatched_usage(store: EventStore, timezone: ZoneInfo) -> list[Unmatch
             )
         )
     return sorted(found, key=lambda u: (-u.total_octets, u.username))
-
-
-async def _subscription_with(store: EventStore, username: str) -> SubscriptionStarted | None:
-    claims = await store.read_stream(radius_user_stream(username), limit=1)
-    if not claims:
-        return None
-    claim = claims[0].decode()
-    assert isinstance(claim, RadiusUsernameAssigned)
-    started = await store.read_stream(subscription_stream(claim.subscription_id), limit=1)
-    if not started:
-        return None
-    subscription = started[0].decode()
-    assert isinstance(subscription, SubscriptionStarted)
-    return subscription
