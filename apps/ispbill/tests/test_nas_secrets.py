@@ -206,3 +206,14 @@ async def test_a_nas_event_that_does_not_decode_is_skipped_not_fatal(data, caplo
     key_file.unlink()  # the lost-key safeguard still works with a bad event in the ledger
     with pytest.raises(SealingError, match="put the key file back"):
         await start(data)
+
+
+async def test_a_secret_in_plain_text_for_another_nas_is_exposed_too(api) -> None:
+    """One secret is often shared by a fleet; a v1 registration of any NAS gave it away."""
+    legacy = NasRegisteredV1(nas_id="old-1", name="old", ip_address="192.0.2.77", secret="fleet-1")
+    recorded = new_event(legacy, id=deterministic_id("fleet"), occurred_at=datetime.now(UTC))
+    await api.services.store.append(nas_stream("old-1"), [recorded], NO_STREAM)
+    created = await api.call("POST", "/nas", NAS | {"secret": "fleet-1"})
+    assert created.json()["secret_storage"] == "exposed"
+    other = await api.call("POST", "/nas", NAS | {"nas_id": "bng-2", "ip_address": "192.0.2.2"})
+    assert other.json()["secret_storage"] == "sealed"

@@ -215,3 +215,45 @@ async def test_the_checkpoint_does_not_pass_a_failing_event(store) -> None:
     async with running(restarted):
         await seen.wait_for(4)
     assert seen.numbers == [0, 1, 2, 3]
+
+
+async def test_a_ledger_that_cannot_be_read_for_a_while_is_tried_again(store) -> None:
+    """A database restarting under a reactor: the read fails, then works; nothing is skipped
+    and the subscriber does not stop (it used to end its task, silently, in a running process)."""
+    await append(store, range(0, 5))
+    outages = {"read_all": 2, "load_checkpoint": 1, "head_position": 1}
+
+    class Restarting:
+        def __getattr__(self, name: str) -> object:
+            method = getattr(store, name)
+            if name not in outages:
+                return method
+
+            async def flaky(*args: object, **kwargs: object) -> object:
+                if outages[name] > 0:
+                    outages[name] -= 1
+                    raise ConnectionError(f"{name}: the database is restarting")
+                return await method(*args, **kwargs)
+
+            return flaky
+
+    seen = Seen()
+    flaky_store = Restarting()
+    subscriber = LedgerSubscriber(
+        "reactor",
+        flaky_store,
+        flaky_store,
+        seen,
+        max_backoff=0.2,  # type: ignore[arg-type]
+    )
+    async with running(subscriber) as task:
+        await seen.wait_for(5)
+        await append(store, range(5, 8))
+        await seen.wait_for(8)
+        assert not task.done()
+    assert seen.numbers == list(range(8))
+    assert subscriber.failures == 4 and outages == {
+        "read_all": 0,
+        "load_checkpoint": 0,
+        "head_position": 0,
+    }

@@ -344,3 +344,16 @@ async def test_a_removed_nas_frees_its_address_and_can_be_registered_again(store
     history = [e.decode() for e in await store.read_stream(nas_stream("nas-1"))]
     assert [type(e) for e in history] == [NasRegistered, NasRemoved, NasRegistered]
     assert sorted(await nases_in_service(store)) == ["nas-1", "nas-2"]
+
+
+async def test_a_nas_from_before_sealing_at_an_ipv4_mapped_address_is_the_same_nas(
+    store, clock
+) -> None:
+    """Registered when addresses were kept as given: the same details again are a no-op."""
+    legacy = NasRegisteredV1(
+        nas_id="nas-1", name="edge", ip_address="::ffff:c000:201", secret="s3cret!"
+    )
+    recorded = new_event(legacy, id=deterministic_id("mapped"), occurred_at=clock.now())
+    await store.append(nas_stream("nas-1"), [recorded], NO_STREAM)
+    assert await register_nas(store, clock, NAS, "admin") == legacy
+    assert len(await store.read_stream(nas_stream("nas-1"))) == 1

@@ -627,3 +627,24 @@ async def test_a_claim_whose_subscription_is_not_written_yet_keeps_the_usage(sto
     [usage] = await rate_unmatched_usage(store, UTC_SETTINGS, subscription)
     assert (usage.customer_id, usage.input_octets) == ("c-9", 3_000)
     assert await unmatched_usage(store, ZoneInfo("UTC")) == []
+
+
+async def test_a_claim_pointing_at_another_usernames_subscription_rates_nothing(store) -> None:
+    """A start that failed after the claim, its id then used with another username."""
+    await claim(store, started(username="other-name"))
+    stray = RadiusUsernameAssigned(username="mallory", customer_id="c-9", subscription_id="sub-9")
+    await store.append(
+        radius_user_stream("mallory"),
+        [new_event(stray, id=deterministic_id("stray"), occurred_at=START)],
+        NO_STREAM,
+    )
+    rated = await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0, username="mallory"),
+            record(AcctStatus.INTERIM_UPDATE, 60, 1_000, 0, username="mallory"),
+        ],
+    )
+    assert rated == []
+    [waiting] = await unmatched_usage(store, ZoneInfo("UTC"))
+    assert waiting.username == "mallory"

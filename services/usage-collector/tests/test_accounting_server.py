@@ -564,3 +564,5 @@ def test_drops_are_kept_for_a_bounded_number_of_sources(clock) -> None:
     }
     assert shown["198.51.100.0"]["nas_id"] == "nas-7"
     assert shown["other"]["reasons"] == {"dropped_unknown_nas": 1000 - 8}
+    drops.count("198.51.100.99", "dropped_bad_authenticator", "nas-7", clock.now())
+    assert drops.as_dict()["other"]["nas_id"] is None  # many addresses: no one NAS

@@ -188,6 +188,11 @@ def write_new_key_file(path: Path) -> bool:
             os.link(tmp, path)  # atomic, and fails rather than replace an existing key
         except FileExistsError:
             return False
+        except OSError as exc:  # a file system without hard links, say
+            raise SealingError(
+                f"cannot make the secrets key file {path}: {exc}; set {KEY_ENV} or write the"
+                " file yourself (`ispbill secrets new-key`, mode 0600)"
+            ) from None
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

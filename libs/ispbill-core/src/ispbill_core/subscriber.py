@@ -44,21 +44,45 @@ class LedgerSubscriber:
         self._caught_up = asyncio.Event()
 
     async def run(self) -> None:
-        self.position = await self._checkpoints.load_checkpoint(self.name)
+        """Forever. A ledger that cannot be read (a database restarting, a failover) is tried
+        again with backoff, like a failing handler: the subscriber never stops on its own, so a
+        reactor cannot die silently while its process goes on."""
+        loaded = False
+        backoff = 0.1
         while True:
-            # The head before the read: once a short read comes back, everything up to it has
-            # been seen, whatever the type filter skipped. Waiting past our own last event
-            # instead would return at once whenever other types were appended after it, and
-            # the subscriber would spin (it did: one core at 100 % in an idle `ispbill run`).
-            head = await self._store.head_position()
-            batch = await self._store.read_all(after=self.position, limit=500, types=self._types)
-            for event in batch:
-                await self._handle(event)
-                self.position = event.global_position
-                await self._checkpoints.save_checkpoint(self.name, self.position)
-            if len(batch) < 500:
-                self._caught_up.set()
-                await self._store.wait_for_append(max(self.position, head), 1.0)
+            try:
+                if not loaded:
+                    self.position = await self._checkpoints.load_checkpoint(self.name)
+                    loaded = True
+                await self._step()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.failures += 1
+                log.exception(
+                    "subscriber %s could not read the ledger after position %d; retrying in %.1fs",
+                    self.name,
+                    self.position,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+
+    async def _step(self) -> None:
+        # The head before the read: once a short read comes back, everything up to it has
+        # been seen, whatever the type filter skipped. Waiting past our own last event
+        # instead would return at once whenever other types were appended after it, and
+        # the subscriber would spin (it did: one core at 100 % in an idle `ispbill run`).
+        head = await self._store.head_position()
+        batch = await self._store.read_all(after=self.position, limit=500, types=self._types)
+        for event in batch:
+            await self._handle(event)
+            self.position = event.global_position
+            await self._checkpoints.save_checkpoint(self.name, self.position)
+        if len(batch) < 500:
+            self._caught_up.set()
+            await self._store.wait_for_append(max(self.position, head), 1.0)
 
     async def _handle(self, event: RecordedEvent) -> None:
         backoff = 0.1

@@ -69,7 +69,8 @@ async def register_customer(
 @dataclass(frozen=True)
 class NasInService:
     current: AnyNasRegistered
-    #: plain-text secrets of the NAS's registrations before sealing (its history kept them)
+    #: secrets in plain text anywhere in the ledger (registrations from before sealing, of any
+    #: NAS: one secret is often shared by a fleet of routers)
     plaintext_secrets: frozenset[bytes] = frozenset()
 
 
@@ -77,8 +78,8 @@ async def nases_in_service(store: EventStore) -> dict[str, NasInService]:
     """Every NAS in service with its latest registration, in the order registered (a NAS
     removed and registered again counts from its new registration). An event that does not
     decode is logged and skipped, as the collector's registry does."""
-    found: dict[str, NasInService] = {}
-    plaintext: dict[str, frozenset[bytes]] = {}
+    found: dict[str, AnyNasRegistered] = {}
+    plaintext: set[bytes] = set()
     for recorded in await recorded_of_types(store, NasRegistered.event_type, NasRemoved.event_type):
         try:
             event = recorded.decode()
@@ -90,10 +91,10 @@ async def nases_in_service(store: EventStore) -> dict[str, NasInService]:
             continue
         assert isinstance(event, NasRegistered | NasRegisteredV1)
         if isinstance(event, NasRegisteredV1):
-            secret = event.secret.encode("utf-8")
-            plaintext[event.nas_id] = plaintext.get(event.nas_id, frozenset()) | {secret}
-        found[event.nas_id] = NasInService(event, plaintext.get(event.nas_id, frozenset()))
-    return found
+            plaintext.add(event.secret.encode("utf-8"))
+        found[event.nas_id] = event
+    exposed = frozenset(plaintext)
+    return {nas_id: NasInService(event, exposed) for nas_id, event in found.items()}
 
 
 async def _nas_history(

@@ -132,6 +132,8 @@ class RegisterNas(_NasDetails):
             except SealingError:
                 return False
         details = registered.model_dump(exclude={"secret", "secret_sealed"})
+        # A registration from before addresses were normalised may spell an IPv4-mapped one.
+        details["ip_address"] = nas_address(details["ip_address"])
         return secret == self.secret.encode("utf-8") and details == self.model_dump(
             exclude={"secret"}
         )

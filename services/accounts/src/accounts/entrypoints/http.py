@@ -37,8 +37,9 @@ def nas_view(
     """A NAS as the API shows it: never its secret, sealed or not.
 
     `secret_storage` is "sealed"; "plaintext" for a NAS registered before secrets were sealed;
-    "exposed" when it is sealed now but the same secret is in plain text in an earlier
-    registration (`earlier_plaintext`): change the secret on the NAS and here. `secret_key_id`
+    "exposed" when it is sealed now but the same secret is in plain text in a registration from
+    before sealing, of this NAS or another (`earlier_plaintext`): change the secret on the NAS
+    and here. `secret_key_id`
     is the key that sealed it (not secret; what key rotation needs to know).
     """
     view = event.model_dump(mode="json", exclude={"secret", "secret_sealed"})

@@ -123,7 +123,9 @@ async def subscription_with_username(
         return None
     started = recorded[0].decode()
     assert isinstance(started, SubscriptionStarted)
-    return started
+    # A claim left by a start that failed halfway, its subscription id then used for another
+    # username, does not give this username's usage to that subscription.
+    return started if started.radius_username == username else None
 
 
 def _rated_from(started: SubscriptionStarted, settings: RatingSettings, at: datetime) -> bool:

@@ -95,14 +95,14 @@ class DropsBySource:
             entry = self._by_source.get(source)
             if entry is None:
                 entry = self._by_source[source] = {
-                    "nas_id": nas_id,
+                    "nas_id": None if source == self.OTHER else nas_id,
                     "first_seen": seen,
                     "reasons": {},
                 }
         reasons = entry["reasons"]
         reasons[reason] = reasons.get(reason, 0) + 1
         entry["last_seen"] = seen
-        if nas_id is not None:
+        if nas_id is not None and source != self.OTHER:  # "other" is many addresses, no one NAS
             entry["nas_id"] = nas_id
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
