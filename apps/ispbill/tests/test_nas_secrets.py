@@ -217,3 +217,16 @@ async def test_a_secret_in_plain_text_for_another_nas_is_exposed_too(api) -> Non
     assert created.json()["secret_storage"] == "exposed"
     other = await api.call("POST", "/nas", NAS | {"nas_id": "bng-2", "ip_address": "192.0.2.2"})
     assert other.json()["secret_storage"] == "sealed"
+
+
+async def test_a_change_based_on_a_stale_read_is_refused_not_applied(api) -> None:
+    """Two engineers read the NAS; the second one's change must not undo the first one's."""
+    assert (await api.call("POST", "/nas", NAS)).status_code == 201
+    [read] = (await api.call("GET", "/nas")).json()
+    first = CHANGE | {"expected_version": read["version"], "require_message_authenticator": True}
+    assert (await api.call("PUT", "/nas/bng-1", first)).status_code == 200
+    stale = CHANGE | {"expected_version": read["version"], "require_message_authenticator": False}
+    refused = await api.call("PUT", "/nas/bng-1", stale)
+    assert refused.status_code == 409 and "changed since version 0" in refused.text
+    [now] = (await api.call("GET", "/nas")).json()
+    assert now["require_message_authenticator"] is True and now["version"] == 1

@@ -422,6 +422,10 @@ def _nas(client: ApiClient, args: argparse.Namespace) -> None:
         defaults = found[0]
     body = {key: defaults.get(key) if value is None else value for key, value in given.items()}
     body["secret"] = _read_secret(args.secret_file)
+    if args.action == "change":
+        # A prompt can take minutes: a change someone else made meanwhile is refused (409),
+        # not undone with the details read before it.
+        body["expected_version"] = defaults["version"]
     if args.action == "register":
         shown = client.post("/api/v1/nas", {"nas_id": args.nas_id, **body})
     else:

@@ -69,6 +69,8 @@ async def register_customer(
 @dataclass(frozen=True)
 class NasInService:
     current: AnyNasRegistered
+    #: position of the NAS stream's latest event (ChangeNas.expected_version)
+    version: int
     #: secrets in plain text anywhere in the ledger (registrations from before sealing, of any
     #: NAS: one secret is often shared by a fleet of routers)
     plaintext_secrets: frozenset[bytes] = frozenset()
@@ -78,7 +80,7 @@ async def nases_in_service(store: EventStore) -> dict[str, NasInService]:
     """Every NAS in service with its latest registration, in the order registered (a NAS
     removed and registered again counts from its new registration). An event that does not
     decode is logged and skipped, as the collector's registry does."""
-    found: dict[str, AnyNasRegistered] = {}
+    found: dict[str, tuple[AnyNasRegistered, int]] = {}
     plaintext: set[bytes] = set()
     for recorded in await recorded_of_types(store, NasRegistered.event_type, NasRemoved.event_type):
         try:
@@ -92,9 +94,11 @@ async def nases_in_service(store: EventStore) -> dict[str, NasInService]:
         assert isinstance(event, NasRegistered | NasRegisteredV1)
         if isinstance(event, NasRegisteredV1):
             plaintext.add(event.secret.encode("utf-8"))
-        found[event.nas_id] = event
+        found[event.nas_id] = (event, recorded.stream_position)
     exposed = frozenset(plaintext)
-    return {nas_id: NasInService(event, exposed) for nas_id, event in found.items()}
+    return {
+        nas_id: NasInService(event, version, exposed) for nas_id, (event, version) in found.items()
+    }
 
 
 async def _nas_history(
@@ -178,6 +182,11 @@ async def change_nas(
     version, current = await _nas_history(store, nas_id)
     if version is None or isinstance(current, NasRemoved):
         raise NotFound(f"NAS {nas_id!r} is not registered")
+    if cmd.expected_version is not None and cmd.expected_version != version:
+        raise Conflict(
+            f"NAS {nas_id!r} was changed since version {cmd.expected_version} (it is at"
+            f" {version}); read it again and decide"
+        )
     event = cmd.for_nas(nas_id).to_event(keyring)
     await _refuse_an_address_in_use(store, nas_id, event.ip_address)
     if current != event:

@@ -146,6 +146,9 @@ class ChangeNas(_NasDetails):
 
     vendor: str = Field(max_length=40)
     require_message_authenticator: bool
+    #: the NAS's `version` as read (GET /api/v1/nas): the change is refused (409) if the NAS
+    #: was changed since, rather than undo that other change
+    expected_version: int | None = Field(default=None, ge=0)
 
     def for_nas(self, nas_id: str) -> RegisterNas:
-        return RegisterNas(nas_id=nas_id, **self.model_dump())
+        return RegisterNas(nas_id=nas_id, **self.model_dump(exclude={"expected_version"}))

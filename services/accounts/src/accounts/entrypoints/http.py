@@ -40,7 +40,8 @@ def nas_view(
     "exposed" when it is sealed now but the same secret is in plain text in a registration from
     before sealing, of this NAS or another (`earlier_plaintext`): change the secret on the NAS
     and here. `secret_key_id`
-    is the key that sealed it (not secret; what key rotation needs to know).
+    is the key that sealed it (not secret; what key rotation needs to know). The API adds
+    `version`, to send back as a change's `expected_version`.
     """
     view = event.model_dump(mode="json", exclude={"secret", "secret_sealed"})
     if isinstance(event, NasRegisteredV1):
@@ -87,7 +88,10 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
     async def nas_views() -> dict[str, dict[str, Any]]:
         """Every NAS in service with its current details, in the order registered."""
         return {
-            nas_id: nas_view(nas.current, keyring, nas.plaintext_secrets)
+            nas_id: {
+                **nas_view(nas.current, keyring, nas.plaintext_secrets),
+                "version": nas.version,
+            }
             for nas_id, nas in (await use_cases.nases_in_service(store)).items()
         }
 
