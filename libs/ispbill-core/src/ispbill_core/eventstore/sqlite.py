@@ -9,10 +9,10 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ispbill_core.events import AnyNewEvent, EventMetadata, RecordedEvent, encoded, timestamp_json
 from ispbill_core.eventstore import (
@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 #: Page size of a new ledger file.
 PAGE_SIZE = 16384
+
+T = TypeVar("T")
 
 _COLUMNS = "global_position, id, stream, stream_position, type, version, data, metadata"
 
@@ -260,6 +262,31 @@ class SQLiteEventStore(EventStore, CheckpointStore):
             "SELECT max(stream_position) FROM events WHERE stream = ?", (stream,)
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    # -- other tables in the ledger's file (read models, parked events) -------------------
+    async def run_write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` on the writer connection inside BEGIN IMMEDIATE ... COMMIT, under the same
+        locks as appends (one writer at a time, across processes too); rolled back if it
+        raises. sqlite3 errors come out as they are, for the caller to classify."""
+
+        def run() -> T:
+            with self._write_lock, self._writers_lock():
+                conn = self._writer
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+
+        return await asyncio.to_thread(run)
+
+    async def run_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the reader connection."""
+        return await asyncio.to_thread(self._read, sql, params)
 
     # -- reads ---------------------------------------------------------------------------
     def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

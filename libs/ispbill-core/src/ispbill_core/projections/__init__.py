@@ -1,0 +1,181 @@
+"""Read models: projections of the ledger into tables, and the database port they are kept in.
+
+A projection is pure: `apply(event)` returns SQL statements (portable between SQLite and
+PostgreSQL, `?` placeholders) and never reads. The runner (`projector.Projector`) executes the
+statements of a batch of events and the projection's checkpoint in ONE transaction of a
+`ReadModelDatabase`, so a crash anywhere replays nothing twice and loses nothing. Tables live in
+the ledger's own database (SQLite embedded, PostgreSQL distributed; with a KurrentDB ledger, in
+PostgreSQL). Projections serve reads, never invariants (docs/adr/0018-projections.md).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from ispbill_core.events import RecordedEvent
+
+#: One SQL statement and its parameters (`?` placeholders; the PostgreSQL adapter renumbers).
+Statement = tuple[str, tuple[Any, ...]]
+
+
+class Projection(abc.ABC):
+    """A read model: the tables it owns, the event types it folds, and how.
+
+    Bump `version` whenever its tables or its folding change: the runner then drops the tables
+    and rebuilds them from position 0 at start-up.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    #: the tables this projection owns (dropped by a rebuild), created by `ddl`
+    tables: ClassVar[tuple[str, ...]]
+    #: CREATE TABLE / CREATE INDEX statements, portable (TEXT, BIGINT, INTEGER only)
+    ddl: ClassVar[tuple[str, ...]]
+    #: the event types `apply` folds; others are never read for it
+    types: ClassVar[frozenset[str]]
+
+    @abc.abstractmethod
+    def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        """The statements that fold `event` in. Pure; raising parks the event."""
+
+
+class ParkedStatus:
+    PARKED = "parked"
+    RETRY = "retry"
+    DISCARDED = "discarded"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    """An event a consumer could not handle (not a transient failure): kept with its reason
+    until someone retries or discards it. The consumer went on with the next event."""
+
+    id: int
+    consumer: str
+    event_id: str
+    global_position: int
+    stream: str
+    type: str
+    reason: str
+    status: str
+    attempts: int
+    parked_at: datetime
+    updated_at: datetime
+    #: the whole envelope as JSON: a Kafka message that is not in the ledger can be retried too
+    envelope: str = field(repr=False, default="")
+
+    def event(self) -> RecordedEvent:
+        return RecordedEvent.model_validate_json(self.envelope)
+
+    def as_dict(self, *, with_envelope: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "consumer": self.consumer,
+            "event_id": self.event_id,
+            "global_position": self.global_position,
+            "stream": self.stream,
+            "type": self.type,
+            "reason": self.reason,
+            "status": self.status,
+            "attempts": self.attempts,
+            "parked_at": self.parked_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+        if with_envelope:
+            out["event"] = json.loads(self.envelope) if self.envelope else None
+        return out
+
+
+@dataclass(frozen=True)
+class ProjectionState:
+    name: str
+    version: int
+    position: int
+    updated_at: datetime | None
+
+
+class StaleCheckpoint(Exception):
+    """Another runner moved the projection's checkpoint first: reload and go on from there."""
+
+
+class ReadModelDatabase(abc.ABC):
+    """Where projections, their checkpoints and parked events live."""
+
+    dialect: ClassVar[str]
+
+    @abc.abstractmethod
+    async def prepare(self, projection: Projection) -> int:
+        """Create the projection's tables if missing; when the stored version differs from the
+        projection's, drop and recreate them at position 0. Returns the position to go on from."""
+
+    @abc.abstractmethod
+    async def commit(
+        self,
+        projection: Projection,
+        statements: Sequence[Statement],
+        *,
+        from_position: int,
+        to_position: int,
+        parked: Sequence[tuple[RecordedEvent, str]] = (),
+    ) -> None:
+        """In one transaction: the statements, the events parked (consumer = projection name)
+        and the checkpoint moved from `from_position` to `to_position`. StaleCheckpoint when
+        the stored checkpoint is not `from_position` (another runner got there first)."""
+
+    @abc.abstractmethod
+    async def reset(self, projection: Projection) -> None:
+        """Drop the projection's tables, recreate them empty, checkpoint 0."""
+
+    @abc.abstractmethod
+    async def states(self) -> list[ProjectionState]:
+        """Every projection ever prepared here."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query (portable SQL, `?` placeholders)."""
+
+    # -- parked events (consumers other than projections use these too) -------------------
+    @abc.abstractmethod
+    async def park(self, consumer: str, event: RecordedEvent, reason: str) -> int:
+        """Keep `event` parked for `consumer`; parking it again for the same consumer updates
+        the reason and counts an attempt. Returns its parked id."""
+
+    @abc.abstractmethod
+    async def parked(
+        self, *, consumer: str | None = None, status: str | None = ParkedStatus.PARKED
+    ) -> list[ParkedEvent]:
+        """Parked events, oldest first; `status` None lists every status."""
+
+    @abc.abstractmethod
+    async def parked_event(self, parked_id: int) -> ParkedEvent | None: ...
+
+    @abc.abstractmethod
+    async def set_parked_status(
+        self, parked_id: int, status: str, reason: str | None = None
+    ) -> bool:
+        """Mark a parked event retry / discarded / resolved; False when there is no such id."""
+
+    async def close(self) -> None:  # noqa: B027 - adapters without resources need not override
+        pass
+
+
+def to_pg(sql: str) -> str:
+    """`?` placeholders renumbered as PostgreSQL's $1, $2... (no `?` appears in our literals)."""
+    parts = sql.split("?")
+    if len(parts) == 1:
+        return sql
+    out = [parts[0]]
+    for n, part in enumerate(parts[1:], start=1):
+        out.append(f"${n}{part}")
+    return "".join(out)
+
+
+def short(text: str, limit: int = 2000) -> str:
+    """A reason kept short: a poison event's data may be megabytes."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,280 @@
+"""Read models in PostgreSQL: the PostgreSQL ledger's own schema, or beside a KurrentDB ledger."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import asyncpg
+
+from ispbill_core.events import RecordedEvent
+from ispbill_core.eventstore import EventStoreError, StoreUnavailable
+from ispbill_core.projections import (
+    ParkedEvent,
+    ParkedStatus,
+    Projection,
+    ProjectionState,
+    ReadModelDatabase,
+    StaleCheckpoint,
+    Statement,
+    short,
+    to_pg,
+)
+from ispbill_core.projections.sqlite import parked_from_row
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS rm_projections (name TEXT PRIMARY KEY, version INTEGER NOT NULL,"
+    " position BIGINT NOT NULL, updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS parked_events (id BIGSERIAL PRIMARY KEY,"
+    " consumer TEXT NOT NULL, event_id TEXT NOT NULL, global_position BIGINT NOT NULL,"
+    " stream TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL, parked_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+    " envelope TEXT NOT NULL, UNIQUE (consumer, event_id))",
+    "CREATE INDEX IF NOT EXISTS parked_events_by_status ON parked_events (status, id)",
+)
+
+_PARKED_COLUMNS = (
+    "id, consumer, event_id, global_position, stream, type, reason, status, attempts,"
+    " parked_at, updated_at, envelope"
+)
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class PostgresReadModels(ReadModelDatabase):
+    """Tables in one schema (the ledger's), reached through a pool whose search_path is it."""
+
+    dialect: ClassVar[str] = "postgresql"
+
+    def __init__(self, dsn: str, *, schema: str = "ispbill", pool_max: int = 5) -> None:
+        if not _IDENTIFIER.match(schema):
+            raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
+        self.dsn = dsn
+        self.schema = schema
+        self._pool_max = pool_max
+        self._pool: asyncpg.Pool | None = None
+
+    @classmethod
+    async def connect(cls, dsn: str, *, schema: str = "ispbill") -> PostgresReadModels:
+        db = cls(dsn, schema=schema)
+        await db.open()
+        return db
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            admin = await asyncpg.connect(self.dsn)
+            try:
+                await admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            finally:
+                await admin.close()
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self._pool_max,
+                server_settings={"search_path": f'"{self.schema}"'},
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.schema)
+                for sql in _DDL:
+                    await conn.execute(sql)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql read models: {exc}") from exc
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise EventStoreError("PostgresReadModels is not open: await open() first")
+        return self._pool
+
+    async def _transaction(self, work: Any) -> Any:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await work(conn)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql read models: {exc}") from exc
+
+    async def prepare(self, projection: Projection) -> int:
+        async def prepare(conn: Any) -> int:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", projection.name)
+            row = await conn.fetchrow(
+                "SELECT version, position FROM rm_projections WHERE name = $1", projection.name
+            )
+            if row is not None and int(row[0]) == projection.version:
+                for sql in projection.ddl:
+                    await conn.execute(sql)
+                return int(row[1])
+            await self._recreate(conn, projection)
+            return 0
+
+        result: int = await self._transaction(prepare)
+        return result
+
+    @staticmethod
+    async def _recreate(conn: Any, projection: Projection) -> None:
+        for table in projection.tables:
+            await conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        for sql in projection.ddl:
+            await conn.execute(sql)
+        await conn.execute(
+            "INSERT INTO rm_projections (name, version, position, updated_at)"
+            " VALUES ($1, $2, 0, $3) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
+            " position = 0, updated_at = excluded.updated_at",
+            projection.name,
+            projection.version,
+            _now(),
+        )
+
+    async def reset(self, projection: Projection) -> None:
+        async def reset(conn: Any) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", projection.name)
+            await self._recreate(conn, projection)
+
+        await self._transaction(reset)
+
+    async def commit(
+        self,
+        projection: Projection,
+        statements: Sequence[Statement],
+        *,
+        from_position: int,
+        to_position: int,
+        parked: Sequence[tuple[RecordedEvent, str]] = (),
+    ) -> None:
+        async def commit(conn: Any) -> None:
+            moved = await conn.execute(
+                "UPDATE rm_projections SET position = $1, updated_at = $2"
+                " WHERE name = $3 AND position = $4",
+                to_position,
+                _now(),
+                projection.name,
+                from_position,
+            )
+            if moved != "UPDATE 1":
+                raise StaleCheckpoint(projection.name)
+            for sql, params in statements:
+                await conn.execute(to_pg(sql), *params)
+            for event, reason in parked:
+                await self._park(conn, projection.name, event, reason)
+
+        await self._transaction(commit)
+
+    async def states(self) -> list[ProjectionState]:
+        rows = await self.fetch(
+            "SELECT name, version, position, updated_at FROM rm_projections ORDER BY name"
+        )
+        return [
+            ProjectionState(r[0], int(r[1]), int(r[2]), datetime.fromisoformat(r[3])) for r in rows
+        ]
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn:
+                rows = await conn.fetch(to_pg(sql), *params)
+        except asyncpg.exceptions.UndefinedTableError:
+            return []
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql read models: {exc}") from exc
+        return [tuple(r) for r in rows]
+
+    # -- parked events -------------------------------------------------------------------
+    @staticmethod
+    async def _park(conn: Any, consumer: str, event: RecordedEvent, reason: str) -> int:
+        now = _now()
+        value = await conn.fetchval(
+            "INSERT INTO parked_events AS p (consumer, event_id, global_position, stream, type,"
+            " reason, status, attempts, parked_at, updated_at, envelope)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9)"
+            " ON CONFLICT (consumer, event_id) DO UPDATE SET reason = excluded.reason,"
+            " status = excluded.status, attempts = p.attempts + 1,"
+            " updated_at = excluded.updated_at RETURNING id",
+            consumer,
+            str(event.id),
+            event.global_position,
+            event.stream,
+            event.type,
+            short(reason),
+            ParkedStatus.PARKED,
+            now,
+            event.model_dump_json(),
+        )
+        return int(value)
+
+    async def park(self, consumer: str, event: RecordedEvent, reason: str) -> int:
+        result: int = await self._transaction(
+            lambda conn: self._park(conn, consumer, event, reason)
+        )
+        return result
+
+    async def parked(
+        self, *, consumer: str | None = None, status: str | None = ParkedStatus.PARKED
+    ) -> list[ParkedEvent]:
+        where, params = [], []
+        if consumer is not None:
+            where.append("consumer = ?")
+            params.append(consumer)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.fetch(
+            f"SELECT {_PARKED_COLUMNS} FROM parked_events{clause} ORDER BY id",  # noqa: S608
+            params,
+        )
+        return [parked_from_row(r) for r in rows]
+
+    async def parked_event(self, parked_id: int) -> ParkedEvent | None:
+        rows = await self.fetch(
+            f"SELECT {_PARKED_COLUMNS} FROM parked_events WHERE id = ?",  # noqa: S608
+            (parked_id,),
+        )
+        return parked_from_row(rows[0]) if rows else None
+
+    async def set_parked_status(
+        self, parked_id: int, status: str, reason: str | None = None
+    ) -> bool:
+        async def update(conn: Any) -> bool:
+            if reason is None:
+                done = await conn.execute(
+                    "UPDATE parked_events SET status = $1, updated_at = $2 WHERE id = $3",
+                    status,
+                    _now(),
+                    parked_id,
+                )
+            else:
+                done = await conn.execute(
+                    "UPDATE parked_events SET status = $1, reason = $2, updated_at = $3"
+                    " WHERE id = $4",
+                    status,
+                    short(reason),
+                    _now(),
+                    parked_id,
+                )
+            return bool(done == "UPDATE 1")
+
+        result: bool = await self._transaction(update)
+        return result
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()

@@ -1,0 +1,268 @@
+"""Keeps projections up to date: catch up from each checkpoint, then follow the ledger live.
+
+Each batch of events is folded and committed with the checkpoint in one transaction. An event
+whose folding raises (bad data, a bug) is parked with its reason and the projection goes on; a
+database that is unavailable is retried with backoff and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ispbill_core.events import RecordedEvent
+from ispbill_core.eventstore import EventStore, StoreUnavailable
+from ispbill_core.projections import (
+    Projection,
+    ReadModelDatabase,
+    StaleCheckpoint,
+    Statement,
+)
+
+log = logging.getLogger(__name__)
+
+#: How often an idle projection saves a checkpoint moved past other types' events (a restart
+#: then does not re-read them); moving it in memory costs nothing and happens at once.
+_IDLE_SAVE_SECONDS = 5.0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a parked event's reason says: the error and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = "; ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames)
+    return f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
+
+
+@dataclass
+class ProjectionRunner:
+    """One projection's loop. `seen` is how far the ledger has been looked at for it (in
+    memory, ahead of the saved checkpoint while idle): what read-your-writes waits on."""
+
+    projection: Projection
+    store: EventStore
+    db: ReadModelDatabase
+    batch_size: int = 500
+    max_backoff: float = 30.0
+    position: int = 0
+    seen: int = 0
+    handled: int = 0
+    parked: int = 0
+    failures: int = 0
+    last_error: str = ""
+    _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _saved_at: float = 0.0
+    _rebuild: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        backoff = 0.1
+        prepared = False
+        while True:
+            try:
+                if not prepared:
+                    self.position = await self.db.prepare(self.projection)
+                    self.seen = self.position
+                    prepared = True
+                if self._rebuild.is_set():
+                    self._rebuild.clear()
+                    await self.db.reset(self.projection)
+                    self.position = self.seen = 0
+                await self.step()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except StaleCheckpoint:
+                # another runner (a second API replica) committed first: go on from its position
+                prepared = False
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = failure_reason(exc)
+                log.exception(
+                    "projection %s could not advance past %d; retrying in %.1fs",
+                    self.projection.name,
+                    self.position,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                prepared = False
+
+    def request_rebuild(self) -> None:
+        self._rebuild.set()
+
+    async def step(self) -> int:
+        """Fold one batch; returns the number of events read (0 when caught up)."""
+        head = await self.store.head_position()
+        batch = await self.store.read_all(
+            after=self.position, limit=self.batch_size, types=self.projection.types
+        )
+        if batch:
+            await self._fold(batch)
+        if len(batch) < self.batch_size:
+            await self._caught_up_to(max(self.position, head))
+            if not self._rebuild.is_set():
+                await self.store.wait_for_append(max(self.position, head), 1.0)
+        return len(batch)
+
+    async def _caught_up_to(self, head: int) -> None:
+        now = time.monotonic()
+        if head > self.position and now - self._saved_at > _IDLE_SAVE_SECONDS:
+            await self.db.commit(self.projection, (), from_position=self.position, to_position=head)
+            self.position = head
+            self._saved_at = now
+        await self._advance(max(self.seen, head))
+
+    async def _advance(self, seen: int) -> None:
+        async with self._progress:
+            self.seen = max(self.seen, seen)
+            self._progress.notify_all()
+
+    async def _fold(self, batch: Sequence[RecordedEvent]) -> None:
+        statements: list[Statement] = []
+        parked: list[tuple[RecordedEvent, str]] = []
+        for event in batch:
+            try:
+                statements.extend(self.projection.apply(event))
+            except Exception as exc:
+                parked.append((event, failure_reason(exc)))
+        last = batch[-1].global_position
+        try:
+            await self.db.commit(
+                self.projection,
+                statements,
+                from_position=self.position,
+                to_position=last,
+                parked=parked,
+            )
+        except (StoreUnavailable, StaleCheckpoint):
+            raise
+        except Exception:
+            # A statement the database refused: find its event, one at a time.
+            await self._fold_one_by_one(batch)
+            return
+        self._count(len(batch), parked)
+        self.position = last
+        self._saved_at = time.monotonic()
+        await self._advance(last)
+
+    async def _fold_one_by_one(self, batch: Sequence[RecordedEvent]) -> None:
+        for event in batch:
+            try:
+                statements = list(self.projection.apply(event))
+                parked: list[tuple[RecordedEvent, str]] = []
+            except Exception as exc:
+                statements, parked = [], [(event, failure_reason(exc))]
+            try:
+                await self.db.commit(
+                    self.projection,
+                    statements,
+                    from_position=self.position,
+                    to_position=event.global_position,
+                    parked=parked,
+                )
+            except (StoreUnavailable, StaleCheckpoint):
+                raise
+            except Exception as exc:
+                parked = [(event, failure_reason(exc))]
+                await self.db.commit(
+                    self.projection,
+                    (),
+                    from_position=self.position,
+                    to_position=event.global_position,
+                    parked=parked,
+                )
+            self._count(1, parked)
+            self.position = event.global_position
+            await self._advance(self.position)
+
+    def _count(self, handled: int, parked: Sequence[tuple[RecordedEvent, str]]) -> None:
+        self.handled += handled - len(parked)
+        for event, reason in parked:
+            self.parked += 1
+            # an alert: operators watch for this line (and the parked count on /healthz)
+            log.error(
+                "PARKED event %s (%s at %d) for projection %s: %s",
+                event.id,
+                event.type,
+                event.global_position,
+                self.projection.name,
+                reason,
+            )
+
+    async def wait_until_seen(self, position: int, timeout: float) -> bool:
+        """Until this projection has looked at the ledger up to `position`; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout), self._progress:
+                await self._progress.wait_for(lambda: self.seen >= position)
+        except TimeoutError:
+            return False
+        return True
+
+
+class Projector:
+    """Every projection of a process, each in its own loop."""
+
+    def __init__(
+        self, store: EventStore, db: ReadModelDatabase, projections: Sequence[Projection]
+    ) -> None:
+        names = [p.name for p in projections]
+        if len(set(names)) != len(names):
+            raise ValueError(f"projection names repeat: {names}")
+        self.store = store
+        self.db = db
+        self.runners = {p.name: ProjectionRunner(p, store, db) for p in projections}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def run(self) -> None:
+        """Forever (until cancelled)."""
+        self._tasks = [
+            asyncio.create_task(r.run(), name=f"projection-{name}")
+            for name, r in self.runners.items()
+        ]
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def catch_up(self, *names: str, timeout: float = 2.0) -> bool:
+        """Read-your-writes: wait until the projections (all, or those named) have looked at
+        the ledger up to its head as it is now. False when they did not within `timeout`
+        (the read then answers from what the projection has, and says nothing stale)."""
+        head = await self.store.head_position()
+        runners = [self.runners[n] for n in names] if names else list(self.runners.values())
+        results = await asyncio.gather(*(r.wait_until_seen(head, timeout) for r in runners))
+        return all(results)
+
+    def rebuild(self, name: str) -> None:
+        """Drop and refill one projection from position 0, while the others go on."""
+        self.runners[name].request_rebuild()
+
+    async def rebuild_now(self, name: str) -> int:
+        """Rebuild in this task, to the current head (the CLI, tests, benchmarks); returns the
+        number of events folded. No runner of this projection may be running meanwhile."""
+        runner = ProjectionRunner(self.runners[name].projection, self.store, self.db)
+        await self.db.reset(runner.projection)
+        runner.position = runner.seen = 0
+        runner._saved_at = time.monotonic()
+        head = await self.store.head_position()
+        while True:
+            before = runner.position
+            head_then = await self.store.head_position()
+            batch = await self.store.read_all(
+                after=runner.position, limit=runner.batch_size, types=runner.projection.types
+            )
+            if batch:
+                await runner._fold(batch)
+            if len(batch) < runner.batch_size:
+                end = max(runner.position, head_then, head)
+                if end > runner.position:
+                    await self.db.commit(
+                        runner.projection, (), from_position=runner.position, to_position=end
+                    )
+                return runner.handled + runner.parked
+            assert runner.position > before
