@@ -130,7 +130,7 @@ class ProjectionContract:
     async def test_rows_and_checkpoint_commit_together_or_not_at_all(
         self, store_and_db: Any
     ) -> None:
-        store, db = store_and_db
+        _store, db = store_and_db
         projection = Balances()
         assert await db.prepare(projection) == 0
         await db.commit(
