@@ -257,3 +257,63 @@ async def test_a_ledger_that_cannot_be_read_for_a_while_is_tried_again(store) ->
         "load_checkpoint": 0,
         "head_position": 0,
     }
+
+
+async def test_a_poison_event_is_parked_and_the_subscriber_goes_on(store) -> None:
+    """Bad data (a RuntimeError here) parks that one event with its reason; the events after
+    it are handled; marked for retry once the cause is fixed, it is handled and resolved."""
+    from ispbill_core.projections import ParkedStatus
+    from ispbill_core.projections.sqlite import SQLiteReadModels
+
+    parking = SQLiteReadModels(store)
+    await append(store, range(0, 5))
+    seen = Seen()
+    seen.fail_times = {2: 10_000}
+    subscriber = LedgerSubscriber("mailer", store, store, seen, parking=parking)
+    async with running(subscriber):
+        await seen.wait_for(4)
+        [parked] = await parking.parked(consumer="mailer")
+        assert parked.event().data == {"n": 2}
+        assert "RuntimeError: handler failed on 2" in parked.reason
+        assert subscriber.parked == 1
+        await append(store, range(5, 7))
+        await seen.wait_for(6)
+        assert seen.numbers == [0, 1, 3, 4, 5, 6]
+        # fixed: a retry handles it, once
+        seen.fail_times = {}
+        await parking.set_parked_status(parked.id, ParkedStatus.RETRY)
+        await seen.wait_for(7)
+        for _ in range(100):
+            found = await parking.parked_event(parked.id)
+            if found is not None and found.status == ParkedStatus.RESOLVED:
+                break
+            await asyncio.sleep(0.05)
+    assert seen.numbers == [0, 1, 3, 4, 5, 6, 2]
+    assert found is not None and found.status == ParkedStatus.RESOLVED
+    assert await parking.parked(consumer="mailer") == []
+
+
+async def test_a_transient_failure_is_retried_not_parked(store) -> None:
+    from ispbill_core.projections.sqlite import SQLiteReadModels
+    from ispbill_core.subscriber import TransientError
+
+    parking = SQLiteReadModels(store)
+    await append(store, range(0, 3))
+    calls: list[int] = []
+
+    async def handler(recorded: RecordedEvent) -> None:
+        n = recorded.data["n"]
+        calls.append(n)
+        if n == 1 and calls.count(1) < 3:
+            raise TransientError("read model not there yet")
+
+    subscriber = LedgerSubscriber(
+        "waiting", store, store, handler, parking=parking, max_backoff=0.05
+    )
+    async with running(subscriber):
+        for _ in range(200):
+            if calls[-1:] == [2]:
+                break
+            await asyncio.sleep(0.02)
+    assert calls == [0, 1, 1, 1, 2]
+    assert await parking.parked() == []

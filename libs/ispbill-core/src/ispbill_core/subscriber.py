@@ -4,14 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import smtplib
+import time
 from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING
 
 from ispbill_core.events import RecordedEvent
-from ispbill_core.eventstore import CheckpointStore, EventStore
+from ispbill_core.eventstore import (
+    CheckpointStore,
+    EventIdConflict,
+    EventStore,
+    EventStoreError,
+    WrongExpectedVersion,
+)
+
+if TYPE_CHECKING:
+    from ispbill_core.projections import ReadModelDatabase
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[RecordedEvent], Awaitable[None]]
+
+#: How often a subscriber looks for parked events someone asked to retry.
+_RETRY_POLL_SECONDS = 2.0
+
+
+class TransientError(Exception):
+    """Raise from a handler when the event is fine but something it needs is not there yet (a
+    read model still catching up, a gateway answering 503): the event is retried, not parked."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a handler's failure is worth retrying as it is (the database or broker down, a
+    concurrent writer won) rather than parking the event (bad data, a bug).
+
+    An SMTP server's 5xx answer is permanent for that message; its 4xx answers and lost
+    connections are transient.
+    """
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code < 500
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return False
+    if isinstance(exc, EventIdConflict):
+        return False
+    return isinstance(
+        exc, TransientError | WrongExpectedVersion | EventStoreError | OSError | TimeoutError
+    )
 
 
 class LedgerSubscriber:
@@ -19,7 +57,10 @@ class LedgerSubscriber:
 
     Handlers must be idempotent (deterministic event ids, or a record of what was done):
     the checkpoint is saved after the handler, so a crash in between redelivers one event.
-    A failing handler is retried with backoff; the subscriber never skips an event.
+    A transient failure (`is_transient`) is retried with backoff. Any other failure parks the
+    event in `parking` with its reason (an alert: logged at ERROR, counted) and the subscriber
+    goes on; parked events marked for retry (`ispbill parked retry`) are handled again. Without
+    `parking` every failure is retried, as before parking existed.
     """
 
     def __init__(
@@ -31,6 +72,7 @@ class LedgerSubscriber:
         *,
         types: Collection[str] | None = None,
         max_backoff: float = 30.0,
+        parking: ReadModelDatabase | None = None,
     ) -> None:
         self.name = name
         self._store = store
@@ -41,6 +83,9 @@ class LedgerSubscriber:
         self.position = 0
         self.handled = 0
         self.failures = 0
+        self.parked = 0
+        self._parking = parking
+        self._retries_checked_at = 0.0
         self._caught_up = asyncio.Event()
 
     async def run(self) -> None:
@@ -82,7 +127,47 @@ class LedgerSubscriber:
             await self._checkpoints.save_checkpoint(self.name, self.position)
         if len(batch) < 500:
             self._caught_up.set()
+            await self._retry_requested()
             await self._store.wait_for_append(max(self.position, head), 1.0)
+
+    async def _retry_requested(self) -> None:
+        """Handle again the parked events someone marked for retry; park again what fails."""
+        if self._parking is None:
+            return
+        now = time.monotonic()
+        if now - self._retries_checked_at < _RETRY_POLL_SECONDS:
+            return
+        self._retries_checked_at = now
+        from ispbill_core.projections import ParkedStatus
+
+        for entry in await self._parking.parked(consumer=self.name, status=ParkedStatus.RETRY):
+            try:
+                await self._handler(entry.event())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._park(entry.event(), exc)
+                continue
+            self.handled += 1
+            await self._parking.set_parked_status(entry.id, ParkedStatus.RESOLVED)
+            log.info("subscriber %s: parked event %s retried and handled", self.name, entry.id)
+
+    async def _park(self, event: RecordedEvent, exc: BaseException) -> None:
+        from ispbill_core.projections.projector import failure_reason
+
+        assert self._parking is not None
+        reason = failure_reason(exc)
+        await self._parking.park(self.name, event, reason)
+        self.parked += 1
+        # an alert: operators watch for this line, and the parked count on /healthz
+        log.error(
+            "PARKED event %s (%s at %d) for %s: %s",
+            event.id,
+            event.type,
+            event.global_position,
+            self.name,
+            reason,
+        )
 
     async def _handle(self, event: RecordedEvent) -> None:
         backoff = 0.1
@@ -93,7 +178,10 @@ class LedgerSubscriber:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if self._parking is not None and not is_transient(exc):
+                    await self._park(event, exc)
+                    return
                 self.failures += 1
                 log.exception(
                     "subscriber %s failed on event %s (%s at %d); retrying in %.1fs",
