@@ -25,10 +25,11 @@ from ispbill_core.contracts.accounts import (
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoicePaid, invoice_stream
 from ispbill_core.contracts.payments import PaymentReceived, payment_stream
 from ispbill_core.events import DomainEvent, RecordedEvent, deterministic_id, new_event
-from ispbill_core.eventstore import ANY, NO_STREAM
+from ispbill_core.eventstore import ANY, NO_STREAM, WrongExpectedVersion
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.money import Money
+from ispbill_core.subscriber import TransientError
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +96,7 @@ async def pay(
     invoice_id: uuid.UUID | None,
     currency: str = "USD",
     minutes: int = 0,
+    period: str | None = PERIOD,
 ) -> RecordedEvent:
     payment = PaymentReceived(
         payment_id=deterministic_id("payment", "bank", ref),
@@ -104,6 +106,7 @@ async def pay(
         invoice_id=invoice_id,
         amount=Money.of(amount, currency),
         received_at=AT + timedelta(minutes=minutes),
+        invoice_period=period if invoice_id is not None else None,
     )
     stream = payment_stream("bank", ref)
     await store.append(
@@ -132,8 +135,8 @@ async def test_a_full_payment_marks_the_invoice_paid(store, invoice) -> None:
     assert paid.amount_paid == Money.of("30.00", "USD")
     assert paid.payment_id == payment.decode().payment_id  # type: ignore[attr-defined]
     events = await store.read_stream(invoice_stream("c-1", PERIOD))
-    assert [e.type for e in events] == ["InvoiceIssued", "InvoicePaid"]
-    assert events[1].metadata.causation_id == payment.id
+    assert [e.type for e in events] == ["InvoiceIssued", "PaymentAllocated", "InvoicePaid"]
+    assert events[2].metadata.causation_id == payment.id
     assert await status(store, invoice) == "paid"
 
 
@@ -168,10 +171,26 @@ async def test_concurrent_allocations_record_one_invoice_paid(store, invoice) ->
         await pay(store, f"r-{n}", "15.00", invoice_id=invoice.invoice_id, minutes=n)
         for n in range(4)
     ]
-    await asyncio.gather(*(allocate_payment(store, p) for p in payments * 2))
+
+    async def allocate(payment: RecordedEvent) -> None:
+        while True:  # as the subscriber does: a concurrent allocation won, read again
+            try:
+                await allocate_payment(store, payment)
+                return
+            except WrongExpectedVersion:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(allocate(p) for p in payments * 2))
     [paid] = await paid_events(store)
     assert paid.invoice_id == invoice.invoice_id
-    assert len(await store.read_stream(invoice_stream("c-1", PERIOD))) == 2
+    assert paid.amount_paid == Money.of("30.00", "USD")
+    events = await store.read_stream(invoice_stream("c-1", PERIOD))
+    assert [e.type for e in events] == [
+        "InvoiceIssued",
+        "PaymentAllocated",
+        "PaymentAllocated",
+        "InvoicePaid",
+    ]
 
 
 async def test_an_overpayment_marks_the_invoice_paid(store, invoice) -> None:
@@ -181,14 +200,37 @@ async def test_an_overpayment_marks_the_invoice_paid(store, invoice) -> None:
     assert paid.amount_paid == Money.of("50.00", "USD")
 
 
-async def test_payments_in_another_currency_do_not_cover_the_invoice(store, invoice) -> None:
+async def test_a_payment_in_another_currency_is_refused_for_parking(store, invoice) -> None:
+    """Not silently ignored: the subscriber parks it, for a clerk to look at."""
     payment = await pay(store, "r-1", "3000.00", invoice_id=invoice.invoice_id, currency="BDT")
-    assert await allocate_payment(store, payment) is None
+    with pytest.raises(ValueError, match="in BDT"):
+        await allocate_payment(store, payment)
     assert await paid_events(store) == []
 
 
+async def test_a_payment_without_the_invoice_period_is_located_through_the_read_model(
+    store, invoice
+) -> None:
+    """Payments recorded before PaymentReceived named the invoice's period."""
+    payment = await pay(store, "r-1", "30.00", invoice_id=invoice.invoice_id, period=None)
+
+    class Locator:
+        def __init__(self, known: bool) -> None:
+            self.known = known
+
+        async def period_of(self, invoice_id: uuid.UUID) -> str | None:
+            return PERIOD if self.known and invoice_id == invoice.invoice_id else None
+
+    with pytest.raises(TransientError):  # the read model has not caught up: retried later
+        await allocate_payment(store, payment, Locator(known=False))
+    paid = await allocate_payment(store, payment, Locator(known=True))
+    assert paid is not None and paid.amount_paid == Money.of("30.00", "USD")
+
+
 async def test_payments_of_other_invoices_do_not_count(store, invoice) -> None:
-    other = await pay(store, "r-1", "30.00", invoice_id=invoice_id_for("c-1", "2026-02"))
+    other = await pay(
+        store, "r-1", "30.00", invoice_id=invoice_id_for("c-1", "2026-02"), period="2026-02"
+    )
     assert await allocate_payment(store, other) is None
     unallocated = await pay(store, "r-2", "30.00", invoice_id=None)
     assert await allocate_payment(store, unallocated) is None

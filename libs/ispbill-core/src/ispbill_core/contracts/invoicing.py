@@ -95,3 +95,16 @@ class InvoicePaid(DomainEvent):
     payment_id: uuid.UUID
     amount_paid: Money
     paid_at: AwareDatetime
+
+
+@event_type("PaymentAllocated", 1)
+class PaymentAllocated(DomainEvent):
+    """Part or all of a payment applied to an invoice, in the invoice's own stream: what the
+    invoice has received is the sum of these, read from that stream alone (no scan of every
+    payment). `amount_received` is that sum once this one is added."""
+
+    invoice_id: uuid.UUID
+    payment_id: uuid.UUID
+    amount: Money
+    amount_received: Money
+    allocated_at: AwareDatetime

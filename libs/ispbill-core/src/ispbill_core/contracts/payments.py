@@ -25,3 +25,6 @@ class PaymentReceived(DomainEvent):
     amount: Money
     received_at: AwareDatetime
     method: str = "manual"
+    #: the billing period of `invoice_id` (which, with the customer, names the invoice's
+    #: stream): allocation reads that stream alone. None in payments recorded before it existed.
+    invoice_period: str | None = None

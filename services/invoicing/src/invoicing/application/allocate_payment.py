@@ -1,57 +1,114 @@
-"""Reactor: a payment received against an invoice marks it paid once fully covered."""
+"""Reactor: a payment received against an invoice is allocated to it; once the invoice has
+received its total, it is marked paid.
+
+Everything is decided from the invoice's own stream (InvoiceIssued, the PaymentAllocated so
+far, InvoicePaid), appended to at the version read: no scan of every payment and invoice per
+payment, and two allocations racing on one invoice cannot both count (the loser retries).
+"""
 
 from __future__ import annotations
 
-from ispbill_core.contracts.invoicing import InvoiceIssued, InvoicePaid, invoice_stream
+import uuid
+from typing import Protocol
+
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    InvoicePaid,
+    PaymentAllocated,
+    invoice_stream,
+)
 from ispbill_core.contracts.payments import PaymentReceived
-from ispbill_core.events import RecordedEvent, deterministic_id, new_event
-from ispbill_core.eventstore import ANY, EventStore
-from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_event
+from ispbill_core.eventstore import EventStore
 from ispbill_core.money import Money
+from ispbill_core.subscriber import TransientError
 
 
-async def allocate_payment(store: EventStore, recorded: RecordedEvent) -> InvoicePaid | None:
-    """Idempotent: InvoicePaid's id is derived from the invoice, so it is recorded once."""
+class InvoiceLocator(Protocol):
+    async def period_of(self, invoice_id: uuid.UUID) -> str | None:
+        """The period of a known invoice (from the invoices read model), None if unknown."""
+
+
+async def allocate_payment(
+    store: EventStore, recorded: RecordedEvent, invoices: InvoiceLocator | None = None
+) -> InvoicePaid | None:
+    """Idempotent: a redelivered payment finds its allocation in the stream and changes
+    nothing. Ids derive from the payment, the invoice and the stream version read, so the same
+    attempt retried is a no-op, and an attempt based on a stale read fails its expected version
+    (and is retried) rather than half-matching another attempt's ids."""
     payment = recorded.decode()
     assert isinstance(payment, PaymentReceived)
     if payment.invoice_id is None:
         return None
-    invoice = await _issued(store, payment)
-    if invoice is None:
+    period = payment.invoice_period
+    if period is None:
+        # a payment recorded before payments named the invoice's period
+        period = await invoices.period_of(payment.invoice_id) if invoices is not None else None
+        if period is None:
+            raise TransientError(f"invoice {payment.invoice_id} is not in the read model yet")
+    stream = invoice_stream(payment.customer_id, period)
+    history = await store.read_stream(stream)
+    if not history:
+        return None  # no such invoice: the payment stays unallocated (listed with payments)
+    invoice: InvoiceIssued | None = None
+    received: Money | None = None
+    for event in history:
+        decoded = event.decode()
+        if isinstance(decoded, InvoiceIssued):
+            invoice = decoded
+        elif isinstance(decoded, PaymentAllocated):
+            if decoded.payment_id == payment.payment_id:
+                return None  # allocated before: a redelivery
+            received = decoded.amount_received
+        elif isinstance(decoded, InvoicePaid):
+            return None  # a paid invoice is not paid again (overpayment: the payments issue)
+    if invoice is None or invoice.invoice_id != payment.invoice_id:
         return None
-    stream = invoice_stream(invoice.customer_id, invoice.period)
-    events = await store.read_stream(stream)
-    if any(e.type == InvoicePaid.event_type for e in events):
-        return None
-    received = Money.zero(invoice.currency)
-    for p in await all_events_of(store, PaymentReceived):
-        if p.invoice_id == invoice.invoice_id and p.amount.currency == invoice.currency:
-            received = received + p.amount
-    if received < invoice.total:
-        return None
-    paid = InvoicePaid(
+    if payment.amount.currency != invoice.currency:
+        raise ValueError(
+            f"payment {payment.payment_id} is in {payment.amount.currency}, invoice"
+            f" {invoice.number} in {invoice.currency}"
+        )
+    version = history[-1].stream_position
+    received = (received or Money.zero(invoice.currency)) + payment.amount
+    allocation = PaymentAllocated(
         invoice_id=invoice.invoice_id,
         payment_id=payment.payment_id,
-        amount_paid=received,
-        paid_at=payment.received_at,
+        amount=payment.amount,
+        amount_received=received,
+        allocated_at=payment.received_at,
     )
-    await store.append(
-        stream,
-        [
+    events: list[NewEvent] = [
+        new_event(
+            allocation,
+            id=deterministic_id(
+                "payment-allocated", payment.payment_id, invoice.invoice_id, version
+            ),
+            occurred_at=payment.received_at,
+            actor="system:invoicing.allocate-payments",
+            causation_id=recorded.id,
+        )
+    ]
+    paid: InvoicePaid | None = None
+    if received >= invoice.total:
+        paid = InvoicePaid(
+            invoice_id=invoice.invoice_id,
+            payment_id=payment.payment_id,
+            amount_paid=received,
+            paid_at=payment.received_at,
+        )
+        events.append(
             new_event(
                 paid,
-                id=deterministic_id("invoice-paid", invoice.invoice_id),
+                id=deterministic_id(
+                    "invoice-paid", invoice.invoice_id, payment.payment_id, version
+                ),
                 occurred_at=payment.received_at,
+                actor="system:invoicing.allocate-payments",
                 causation_id=recorded.id,
             )
-        ],
-        ANY,
-    )
+        )
+    # at the version read: a concurrent allocation makes this one retry (WrongExpectedVersion
+    # is transient for the subscriber) and then count both
+    await store.append(stream, events, version)
     return paid
-
-
-async def _issued(store: EventStore, payment: PaymentReceived) -> InvoiceIssued | None:
-    for invoice in await all_events_of(store, InvoiceIssued):
-        if invoice.invoice_id == payment.invoice_id:
-            return invoice
-    return None

@@ -45,6 +45,7 @@ async def record_manual_payment(
         reference=cmd.reference,
         customer_id=invoice.customer_id,
         invoice_id=invoice.invoice_id,
+        invoice_period=invoice.period,
         amount=amount,
         method=cmd.method,
         received_at=clock.now(),

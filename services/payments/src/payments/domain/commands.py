@@ -40,6 +40,7 @@ def payment_received(
     amount: Money,
     method: str,
     received_at: datetime,
+    invoice_period: str | None = None,
 ) -> PaymentReceived:
     return PaymentReceived(
         payment_id=deterministic_id("payment", gateway, reference),
@@ -50,4 +51,5 @@ def payment_received(
         amount=amount,
         received_at=received_at,
         method=method,
+        invoice_period=invoice_period,
     )

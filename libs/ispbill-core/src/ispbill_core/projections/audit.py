@@ -1,0 +1,127 @@
+"""The audit trail: who recorded what, when, about which customer — a projection of every
+event's envelope (its metadata's actor) except the machine-made usage records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from ispbill_core.events import RecordedEvent, registered_event_types
+from ispbill_core.projections import Projection, ReadModelDatabase, Statement
+
+#: Usage and counters arrive by the million and are made by machines, not people: they are
+#: audited through their own records (and the ledger itself), not this trail.
+NOT_AUDITED = frozenset(
+    {"AccountingRecordReceived", "RouterCountersSampled", "UsageRated", "UsageUnmatched"}
+)
+
+_CUSTOMER_STREAM_PREFIXES = ("customer-",)
+
+
+def customer_of(event: RecordedEvent) -> str | None:
+    """The customer an event is about, when it names one."""
+    value = event.data.get("customer_id")
+    if isinstance(value, str):
+        return value
+    for prefix in _CUSTOMER_STREAM_PREFIXES:
+        if event.stream.startswith(prefix):
+            return event.stream[len(prefix) :]
+    return None
+
+
+def _summary(data: dict[str, Any]) -> str:
+    """The event's data without anything secret (sealed secrets, hashes), cut short."""
+    shown = {
+        k: v for k, v in data.items() if not any(s in k for s in ("secret", "password", "hash"))
+    }
+    text = json.dumps(shown, separators=(",", ":"), default=str)
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+class AuditTrailProjection(Projection):
+    name = "core.audit-trail"
+    version = 1
+    tables = ("rm_audit",)
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS rm_audit (global_position BIGINT PRIMARY KEY,"
+        " occurred_at TEXT NOT NULL, recorded_at TEXT NOT NULL, actor TEXT NOT NULL,"
+        " type TEXT NOT NULL, stream TEXT NOT NULL, customer_id TEXT, summary TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS rm_audit_by_actor ON rm_audit (actor, global_position)",
+        "CREATE INDEX IF NOT EXISTS rm_audit_by_customer"
+        " ON rm_audit (customer_id, global_position)",
+        "CREATE INDEX IF NOT EXISTS rm_audit_by_time ON rm_audit (recorded_at)",
+    )
+
+    def __init__(self, types: Collection[str] | None = None) -> None:
+        """`types`: the event types audited; by default every registered type but usage."""
+        chosen = (
+            {name for name, _ in registered_event_types()} if types is None else set(types)
+        ) - NOT_AUDITED
+        self.types = frozenset(chosen)  # type: ignore[misc]
+
+    def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        meta = event.metadata
+        return [
+            (
+                "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
+                " stream, customer_id, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (global_position) DO NOTHING",
+                (
+                    event.global_position,
+                    meta.occurred_at.isoformat(),
+                    (meta.recorded_at or meta.occurred_at).isoformat(),
+                    meta.actor,
+                    event.type,
+                    event.stream,
+                    customer_of(event),
+                    _summary(event.data),
+                ),
+            )
+        ]
+
+
+async def audit_log(
+    db: ReadModelDatabase,
+    *,
+    actor: str | None = None,
+    customer_id: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+    before: int | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first; `before` (a global position) pages on."""
+    where: list[str] = []
+    params: list[Any] = []
+    if actor is not None:
+        where.append("actor = ?")
+        params.append(actor)
+    if customer_id is not None:
+        where.append("customer_id = ?")
+        params.append(customer_id)
+    if since is not None:
+        where.append("recorded_at >= ?")
+        params.append(since.isoformat())
+    if before is not None:
+        where.append("global_position < ?")
+        params.append(before)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = await db.fetch(
+        "SELECT global_position, occurred_at, recorded_at, actor, type, stream, customer_id,"
+        f" summary FROM rm_audit{clause} ORDER BY global_position DESC LIMIT ?",
+        [*params, limit],
+    )
+    return [
+        {
+            "position": int(r[0]),
+            "occurred_at": r[1],
+            "recorded_at": r[2],
+            "actor": r[3],
+            "type": r[4],
+            "stream": r[5],
+            "customer_id": r[6],
+            "data": json.loads(r[7]) if r[7].endswith("}") else r[7],
+        }
+        for r in rows
+    ]

@@ -1,0 +1,222 @@
+"""Read model of invoicing: every issued invoice with its status and what it has received.
+
+Lists and searches (by number, customer, period, status, amount range, issue and due dates)
+are indexed queries on this table; a single invoice's document is the InvoiceIssued event
+kept in the row as it was recorded (issued invoices never change).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from invoicing.application.queries import PdfRenderer
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    InvoicePaid,
+    PaymentAllocated,
+)
+from ispbill_core.events import RecordedEvent
+from ispbill_core.money import MINOR_UNITS
+from ispbill_core.projections import Projection, ReadModelDatabase, Statement
+
+
+def minor_units(amount: Decimal, currency: str) -> int:
+    """An amount in the currency's minor units (cents), for ordering and range filters."""
+    return int(amount.scaleb(MINOR_UNITS[currency]))
+
+
+class InvoicesProjection(Projection):
+    name = "invoicing.invoices"
+    version = 1
+    tables = ("rm_invoices",)
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS rm_invoices (invoice_id TEXT PRIMARY KEY,"
+        " number TEXT NOT NULL, customer_id TEXT NOT NULL, period TEXT NOT NULL,"
+        " status TEXT NOT NULL, currency TEXT NOT NULL, total_minor BIGINT NOT NULL,"
+        " received TEXT NOT NULL, issued_on TEXT NOT NULL, due_on TEXT NOT NULL,"
+        " issued_at BIGINT NOT NULL, data TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_number ON rm_invoices (number)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_customer"
+        " ON rm_invoices (customer_id, issued_at)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_period ON rm_invoices (period, issued_at)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_status ON rm_invoices (status, due_on)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_total ON rm_invoices (total_minor)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_issued ON rm_invoices (issued_on)",
+    )
+    types = frozenset(
+        {InvoiceIssued.event_type, InvoicePaid.event_type, PaymentAllocated.event_type}
+    )
+
+    def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        decoded = event.decode()
+        if isinstance(decoded, InvoiceIssued):
+            return [
+                (
+                    "INSERT INTO rm_invoices (invoice_id, number, customer_id, period, status,"
+                    " currency, total_minor, received, issued_on, due_on, issued_at, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (invoice_id) DO NOTHING",
+                    (
+                        str(decoded.invoice_id),
+                        decoded.number,
+                        decoded.customer_id,
+                        decoded.period,
+                        "issued",
+                        decoded.currency,
+                        minor_units(decoded.total.amount, decoded.currency),
+                        "0",
+                        decoded.issued_at.date().isoformat(),
+                        decoded.due_on.isoformat(),
+                        event.global_position,
+                        decoded.model_dump_json(),
+                    ),
+                )
+            ]
+        if isinstance(decoded, PaymentAllocated):
+            return [
+                (
+                    "UPDATE rm_invoices SET received = ? WHERE invoice_id = ?",
+                    (str(decoded.amount_received.amount), str(decoded.invoice_id)),
+                )
+            ]
+        assert isinstance(decoded, InvoicePaid)
+        return [
+            (
+                "UPDATE rm_invoices SET status = 'paid', received = ? WHERE invoice_id = ?",
+                (str(decoded.amount_paid.amount), str(decoded.invoice_id)),
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class InvoiceFilter:
+    """What an invoice search can ask; every field optional."""
+
+    customer_id: str | None = None
+    period: str | None = None
+    status: str | None = None
+    number: str | None = None
+    min_total: Decimal | None = None
+    max_total: Decimal | None = None
+    currency: str | None = None
+    issued_from: date | None = None
+    issued_to: date | None = None
+    due_before: date | None = None
+
+
+class ProjectedInvoiceQueries:
+    """InvoiceQueries (REST, gRPC, allocation's locator) answered from the read model."""
+
+    def __init__(self, db: ReadModelDatabase, render_pdf: PdfRenderer) -> None:
+        self._db = db
+        self._render_pdf = render_pdf
+
+    @staticmethod
+    def _row(data: str, status: str) -> tuple[InvoiceIssued, str]:
+        return InvoiceIssued.model_validate(json.loads(data)), status
+
+    async def get_invoice(self, invoice_id: uuid.UUID) -> tuple[InvoiceIssued, str] | None:
+        rows = await self._db.fetch(
+            "SELECT data, status FROM rm_invoices WHERE invoice_id = ?", (str(invoice_id),)
+        )
+        return self._row(*rows[0]) if rows else None
+
+    async def period_of(self, invoice_id: uuid.UUID) -> str | None:
+        rows = await self._db.fetch(
+            "SELECT period FROM rm_invoices WHERE invoice_id = ?", (str(invoice_id),)
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def find(self, reference: str) -> tuple[InvoiceIssued, str] | None:
+        """By invoice id or by number (what a clerk types)."""
+        try:
+            by_id = await self.get_invoice(uuid.UUID(reference))
+        except ValueError:
+            by_id = None
+        if by_id is not None:
+            return by_id
+        rows = await self._db.fetch(
+            "SELECT data, status FROM rm_invoices WHERE number = ? ORDER BY issued_at LIMIT 1",
+            (reference,),
+        )
+        return self._row(*rows[0]) if rows else None
+
+    async def list_invoices(
+        self,
+        *,
+        customer_id: str | None = None,
+        period: str | None = None,
+        search: InvoiceFilter | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> list[tuple[InvoiceIssued, str]]:
+        """Newest first (by issue); `before` pages on from the previous page's `cursor`."""
+        return [
+            (inv, st)
+            for inv, st, _ in await self.search(
+                InvoiceFilter(customer_id=customer_id, period=period) if search is None else search,
+                limit=limit,
+                before=before,
+            )
+        ]
+
+    async def search(
+        self, f: InvoiceFilter, *, limit: int | None = None, before: int | None = None
+    ) -> list[tuple[InvoiceIssued, str, int]]:
+        """(invoice, status, cursor) newest first; pass the last cursor as `before` for more."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("customer_id", f.customer_id),
+            ("period", f.period),
+            ("status", f.status),
+            ("number", f.number),
+            ("currency", f.currency),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if f.min_total is not None or f.max_total is not None:
+            if f.currency is None:
+                raise ValueError("an amount range needs a currency")
+            if f.min_total is not None:
+                where.append("total_minor >= ?")
+                params.append(minor_units(f.min_total, f.currency))
+            if f.max_total is not None:
+                where.append("total_minor <= ?")
+                params.append(minor_units(f.max_total, f.currency))
+        for column, op, day in (
+            ("issued_on", ">=", f.issued_from),
+            ("issued_on", "<=", f.issued_to),
+            ("due_on", "<", f.due_before),
+        ):
+            if day is not None:
+                where.append(f"{column} {op} ?")
+                params.append(day.isoformat())
+        if before is not None:
+            where.append("issued_at < ?")
+            params.append(before)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        limit_clause = ""
+        if limit is not None:
+            limit_clause = " LIMIT ?"
+            params.append(limit)
+        rows = await self._db.fetch(
+            f"SELECT data, status, issued_at FROM rm_invoices{clause}"  # noqa: S608 - fixed parts
+            f" ORDER BY issued_at DESC{limit_clause}",
+            params,
+        )
+        return [(*self._row(data, status), int(cursor)) for data, status, cursor in rows]
+
+    async def invoice_pdf(self, invoice_id: uuid.UUID) -> bytes | None:
+        found = await self.get_invoice(invoice_id)
+        if found is None:
+            return None
+        invoice, status = found
+        return self._render_pdf(invoice, status.upper())
