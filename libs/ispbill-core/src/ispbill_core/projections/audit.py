@@ -107,11 +107,9 @@ async def audit_log(
         where.append("global_position < ?")
         params.append(before)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    rows = await db.fetch(
-        "SELECT global_position, occurred_at, recorded_at, actor, type, stream, customer_id,"
-        f" summary FROM rm_audit{clause} ORDER BY global_position DESC LIMIT ?",
-        [*params, limit],
-    )
+    columns = "global_position, occurred_at, recorded_at, actor, type, stream, customer_id, summary"
+    sql = f"SELECT {columns} FROM rm_audit{clause} ORDER BY global_position DESC LIMIT ?"  # noqa: S608
+    rows = await db.fetch(sql, [*params, limit])
     return [
         {
             "position": int(r[0]),
