@@ -259,3 +259,38 @@ class TestPostgresReadModels(ProjectionContract):
         finally:
             await db.close()
             await store.close()
+
+
+class TestRetryOfAParkedProjectionEvent:
+    async def test_a_parked_event_marked_for_retry_is_folded_once_fixed(
+        self, tmp_path: Path
+    ) -> None:
+        store = SQLiteEventStore(tmp_path / "ledger.db")
+        db = SQLiteReadModels(store)
+        try:
+            await store.append("acct-a", [deposit("a", 5), deposit("a", "7")], ANY)  # type: ignore[arg-type]
+            lenient = {"on": False}
+
+            class Fixable(Balances):
+                def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+                    if lenient["on"] and isinstance(event.data["amount"], str):
+                        event = event.model_copy(
+                            update={"data": {**event.data, "amount": int(event.data["amount"])}}
+                        )
+                    return super().apply(event)
+
+            projector = Projector(store, db, [Fixable()])
+            async with ProjectionContract.running(projector):
+                assert await projector.catch_up(timeout=10)
+                [parked] = await db.parked()
+                lenient["on"] = True  # the bug is fixed
+                await db.set_parked_status(parked.id, ParkedStatus.RETRY)
+                for _ in range(100):
+                    entry = await db.parked_event(parked.id)
+                    if entry is not None and entry.status == ParkedStatus.RESOLVED:
+                        break
+                    await asyncio.sleep(0.05)
+            assert entry is not None and entry.status == ParkedStatus.RESOLVED
+            assert await ProjectionContract.balances(db) == {"a": (12, 2)}
+        finally:
+            await store.close()

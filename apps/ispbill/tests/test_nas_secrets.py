@@ -3,7 +3,9 @@ and a lost key is noticed at start rather than after every NAS has been left out
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -40,14 +42,30 @@ def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Api:
+    """The REST API as `ispbill run` serves it, projections running beside it."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=services.http_app()), base_url="http://api"
-        )
+        self.client: httpx.AsyncClient | None = None
+        self.projections: asyncio.Task[None] | None = None
 
     async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        if self.client is None:
+            await self.services.open_read_models(run_projections=True)
+            assert self.services.projector is not None
+            self.projections = asyncio.create_task(self.services.projector.run())
+            self.client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=self.services.http_app()), base_url="http://api"
+            )
         return await self.client.request(method, f"/api/v1{path}", json=body)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.projections is not None:
+            self.projections.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.projections
 
 
 @pytest.fixture
@@ -74,7 +92,7 @@ async def start(data: Path, keyring: Keyring | None = None) -> Api:
 async def api(data: Path) -> AsyncIterator[Api]:
     started = await start(data)
     yield started
-    await started.client.aclose()
+    await started.close()
     await started.services.store.close()
 
 
@@ -112,6 +130,7 @@ async def test_a_retry_after_the_key_was_rotated_is_still_a_no_op(api, data) -> 
     other = await later.call("POST", "/nas", NAS | {"secret": "another-secret"})
     assert other.status_code == 409
     assert len(await nas_events(api)) == 1
+    await later.close()
 
 
 async def test_a_change_needs_every_field_and_is_taken_as_the_current_details(api) -> None:
@@ -186,7 +205,8 @@ async def test_a_removed_nas_is_not_listed_and_its_address_is_free(api) -> None:
 
 
 async def test_a_nas_event_that_does_not_decode_is_skipped_not_fatal(data, caplog) -> None:
-    """As the collector does: one bad event neither hides the other NASes nor stops a start."""
+    """One bad event neither hides the other NASes nor stops a start: the NAS projection parks
+    it (listed on /parked) as the collector's registry skips it."""
     first = await start(data)
     assert (await first.call("POST", "/nas", NAS)).status_code == 201
     broken = NewEvent(
@@ -199,8 +219,10 @@ async def test_a_nas_event_that_does_not_decode_is_skipped_not_fatal(data, caplo
     await first.services.store.append(nas_stream("bng-9"), [broken], NO_STREAM)
     listed = await first.call("GET", "/nas")
     assert listed.status_code == 200 and [n["nas_id"] for n in listed.json()] == ["bng-1"]
-    assert "does not decode; skipped" in caplog.text
-    await first.client.aclose()
+    assert "PARKED event" in caplog.text
+    parked = (await first.call("GET", "/parked")).json()
+    assert [(p["consumer"], p["stream"]) for p in parked] == [("accounts.nas", "nas-bng-9")]
+    await first.close()
     await first.services.store.close()
     key_file = data / "secrets.key"
     key_file.unlink()  # the lost-key safeguard still works with a bad event in the ledger

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException
 
+from accounts.application.read_models import AccountsQueries, accounts_projections
 from accounts.application.use_cases import nases_in_service
 from accounts.domain.errors import (
     AddressInUse,
@@ -25,7 +26,7 @@ from accounts.domain.errors import (
 from accounts.entrypoints.http import accounts_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
-from invoicing.application.queries import LedgerInvoiceQueries
+from invoicing.application.read_models import InvoicesProjection, ProjectedInvoiceQueries
 from invoicing.application.settings import BillingSettings
 from invoicing.domain.errors import InvoicingError
 from invoicing.domain.generator import TaxRounding
@@ -38,23 +39,43 @@ from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.projections import Projection, ReadModelDatabase
+from ispbill_core.projections.audit import AuditTrailProjection
+from ispbill_core.projections.projector import FreshReads, Projector, failure_reason
+from ispbill_core.projections.sqlite import SQLiteReadModels
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
-from ispbill_core.subscriber import LedgerSubscriber
+from ispbill_core.subscriber import LedgerSubscriber, is_transient, retry_parked_forever
 from ispbill_core.telemetry import setup_tracing
 from notifier.adapters.outbox import OutboxMailer
 from notifier.adapters.smtp import SmtpMailer, SmtpSettings
 from notifier.application.email_invoice import Mailer, SenderIdentity, email_invoice
+from payments.application.read_models import PaymentQueries, PaymentsProjection
 from payments.domain.errors import DuplicatePaymentReference, InvalidPayment
 from payments.entrypoints.http import payments_router
 from portal.entrypoints.app import create_app
+from portal.entrypoints.operations import operations_router
 from rating.application.rate_accounting_record import (
     RatingSettings,
     rate_accounting_record,
     rate_unmatched_usage,
 )
+from rating.application.read_models import UnmatchedUsageProjection
 from rating.entrypoints.http import rating_router
 
 log = logging.getLogger("ispbill")
+
+#: The Kafka rating worker's name for its parked records.
+RATING_CONSUMER = "rating.kafka"
+
+
+def as_parked_record(message: Any) -> RecordedEvent:
+    """A Kafka message (a NewEvent envelope, not in the ledger) in the form parked events keep:
+    no ledger positions (0), the topic as its stream."""
+    if isinstance(message, RecordedEvent):
+        return message
+    return RecordedEvent(
+        **message.model_dump(), stream="kafka:accounting", stream_position=0, global_position=0
+    )
 
 
 async def key_ids_missing_from(store: Any, keyring: Keyring) -> set[str]:
@@ -77,6 +98,33 @@ async def open_ledger(settings: Settings) -> Any:
 
         return KurrentDBEventStore(settings.ledger)
     raise SystemExit(f"unknown ledger {settings.ledger!r}: use 'sqlite' or a postgresql:// DSN")
+
+
+async def open_read_models(settings: Settings, store: Any) -> ReadModelDatabase:
+    """Projections live in the ledger's own database: the SQLite file, the PostgreSQL schema;
+    beside a KurrentDB ledger, in the PostgreSQL database ISPBILL_READ_MODELS names."""
+    if isinstance(store, SQLiteEventStore):
+        return SQLiteReadModels(store)
+    from ispbill_core.projections.postgresql import PostgresReadModels
+
+    dsn = settings.read_models or settings.ledger
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise SystemExit(
+            "a KurrentDB ledger keeps its read models in PostgreSQL: set ISPBILL_READ_MODELS to"
+            " a postgresql:// DSN"
+        )
+    return await PostgresReadModels.connect(dsn, schema=settings.ledger_schema)
+
+
+def all_projections(settings: Settings) -> list[Projection]:
+    """Every service's projections (each service declares its own)."""
+    return [
+        *accounts_projections(),
+        InvoicesProjection(),
+        PaymentsProjection(),
+        UnmatchedUsageProjection(settings.timezone),
+        AuditTrailProjection(),
+    ]
 
 
 def billing_settings(settings: Settings) -> BillingSettings:
@@ -114,6 +162,27 @@ class Services:
 
     #: the default key file was made by this process (it did not exist when it started)
     made_key_file: bool = False
+    #: projections, their checkpoints and parked events (the ledger's own database)
+    read_models: ReadModelDatabase | None = None
+    #: keeps this process's projections up to date, when it serves reads
+    projector: Projector | None = None
+
+    async def open_read_models(self, *, run_projections: bool) -> None:
+        self.read_models = await open_read_models(self.settings, self.store)
+        if run_projections:
+            self.projector = Projector(self.store, self.read_models, all_projections(self.settings))
+
+    def require_read_models(self) -> ReadModelDatabase:
+        if self.read_models is None:
+            raise RuntimeError("read models not opened: await services.open_read_models()")
+        return self.read_models
+
+    @property
+    def reads(self) -> ReadModelDatabase:
+        """What the API reads: the read models, fresh up to the ledger's head when this
+        process runs the projections (read-your-writes)."""
+        db = self.require_read_models()
+        return db if self.projector is None else FreshReads(db, self.projector)
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:
@@ -156,18 +225,23 @@ class Services:
         return render_invoice_pdf(invoice, branding(self.settings), status=status)
 
     @property
-    def invoice_queries(self) -> LedgerInvoiceQueries:
-        return LedgerInvoiceQueries(self.store, self.render_pdf)
+    def invoice_queries(self) -> ProjectedInvoiceQueries:
+        return ProjectedInvoiceQueries(self.reads, self.render_pdf)
 
     def http_app(self) -> FastAPI:
         return create_app(
             [
-                accounts_router(self.store, self.clock, self.require_keyring()),
-                rating_router(self.store, self.settings.timezone),
+                accounts_router(
+                    self.store, self.clock, self.require_keyring(), AccountsQueries(self.reads)
+                ),
+                rating_router(self.store, self.settings.timezone, self.reads),
                 invoicing_router(
                     self.store, self.clock, billing_settings(self.settings), self.invoice_queries
                 ),
-                payments_router(self.store, self.clock, self.invoice_queries),
+                payments_router(
+                    self.store, self.clock, self.invoice_queries, PaymentQueries(self.reads)
+                ),
+                operations_router(self.store, self.require_read_models(), self.projector),
                 self._collector_router(),
             ],
             error_statuses={
@@ -257,7 +331,9 @@ class Services:
         async def handle(event: RecordedEvent) -> None:
             await handler(event)
 
-        return LedgerSubscriber(name, self.store, self.store, handle, types=types)
+        return LedgerSubscriber(
+            name, self.store, self.store, handle, types=types, parking=self.read_models
+        )
 
     def rating_subscriber(self) -> LedgerSubscriber:
         rating = RatingSettings(timezone=self.settings.timezone)
@@ -279,10 +355,13 @@ class Services:
         return self.subscriber("rating.unmatched-usage", {SubscriptionStarted.event_type}, handle)
 
     def allocation_subscriber(self) -> LedgerSubscriber:
+        # Not FreshReads: a payment only needs the read model to locate an invoice it
+        # does not name the period of (recorded before payments did); lagging is retried.
+        locator = ProjectedInvoiceQueries(self.require_read_models(), self.render_pdf)
         return self.subscriber(
             "invoicing.allocate-payments",
             {PaymentReceived.event_type},
-            lambda e: allocate_payment(self.store, e),
+            lambda e: allocate_payment(self.store, e, locator),
         )
 
     def notifier_subscriber(self) -> LedgerSubscriber:
@@ -363,9 +442,11 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     store = services.store = await open_ledger(settings)
     try:
         await services.check_keyring_opens_the_ledger()
+        await services.open_read_models(run_projections=True)
     except BaseException:
         await store.close()
         raise
+    assert services.projector is not None
     publisher = LedgerPublisher(store, embedded_stream_for)
     pollers = ConfiguredPollers(
         settings.pollers, publisher, services.clock, only_on_host=settings.pollers_host
@@ -395,7 +476,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     ]
     try:
         async with (
-            background(*(s.run for s in subscribers), pollers.run),
+            background(*(s.run for s in subscribers), pollers.run, services.projector.run),
             serve_http(services.http_app(), settings.host, settings.http_port),
         ):
             if with_demo:
@@ -407,6 +488,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         await collector.stop()
         if grpc_server is not None:
             await grpc_server.stop(grace=2)
+        await services.require_read_models().close()
         await store.close()
 
 
@@ -446,17 +528,24 @@ async def run_component(component: str, settings: Settings) -> None:
     try:
         if services.keyring is not None:
             await services.check_keyring_opens_the_ledger()
+        # The processes that answer reads (REST, gRPC) keep the projections up to date; a
+        # second replica doing the same is safe (checkpoints move optimistically).
+        await services.open_read_models(run_projections=component in {"api", "invoicing"})
+        projections = services.projector.run if services.projector is not None else _idle
         if component == "collector":
             await _serve_collector(services)
         elif component == "rating":
             await _serve_rating(services)
         elif component == "api":
-            async with serve_http(services.http_app(), settings.host, settings.http_port):
+            async with (
+                background(projections),
+                serve_http(services.http_app(), settings.host, settings.http_port),
+            ):
                 await _until_signalled()
         elif component == "invoicing":
             server = await _start_grpc(services)
             try:
-                async with background(services.allocation_subscriber().run):
+                async with background(services.allocation_subscriber().run, projections):
                     await _until_signalled()
             finally:
                 await server.stop(grace=2)
@@ -466,7 +555,13 @@ async def run_component(component: str, settings: Settings) -> None:
         else:
             raise SystemExit(f"unknown component {component!r}")
     finally:
+        if services.read_models is not None:
+            await services.read_models.close()
         await store.close()
+
+
+async def _idle() -> None:
+    """Nothing to run (a process without projections)."""
 
 
 def _require_kafka(settings: Settings) -> str:
@@ -567,9 +662,22 @@ async def _serve_rating(services: Services) -> None:
         bootstrap, [ACCOUNTING_TOPIC], partitions=services.settings.kafka_partitions
     )
     rating = RatingSettings(timezone=services.settings.timezone)
+    parking = services.require_read_models()
+
+    async def rate(message: Any) -> None:
+        await rate_accounting_record(services.store, rating, message)
 
     async def handle(message: Any) -> None:
-        await rate_accounting_record(services.store, rating, message)
+        """A record that can never be rated (bad data, a bug) is parked, as ledger consumers
+        park theirs, and its partition goes on; a transient failure (the ledger down) stops
+        the worker, and the supervisor's restart delivers the record again."""
+        try:
+            await rate(message)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            await parking.park(RATING_CONSUMER, as_parked_record(message), failure_reason(exc))
+            log.error("PARKED accounting record %s for rating: %s", message.id, exc)
 
     app = create_rating_app(
         broker=f"kafka://{bootstrap}",
@@ -581,7 +689,10 @@ async def _serve_rating(services: Services) -> None:
     signalled = asyncio.create_task(_until_signalled(), name="signals")
     # Subscriptions come from the ledger, not the topic: a ledger subscriber beside the worker
     # rates the usage a username had before its subscription was recorded.
-    async with background(services.unmatched_usage_subscriber().run):
+    async with background(
+        services.unmatched_usage_subscriber().run,
+        lambda: retry_parked_forever(parking, RATING_CONSUMER, rate),
+    ):
         done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
         if worker in done:
             signalled.cancel()

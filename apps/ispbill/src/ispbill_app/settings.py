@@ -25,6 +25,9 @@ class Settings:
     #: "sqlite" (in data_dir), or a postgresql:// DSN
     ledger: str = field(default_factory=lambda: env("LEDGER", "sqlite"))
     ledger_schema: str = field(default_factory=lambda: env("LEDGER_SCHEMA", "ispbill"))
+    #: where projections live beside a KurrentDB ledger (a postgresql:// DSN); with a SQLite or
+    #: PostgreSQL ledger they live in the ledger's own database and this is not needed
+    read_models: str = field(default_factory=lambda: env("READ_MODELS", ""))
     kafka: str = field(default_factory=lambda: env("KAFKA", ""))
     #: partitions of the accounting topic when ispbill creates it (rating's parallelism)
     kafka_partitions: int = field(default_factory=lambda: int(env("KAFKA_PARTITIONS", "3")))

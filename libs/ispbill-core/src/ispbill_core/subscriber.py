@@ -138,19 +138,7 @@ class LedgerSubscriber:
         if now - self._retries_checked_at < _RETRY_POLL_SECONDS:
             return
         self._retries_checked_at = now
-        from ispbill_core.projections import ParkedStatus
-
-        for entry in await self._parking.parked(consumer=self.name, status=ParkedStatus.RETRY):
-            try:
-                await self._handler(entry.event())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._park(entry.event(), exc)
-                continue
-            self.handled += 1
-            await self._parking.set_parked_status(entry.id, ParkedStatus.RESOLVED)
-            log.info("subscriber %s: parked event %s retried and handled", self.name, entry.id)
+        self.handled += await retry_parked(self._parking, self.name, self._handler)
 
     async def _park(self, event: RecordedEvent, exc: BaseException) -> None:
         from ispbill_core.projections.projector import failure_reason
@@ -196,3 +184,41 @@ class LedgerSubscriber:
 
     async def wait_caught_up(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._caught_up.wait(), timeout)
+
+
+async def retry_parked(parking: ReadModelDatabase, consumer: str, handler: Handler) -> int:
+    """Hand `consumer`'s parked events that were marked for retry to `handler` again: resolved
+    when it succeeds, parked again with the new reason when it fails. Returns how many were
+    handled."""
+    from ispbill_core.projections import ParkedStatus
+    from ispbill_core.projections.projector import failure_reason
+
+    handled = 0
+    for entry in await parking.parked(consumer=consumer, status=ParkedStatus.RETRY):
+        event = entry.event()
+        try:
+            await handler(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await parking.park(consumer, event, failure_reason(exc))
+            log.error("parked event %s failed again for %s: %s", entry.id, consumer, exc)
+            continue
+        handled += 1
+        await parking.set_parked_status(entry.id, ParkedStatus.RESOLVED)
+        log.info("%s: parked event %s retried and handled", consumer, entry.id)
+    return handled
+
+
+async def retry_parked_forever(
+    parking: ReadModelDatabase, consumer: str, handler: Handler, every: float = _RETRY_POLL_SECONDS
+) -> None:
+    """For consumers that are not ledger subscribers (the Kafka rating worker)."""
+    while True:
+        try:
+            await retry_parked(parking, consumer, handler)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: retrying parked events failed; trying again", consumer)
+        await asyncio.sleep(every)

@@ -13,11 +13,15 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStore, StoreUnavailable
 from ispbill_core.projections import (
+    ParkedEvent,
+    ParkedStatus,
     Projection,
+    ProjectionState,
     ReadModelDatabase,
     StaleCheckpoint,
     Statement,
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 #: How often an idle projection saves a checkpoint moved past other types' events (a restart
 #: then does not re-read them); moving it in memory costs nothing and happens at once.
 _IDLE_SAVE_SECONDS = 5.0
+#: How often an idle projection looks for parked events marked for retry.
+_RETRY_POLL_SECONDS = 2.0
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -55,6 +61,7 @@ class ProjectionRunner:
     last_error: str = ""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     _saved_at: float = 0.0
+    _retries_checked_at: float = 0.0
     _rebuild: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -107,7 +114,34 @@ class ProjectionRunner:
                 await self.store.wait_for_append(max(self.position, head), 1.0)
         return len(batch)
 
+    async def _retry_requested(self) -> None:
+        """Fold again the parked events someone marked for retry (after a fix). They are folded
+        now, after later events: for a projection whose rows depend on order, a rebuild is the
+        thorough fix, and `ispbill projections rebuild` does it."""
+        now = time.monotonic()
+        if now - self._retries_checked_at < _RETRY_POLL_SECONDS:
+            return
+        self._retries_checked_at = now
+        for entry in await self.db.parked(consumer=self.projection.name, status=ParkedStatus.RETRY):
+            event = entry.event()
+            try:
+                statements = list(self.projection.apply(event))
+                await self.db.commit(
+                    self.projection,
+                    statements,
+                    from_position=self.position,
+                    to_position=self.position,
+                )
+            except (StoreUnavailable, StaleCheckpoint):
+                raise
+            except Exception as exc:
+                await self.db.park(self.projection.name, event, failure_reason(exc))
+                continue
+            await self.db.set_parked_status(entry.id, ParkedStatus.RESOLVED)
+            self.handled += 1
+
     async def _caught_up_to(self, head: int) -> None:
+        await self._retry_requested()
         now = time.monotonic()
         if head > self.position and now - self._saved_at > _IDLE_SAVE_SECONDS:
             await self.db.commit(self.projection, (), from_position=self.position, to_position=head)
@@ -266,3 +300,64 @@ class Projector:
                     )
                 return runner.handled + runner.parked
             assert runner.position > before
+
+
+class FreshReads(ReadModelDatabase):
+    """The read-model database as the API reads it: each query first waits (up to `timeout`)
+    until this process's projections have looked at the ledger up to its head, so that a clerk
+    who has just recorded something sees it in the next list (read-your-writes). After the
+    timeout the query answers from what the projections hold, and `stale_reads` counts it."""
+
+    def __init__(self, db: ReadModelDatabase, projector: Projector, timeout: float = 2.0) -> None:
+        self.db = db
+        self.dialect = db.dialect  # type: ignore[misc]
+        self._projector = projector
+        self._timeout = timeout
+        self.stale_reads = 0
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if not await self._projector.catch_up(timeout=self._timeout):
+            self.stale_reads += 1
+        return await self.db.fetch(sql, params)
+
+    async def prepare(self, projection: Projection) -> int:
+        return await self.db.prepare(projection)
+
+    async def commit(
+        self,
+        projection: Projection,
+        statements: Sequence[Statement],
+        *,
+        from_position: int,
+        to_position: int,
+        parked: Sequence[tuple[RecordedEvent, str]] = (),
+    ) -> None:
+        await self.db.commit(
+            projection,
+            statements,
+            from_position=from_position,
+            to_position=to_position,
+            parked=parked,
+        )
+
+    async def reset(self, projection: Projection) -> None:
+        await self.db.reset(projection)
+
+    async def states(self) -> list[ProjectionState]:
+        return await self.db.states()
+
+    async def park(self, consumer: str, event: RecordedEvent, reason: str) -> int:
+        return await self.db.park(consumer, event, reason)
+
+    async def parked(
+        self, *, consumer: str | None = None, status: str | None = ParkedStatus.PARKED
+    ) -> list[ParkedEvent]:
+        return await self.db.parked(consumer=consumer, status=status)
+
+    async def parked_event(self, parked_id: int) -> ParkedEvent | None:
+        return await self.db.parked_event(parked_id)
+
+    async def set_parked_status(
+        self, parked_id: int, status: str, reason: str | None = None
+    ) -> bool:
+        return await self.db.set_parked_status(parked_id, status, reason)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, status
 
 from accounts.application import use_cases
+from accounts.application.read_models import AccountsQueries, secret_digest
 from accounts.domain.commands import (
     ChangeNas,
     DefinePlan,
@@ -18,13 +19,13 @@ from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
     CustomerRegistered,
+    NasRegistered,
     NasRegisteredV1,
     PlanDefined,
     SubscriptionStarted,
     nas_secret_context,
 )
 from ispbill_core.eventstore import EventStore
-from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 
 #: How the ledger holds a NAS's secret (`secret_storage`); none of them is a secret.
@@ -32,14 +33,14 @@ SEALED, PLAINTEXT, EXPOSED = "sealed", "plaintext", "exposed"
 
 
 def nas_view(
-    event: AnyNasRegistered, keyring: Keyring, earlier_plaintext: frozenset[bytes] = frozenset()
+    event: AnyNasRegistered, keyring: Keyring, earlier_plaintext: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     """A NAS as the API shows it: never its secret, sealed or not.
 
     `secret_storage` is "sealed"; "plaintext" for a NAS registered before secrets were sealed;
     "exposed" when it is sealed now but the same secret is in plain text in a registration from
-    before sealing, of this NAS or another (`earlier_plaintext`): change the secret on the NAS
-    and here. `secret_key_id`
+    before sealing, of this NAS or another (`earlier_plaintext`: their `secret_digest`s): change
+    the secret on the NAS and here. `secret_key_id`
     is the key that sealed it (not secret; what key rotation needs to know). The API adds
     `version`, to send back as a change's `expected_version`.
     """
@@ -52,12 +53,14 @@ def nas_view(
             secret = keyring.open(event.secret_sealed, nas_secret_context(event.nas_id))
         except SealingError:
             secret = None
-        if secret in earlier_plaintext:
+        if secret is not None and secret_digest(secret) in earlier_plaintext:
             storage = EXPOSED
     return {**view, "secret_storage": storage, "secret_key_id": sealed_with(event.secret_sealed)}
 
 
-def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRouter:
+def accounts_router(
+    store: EventStore, clock: Clock, keyring: Keyring, queries: AccountsQueries
+) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["accounts"])
     actor = "api"
 
@@ -67,33 +70,54 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
 
     @router.get("/plans")
     async def list_plans() -> list[PlanDefined]:
-        return await all_events_of(store, PlanDefined)
+        return [PlanDefined.model_validate(p) for p in await queries.plans()]
 
     @router.post("/customers", status_code=status.HTTP_201_CREATED)
     async def register_customer(cmd: RegisterCustomer) -> CustomerRegistered:
         return await use_cases.register_customer(store, clock, cmd, actor)
 
     @router.get("/customers")
-    async def list_customers() -> list[CustomerRegistered]:
-        return await all_events_of(store, CustomerRegistered)
+    async def list_customers(
+        q: str | None = Query(
+            default=None, max_length=100, description="part of the id, name or e-mail"
+        ),
+        region: str | None = Query(default=None, max_length=64),
+        limit: int = Query(default=1000, ge=1, le=10_000),
+        after: str | None = Query(
+            default=None, max_length=64, description="the last customer_id of the page before"
+        ),
+    ) -> list[CustomerRegistered]:
+        """Customers ordered by id, a page at a time (`after` the last id of the page before);
+        `q` finds a part of the id, name or e-mail, case-insensitively."""
+        found = await queries.customers(search=q, region=region, limit=limit, after=after)
+        return [
+            CustomerRegistered.model_validate({k: v for k, v in c.items() if k != "version"})
+            for c in found
+        ]
 
     @router.post("/subscriptions", status_code=status.HTTP_201_CREATED)
     async def start_subscription(cmd: StartSubscription) -> SubscriptionStarted:
         return await use_cases.start_subscription(store, clock, cmd, actor)
 
     @router.get("/subscriptions")
-    async def list_subscriptions() -> list[SubscriptionStarted]:
-        return await all_events_of(store, SubscriptionStarted)
+    async def list_subscriptions(
+        customer_id: str | None = Query(default=None, max_length=64),
+    ) -> list[SubscriptionStarted]:
+        """Subscriptions in the order started, all or one customer's."""
+        found = await queries.subscriptions(customer_id=customer_id, limit=100_000)
+        return [SubscriptionStarted.model_validate(s) for s in found]
 
     async def nas_views() -> dict[str, dict[str, Any]]:
         """Every NAS in service with its current details, in the order registered."""
-        return {
-            nas_id: {
-                **nas_view(nas.current, keyring, nas.plaintext_secrets),
-                "version": nas.version,
-            }
-            for nas_id, nas in (await use_cases.nases_in_service(store)).items()
-        }
+        digests = await queries.plaintext_digests()
+        views: dict[str, dict[str, Any]] = {}
+        for data, version, event_version in await queries.nases():
+            if event_version == 1:
+                view = {**data, "secret_storage": PLAINTEXT, "secret_key_id": None}
+            else:
+                view = nas_view(NasRegistered.model_validate(data), keyring, digests)
+            views[data["nas_id"]] = {**view, "version": version}
+        return views
 
     async def view_of(registered: AnyNasRegistered) -> dict[str, Any]:
         """The view GET gives of this NAS; from the event alone when it was removed since."""

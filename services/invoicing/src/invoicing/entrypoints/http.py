@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from invoicing.application.close_billing_period import close_billing_period
-from invoicing.application.queries import LedgerInvoiceQueries
+from invoicing.application.read_models import InvoiceFilter, ProjectedInvoiceQueries
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
 from ispbill_core.clock import Clock
@@ -41,7 +42,7 @@ def invoice_view(invoice: InvoiceIssued, status_: str) -> dict[str, Any]:
 
 
 def invoicing_router(
-    store: EventStore, clock: Clock, settings: BillingSettings, queries: LedgerInvoiceQueries
+    store: EventStore, clock: Clock, settings: BillingSettings, queries: ProjectedInvoiceQueries
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["invoicing"])
 
@@ -61,11 +62,47 @@ def invoicing_router(
 
     @router.get("/invoices")
     async def list_invoices(
-        customer_id: str | None = Query(default=None),
+        customer_id: str | None = Query(default=None, max_length=64),
         period: str | None = Query(default=None, pattern=r"^\d{4}-(0[1-9]|1[0-2])$"),
+        status_: Literal["issued", "paid"] | None = Query(default=None, alias="status"),
+        number: str | None = Query(default=None, max_length=64),
+        currency: str | None = Query(default=None, pattern=r"^[A-Z]{3}$"),
+        min_total: Annotated[
+            Decimal | None, Query(ge=0, le=10**12, description="needs currency")
+        ] = None,
+        max_total: Annotated[
+            Decimal | None, Query(ge=0, le=10**12, description="needs currency")
+        ] = None,
+        issued_from: Annotated[date | None, Query(description="issued on or after")] = None,
+        issued_to: Annotated[date | None, Query(description="issued on or before")] = None,
+        due_before: Annotated[date | None, Query()] = None,
+        limit: int = Query(default=1000, ge=1, le=10_000),
+        before: int | None = Query(
+            default=None, ge=0, description="the `cursor` of the last invoice of the page before"
+        ),
     ) -> list[dict[str, Any]]:
-        found = await queries.list_invoices(customer_id=customer_id, period=period)
-        return [invoice_view(inv, st) for inv, st in sorted(found, key=lambda f: f[0].number)]
+        """Invoices newest first, filtered; each carries its `cursor` for the next page."""
+        if (min_total is not None or max_total is not None) and currency is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY, "an amount range needs a currency"
+            )
+        found = await queries.search(
+            InvoiceFilter(
+                customer_id=customer_id,
+                period=period,
+                status=status_,
+                number=number,
+                currency=currency,
+                min_total=min_total,
+                max_total=max_total,
+                issued_from=issued_from,
+                issued_to=issued_to,
+                due_before=due_before,
+            ),
+            limit=limit,
+            before=before,
+        )
+        return [{**invoice_view(inv, st), "cursor": cursor} for inv, st, cursor in found]
 
     @router.get("/invoices/{reference}")
     async def show_invoice(reference: str) -> dict[str, Any]:

@@ -7,22 +7,25 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Path
 
 from ispbill_core.eventstore import EventStore
+from ispbill_core.projections import ReadModelDatabase
+from rating.application.read_models import unmatched_usage_from
 from rating.application.usage_summary import (
     UnmatchedUsage,
     UsageSummary,
-    unmatched_usage,
     usage_summary,
 )
 
 
-def rating_router(store: EventStore, timezone: ZoneInfo) -> APIRouter:
+def rating_router(
+    store: EventStore, timezone: ZoneInfo, read_models: ReadModelDatabase
+) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["rating"])
 
     @router.get("/usage/unmatched")
     async def unmatched() -> list[UnmatchedUsage]:
         """Usage of RADIUS usernames that no subscription has (yet), per username, largest
         first: it is rated once a subscription starts with the username, from its start on."""
-        return await unmatched_usage(store, timezone)
+        return await unmatched_usage_from(read_models)
 
     @router.get("/usage/{customer_id}/{period}")
     async def usage(
