@@ -73,7 +73,10 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
                                     "billing_address"},
         ("SubscriptionStarted", 1): {"subscription_id", "customer_id", "plan_id", "started_on"},
         ("UsageRated", 1): {"customer_id", "subscription_id", "input_octets", "output_octets"},
-        ("PaymentReceived", 1): {"payment_id", "invoice_id", "amount", "received_at"},
+        ("PaymentReceived", 1): {"payment_id", "customer_id", "invoice_id", "invoice_period",
+                                 "amount", "received_at"},
+        # the invoices projection reads allocations
+        ("PaymentAllocated", 1): {"invoice_id", "payment_id", "amount_received"},
         # notifier and payments read issued invoices
         ("InvoiceIssued", 1): {"invoice_id", "number", "customer_id", "customer_name",
                                "customer_email", "period", "due_on", "currency", "total"},
