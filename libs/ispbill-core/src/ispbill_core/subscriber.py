@@ -141,7 +141,7 @@ class LedgerSubscriber:
         self.handled += await retry_parked(self._parking, self.name, self._handler)
 
     async def _park(self, event: RecordedEvent, exc: BaseException) -> None:
-        from ispbill_core.projections.projector import failure_reason
+        from ispbill_core.projections import failure_reason
 
         assert self._parking is not None
         reason = failure_reason(exc)
@@ -190,8 +190,7 @@ async def retry_parked(parking: ReadModelDatabase, consumer: str, handler: Handl
     """Hand `consumer`'s parked events that were marked for retry to `handler` again: resolved
     when it succeeds, parked again with the new reason when it fails. Returns how many were
     handled."""
-    from ispbill_core.projections import ParkedStatus
-    from ispbill_core.projections.projector import failure_reason
+    from ispbill_core.projections import ParkedStatus, failure_reason
 
     handled = 0
     for entry in await parking.parked(consumer=consumer, status=ParkedStatus.RETRY):

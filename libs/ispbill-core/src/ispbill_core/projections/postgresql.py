@@ -19,6 +19,7 @@ from ispbill_core.projections import (
     ReadModelDatabase,
     StaleCheckpoint,
     Statement,
+    grouped,
     short,
     to_pg,
 )
@@ -170,8 +171,11 @@ class PostgresReadModels(ReadModelDatabase):
             )
             if moved != "UPDATE 1":
                 raise StaleCheckpoint(projection.name)
-            for sql, params in statements:
-                await conn.execute(to_pg(sql), *params)
+            for sql, rows in grouped(statements):
+                if len(rows) == 1:
+                    await conn.execute(to_pg(sql), *rows[0])
+                else:
+                    await conn.executemany(to_pg(sql), rows)
             for event, reason in parked:
                 await self._park(conn, projection.name, event, reason)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from ispbill_core.projections import (
     ReadModelDatabase,
     StaleCheckpoint,
     Statement,
+    failure_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,6 @@ log = logging.getLogger(__name__)
 _IDLE_SAVE_SECONDS = 5.0
 #: How often an idle projection looks for parked events marked for retry.
 _RETRY_POLL_SECONDS = 2.0
-
-
-def failure_reason(exc: BaseException) -> str:
-    """What a parked event's reason says: the error and where it was raised."""
-    frames = traceback.extract_tb(exc.__traceback__)[-3:]
-    where = "; ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames)
-    return f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
 
 
 @dataclass
@@ -155,13 +148,7 @@ class ProjectionRunner:
             self._progress.notify_all()
 
     async def _fold(self, batch: Sequence[RecordedEvent]) -> None:
-        statements: list[Statement] = []
-        parked: list[tuple[RecordedEvent, str]] = []
-        for event in batch:
-            try:
-                statements.extend(self.projection.apply(event))
-            except Exception as exc:
-                parked.append((event, failure_reason(exc)))
+        statements, parked = self.projection.fold(batch)
         last = batch[-1].global_position
         try:
             await self.db.commit(

@@ -18,6 +18,7 @@ from ispbill_core.projections import (
     ReadModelDatabase,
     StaleCheckpoint,
     Statement,
+    grouped,
     short,
 )
 
@@ -140,8 +141,8 @@ class SQLiteReadModels(ReadModelDatabase):
             ).rowcount
             if moved != 1:
                 raise StaleCheckpoint(projection.name)
-            for sql, params in statements:
-                conn.execute(sql, params)
+            for sql, rows in grouped(statements):
+                conn.executemany(sql, rows)
             for event, reason in parked:
                 self._park(conn, projection.name, event, reason)
 
