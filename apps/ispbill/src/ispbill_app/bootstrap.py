@@ -20,6 +20,7 @@ from accounts.domain.errors import (
     Conflict,
     InvalidPlan,
     NotFound,
+    RuleViolated,
     UsernameTaken,
 )
 from accounts.entrypoints.http import accounts_router
@@ -162,7 +163,9 @@ class Services:
     def http_app(self) -> FastAPI:
         return create_app(
             [
-                accounts_router(self.store, self.clock, self.require_keyring()),
+                accounts_router(
+                    self.store, self.clock, self.require_keyring(), self.settings.timezone
+                ),
                 rating_router(self.store, self.settings.timezone),
                 invoicing_router(
                     self.store, self.clock, billing_settings(self.settings), self.invoice_queries
@@ -178,6 +181,7 @@ class Services:
                 DuplicatePaymentReference: 409,
                 NotFound: 404,
                 InvalidPlan: 422,
+                RuleViolated: 422,
                 InvalidPayment: 422,
                 InvoicingError: 422,
             },

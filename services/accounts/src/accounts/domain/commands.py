@@ -53,13 +53,13 @@ SaneDate = Annotated[date, AfterValidator(_sane_date)]
 Reason = Annotated[str, Field(min_length=1, max_length=200, pattern=_TEXT)]
 
 
-def _tags(value: list[str]) -> tuple[str, ...]:
+def _tags(value: list[str]) -> list[str]:
     if len(value) > MAX_TAGS:
         raise ValueError(f"at most {MAX_TAGS} tags")
     for tag in value:
         if not _TAG.match(tag):
             raise ValueError(f"tag {tag!r} is not a lowercase slug [a-z0-9-], 1-40 characters")
-    return tuple(dict.fromkeys(value))
+    return list(dict.fromkeys(value))
 
 
 Tags = Annotated[list[str], AfterValidator(_tags)]
