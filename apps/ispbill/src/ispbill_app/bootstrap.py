@@ -164,7 +164,7 @@ class Services:
         return create_app(
             [
                 accounts_router(
-                    self.store, self.clock, self.require_keyring(), self.settings.timezone
+                    self.store, self.clock, self.require_keyring(), timezone=self.settings.timezone
                 ),
                 rating_router(self.store, self.settings.timezone),
                 invoicing_router(

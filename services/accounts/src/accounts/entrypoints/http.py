@@ -119,7 +119,7 @@ def plan_view(versions: list[PlanTerms]) -> dict[str, Any]:
 
 
 def accounts_router(
-    store: EventStore, clock: Clock, keyring: Keyring, timezone: ZoneInfo | None = None
+    store: EventStore, clock: Clock, keyring: Keyring, *, timezone: ZoneInfo | None = None
 ) -> APIRouter:
     """`timezone` is the ISP's: it says which day "today" is for effective dates."""
     router = APIRouter(prefix="/api/v1", tags=["accounts"])
