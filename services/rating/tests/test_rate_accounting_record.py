@@ -33,6 +33,7 @@ from rating.application.rate_accounting_record import (
     nas_sessions_stream,
     rate_accounting_record,
     rate_unmatched_usage,
+    rate_unmatched_usage_of_new_username,
     session_index_stream,
 )
 from rating.application.usage_summary import unmatched_usage, usage_summary
@@ -751,3 +752,35 @@ async def test_after_a_username_change_the_new_username_rates_to_the_same_subscr
     )
     # a late record from before the change still goes to the subscription that had the name
     assert [(u.subscription_id, u.input_octets) for u in rated] == [("sub-2", 400), ("sub-1", 500)]
+
+
+async def test_usage_of_a_new_username_before_the_change_was_recorded_is_rated_once_it_is(
+    store,
+) -> None:
+    """The router was reconfigured before the clerk recorded the change: the new username's
+    usage from the change's day waits unmatched, then the reactor rates it; earlier stays."""
+    first = started(username="alice", started_on=date(2026, 1, 1), subscription_id="sub-1")
+    await claim(store, first)
+    day_before = START - timedelta(days=1)
+    early = [
+        record(AcctStatus.START, 0, 0, 0, start=day_before, acct_session_id="x", username="al"),
+        record(AcctStatus.STOP, 60, 7, 0, start=day_before, acct_session_id="x", username="al"),
+    ]
+    same_day = [
+        record(AcctStatus.START, 0, 0, 0, acct_session_id="y", username="al"),
+        record(AcctStatus.STOP, 60, 9, 0, acct_session_id="y", username="al"),
+    ]
+    assert await rate_all(store, early + same_day) == []
+    await change_username(store, first, "alice", "al", START.date())
+    change = RadiusUsernameChanged(
+        subscription_id="sub-1",
+        customer_id="c-9",
+        old_username="alice",
+        new_username="al",
+        effective_on=START.date(),
+    )
+    [usage] = await rate_unmatched_usage_of_new_username(store, UTC_SETTINGS, change)
+    assert (usage.subscription_id, usage.input_octets) == ("sub-1", 9)
+    again = await rate_unmatched_usage_of_new_username(store, UTC_SETTINGS, change)
+    assert [u.record_id for u in again] == [usage.record_id]
+    assert [u.input_octets for u in await all_usage(store)] == [9]

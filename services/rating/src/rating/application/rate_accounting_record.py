@@ -516,3 +516,34 @@ async def rate_unmatched_usage(
             len(rated),
         )
     return rated
+
+
+async def rate_unmatched_usage_of_new_username(
+    store: EventStore, settings: RatingSettings, change: RadiusUsernameChanged
+) -> list[UsageRated]:
+    """A subscription took a username that already had usage (the router was reconfigured
+    before the clerk recorded the change): rate what the live path would now rate to it, from
+    the change's day on; earlier usage stays unmatched. Idempotent, as rate_unmatched_usage."""
+    rated: list[UsageRated] = []
+    for recorded in await store.read_stream(unmatched_usage_stream(change.new_username)):
+        unmatched = recorded.decode()
+        assert isinstance(unmatched, UsageUnmatched)
+        holder = await _subscriber_of(store, change.new_username, settings, unmatched.occurred_at)
+        if holder is None or holder.subscription_id != change.subscription_id:
+            continue
+        rated.append(
+            await _append_usage(
+                store,
+                settings,
+                customer_id=holder.customer_id,
+                subscription_id=holder.subscription_id,
+                session_key=unmatched.session_key,
+                record_id=unmatched.record_id,
+                input_octets=unmatched.input_octets,
+                output_octets=unmatched.output_octets,
+                occurred_at=unmatched.occurred_at,
+                causation_id=recorded.id,
+                traceparent=recorded.metadata.traceparent,
+            )
+        )
+    return rated
