@@ -59,8 +59,10 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
         ("AccountingRecordReceived", 1): {"record_id", "nas_id", "status", "acct_session_id",
                                           "username", "event_time", "session_time",
                                           "input_octets", "output_octets"},
-        # rating reads the username claims of accounts
+        # rating reads the username claims of accounts, their releases and username changes
         ("RadiusUsernameAssigned", 1): {"username", "customer_id", "subscription_id"},
+        ("RadiusUsernameReleased", 1): {"username", "subscription_id", "released_on"},
+        ("RadiusUsernameChanged", 1): {"subscription_id", "new_username", "effective_on"},
         # the collector's NAS registry reads NAS registrations
         ("NasRegistered", 1): {"nas_id", "ip_address", "secret", "require_message_authenticator"},
         ("NasRegistered", 2): {"nas_id", "ip_address", "secret_sealed",
@@ -72,6 +74,16 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
         ("CustomerRegistered", 1): {"customer_id", "name", "email", "tax_region",
                                     "billing_address"},
         ("SubscriptionStarted", 1): {"subscription_id", "customer_id", "plan_id", "started_on"},
+        # ... and the lifecycle, the plan versions and the customers' changed details
+        ("SubscriptionPlanChanged", 1): {"plan_id", "effective_on"},
+        ("SubscriptionSuspended", 1): {"effective_on"},
+        ("SubscriptionResumed", 1): {"effective_on"},
+        ("SubscriptionHoldPlaced", 1): {"hold_from", "hold_until"},
+        ("SubscriptionTerminated", 1): {"effective_on"},
+        ("PlanVersionPublished", 1): {"plan_id", "effective_from", "monthly_fee",
+                                      "included_bytes", "overage_price", "overage_unit_bytes",
+                                      "overage_increment"},
+        ("CustomerDetailsChanged", 1): {"name", "email", "tax_region", "billing_address"},
         ("UsageRated", 1): {"customer_id", "subscription_id", "input_octets", "output_octets"},
         ("PaymentReceived", 1): {"payment_id", "customer_id", "invoice_id", "invoice_period",
                                  "amount", "received_at"},
@@ -84,3 +96,26 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
     for key, fields in consumed.items():
         declared = set(PUBLISHED[key].model_fields)
         assert fields <= declared, f"{key}: consumers read {sorted(fields - declared)}"
+
+
+def test_events_recorded_before_the_optional_fields_still_decode() -> None:
+    """CustomerRegistered and PlanDefined gained fields with defaults (a compatible v1
+    change): what the ledger holds from before decodes, with those defaults."""
+    from ispbill_core.contracts.accounts import CustomerRegistered, PlanDefined
+
+    customer = CustomerRegistered.model_validate_json(
+        '{"customer_id": "c-1", "name": "Alice", "email": "a@example.com",'
+        ' "tax_region": "BD", "billing_address": ""}'
+    )
+    assert (customer.phone, customer.service_address, customer.account_type, customer.tags) == (
+        "",
+        "",
+        "home",
+        (),
+    )
+    plan = PlanDefined.model_validate_json(
+        '{"plan_id": "home", "name": "Home", "monthly_fee": {"amount": "30.00",'
+        ' "currency": "USD"}, "included_bytes": 0, "overage_price": {"amount": "1.00",'
+        ' "currency": "USD"}, "overage_unit_bytes": 1000000000}'
+    )
+    assert plan.overage_increment == 1 and plan.time_bands == () and plan.download_bps is None

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from ispbill_core.contracts.accounts import (
     RadiusUsernameAssigned,
+    RadiusUsernameChanged,
+    RadiusUsernameReleased,
     SubscriptionStarted,
     radius_user_stream,
     subscription_stream,
@@ -22,7 +24,7 @@ from ispbill_core.contracts.accounts import (
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.events import NewEvent, deterministic_id, new_event
-from ispbill_core.eventstore import NO_STREAM, ExpectedVersion
+from ispbill_core.eventstore import ANY, NO_STREAM, ExpectedVersion
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from rating.application import rate_accounting_record as rating_module
@@ -31,6 +33,7 @@ from rating.application.rate_accounting_record import (
     nas_sessions_stream,
     rate_accounting_record,
     rate_unmatched_usage,
+    rate_unmatched_usage_of_new_username,
     session_index_stream,
 )
 from rating.application.usage_summary import unmatched_usage, usage_summary
@@ -648,3 +651,136 @@ async def test_a_claim_pointing_at_another_usernames_subscription_rates_nothing(
     assert rated == []
     [waiting] = await unmatched_usage(store, ZoneInfo("UTC"))
     assert waiting.username == "mallory"
+
+
+async def change_username(
+    store: SQLiteEventStore, sub: SubscriptionStarted, old: str, new: str, on: date
+) -> None:
+    """As accounts changes a username: claim the new one, record the change, release the old."""
+    claim_new = RadiusUsernameAssigned(
+        username=new, customer_id=sub.customer_id, subscription_id=sub.subscription_id
+    )
+    await store.append(
+        radius_user_stream(new),
+        [new_event(claim_new, id=deterministic_id("claim", new, sub), occurred_at=START)],
+        ANY,
+    )
+    change = RadiusUsernameChanged(
+        subscription_id=sub.subscription_id,
+        customer_id=sub.customer_id,
+        old_username=old,
+        new_username=new,
+        effective_on=on,
+    )
+    await store.append(
+        subscription_stream(sub.subscription_id),
+        [new_event(change, id=deterministic_id("change", change), occurred_at=START)],
+        ANY,
+    )
+    released = RadiusUsernameReleased(
+        username=old, subscription_id=sub.subscription_id, released_on=on
+    )
+    await store.append(
+        radius_user_stream(old),
+        [new_event(released, id=deterministic_id("release", released), occurred_at=START)],
+        ANY,
+    )
+
+
+async def test_after_a_username_change_the_new_username_rates_to_the_same_subscription(
+    store,
+) -> None:
+    first = started(username="alice", started_on=date(2026, 1, 1), subscription_id="sub-1")
+    await claim(store, first)
+    change_day = START.date()  # 10 March
+    await change_username(store, first, "alice", "alice-new", change_day)
+
+    before = START - timedelta(days=2)
+    old_name_before = [
+        record(AcctStatus.START, 0, 0, 0, start=before, acct_session_id="a", username="alice"),
+        record(AcctStatus.STOP, 60, 100, 0, start=before, acct_session_id="a", username="alice"),
+    ]
+    new_name_before = [
+        record(AcctStatus.START, 0, 0, 0, start=before, acct_session_id="b", username="alice-new"),
+        record(
+            AcctStatus.STOP, 60, 200, 0, start=before, acct_session_id="b", username="alice-new"
+        ),
+    ]
+    new_name_after = [
+        record(AcctStatus.START, 0, 0, 0, acct_session_id="c", username="alice-new"),
+        record(AcctStatus.STOP, 60, 300, 0, acct_session_id="c", username="alice-new"),
+    ]
+    rated = await rate_all(store, old_name_before + new_name_before + new_name_after)
+    # the old username's usage before the change and the new one's from it: sub-1; the new
+    # username's usage from before the change is nobody's
+    assert [(u.subscription_id, u.input_octets) for u in rated] == [("sub-1", 100), ("sub-1", 300)]
+
+    # the released username, reused by another subscription from the 20th, is that one's
+    second = started(username="alice", started_on=date(2026, 3, 20), subscription_id="sub-2")
+    await store.append(
+        radius_user_stream("alice"),
+        [
+            new_event(
+                RadiusUsernameAssigned(
+                    username="alice", customer_id="c-9", subscription_id="sub-2"
+                ),
+                id=deterministic_id("reclaim"),
+                occurred_at=START,
+            )
+        ],
+        ANY,
+    )
+    await store.append(
+        subscription_stream("sub-2"),
+        [new_event(second, id=deterministic_id("sub-2"), occurred_at=START)],
+        NO_STREAM,
+    )
+    later = START + timedelta(days=15)
+    late_old = START - timedelta(days=1)
+    rated = await rate_all(
+        store,
+        [
+            record(AcctStatus.START, 0, 0, 0, start=later, acct_session_id="d", username="alice"),
+            record(AcctStatus.STOP, 60, 400, 0, start=later, acct_session_id="d", username="alice"),
+            record(
+                AcctStatus.START, 0, 0, 0, start=late_old, acct_session_id="e", username="alice"
+            ),
+            record(
+                AcctStatus.STOP, 60, 500, 0, start=late_old, acct_session_id="e", username="alice"
+            ),
+        ],
+    )
+    # a late record from before the change still goes to the subscription that had the name
+    assert [(u.subscription_id, u.input_octets) for u in rated] == [("sub-2", 400), ("sub-1", 500)]
+
+
+async def test_usage_of_a_new_username_before_the_change_was_recorded_is_rated_once_it_is(
+    store,
+) -> None:
+    """The router was reconfigured before the clerk recorded the change: the new username's
+    usage from the change's day waits unmatched, then the reactor rates it; earlier stays."""
+    first = started(username="alice", started_on=date(2026, 1, 1), subscription_id="sub-1")
+    await claim(store, first)
+    day_before = START - timedelta(days=1)
+    early = [
+        record(AcctStatus.START, 0, 0, 0, start=day_before, acct_session_id="x", username="al"),
+        record(AcctStatus.STOP, 60, 7, 0, start=day_before, acct_session_id="x", username="al"),
+    ]
+    same_day = [
+        record(AcctStatus.START, 0, 0, 0, acct_session_id="y", username="al"),
+        record(AcctStatus.STOP, 60, 9, 0, acct_session_id="y", username="al"),
+    ]
+    assert await rate_all(store, early + same_day) == []
+    await change_username(store, first, "alice", "al", START.date())
+    change = RadiusUsernameChanged(
+        subscription_id="sub-1",
+        customer_id="c-9",
+        old_username="alice",
+        new_username="al",
+        effective_on=START.date(),
+    )
+    [usage] = await rate_unmatched_usage_of_new_username(store, UTC_SETTINGS, change)
+    assert (usage.subscription_id, usage.input_octets) == ("sub-1", 9)
+    again = await rate_unmatched_usage_of_new_username(store, UTC_SETTINGS, change)
+    assert [u.record_id for u in again] == [usage.record_id]
+    assert [u.input_octets for u in await all_usage(store)] == [9]

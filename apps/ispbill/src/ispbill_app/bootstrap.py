@@ -21,6 +21,7 @@ from accounts.domain.errors import (
     Conflict,
     InvalidPlan,
     NotFound,
+    RuleViolated,
     UsernameTaken,
 )
 from accounts.entrypoints.http import accounts_router
@@ -33,7 +34,11 @@ from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
 from ispbill_app.settings import Settings
 from ispbill_core.clock import Clock, SystemClock
-from ispbill_core.contracts.accounts import NasRegistered, SubscriptionStarted
+from ispbill_core.contracts.accounts import (
+    NasRegistered,
+    RadiusUsernameChanged,
+    SubscriptionStarted,
+)
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
@@ -58,6 +63,7 @@ from rating.application.rate_accounting_record import (
     RatingSettings,
     rate_accounting_record,
     rate_unmatched_usage,
+    rate_unmatched_usage_of_new_username,
 )
 from rating.application.read_models import UnmatchedUsageProjection
 from rating.entrypoints.http import rating_router
@@ -232,7 +238,11 @@ class Services:
         return create_app(
             [
                 accounts_router(
-                    self.store, self.clock, self.require_keyring(), AccountsQueries(self.reads)
+                    self.store,
+                    self.clock,
+                    self.require_keyring(),
+                    AccountsQueries(self.reads),
+                    timezone=self.settings.timezone,
                 ),
                 rating_router(self.store, self.settings.timezone, self.reads),
                 invoicing_router(
@@ -252,6 +262,7 @@ class Services:
                 DuplicatePaymentReference: 409,
                 NotFound: 404,
                 InvalidPlan: 422,
+                RuleViolated: 422,
                 InvalidPayment: 422,
                 InvoicingError: 422,
             },
@@ -344,15 +355,23 @@ class Services:
         )
 
     def unmatched_usage_subscriber(self) -> LedgerSubscriber:
-        """Usage of a username from before its subscription was recorded, rated once it is."""
+        """Usage of a username from before its subscription (or the change of username that
+        gave it the username) was recorded, rated once it is."""
         rating = RatingSettings(timezone=self.settings.timezone)
 
         async def handle(event: RecordedEvent) -> None:
             started = event.decode()
+            if isinstance(started, RadiusUsernameChanged):
+                await rate_unmatched_usage_of_new_username(self.store, rating, started)
+                return
             assert isinstance(started, SubscriptionStarted)
             await rate_unmatched_usage(self.store, rating, started)
 
-        return self.subscriber("rating.unmatched-usage", {SubscriptionStarted.event_type}, handle)
+        return self.subscriber(
+            "rating.unmatched-usage",
+            {SubscriptionStarted.event_type, RadiusUsernameChanged.event_type},
+            handle,
+        )
 
     def allocation_subscriber(self) -> LedgerSubscriber:
         # Not FreshReads: a payment only needs the read model to locate an invoice it

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
+from typing import Literal
 
-from pydantic import EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from ispbill_core.events import DomainEvent, event_type
 from ispbill_core.money import Money
 from ispbill_core.sealing import Keyring
 
 GIGABYTE = 10**9
+GIBIBYTE = 2**30
 
 
 def plan_stream(plan_id: str) -> str:
@@ -34,9 +37,38 @@ def nas_stream(nas_id: str) -> str:
     return f"nas-{nas_id}"
 
 
-@event_type("PlanDefined", 1)
-class PlanDefined(DomainEvent):
-    """A flat monthly plan with included data and a price per started unit of overage."""
+def topup_product_stream(product_id: str) -> str:
+    return f"topup-product-{product_id}"
+
+
+class TimeBand(BaseModel):
+    """A time-of-day band: usage between `start` and `end` (local time, "HH:MM", end exclusive;
+    an end before the start wraps past midnight) counts `multiplier` times, or not at all when
+    "free". Recorded for rating; not applied yet."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=40)
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    end: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    multiplier: Literal["free"] | Decimal
+
+
+class FairUsageThreshold(BaseModel):
+    """Past `after_bytes` in a period the subscriber is throttled to `rate_limit`
+    ("download/upload", e.g. "2M/2M", as RADIUS rate-limit attributes spell it). Recorded for
+    the network; not applied yet."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    after_bytes: int = Field(gt=0)
+    rate_limit: str = Field(pattern=r"^[0-9]{1,6}[kKMG]?/[0-9]{1,6}[kKMG]?$")
+
+
+class PlanTerms(DomainEvent):
+    """What a plan version sets: the prices invoicing charges, and what rating and the network
+    need later. Fields after `overage_unit_bytes` were added with defaults that describe a
+    plan recorded before them (no bands, no fair-usage limits, no rate limits)."""
 
     plan_id: str
     name: str
@@ -44,15 +76,68 @@ class PlanDefined(DomainEvent):
     included_bytes: int = Field(ge=0)
     overage_price: Money
     overage_unit_bytes: int = Field(default=GIGABYTE, gt=0)
+    #: overage is rounded UP to a multiple of this fraction of a unit: 1 bills every started
+    #: unit, 0.1 every started tenth of one
+    overage_increment: Decimal = Field(default=Decimal(1), gt=0, le=1)
+    time_bands: tuple[TimeBand, ...] = ()
+    fair_usage: tuple[FairUsageThreshold, ...] = ()
+    download_bps: int | None = Field(default=None, gt=0)
+    upload_bps: int | None = Field(default=None, gt=0)
 
 
-@event_type("CustomerRegistered", 1)
-class CustomerRegistered(DomainEvent):
+@event_type("PlanDefined", 1)
+class PlanDefined(PlanTerms):
+    """A plan's first version (version 1), in force from the beginning: a flat monthly fee
+    with included data and a price per started unit of overage."""
+
+
+@event_type("PlanVersionPublished", 1)
+class PlanVersionPublished(PlanTerms):
+    """A later version of a plan (2, 3, ...), in force from `effective_from` (a day in the
+    ISP's time zone) until the next version's. Invoices already issued keep their lines."""
+
+    version: int = Field(ge=2)
+    effective_from: date
+
+
+@event_type("TopUpProductDefined", 1)
+class TopUpProductDefined(DomainEvent):
+    """A data top-up a subscriber can buy: `bytes` more data, valid `validity_days` days."""
+
+    product_id: str
+    name: str
+    price: Money
+    bytes: int = Field(gt=0)
+    validity_days: int = Field(ge=1, le=366)
+
+
+AccountType = Literal["home", "business", "corporate"]
+
+
+class CustomerDetails(DomainEvent):
+    """Everything a customer record says. The fields after `billing_address` were added with
+    defaults, so customers registered before them still decode."""
+
     customer_id: str
     name: str
     email: EmailStr
     tax_region: str
     billing_address: str = ""
+    phone: str = ""
+    service_address: str = ""
+    account_type: AccountType = "home"
+    tags: tuple[str, ...] = ()
+
+
+@event_type("CustomerRegistered", 1)
+class CustomerRegistered(CustomerDetails):
+    """A new customer."""
+
+
+@event_type("CustomerDetailsChanged", 1)
+class CustomerDetailsChanged(CustomerDetails):
+    """New details for a customer: all of them, replacing the earlier ones (one event per
+    edit, whichever fields it touched, so a reader never merges partial updates)."""
 
 
 @event_type("SubscriptionStarted", 1)
@@ -66,9 +151,93 @@ class SubscriptionStarted(DomainEvent):
 
 @event_type("RadiusUsernameAssigned", 1)
 class RadiusUsernameAssigned(DomainEvent):
+    """The first event of a username's stream, or the first after a release: the username is
+    this subscription's (from its start, or from the RadiusUsernameChanged naming it)."""
+
     username: str
     customer_id: str
     subscription_id: str
+
+
+@event_type("RadiusUsernameReleased", 1)
+class RadiusUsernameReleased(DomainEvent):
+    """The subscription stopped using the username: its usage up to and including
+    `released_on` still rates to it; another subscription may claim the username."""
+
+    username: str
+    subscription_id: str
+    released_on: date
+
+
+@event_type("SubscriptionPlanChanged", 1)
+class SubscriptionPlanChanged(DomainEvent):
+    """From `effective_on` (inclusive) the subscription is on `plan_id`."""
+
+    subscription_id: str
+    from_plan_id: str
+    plan_id: str
+    effective_on: date
+    reason: str = ""
+
+
+@event_type("SubscriptionSuspended", 1)
+class SubscriptionSuspended(DomainEvent):
+    """Suspended by staff from `effective_on` (inclusive) until resumed: not charged."""
+
+    subscription_id: str
+    effective_on: date
+    reason: str
+
+
+@event_type("SubscriptionResumed", 1)
+class SubscriptionResumed(DomainEvent):
+    """In service again from `effective_on` (inclusive), charged from that day."""
+
+    subscription_id: str
+    effective_on: date
+    reason: str
+
+
+@event_type("SubscriptionHoldPlaced", 1)
+class SubscriptionHoldPlaced(DomainEvent):
+    """A vacation hold: no service and no charge from `hold_from` to `hold_until`, both
+    inclusive; the subscription resumes by itself the day after."""
+
+    subscription_id: str
+    hold_from: date
+    hold_until: date
+    reason: str
+
+
+@event_type("SubscriptionTerminated", 1)
+class SubscriptionTerminated(DomainEvent):
+    """`effective_on` is the last day of service, and is charged; nothing follows."""
+
+    subscription_id: str
+    effective_on: date
+    reason: str
+
+
+@event_type("RadiusUsernameChanged", 1)
+class RadiusUsernameChanged(DomainEvent):
+    """From `effective_on` (inclusive) the subscription's usage arrives as `new_username`."""
+
+    subscription_id: str
+    customer_id: str
+    old_username: str
+    new_username: str
+    effective_on: date
+
+
+#: Events after SubscriptionStarted in a subscription's stream.
+SubscriptionChange = (
+    SubscriptionPlanChanged
+    | SubscriptionSuspended
+    | SubscriptionResumed
+    | SubscriptionHoldPlaced
+    | SubscriptionTerminated
+    | RadiusUsernameChanged
+)
 
 
 def nas_secret_context(nas_id: str) -> str:

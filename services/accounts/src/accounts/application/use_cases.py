@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from accounts.application.lifecycle import claim_username
 from accounts.domain.commands import (
     ChangeNas,
     DefinePlan,
@@ -13,7 +14,7 @@ from accounts.domain.commands import (
     StartSubscription,
     nas_address,
 )
-from accounts.domain.errors import AddressInUse, AlreadyExists, Conflict, NotFound, UsernameTaken
+from accounts.domain.errors import AddressInUse, AlreadyExists, Conflict, NotFound
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
@@ -27,7 +28,6 @@ from ispbill_core.contracts.accounts import (
     customer_stream,
     nas_stream,
     plan_stream,
-    radius_user_stream,
     subscription_stream,
 )
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
@@ -224,16 +224,14 @@ async def start_subscription(
         if existing[0].decode() != event:
             raise AlreadyExists(f"subscription {event.subscription_id!r} exists with other details")
         return event
-    # The username stream is created first: its NO_STREAM append is what makes usernames
-    # unique, even when two clerks assign the same one at the same moment.
+    # The username stream is claimed first: its append at the version read (NO_STREAM for a
+    # new username) is what makes usernames unique, even when two clerks assign the same one
+    # at the same moment; a username released by another subscription is claimed again.
     claim = RadiusUsernameAssigned(
         username=event.radius_username,
         customer_id=event.customer_id,
         subscription_id=event.subscription_id,
     )
-    try:
-        await _record_once(store, radius_user_stream(event.radius_username), claim, clock, actor)
-    except AlreadyExists:
-        raise UsernameTaken(f"RADIUS username {event.radius_username!r} is taken") from None
+    await claim_username(store, clock, claim, actor)
     await _record_once(store, subscription_stream(event.subscription_id), event, clock, actor)
     return event

@@ -5,18 +5,28 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from accounts.domain.errors import InvalidPlan
+from accounts.domain.errors import InvalidPlan, InvalidPlanVersion, InvalidTopUp
 from ispbill_core.contracts.accounts import (
+    GIBIBYTE,
     GIGABYTE,
+    AccountType,
     AnyNasRegistered,
+    CustomerDetails,
+    CustomerDetailsChanged,
     CustomerRegistered,
+    FairUsageThreshold,
     NasRegistered,
     NasRegisteredV1,
     PlanDefined,
+    PlanVersionPublished,
     SubscriptionStarted,
+    TimeBand,
+    TopUpProductDefined,
     nas_registration,
     nas_secret_context,
 )
@@ -25,6 +35,34 @@ from ispbill_core.sealing import Keyring, SealingError
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
 _USERNAME = re.compile(r"^[^\s\x00-\x1f]{1,253}$")
+_PHONE = r"^(\+[1-9][0-9]{6,14})?$"
+_TAG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+_TEXT = r"^[^\x00-\x1f\x7f]*$"
+MAX_TAGS = 20
+
+
+def _sane_date(value: date) -> date:
+    if not 2000 <= value.year <= 2099:
+        raise ValueError("dates are between 2000-01-01 and 2099-12-31")
+    return value
+
+
+#: A day in the ISP's time zone, within the years a billing system can mean.
+SaneDate = Annotated[date, AfterValidator(_sane_date)]
+#: A reason written into the ledger for staff to read: one line, bounded.
+Reason = Annotated[str, Field(min_length=1, max_length=200, pattern=_TEXT)]
+
+
+def _tags(value: list[str]) -> list[str]:
+    if len(value) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags")
+    for tag in value:
+        if not _TAG.match(tag):
+            raise ValueError(f"tag {tag!r} is not a lowercase slug [a-z0-9-], 1-40 characters")
+    return list(dict.fromkeys(value))
+
+
+Tags = Annotated[list[str], AfterValidator(_tags)]
 
 
 class DefinePlan(BaseModel):
@@ -63,9 +101,176 @@ class RegisterCustomer(BaseModel):
     email: EmailStr
     tax_region: str = Field(pattern=_ID)
     billing_address: str = Field(default="", max_length=500)
+    phone: str = Field(default="", pattern=_PHONE, description='"" or E.164, "+8801712345678"')
+    service_address: str = Field(default="", max_length=500)
+    account_type: AccountType = "home"
+    tags: Tags = Field(default_factory=list, description="lowercase slugs [a-z0-9-], at most 20")
 
     def to_event(self) -> CustomerRegistered:
         return CustomerRegistered(**self.model_dump())
+
+
+class ChangeCustomer(BaseModel):
+    """PATCH of a customer: the fields given replace the current ones, the others stay."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    email: EmailStr | None = None
+    phone: str | None = Field(default=None, pattern=_PHONE)
+    tax_region: str | None = Field(default=None, pattern=_ID)
+    billing_address: str | None = Field(default=None, max_length=500)
+    service_address: str | None = Field(default=None, max_length=500)
+    account_type: AccountType | None = None
+    tags: Tags | None = None
+    #: the customer's `version` as read (GET): refused (409) if it changed since
+    expected_version: int | None = Field(default=None, ge=0)
+
+    def applied_to(self, current: CustomerDetails) -> CustomerDetailsChanged:
+        changes = self.model_dump(exclude={"expected_version"}, exclude_none=True)
+        details = current.model_dump(exclude=set(changes))
+        return CustomerDetailsChanged(**details, **changes)
+
+
+_PLAN_UNITS = {"GB": GIGABYTE, "GiB": GIBIBYTE}
+
+
+class PublishPlanVersion(BaseModel):
+    """A plan's next version, in force from `effective_from`: every term, none inherited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    effective_from: SaneDate
+    name: str = Field(min_length=1, max_length=120, pattern=_TEXT)
+    currency: str = Field(min_length=3, max_length=3)
+    monthly_fee: str = Field(description="decimal string, e.g. '29.99'")
+    unit: Literal["GB", "GiB"] = Field(default="GB", description="GB = 10^9 bytes, GiB = 2^30")
+    included_units: int = Field(ge=0, le=10**6, description="data included per month, in units")
+    overage_price: str = Field(description="price of one unit beyond the included data")
+    overage_increment: str = Field(
+        default="1",
+        description="overage is rounded up to a multiple of this fraction of a unit: '1' bills"
+        " every started unit, '0.1' every started tenth; 1 divided by it is a whole number",
+    )
+    time_bands: list[TimeBand] = Field(default_factory=list, max_length=24)
+    fair_usage: list[FairUsageThreshold] = Field(default_factory=list, max_length=10)
+    download_bps: int | None = Field(default=None, gt=0, le=10**12)
+    upload_bps: int | None = Field(default=None, gt=0, le=10**12)
+
+    def to_event(self, plan_id: str, version: int) -> PlanVersionPublished:
+        try:
+            fee = Money.exact(self.monthly_fee, self.currency)
+            overage = Money.exact(self.overage_price, self.currency)
+            increment = Decimal(self.overage_increment)
+        except (ValueError, ArithmeticError, InvalidOperation) as exc:
+            raise InvalidPlanVersion(str(exc)) from None
+        if fee.amount < 0 or overage.amount < 0:
+            raise InvalidPlanVersion("prices cannot be negative")
+        if not (0 < increment <= 1) or (1 / increment) % 1 != 0:
+            raise InvalidPlanVersion("overage_increment is 1, or 1 divided by a whole number")
+        for band in self.time_bands:
+            if band.start == band.end:
+                raise InvalidPlanVersion(f"time band {band.name!r} starts where it ends")
+            if band.multiplier != "free" and not (0 <= band.multiplier <= 100):
+                raise InvalidPlanVersion(f"time band {band.name!r}: multiplier 0..100 or 'free'")
+        if len({b.name for b in self.time_bands}) != len(self.time_bands):
+            raise InvalidPlanVersion("time band names repeat")
+        thresholds = [t.after_bytes for t in self.fair_usage]
+        if thresholds != sorted(set(thresholds)):
+            raise InvalidPlanVersion("fair-usage thresholds are in increasing order of bytes")
+        return PlanVersionPublished(
+            plan_id=plan_id,
+            version=version,
+            effective_from=self.effective_from,
+            name=self.name,
+            monthly_fee=fee,
+            included_bytes=self.included_units * _PLAN_UNITS[self.unit],
+            overage_price=overage,
+            overage_unit_bytes=_PLAN_UNITS[self.unit],
+            overage_increment=increment,
+            time_bands=tuple(self.time_bands),
+            fair_usage=tuple(self.fair_usage),
+            download_bps=self.download_bps,
+            upload_bps=self.upload_bps,
+        )
+
+
+class DefineTopUpProduct(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str = Field(pattern=_ID)
+    name: str = Field(min_length=1, max_length=120, pattern=_TEXT)
+    currency: str = Field(min_length=3, max_length=3)
+    price: str = Field(description="decimal string, e.g. '5.00'")
+    bytes: int = Field(gt=0, le=10**15)
+    validity_days: int = Field(ge=1, le=366)
+
+    def to_event(self) -> TopUpProductDefined:
+        try:
+            price = Money.exact(self.price, self.currency)
+        except (ValueError, ArithmeticError) as exc:
+            raise InvalidTopUp(str(exc)) from None
+        if price.amount < 0:
+            raise InvalidTopUp("a price cannot be negative")
+        return TopUpProductDefined(
+            product_id=self.product_id,
+            name=self.name,
+            price=price,
+            bytes=self.bytes,
+            validity_days=self.validity_days,
+        )
+
+
+class _Versioned(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: the subscription's `version` as read (GET): refused (409) if it changed since; without
+    #: it the change is based on the version current when it is applied
+    expected_version: int | None = Field(default=None, ge=0)
+
+
+class ChangePlan(_Versioned):
+    plan_id: str = Field(pattern=_ID)
+    effective: Literal["now", "next_cycle"] | SaneDate = Field(
+        default="now",
+        description='"now" (today in the ISP\'s time zone), "next_cycle" (the first day of'
+        " next month) or a date",
+    )
+    reason: str = Field(default="", max_length=200, pattern=_TEXT)
+
+
+class SuspendSubscription(_Versioned):
+    reason: Reason
+    effective_on: SaneDate | None = Field(default=None, description="default: today")
+
+
+class ResumeSubscription(_Versioned):
+    reason: Reason
+    effective_on: SaneDate | None = Field(default=None, description="default: today")
+
+
+class PlaceHold(_Versioned):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    hold_from: SaneDate = Field(alias="from")
+    hold_until: SaneDate = Field(alias="until")
+    reason: Reason
+
+
+class TerminateSubscription(_Versioned):
+    effective_on: SaneDate = Field(description="the last day of service; it is charged")
+    reason: Reason
+
+
+class ChangeUsername(_Versioned):
+    radius_username: str
+
+    @field_validator("radius_username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if not _USERNAME.match(value):
+            raise ValueError("a RADIUS username is 1-253 printable characters without spaces")
+        return value
 
 
 class StartSubscription(BaseModel):

@@ -27,3 +27,60 @@ class UsernameTaken(AccountsError):
 
 class InvalidPlan(AccountsError):
     pass
+
+
+class RuleViolated(AccountsError):
+    """A command the entity's rules refuse (answered 422); each rule has its own subclass."""
+
+
+class InvalidCustomer(RuleViolated):
+    """Customer details the rules refuse (a tag that is not a slug, too many tags)."""
+
+
+class InvalidTopUp(RuleViolated):
+    pass
+
+
+class InvalidPlanVersion(RuleViolated):
+    """A plan version out of order, in another currency, or dated into a closed period."""
+
+
+class SubscriptionNotStarted(RuleViolated):
+    """An effective date before the subscription's start."""
+
+
+class BackdatedIntoClosedPeriod(RuleViolated):
+    """An effective date in an earlier billing period: it may be invoiced already, and issued
+    invoices never change."""
+
+
+class SubscriptionIsTerminated(RuleViolated):
+    """Nothing follows a termination."""
+
+
+class AlreadySuspended(RuleViolated):
+    pass
+
+
+class NotSuspended(RuleViolated):
+    """Only a suspended subscription is resumed."""
+
+
+class SamePlan(RuleViolated):
+    """A plan change to the plan in force then."""
+
+
+class PlanCurrencyDiffers(RuleViolated):
+    """A customer's subscriptions are billed on one invoice, in one currency."""
+
+
+class OutOfOrder(RuleViolated):
+    """An effective date before one already recorded for the same kind of change."""
+
+
+class InvalidHold(RuleViolated):
+    """Hold dates not ordered, longer than a year, or overlapping another hold."""
+
+
+class SameUsername(RuleViolated):
+    pass

@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, status
 
-from accounts.application import use_cases
+from accounts.application import lifecycle, use_cases
 from accounts.application.read_models import AccountsQueries, secret_digest
 from accounts.domain.commands import (
+    ChangeCustomer,
     ChangeNas,
+    ChangePlan,
+    ChangeUsername,
     DefinePlan,
+    DefineTopUpProduct,
+    PlaceHold,
+    PublishPlanVersion,
     RegisterCustomer,
     RegisterNas,
+    ResumeSubscription,
     StartSubscription,
+    SuspendSubscription,
+    TerminateSubscription,
 )
+from accounts.domain.subscription import Subscription
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
+    CustomerDetails,
     CustomerRegistered,
     NasRegistered,
     NasRegisteredV1,
     PlanDefined,
+    PlanTerms,
+    PlanVersionPublished,
     SubscriptionStarted,
+    TopUpProductDefined,
     nas_secret_context,
 )
 from ispbill_core.eventstore import EventStore
@@ -58,11 +73,67 @@ def nas_view(
     return {**view, "secret_storage": storage, "secret_key_id": sealed_with(event.secret_sealed)}
 
 
+def subscription_view(sub: Subscription, today: Any) -> dict[str, Any]:
+    """A subscription as GET shows it: status and plan today, the version to send back as a
+    change's `expected_version`, and its history with effective dates."""
+    return {
+        "subscription_id": sub.subscription_id,
+        "customer_id": sub.customer_id,
+        "plan_id": sub.plan_on(today),
+        "scheduled_plan_id": sub.latest_plan if sub.latest_plan != sub.plan_on(today) else None,
+        "radius_username": sub.radius_username,
+        "started_on": sub.started.started_on.isoformat(),
+        "status": sub.status_on(today),
+        "terminated_on": sub.terminated_on.isoformat() if sub.terminated_on else None,
+        "version": sub.version,
+        "history": [
+            {
+                "version": entry.version,
+                "type": entry.type,
+                "effective_on": entry.effective_on.isoformat(),
+                **entry.details,
+            }
+            for entry in sub.history
+        ],
+    }
+
+
+def customer_view(version: int, details: CustomerDetails) -> dict[str, Any]:
+    return {**details.model_dump(mode="json"), "version": version}
+
+
+def plan_view(versions: list[PlanTerms]) -> dict[str, Any]:
+    """A plan with every version; version 1 (PlanDefined) is in force from the beginning."""
+    return {
+        "plan_id": versions[0].plan_id,
+        "versions": [
+            {
+                **v.model_dump(mode="json", exclude={"version", "effective_from"}),
+                "version": v.version if isinstance(v, PlanVersionPublished) else 1,
+                "effective_from": (
+                    v.effective_from.isoformat() if isinstance(v, PlanVersionPublished) else None
+                ),
+            }
+            for v in versions
+        ],
+    }
+
+
 def accounts_router(
-    store: EventStore, clock: Clock, keyring: Keyring, queries: AccountsQueries
+    store: EventStore,
+    clock: Clock,
+    keyring: Keyring,
+    queries: AccountsQueries,
+    *,
+    timezone: ZoneInfo | None = None,
 ) -> APIRouter:
+    """`timezone` is the ISP's: it says which day "today" is for effective dates."""
     router = APIRouter(prefix="/api/v1", tags=["accounts"])
     actor = "api"
+    tz = timezone or ZoneInfo("UTC")
+
+    def today() -> Any:
+        return lifecycle.today_in(clock, tz)
 
     @router.post("/plans", status_code=status.HTTP_201_CREATED)
     async def define_plan(cmd: DefinePlan) -> PlanDefined:
@@ -106,6 +177,82 @@ def accounts_router(
         """Subscriptions in the order started, all or one customer's."""
         found = await queries.subscriptions(customer_id=customer_id, limit=100_000)
         return [SubscriptionStarted.model_validate(s) for s in found]
+
+    @router.get("/customers/{customer_id}")
+    async def get_customer(customer_id: str) -> dict[str, Any]:
+        """A customer's current details and `version` (send it back as `expected_version`)."""
+        return customer_view(*await lifecycle.load_customer(store, customer_id))
+
+    @router.patch("/customers/{customer_id}")
+    async def change_customer(customer_id: str, cmd: ChangeCustomer) -> dict[str, Any]:
+        """Change some of a customer's details; the ones not given stay. 409 when the customer
+        changed since `expected_version`."""
+        return customer_view(
+            *await lifecycle.change_customer(store, clock, customer_id, cmd, actor)
+        )
+
+    @router.get("/subscriptions/{subscription_id}")
+    async def get_subscription(subscription_id: str) -> dict[str, Any]:
+        """Status and plan today, `version`, and the history with effective dates."""
+        sub = await lifecycle.load_subscription(store, subscription_id)
+        return subscription_view(sub, today())
+
+    @router.post("/subscriptions/{subscription_id}/plan-change")
+    async def change_plan(subscription_id: str, cmd: ChangePlan) -> dict[str, Any]:
+        """Upgrade or downgrade: "now" (today), "next_cycle" (the first of next month) or a
+        date. Days before it are charged on the old plan, from it on the new one."""
+        sub = await lifecycle.change_plan(store, clock, tz, subscription_id, cmd, actor)
+        return subscription_view(sub, today())
+
+    @router.post("/subscriptions/{subscription_id}/suspend")
+    async def suspend(subscription_id: str, cmd: SuspendSubscription) -> dict[str, Any]:
+        """Suspend by staff from `effective_on` (default today); suspended days are not
+        charged."""
+        sub = await lifecycle.suspend_subscription(store, clock, tz, subscription_id, cmd, actor)
+        return subscription_view(sub, today())
+
+    @router.post("/subscriptions/{subscription_id}/resume")
+    async def resume(subscription_id: str, cmd: ResumeSubscription) -> dict[str, Any]:
+        """Resume a suspended subscription from `effective_on` (default today), charged."""
+        sub = await lifecycle.resume_subscription(store, clock, tz, subscription_id, cmd, actor)
+        return subscription_view(sub, today())
+
+    @router.post("/subscriptions/{subscription_id}/hold")
+    async def hold(subscription_id: str, cmd: PlaceHold) -> dict[str, Any]:
+        """A vacation hold from `from` to `until` (both inclusive, not charged)."""
+        sub = await lifecycle.place_hold(store, clock, tz, subscription_id, cmd, actor)
+        return subscription_view(sub, today())
+
+    @router.post("/subscriptions/{subscription_id}/terminate")
+    async def terminate(subscription_id: str, cmd: TerminateSubscription) -> dict[str, Any]:
+        """End the subscription: `effective_on` is its last day of service, charged."""
+        sub = await lifecycle.terminate_subscription(store, clock, tz, subscription_id, cmd, actor)
+        return subscription_view(sub, today())
+
+    @router.post("/subscriptions/{subscription_id}/username")
+    async def change_username(subscription_id: str, cmd: ChangeUsername) -> dict[str, Any]:
+        """Usage arrives under a new RADIUS username from today; the old one is released."""
+        sub = await lifecycle.change_username(store, clock, tz, subscription_id, cmd, actor)
+        return subscription_view(sub, today())
+
+    @router.get("/plans/{plan_id}")
+    async def get_plan(plan_id: str) -> dict[str, Any]:
+        """A plan and every version of it, each with the date it is in force from."""
+        return plan_view(await lifecycle.plan_versions(store, plan_id))
+
+    @router.post("/plans/{plan_id}/versions", status_code=status.HTTP_201_CREATED)
+    async def publish_plan_version(plan_id: str, cmd: PublishPlanVersion) -> dict[str, Any]:
+        """The plan's next version, in force from `effective_from`."""
+        await lifecycle.publish_plan_version(store, clock, tz, plan_id, cmd, actor)
+        return plan_view(await lifecycle.plan_versions(store, plan_id))
+
+    @router.post("/topups", status_code=status.HTTP_201_CREATED)
+    async def define_topup(cmd: DefineTopUpProduct) -> TopUpProductDefined:
+        return await lifecycle.define_topup_product(store, clock, cmd, actor)
+
+    @router.get("/topups")
+    async def list_topups() -> list[TopUpProductDefined]:
+        return await all_events_of(store, TopUpProductDefined)
 
     async def nas_views() -> dict[str, dict[str, Any]]:
         """Every NAS in service with its current details, in the order registered."""

@@ -13,9 +13,25 @@ from opentelemetry import trace
 
 from invoicing.application.settings import BillingSettings
 from invoicing.domain.errors import InvoicingError
-from invoicing.domain.generator import InvoiceDraft, UsageTotals, draft_invoice
+from invoicing.domain.generator import InvoiceDraft, UsageTotals, draft_subscription_invoice
+from invoicing.domain.service_days import (
+    ServiceHistory,
+    UnknownPlan,
+    charged_segments,
+    last_plan_in,
+)
 from ispbill_core.clock import Clock
-from ispbill_core.contracts.accounts import CustomerRegistered, PlanDefined, SubscriptionStarted
+from ispbill_core.contracts.accounts import (
+    CustomerDetailsChanged,
+    CustomerRegistered,
+    PlanDefined,
+    PlanTerms,
+    PlanVersionPublished,
+    SubscriptionStarted,
+    customer_stream,
+    plan_stream,
+    subscription_stream,
+)
 from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoiceNumberAssigned,
@@ -54,6 +70,18 @@ class _Catalogue:
     plans: dict[str, PlanDefined]
     taxes: dict[str, TaxRateSet]
     subscriptions: dict[str, list[SubscriptionStarted]]
+    #: every version of each plan, read from the plan's stream when a subscription needs it
+    plan_versions: dict[str, list[PlanTerms]] = field(default_factory=dict)
+
+    async def versions_of(self, store: EventStore, plan_id: str) -> list[PlanTerms]:
+        if plan_id not in self.plan_versions:
+            versions: list[PlanTerms] = []
+            for recorded in await store.read_stream(plan_stream(plan_id)):
+                event = recorded.decode()
+                assert isinstance(event, PlanDefined | PlanVersionPublished)
+                versions.append(event)
+            self.plan_versions[plan_id] = versions
+        return self.plan_versions[plan_id]
 
 
 async def _catalogue(store: EventStore) -> _Catalogue:
@@ -174,6 +202,22 @@ async def _usage(store: EventStore, customer_id: str, period: str) -> dict[str, 
     }
 
 
+async def _current_details(
+    store: EventStore, customer_id: str
+) -> CustomerRegistered | CustomerDetailsChanged:
+    """The customer's details as the latest registration or change in its stream says."""
+    history = await store.read_stream(customer_stream(customer_id))
+    latest = history[-1].decode()
+    assert isinstance(latest, CustomerRegistered | CustomerDetailsChanged)
+    return latest
+
+
+async def _service_history(store: EventStore, started: SubscriptionStarted) -> ServiceHistory:
+    """The subscription's lifecycle from its own stream (an indexed read)."""
+    recorded = await store.read_stream(subscription_stream(started.subscription_id))
+    return ServiceHistory.of(started, [r.decode() for r in recorded[1:]])
+
+
 async def close_billing_period(
     store: EventStore, clock: Clock, settings: BillingSettings, period_text: str
 ) -> BillRunReport:
@@ -223,9 +267,10 @@ async def _close_for_customer(
         issued = existing[0].decode()
         assert isinstance(issued, InvoiceIssued)
         return issued.number, False
-    customer = catalogue.customers.get(customer_id)
-    if customer is None:
+    if customer_id not in catalogue.customers:
         raise InvoicingError(f"customer {customer_id} has subscriptions but no registration")
+    customer = await _current_details(store, customer_id)
+    # Not billed before it starts: a subscription starting after the period has no day in it.
     active = [s for s in subs if s.started_on < period.next.first_day]
     if not active:
         return None
@@ -233,22 +278,32 @@ async def _close_for_customer(
     tax = catalogue.taxes.get(customer.tax_region)
     drafts = []
     for sub in active:
-        plan = catalogue.plans.get(sub.plan_id)
-        if plan is None:
+        history = await _service_history(store, sub)
+        plans: dict[str, list[PlanTerms]] = {}
+        for plan_id in {history.plan_id, *(p for _, p in history.plan_changes)}:
+            versions = await catalogue.versions_of(store, plan_id)
+            if versions:
+                plans[plan_id] = versions
+        try:
+            segments = charged_segments(history, plans, period)
+            usage_plan = last_plan_in(history, plans, period)
+        except UnknownPlan:
             raise InvoicingError(
                 f"subscription {sub.subscription_id} names unknown plan {sub.plan_id}"
-            )
-        drafts.append(
-            draft_invoice(
-                plan=plan,
-                subscription_started_on=sub.started_on,
-                period=period,
-                usage=usage.get(sub.subscription_id, UsageTotals(0, 0)),
-                tax=tax,
-                tax_rounding=settings.tax_rounding,
-                rounding=settings.rounding,
-            )
+            ) from None
+        sub_draft = draft_subscription_invoice(
+            segments=segments,
+            usage_plan=usage_plan,
+            period=period,
+            usage=usage.get(sub.subscription_id, UsageTotals(0, 0)),
+            tax=tax,
+            tax_rounding=settings.tax_rounding,
+            rounding=settings.rounding,
         )
+        if sub_draft is not None:
+            drafts.append(sub_draft)
+    if not drafts:
+        return None  # every day of the period suspended, on hold or after termination
     draft = _merge(drafts)
     now = clock.now()
     invoice_id = invoice_id_for(customer_id, str(period))

@@ -14,7 +14,8 @@ from invoicing.domain.errors import (
     InvalidUsage,
     NotBillableInPeriod,
 )
-from ispbill_core.contracts.accounts import PlanDefined
+from invoicing.domain.service_days import ChargedSegment
+from ispbill_core.contracts.accounts import GIBIBYTE, PlanTerms
 from ispbill_core.contracts.invoicing import InvoiceLine, LineKind, TaxLine, TaxRateSet
 from ispbill_core.money import Money, Rounding
 from ispbill_core.periods import BillingPeriod
@@ -25,6 +26,7 @@ __all__ = [
     "UsageTotals",
     "days_active",
     "draft_invoice",
+    "draft_subscription_invoice",
     "format_bytes",
     "tax_on",
 ]
@@ -71,7 +73,7 @@ class InvoiceDraft:
 
 def draft_invoice(
     *,
-    plan: PlanDefined,
+    plan: PlanTerms,
     subscription_started_on: date,
     period: BillingPeriod,
     usage: UsageTotals,
@@ -104,6 +106,79 @@ def draft_invoice(
         overage = _usage_line(plan, usage, rounding)
         if overage is not None:
             lines.append(overage)
+        subtotal = _sum((line.amount for line in lines), currency)
+        taxes: tuple[TaxLine, ...] = ()
+        if tax is not None:
+            taxes = (tax_on([line.amount for line in lines], tax, tax_rounding, rounding),)
+        tax_total = _sum((t.amount for t in taxes), currency)
+        total = subtotal + tax_total
+    return InvoiceDraft(
+        currency=currency,
+        lines=tuple(lines),
+        subtotal=subtotal,
+        taxes=taxes,
+        tax_total=tax_total,
+        total=total,
+    )
+
+
+def draft_subscription_invoice(
+    *,
+    segments: Sequence[ChargedSegment],
+    usage_plan: PlanTerms | None,
+    period: BillingPeriod,
+    usage: UsageTotals,
+    tax: TaxRateSet | None,
+    tax_rounding: TaxRounding = TaxRounding.PER_INVOICE,
+    rounding: Rounding = Rounding.HALF_UP,
+) -> InvoiceDraft | None:
+    """Draft one period's invoice for one subscription from its charged segments (see
+    invoicing.domain.service_days): one recurring line per segment, each its plan version's
+    fee times its days over the period's days; usage beyond the included data priced with
+    `usage_plan`, the version in force on the period's last day of service. None when there
+    is nothing to charge (no charged day, no usage beyond the included data)."""
+    plans = [segment.plan for segment in segments]
+    if usage_plan is not None:
+        plans.append(usage_plan)
+    if not plans:
+        return None
+    currency = plans[0].monthly_fee.currency
+    for plan in plans:
+        for price in (plan.monthly_fee, plan.overage_price):
+            if price.currency != currency:
+                raise CurrencyMismatchInPlan(
+                    f"plan {plan.plan_id}: {price.currency} where the subscription bills in"
+                    f" {currency}"
+                )
+    if usage.input_octets < 0 or usage.output_octets < 0:
+        raise InvalidUsage(
+            f"negative usage: input {usage.input_octets}, output {usage.output_octets}"
+        )
+    charged = sum(segment.days for segment in segments)
+    if charged > period.days:
+        raise InvalidSubscriptionDates(f"{charged} days charged in a {period.days}-day period")
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        lines: list[InvoiceLine] = []
+        for index, segment in enumerate(segments):
+            last = index == len(segments) - 1
+            span = "" if len(segments) == 1 else f" ({segment.first} to {segment.last})"
+            lines.append(
+                _recurring_line(
+                    segment.plan,
+                    period,
+                    segment.days,
+                    usage if last else UsageTotals(0, 0),
+                    rounding,
+                    span=span,
+                    show_included=last,
+                )
+            )
+        overage = None if usage_plan is None else _usage_line(usage_plan, usage, rounding)
+        if overage is not None:
+            lines.append(overage)
+        if not lines:
+            return None
         subtotal = _sum((line.amount for line in lines), currency)
         taxes: tuple[TaxLine, ...] = ()
         if tax is not None:
@@ -172,15 +247,18 @@ def format_bytes(octets: int) -> str:
 
 
 def _recurring_line(
-    plan: PlanDefined,
+    plan: PlanTerms,
     period: BillingPeriod,
     active: int,
     usage: UsageTotals,
     rounding: Rounding,
+    *,
+    span: str = "",
+    show_included: bool = True,
 ) -> InvoiceLine:
     fee = plan.monthly_fee
-    description = f"Plan {plan.name} — {period}"
-    if plan.included_bytes > 0:
+    description = f"Plan {plan.name} — {period}{span}"
+    if plan.included_bytes > 0 and show_included:
         used = min(usage.total_octets, plan.included_bytes)
         description += (
             f" ({format_bytes(used)} of {format_bytes(plan.included_bytes)} included used)"
@@ -204,28 +282,41 @@ def _recurring_line(
     )
 
 
-def _usage_line(plan: PlanDefined, usage: UsageTotals, rounding: Rounding) -> InvoiceLine | None:
+def _usage_line(plan: PlanTerms, usage: UsageTotals, rounding: Rounding) -> InvoiceLine | None:
     over = usage.total_octets - plan.included_bytes
     if over <= 0:
         return None
     unit_bytes = plan.overage_unit_bytes
-    units = -(-over // unit_bytes)  # every started unit is billed
+    # Every started increment is billed: a whole unit by default, else a fraction of one
+    # (1 / overage_increment of them per unit, a whole number by the catalog's rule).
+    steps_per_unit = int(Decimal(1) / plan.overage_increment)
+    steps = -(-(over * steps_per_unit) // unit_bytes)
+    units = Decimal(steps) / Decimal(steps_per_unit)
     price = plan.overage_price
-    unit_name = format_bytes(unit_bytes).removeprefix("1 ")
+    unit_name = _unit_name(unit_bytes)
     # Exact bytes too: "2 GB" rounded for display must not look like 3 units over-billed.
     exact = f" ({over:,} bytes)" if over >= 1000 else ""
+    started = f"1 {unit_name}"
+    if steps_per_unit != 1:
+        started = f"{plan.overage_increment} {unit_name}"
     return InvoiceLine(
         kind=LineKind.USAGE,
         description=(
             f"Data beyond {format_bytes(plan.included_bytes)} included: "
-            f"{format_bytes(over)}{exact}, billed per started {format_bytes(unit_bytes)}"
+            f"{format_bytes(over)}{exact}, billed per started {started}"
         ),
-        quantity=Decimal(units),
+        quantity=units,
         unit=unit_name,
         unit_price=price,
         amount=Money.rounded(price.amount * units, price.currency, rounding),
         source_trace_ids=usage.trace_ids,
     )
+
+
+def _unit_name(unit_bytes: int) -> str:
+    if unit_bytes == GIBIBYTE:
+        return "GiB"
+    return format_bytes(unit_bytes).removeprefix("1 ")
 
 
 def _sum(amounts: Iterable[Money], currency: str) -> Money:

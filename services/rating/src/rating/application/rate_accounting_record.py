@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from opentelemetry import trace
 
 from ispbill_core.contracts.accounts import (
     RadiusUsernameAssigned,
+    RadiusUsernameChanged,
+    RadiusUsernameReleased,
     SubscriptionStarted,
     radius_user_stream,
     subscription_stream,
@@ -95,37 +97,83 @@ async def rate_accounting_record(
 async def _subscriber_of(
     store: EventStore, username: str | None, settings: RatingSettings, at: datetime
 ) -> SubscriptionStarted | None:
-    """The subscription this username's usage at `at` is rated to: the one that claimed the
-    username, once it is recorded, from its start date on (in the billing time zone). Before
-    that (no claim, a claim whose subscription is not written yet, or usage from before the
-    start date) the usage is kept unmatched; the reactor on SubscriptionStarted rates what the
-    same rule then allows, so both paths agree on every record."""
+    """The subscription this username's usage at `at` is rated to: the one that held the
+    username on that day (in the billing time zone), from its start date or the day it took
+    the username, until the day it released it (a username change: both usernames rate to the
+    subscription on the day of the change). Before that (no claim, a claim whose subscription
+    is not written yet, or usage from before the start date) the usage is kept unmatched; the
+    reactor on SubscriptionStarted rates what the same rule then allows, so both paths agree
+    on every record."""
     if not username:
         return None
-    started = await subscription_with_username(store, username)
-    if started is None or not _rated_from(started, settings, at):
+    day = at.astimezone(settings.timezone).date()
+    for holding in reversed(await username_holdings(store, username)):
+        if holding.held_from <= day and (holding.held_until is None or day <= holding.held_until):
+            return holding.started
+    return None
+
+
+@dataclass(frozen=True)
+class UsernameHolding:
+    """A subscription's use of a RADIUS username, both ends inclusive (None: still held)."""
+
+    started: SubscriptionStarted
+    held_from: date
+    held_until: date | None = None
+
+
+async def username_holdings(store: EventStore, username: str) -> list[UsernameHolding]:
+    """Every subscription that held `username`, in order: its claims and releases (accounts
+    writes a claim before the subscription event that names the username). A claim whose
+    subscription is not written yet, or does not name this username (left by a command that
+    failed halfway), gives the username to no one."""
+    holdings: list[UsernameHolding] = []
+    claims_by: dict[str, int] = {}
+    for recorded in await store.read_stream(radius_user_stream(username)):
+        event = recorded.decode()
+        if isinstance(event, RadiusUsernameReleased):
+            last = holdings[-1] if holdings else None
+            if last and last.started.subscription_id == event.subscription_id:
+                holdings[-1] = replace(last, held_until=event.released_on)
+            continue
+        assert isinstance(event, RadiusUsernameAssigned)
+        nth = claims_by.get(event.subscription_id, 0)
+        claims_by[event.subscription_id] = nth + 1
+        holding = await _holding(store, event.subscription_id, username, nth)
+        if holding is not None:
+            holdings.append(holding)
+    return holdings
+
+
+async def _holding(
+    store: EventStore, subscription_id: str, username: str, nth: int
+) -> UsernameHolding | None:
+    """The subscription's `nth` taking of `username`: at its start, or by a username change."""
+    stream = subscription_stream(subscription_id)
+    recorded = await store.read_stream(stream, limit=1)
+    if not recorded:
         return None
-    return started
+    started = recorded[0].decode()
+    assert isinstance(started, SubscriptionStarted)
+    days = [started.started_on] if started.radius_username == username else []
+    if nth >= len(days):  # the common case, a username held since the start, reads no more
+        for later in await store.read_stream(stream, from_position=1):
+            change = later.decode()
+            if isinstance(change, RadiusUsernameChanged) and change.new_username == username:
+                days.append(change.effective_on)
+    if not days:
+        return None
+    return UsernameHolding(started, days[min(nth, len(days) - 1)])
 
 
 async def subscription_with_username(
     store: EventStore, username: str
 ) -> SubscriptionStarted | None:
-    """The subscription that claimed `username`, once both its claim and the subscription
-    itself are recorded (accounts writes the claim first)."""
-    claims = await store.read_stream(radius_user_stream(username), limit=1)
-    if not claims:
-        return None
-    claim = claims[0].decode()
-    assert isinstance(claim, RadiusUsernameAssigned)
-    recorded = await store.read_stream(subscription_stream(claim.subscription_id), limit=1)
-    if not recorded:
-        return None
-    started = recorded[0].decode()
-    assert isinstance(started, SubscriptionStarted)
-    # A claim left by a start that failed halfway, its subscription id then used for another
-    # username, does not give this username's usage to that subscription.
-    return started if started.radius_username == username else None
+    """The subscription that holds `username` now (claimed, recorded, not released)."""
+    holdings = await username_holdings(store, username)
+    if holdings and holdings[-1].held_until is None:
+        return holdings[-1].started
+    return None
 
 
 def _rated_from(started: SubscriptionStarted, settings: RatingSettings, at: datetime) -> bool:
@@ -466,5 +514,36 @@ async def rate_unmatched_usage(
             started.radius_username,
             started.subscription_id,
             len(rated),
+        )
+    return rated
+
+
+async def rate_unmatched_usage_of_new_username(
+    store: EventStore, settings: RatingSettings, change: RadiusUsernameChanged
+) -> list[UsageRated]:
+    """A subscription took a username that already had usage (the router was reconfigured
+    before the clerk recorded the change): rate what the live path would now rate to it, from
+    the change's day on; earlier usage stays unmatched. Idempotent, as rate_unmatched_usage."""
+    rated: list[UsageRated] = []
+    for recorded in await store.read_stream(unmatched_usage_stream(change.new_username)):
+        unmatched = recorded.decode()
+        assert isinstance(unmatched, UsageUnmatched)
+        holder = await _subscriber_of(store, change.new_username, settings, unmatched.occurred_at)
+        if holder is None or holder.subscription_id != change.subscription_id:
+            continue
+        rated.append(
+            await _append_usage(
+                store,
+                settings,
+                customer_id=holder.customer_id,
+                subscription_id=holder.subscription_id,
+                session_key=unmatched.session_key,
+                record_id=unmatched.record_id,
+                input_octets=unmatched.input_octets,
+                output_octets=unmatched.output_octets,
+                occurred_at=unmatched.occurred_at,
+                causation_id=recorded.id,
+                traceparent=recorded.metadata.traceparent,
+            )
         )
     return rated
