@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ispbill_app.bootstrap import Services, open_ledger
+from ispbill_app.bootstrap import Services, open_ledger, projections_running
 from ispbill_app.settings import Settings
 from ispbill_core.clock import FixedClock
 from ispbill_core.sealing import KEY_ENV, KEY_FILE_ENV
@@ -46,6 +46,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     services = Services(settings, None, clock=FixedClock(datetime(2026, 3, 10, 6, tzinfo=UTC)))
     services.require_keyring()
     services.store = await open_ledger(settings)
+    reads = projections_running(services)
+    await reads.__aenter__()
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=services.http_app()), base_url="http://api"
     )
@@ -91,6 +93,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     )
     yield api
     await client.aclose()
+    await reads.__aexit__(None, None, None)
     await services.store.close()
 
 

@@ -27,7 +27,12 @@ from accounts.domain.errors import (
 from accounts.entrypoints.http import accounts_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
-from invoicing.application.read_models import InvoicesProjection, ProjectedInvoiceQueries
+from invoicing.application.read_models import (
+    BillingCatalogueProjection,
+    InvoicesProjection,
+    ProjectedCatalogue,
+    ProjectedInvoiceQueries,
+)
 from invoicing.application.settings import BillingSettings
 from invoicing.domain.errors import InvoicingError
 from invoicing.domain.generator import TaxRounding
@@ -127,6 +132,7 @@ def all_projections(settings: Settings) -> list[Projection]:
     return [
         *accounts_projections(),
         InvoicesProjection(),
+        BillingCatalogueProjection(),
         PaymentsProjection(),
         UnmatchedUsageProjection(settings.timezone),
         AuditTrailProjection(),
@@ -246,7 +252,11 @@ class Services:
                 ),
                 rating_router(self.store, self.settings.timezone, self.reads),
                 invoicing_router(
-                    self.store, self.clock, billing_settings(self.settings), self.invoice_queries
+                    self.store,
+                    self.clock,
+                    billing_settings(self.settings),
+                    self.invoice_queries,
+                    ProjectedCatalogue(self.reads),
                 ),
                 payments_router(
                     self.store, self.clock, self.invoice_queries, PaymentQueries(self.reads)
@@ -397,6 +407,22 @@ class Services:
             {InvoiceIssued.event_type},
             lambda e: email_invoice(self.store, self.clock, documents, mailer, sender, e),
         )
+
+
+@contextlib.asynccontextmanager
+async def projections_running(services: Services) -> AsyncIterator[Projector]:
+    """The read models opened and this process's projections kept up to date meanwhile (what
+    `ispbill run` and `ispbill serve api` do around the API; tests use it the same way)."""
+    await services.open_read_models(run_projections=True)
+    assert services.projector is not None
+    task = asyncio.create_task(services.projector.run(), name="projections")
+    try:
+        yield services.projector
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await services.require_read_models().close()
 
 
 class _Uvicorn(uvicorn.Server):

@@ -10,15 +10,25 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
+from accounts.domain.subscription import Subscription
 from ispbill_core.contracts.accounts import (
+    CustomerDetailsChanged,
     CustomerRegistered,
     NasRegistered,
     NasRegisteredV1,
     NasRemoved,
     PlanDefined,
+    RadiusUsernameChanged,
+    SubscriptionHoldPlaced,
+    SubscriptionPlanChanged,
+    SubscriptionResumed,
     SubscriptionStarted,
+    SubscriptionSuspended,
+    SubscriptionTerminated,
+    TopUpProductDefined,
 )
 from ispbill_core.events import RecordedEvent
 from ispbill_core.projections import Projection, ReadModelDatabase, Statement
@@ -30,38 +40,49 @@ def search_text(*parts: str) -> str:
 
 
 class CustomersProjection(Projection):
+    """A customer's current details (registration, then every change)."""
+
     name = "accounts.customers"
-    version = 1
+    version = 2
     tables = ("rm_customers",)
     ddl = (
         "CREATE TABLE IF NOT EXISTS rm_customers (customer_id TEXT PRIMARY KEY,"
         " name TEXT NOT NULL, email TEXT NOT NULL, tax_region TEXT NOT NULL,"
+        " account_type TEXT NOT NULL, tags TEXT NOT NULL,"
         " search TEXT NOT NULL, registered_at TEXT NOT NULL, version BIGINT NOT NULL,"
         " data TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS rm_customers_by_name ON rm_customers (name, customer_id)",
         "CREATE INDEX IF NOT EXISTS rm_customers_by_region ON rm_customers (tax_region)",
+        "CREATE INDEX IF NOT EXISTS rm_customers_by_type ON rm_customers (account_type)",
     )
-    types = frozenset({CustomerRegistered.event_type})
+    types = frozenset({CustomerRegistered.event_type, CustomerDetailsChanged.event_type})
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
         customer = event.decode()
-        assert isinstance(customer, CustomerRegistered)
+        assert isinstance(customer, CustomerRegistered | CustomerDetailsChanged)
         return [
             (
-                "INSERT INTO rm_customers (customer_id, name, email, tax_region, search,"
-                " registered_at, version, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO rm_customers (customer_id, name, email, tax_region, account_type,"
+                " tags, search, registered_at, version, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name,"
                 " email = excluded.email, tax_region = excluded.tax_region,"
+                " account_type = excluded.account_type, tags = excluded.tags,"
                 " search = excluded.search, version = excluded.version, data = excluded.data",
                 (
                     customer.customer_id,
                     customer.name,
                     str(customer.email),
                     customer.tax_region,
-                    search_text(customer.customer_id, customer.name, str(customer.email)),
+                    customer.account_type,
+                    # each tag between bars, so that one tag is found by LIKE '%|tag|%'
+                    "".join(f"|{t}|" for t in customer.tags),
+                    search_text(
+                        customer.customer_id, customer.name, str(customer.email), customer.phone
+                    ),
                     event.metadata.occurred_at.isoformat(),
                     event.stream_position,
-                    customer.model_dump_json(),
+                    CustomerRegistered(**customer.model_dump()).model_dump_json(),
                 ),
             )
         ]
@@ -78,6 +99,8 @@ class PlansProjection(Projection):
     types = frozenset({PlanDefined.event_type})
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        """The plan as first defined (the list shows plans by their definition; the versions
+        published since are on GET /api/v1/plans/{id}, read from the plan's stream)."""
         plan = event.decode()
         assert isinstance(plan, PlanDefined)
         return [
@@ -96,41 +119,118 @@ class PlansProjection(Projection):
         ]
 
 
+SUBSCRIPTION_CHANGES = (
+    SubscriptionPlanChanged,
+    SubscriptionSuspended,
+    SubscriptionResumed,
+    SubscriptionHoldPlaced,
+    SubscriptionTerminated,
+    RadiusUsernameChanged,
+)
+
+
 class SubscriptionsProjection(Projection):
+    """A row per subscription with its latest plan and username, and every change in
+    `rm_subscription_events`: a status is as of a day (changes take effect on their dates), so
+    the query folds a subscription's changes with the domain's own rules for the day asked."""
+
     name = "accounts.subscriptions"
-    version = 1
-    tables = ("rm_subscriptions",)
+    version = 2
+    tables = ("rm_subscriptions", "rm_subscription_events")
     ddl = (
         "CREATE TABLE IF NOT EXISTS rm_subscriptions (subscription_id TEXT PRIMARY KEY,"
         " customer_id TEXT NOT NULL, plan_id TEXT NOT NULL, radius_username TEXT NOT NULL,"
-        " started_on TEXT NOT NULL, status TEXT NOT NULL, started_at BIGINT NOT NULL,"
+        " started_on TEXT NOT NULL, terminated_on TEXT, started_at BIGINT NOT NULL,"
         " version BIGINT NOT NULL, data TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS rm_subscriptions_by_customer"
         " ON rm_subscriptions (customer_id, started_at)",
         "CREATE INDEX IF NOT EXISTS rm_subscriptions_by_username"
         " ON rm_subscriptions (radius_username)",
+        "CREATE TABLE IF NOT EXISTS rm_subscription_events (subscription_id TEXT NOT NULL,"
+        " position BIGINT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL,"
+        " PRIMARY KEY (subscription_id, position))",
     )
-    types = frozenset({SubscriptionStarted.event_type})
+    types = frozenset(
+        {SubscriptionStarted.event_type, *(c.event_type for c in SUBSCRIPTION_CHANGES)}
+    )
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
-        sub = event.decode()
-        assert isinstance(sub, SubscriptionStarted)
+        decoded = event.decode()
+        log_it: Statement = (
+            "INSERT INTO rm_subscription_events (subscription_id, position, type, data)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (subscription_id, position) DO NOTHING",
+            (
+                decoded.subscription_id,  # type: ignore[attr-defined]
+                event.stream_position,
+                event.type,
+                decoded.model_dump_json(),
+            ),
+        )
+        if isinstance(decoded, SubscriptionStarted):
+            return [
+                (
+                    "INSERT INTO rm_subscriptions (subscription_id, customer_id, plan_id,"
+                    " radius_username, started_on, terminated_on, started_at, version, data)"
+                    " VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+                    " ON CONFLICT (subscription_id) DO NOTHING",
+                    (
+                        decoded.subscription_id,
+                        decoded.customer_id,
+                        decoded.plan_id,
+                        decoded.radius_username,
+                        decoded.started_on.isoformat(),
+                        event.global_position,
+                        event.stream_position,
+                        decoded.model_dump_json(),
+                    ),
+                ),
+                log_it,
+            ]
+        assert isinstance(decoded, SUBSCRIPTION_CHANGES)
+        sid = decoded.subscription_id
+        if isinstance(decoded, SubscriptionPlanChanged):
+            change: Statement = (
+                "UPDATE rm_subscriptions SET plan_id = ?, version = ? WHERE subscription_id = ?",
+                (decoded.plan_id, event.stream_position, sid),
+            )
+        elif isinstance(decoded, RadiusUsernameChanged):
+            change = (
+                "UPDATE rm_subscriptions SET radius_username = ?, version = ?"
+                " WHERE subscription_id = ?",
+                (decoded.new_username, event.stream_position, sid),
+            )
+        elif isinstance(decoded, SubscriptionTerminated):
+            change = (
+                "UPDATE rm_subscriptions SET terminated_on = ?, version = ?"
+                " WHERE subscription_id = ?",
+                (decoded.effective_on.isoformat(), event.stream_position, sid),
+            )
+        else:
+            change = (
+                "UPDATE rm_subscriptions SET version = ? WHERE subscription_id = ?",
+                (event.stream_position, sid),
+            )
+        return [change, log_it]
+
+
+class TopUpProductsProjection(Projection):
+    name = "accounts.topups"
+    version = 1
+    tables = ("rm_topups",)
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS rm_topups (product_id TEXT PRIMARY KEY,"
+        " defined_at BIGINT NOT NULL, data TEXT NOT NULL)",
+    )
+    types = frozenset({TopUpProductDefined.event_type})
+
+    def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        product = event.decode()
+        assert isinstance(product, TopUpProductDefined)
         return [
             (
-                "INSERT INTO rm_subscriptions (subscription_id, customer_id, plan_id,"
-                " radius_username, started_on, status, started_at, version, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscription_id) DO NOTHING",
-                (
-                    sub.subscription_id,
-                    sub.customer_id,
-                    sub.plan_id,
-                    sub.radius_username,
-                    sub.started_on.isoformat(),
-                    "active",
-                    event.global_position,
-                    event.stream_position,
-                    sub.model_dump_json(),
-                ),
+                "INSERT INTO rm_topups (product_id, defined_at, data) VALUES (?, ?, ?)"
+                " ON CONFLICT (product_id) DO UPDATE SET data = excluded.data",
+                (product.product_id, event.global_position, product.model_dump_json()),
             )
         ]
 
@@ -191,7 +291,13 @@ class NasProjection(Projection):
 
 
 def accounts_projections() -> list[Projection]:
-    return [CustomersProjection(), PlansProjection(), SubscriptionsProjection(), NasProjection()]
+    return [
+        CustomersProjection(),
+        PlansProjection(),
+        SubscriptionsProjection(),
+        TopUpProductsProjection(),
+        NasProjection(),
+    ]
 
 
 class AccountsQueries:
@@ -205,6 +311,8 @@ class AccountsQueries:
         *,
         search: str | None = None,
         region: str | None = None,
+        account_type: str | None = None,
+        tag: str | None = None,
         limit: int = 100,
         after: str | None = None,
     ) -> list[dict[str, Any]]:
@@ -217,6 +325,12 @@ class AccountsQueries:
         if region:
             where.append("tax_region = ?")
             params.append(region)
+        if account_type:
+            where.append("account_type = ?")
+            params.append(account_type)
+        if tag:
+            where.append("tags LIKE ? ESCAPE '\\'")
+            params.append(f"%|{like_literal(tag)}|%")
         if after:
             where.append("customer_id > ?")
             params.append(after)
@@ -228,24 +342,66 @@ class AccountsQueries:
         )
         return [{**json.loads(data), "version": int(version)} for data, version in rows]
 
+    async def customer_ids_with_subscriptions(self) -> dict[str, list[dict[str, Any]]]:
+        """Every subscription as started, by customer: the bill run's catalogue."""
+        rows = await self._db.fetch("SELECT data FROM rm_subscriptions ORDER BY started_at")
+        found: dict[str, list[dict[str, Any]]] = {}
+        for (data,) in rows:
+            started = json.loads(data)
+            found.setdefault(started["customer_id"], []).append(started)
+        return found
+
     async def plans(self) -> list[dict[str, Any]]:
         rows = await self._db.fetch("SELECT data FROM rm_plans ORDER BY defined_at")
         return [json.loads(r[0]) for r in rows]
 
     async def subscriptions(
-        self, *, customer_id: str | None = None, limit: int = 1000, after: int = 0
+        self, today: date, *, customer_id: str | None = None, limit: int = 1000, after: int = 0
     ) -> list[dict[str, Any]]:
+        """In the order started (`after`: the `cursor` of the last one of the page before),
+        each with its plan, username and status on `today`."""
         where = ["started_at > ?"]
         params: list[Any] = [after]
         if customer_id:
             where.append("customer_id = ?")
             params.append(customer_id)
         rows = await self._db.fetch(
-            f"SELECT data, status FROM rm_subscriptions WHERE {' AND '.join(where)}"  # noqa: S608
-            " ORDER BY started_at LIMIT ?",
+            "SELECT subscription_id, data, version, started_at FROM rm_subscriptions"  # noqa: S608
+            f" WHERE {' AND '.join(where)} ORDER BY started_at LIMIT ?",
             [*params, limit],
         )
-        return [json.loads(data) for data, _status in rows]
+        changed = [r[0] for r in rows if int(r[2]) > 0]
+        timelines: dict[str, list[tuple[int, Any]]] = {}
+        for start in range(0, len(changed), 500):
+            chunk = changed[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, position, type_, data in await self._db.fetch(
+                "SELECT subscription_id, position, type, data FROM rm_subscription_events"  # noqa: S608
+                f" WHERE subscription_id IN ({marks}) ORDER BY subscription_id, position",
+                chunk,
+            ):
+                event = _CHANGE_TYPES[type_].model_validate_json(data)
+                timelines.setdefault(sid, []).append((int(position), event))
+        out = []
+        for sid, data, _version, cursor in rows:
+            started = SubscriptionStarted.model_validate_json(data)
+            sub = Subscription.fold(timelines.get(sid) or [(0, started)])
+            out.append(
+                {
+                    **started.model_dump(mode="json"),
+                    "plan_id": sub.plan_on(today),
+                    "radius_username": sub.radius_username,
+                    "status": sub.status_on(today),
+                    "terminated_on": sub.terminated_on.isoformat() if sub.terminated_on else None,
+                    "version": sub.version,
+                    "cursor": int(cursor),
+                }
+            )
+        return out
+
+    async def topups(self) -> list[dict[str, Any]]:
+        rows = await self._db.fetch("SELECT data FROM rm_topups ORDER BY defined_at")
+        return [json.loads(r[0]) for r in rows]
 
     async def nases(self) -> list[tuple[dict[str, Any], int, int]]:
         """Every NAS in service: (its registration as recorded, the NAS stream's version, the
@@ -258,6 +414,11 @@ class AccountsQueries:
     async def plaintext_digests(self) -> frozenset[str]:
         rows = await self._db.fetch("SELECT digest FROM rm_nas_plaintext")
         return frozenset(r[0] for r in rows)
+
+
+_CHANGE_TYPES: dict[str, Any] = {
+    c.event_type: c for c in (SubscriptionStarted, *SUBSCRIPTION_CHANGES)
+}
 
 
 def like_literal(text: str) -> str:

@@ -153,6 +153,8 @@ def accounts_router(
             default=None, max_length=100, description="part of the id, name or e-mail"
         ),
         region: str | None = Query(default=None, max_length=64),
+        account_type: str | None = Query(default=None, pattern=r"^(home|business|corporate)$"),
+        tag: str | None = Query(default=None, max_length=40),
         limit: int = Query(default=1000, ge=1, le=10_000),
         after: str | None = Query(
             default=None, max_length=64, description="the last customer_id of the page before"
@@ -160,7 +162,9 @@ def accounts_router(
     ) -> list[CustomerRegistered]:
         """Customers ordered by id, a page at a time (`after` the last id of the page before);
         `q` finds a part of the id, name or e-mail, case-insensitively."""
-        found = await queries.customers(search=q, region=region, limit=limit, after=after)
+        found = await queries.customers(
+            search=q, region=region, account_type=account_type, tag=tag, limit=limit, after=after
+        )
         return [
             CustomerRegistered.model_validate({k: v for k, v in c.items() if k != "version"})
             for c in found
@@ -173,10 +177,16 @@ def accounts_router(
     @router.get("/subscriptions")
     async def list_subscriptions(
         customer_id: str | None = Query(default=None, max_length=64),
-    ) -> list[SubscriptionStarted]:
-        """Subscriptions in the order started, all or one customer's."""
-        found = await queries.subscriptions(customer_id=customer_id, limit=100_000)
-        return [SubscriptionStarted.model_validate(s) for s in found]
+        limit: int = Query(default=1000, ge=1, le=10_000),
+        after: int = Query(
+            default=0, ge=0, description="the `cursor` of the last one of the page before"
+        ),
+    ) -> list[dict[str, Any]]:
+        """Subscriptions in the order started, all or one customer's, each with its plan,
+        RADIUS username and status today (pending, active, suspended, on_hold, terminated)."""
+        return await queries.subscriptions(
+            today(), customer_id=customer_id, limit=limit, after=after
+        )
 
     @router.get("/customers/{customer_id}")
     async def get_customer(customer_id: str) -> dict[str, Any]:
@@ -252,7 +262,7 @@ def accounts_router(
 
     @router.get("/topups")
     async def list_topups() -> list[TopUpProductDefined]:
-        return await all_events_of(store, TopUpProductDefined)
+        return [TopUpProductDefined.model_validate(t) for t in await queries.topups()]
 
     async def nas_views() -> dict[str, dict[str, Any]]:
         """Every NAS in service with its current details, in the order registered."""

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -65,9 +66,8 @@ class BillRunReport:
 
 
 @dataclass
-class _Catalogue:
+class BillRunCatalogue:
     customers: dict[str, CustomerRegistered]
-    plans: dict[str, PlanDefined]
     taxes: dict[str, TaxRateSet]
     subscriptions: dict[str, list[SubscriptionStarted]]
     #: every version of each plan, read from the plan's stream when a subscription needs it
@@ -84,16 +84,18 @@ class _Catalogue:
         return self.plan_versions[plan_id]
 
 
-async def _catalogue(store: EventStore) -> _Catalogue:
+async def scanned_catalogue(store: EventStore) -> BillRunCatalogue:
+    """The catalogue read from the log itself: for tests and tools that run without read
+    models. The running system reads the billing catalogue projection instead
+    (invoicing.application.read_models.ProjectedCatalogue)."""
     subscriptions: dict[str, list[SubscriptionStarted]] = defaultdict(list)
     for sub in await all_events_of(store, SubscriptionStarted):
         subscriptions[sub.customer_id].append(sub)
     taxes: dict[str, TaxRateSet] = {}
     for rate in await all_events_of(store, TaxRateSet):
         taxes[rate.region] = rate  # the latest rate set for a region wins
-    return _Catalogue(
+    return BillRunCatalogue(
         customers={c.customer_id: c for c in await all_events_of(store, CustomerRegistered)},
-        plans={p.plan_id: p for p in await all_events_of(store, PlanDefined)},
         taxes=taxes,
         subscriptions=dict(subscriptions),
     )
@@ -219,7 +221,11 @@ async def _service_history(store: EventStore, started: SubscriptionStarted) -> S
 
 
 async def close_billing_period(
-    store: EventStore, clock: Clock, settings: BillingSettings, period_text: str
+    store: EventStore,
+    clock: Clock,
+    settings: BillingSettings,
+    period_text: str,
+    catalogue_source: Callable[[], Awaitable[BillRunCatalogue]] | None = None,
 ) -> BillRunReport:
     """Issue one invoice per customer with a subscription active in the period.
 
@@ -232,7 +238,7 @@ async def close_billing_period(
     with tracer.start_as_current_span(
         "invoicing.bill_run", attributes={"billing.period": str(period)}
     ):
-        catalogue = await _catalogue(store)
+        catalogue = await (catalogue_source or (lambda: scanned_catalogue(store)))()
         series = _Series(store, settings.series)
         await series.refresh()
         for customer_id, subs in sorted(catalogue.subscriptions.items()):
@@ -254,7 +260,7 @@ async def _close_for_customer(
     store: EventStore,
     clock: Clock,
     settings: BillingSettings,
-    catalogue: _Catalogue,
+    catalogue: BillRunCatalogue,
     series: _Series,
     period: BillingPeriod,
     customer_id: str,

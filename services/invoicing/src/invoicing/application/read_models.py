@@ -15,11 +15,14 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from invoicing.application.close_billing_period import BillRunCatalogue
 from invoicing.application.queries import PdfRenderer
+from ispbill_core.contracts.accounts import CustomerRegistered, SubscriptionStarted
 from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoicePaid,
     PaymentAllocated,
+    TaxRateSet,
 )
 from ispbill_core.events import RecordedEvent
 from ispbill_core.money import MINOR_UNITS
@@ -252,3 +255,90 @@ class ProjectedInvoiceQueries:
             return None
         invoice, status = found
         return self._render_pdf(invoice, status.upper())
+
+
+class BillingCatalogueProjection(Projection):
+    """What a bill run needs to know about every customer: their subscriptions (as started;
+    each one's changes are read from its own stream when billed), that they are registered,
+    and each region's tax rate. Folded by invoicing from the published events, so the bill
+    run reads its own tables, not another service's."""
+
+    name = "invoicing.catalogue"
+    version = 1
+    tables = ("rm_billing_customers", "rm_billing_subscriptions", "rm_billing_tax_rates")
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS rm_billing_customers (customer_id TEXT PRIMARY KEY,"
+        " data TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS rm_billing_subscriptions (subscription_id TEXT PRIMARY KEY,"
+        " customer_id TEXT NOT NULL, position BIGINT NOT NULL, data TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS rm_billing_tax_rates (region TEXT PRIMARY KEY,"
+        " data TEXT NOT NULL)",
+    )
+    types = frozenset(
+        {
+            CustomerRegistered.event_type,
+            SubscriptionStarted.event_type,
+            TaxRateSet.event_type,
+        }
+    )
+
+    def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        decoded = event.decode()
+        if isinstance(decoded, CustomerRegistered):
+            return [
+                (
+                    "INSERT INTO rm_billing_customers (customer_id, data) VALUES (?, ?)"
+                    " ON CONFLICT (customer_id) DO NOTHING",
+                    (decoded.customer_id, decoded.model_dump_json()),
+                )
+            ]
+        if isinstance(decoded, SubscriptionStarted):
+            return [
+                (
+                    "INSERT INTO rm_billing_subscriptions (subscription_id, customer_id,"
+                    " position, data) VALUES (?, ?, ?, ?) ON CONFLICT (subscription_id) DO NOTHING",
+                    (
+                        decoded.subscription_id,
+                        decoded.customer_id,
+                        event.global_position,
+                        decoded.model_dump_json(),
+                    ),
+                )
+            ]
+        assert isinstance(decoded, TaxRateSet)
+        # the latest rate set for a region wins, as the bill run has always read it
+        return [
+            (
+                "INSERT INTO rm_billing_tax_rates (region, data) VALUES (?, ?)"
+                " ON CONFLICT (region) DO UPDATE SET data = excluded.data",
+                (decoded.region, decoded.model_dump_json()),
+            )
+        ]
+
+
+class ProjectedCatalogue:
+    """The bill run's catalogue from the billing catalogue projection."""
+
+    def __init__(self, db: ReadModelDatabase) -> None:
+        self._db = db
+
+    async def __call__(self) -> BillRunCatalogue:
+        customers = {
+            cid: CustomerRegistered.model_validate_json(data)
+            for cid, data in await self._db.fetch(
+                "SELECT customer_id, data FROM rm_billing_customers"
+            )
+        }
+        subscriptions: dict[str, list[SubscriptionStarted]] = {}
+        for (data,) in await self._db.fetch(
+            "SELECT data FROM rm_billing_subscriptions ORDER BY position"
+        ):
+            started = SubscriptionStarted.model_validate_json(data)
+            subscriptions.setdefault(started.customer_id, []).append(started)
+        taxes = {
+            region: TaxRateSet.model_validate_json(data)
+            for region, data in await self._db.fetch(
+                "SELECT region, data FROM rm_billing_tax_rates"
+            )
+        }
+        return BillRunCatalogue(customers=customers, taxes=taxes, subscriptions=subscriptions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -9,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from invoicing.application.close_billing_period import close_billing_period
+from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
 from invoicing.application.read_models import InvoiceFilter, ProjectedInvoiceQueries
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
@@ -42,13 +43,19 @@ def invoice_view(invoice: InvoiceIssued, status_: str) -> dict[str, Any]:
 
 
 def invoicing_router(
-    store: EventStore, clock: Clock, settings: BillingSettings, queries: ProjectedInvoiceQueries
+    store: EventStore,
+    clock: Clock,
+    settings: BillingSettings,
+    queries: ProjectedInvoiceQueries,
+    catalogue: Callable[[], Awaitable[BillRunCatalogue]] | None = None,
 ) -> APIRouter:
+    """`catalogue`: where a bill run finds its customers (the billing catalogue projection;
+    without one, a scan of the log, for tests)."""
     router = APIRouter(prefix="/api/v1", tags=["invoicing"])
 
     @router.post("/bill-runs")
     async def bill_run(req: BillRunRequest) -> BillRunResponse:
-        report = await close_billing_period(store, clock, settings, req.period)
+        report = await close_billing_period(store, clock, settings, req.period, catalogue)
         return BillRunResponse(
             period=report.period,
             issued=report.issued,
