@@ -14,6 +14,17 @@ from accounts.domain.commands import (
     RegisterNas,
     StartSubscription,
 )
+from ispbill_core.access import (
+    CUSTOMERS_READ,
+    CUSTOMERS_WRITE,
+    NAS_READ,
+    NAS_WRITE,
+    PLANS_READ,
+    PLANS_WRITE,
+    SUBSCRIPTIONS_READ,
+    SUBSCRIPTIONS_WRITE,
+    Principal,
+)
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
@@ -26,6 +37,7 @@ from ispbill_core.contracts.accounts import (
 from ispbill_core.eventstore import EventStore
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
+from ispbill_core.web import requires
 
 #: How the ledger holds a NAS's secret (`secret_storage`); none of them is a secret.
 SEALED, PLAINTEXT, EXPOSED = "sealed", "plaintext", "exposed"
@@ -59,29 +71,32 @@ def nas_view(
 
 def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["accounts"])
-    actor = "api"
 
     @router.post("/plans", status_code=status.HTTP_201_CREATED)
-    async def define_plan(cmd: DefinePlan) -> PlanDefined:
-        return await use_cases.define_plan(store, clock, cmd, actor)
+    async def define_plan(cmd: DefinePlan, who: Principal = requires(PLANS_WRITE)) -> PlanDefined:
+        return await use_cases.define_plan(store, clock, cmd, who.actor)
 
-    @router.get("/plans")
+    @router.get("/plans", dependencies=[requires(PLANS_READ)])
     async def list_plans() -> list[PlanDefined]:
         return await all_events_of(store, PlanDefined)
 
     @router.post("/customers", status_code=status.HTTP_201_CREATED)
-    async def register_customer(cmd: RegisterCustomer) -> CustomerRegistered:
-        return await use_cases.register_customer(store, clock, cmd, actor)
+    async def register_customer(
+        cmd: RegisterCustomer, who: Principal = requires(CUSTOMERS_WRITE)
+    ) -> CustomerRegistered:
+        return await use_cases.register_customer(store, clock, cmd, who.actor)
 
-    @router.get("/customers")
+    @router.get("/customers", dependencies=[requires(CUSTOMERS_READ)])
     async def list_customers() -> list[CustomerRegistered]:
         return await all_events_of(store, CustomerRegistered)
 
     @router.post("/subscriptions", status_code=status.HTTP_201_CREATED)
-    async def start_subscription(cmd: StartSubscription) -> SubscriptionStarted:
-        return await use_cases.start_subscription(store, clock, cmd, actor)
+    async def start_subscription(
+        cmd: StartSubscription, who: Principal = requires(SUBSCRIPTIONS_WRITE)
+    ) -> SubscriptionStarted:
+        return await use_cases.start_subscription(store, clock, cmd, who.actor)
 
-    @router.get("/subscriptions")
+    @router.get("/subscriptions", dependencies=[requires(SUBSCRIPTIONS_READ)])
     async def list_subscriptions() -> list[SubscriptionStarted]:
         return await all_events_of(store, SubscriptionStarted)
 
@@ -101,27 +116,33 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
         return views.get(registered.nas_id) or nas_view(registered, keyring)
 
     @router.post("/nas", status_code=status.HTTP_201_CREATED)
-    async def register_nas(cmd: RegisterNas) -> dict[str, Any]:
+    async def register_nas(
+        cmd: RegisterNas, who: Principal = requires(NAS_WRITE)
+    ) -> dict[str, Any]:
         """Register a NAS. Its secret is sealed before it is recorded and is never shown."""
-        registered = await use_cases.register_nas(store, clock, cmd, actor, keyring=keyring)
+        registered = await use_cases.register_nas(store, clock, cmd, who.actor, keyring=keyring)
         return await view_of(registered)
 
     @router.put("/nas/{nas_id}")
-    async def change_nas(nas_id: str, cmd: ChangeNas) -> dict[str, Any]:
+    async def change_nas(
+        nas_id: str, cmd: ChangeNas, who: Principal = requires(NAS_WRITE)
+    ) -> dict[str, Any]:
         """New details for a registered NAS: address, secret, flags (all of them)."""
-        changed = await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
+        changed = await use_cases.change_nas(store, clock, nas_id, cmd, who.actor, keyring=keyring)
         return await view_of(changed)
 
     @router.delete("/nas/{nas_id}")
     async def remove_nas(
-        nas_id: str, reason: str = Query(default="", max_length=200)
+        nas_id: str,
+        reason: str = Query(default="", max_length=200),
+        who: Principal = requires(NAS_WRITE),
     ) -> dict[str, Any]:
         """Take a NAS out of service: its accounting is refused from then on, its address is
         free for another NAS; POST registers it again. Removing it twice changes nothing."""
-        removal = await use_cases.remove_nas(store, clock, nas_id, reason, actor)
+        removal = await use_cases.remove_nas(store, clock, nas_id, reason, who.actor)
         return removal.model_dump(mode="json")
 
-    @router.get("/nas")
+    @router.get("/nas", dependencies=[requires(NAS_READ)])
     async def list_nas() -> list[dict[str, Any]]:
         """Every registered NAS with its current details, in the order registered."""
         return list((await nas_views()).values())

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from ispbill_core.access import system_actor
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoicePaid, invoice_stream
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.events import RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, EventStore
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.money import Money
+
+#: What this records on its own carries this actor in its metadata.
+ACTOR = system_actor("invoicing.allocate-payments")
 
 
 async def allocate_payment(store: EventStore, recorded: RecordedEvent) -> InvoicePaid | None:
@@ -43,6 +47,7 @@ async def allocate_payment(store: EventStore, recorded: RecordedEvent) -> Invoic
                 id=deterministic_id("invoice-paid", invoice.invoice_id),
                 occurred_at=payment.received_at,
                 causation_id=recorded.id,
+                actor=ACTOR,
             )
         ],
         ANY,

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from invoicing.application.settings import BillingSettings
 from invoicing.domain.errors import InvoicingError
 from invoicing.domain.generator import InvoiceDraft, UsageTotals, draft_invoice
+from ispbill_core.access import system_actor
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import CustomerRegistered, PlanDefined, SubscriptionStarted
 from ispbill_core.contracts.invoicing import (
@@ -32,6 +33,8 @@ from ispbill_core.money import Money
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import links_from_traceparents, trace_id_of
 
+#: The actor of a bill run no one asked for (a scheduled one, later); a clerk's carries theirs.
+SCHEDULED_ACTOR = system_actor("invoicing.bill-run")
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ispbill.invoicing")
 
@@ -74,8 +77,9 @@ async def _catalogue(store: EventStore) -> _Catalogue:
 class _Series:
     """The invoice series stream, read once per bill run and followed as we append to it."""
 
-    def __init__(self, store: EventStore, series: str) -> None:
+    def __init__(self, store: EventStore, series: str, actor: str) -> None:
         self._store = store
+        self._actor = actor
         self._stream = invoice_series_stream(series)
         self.version: int | None = None
         self.numbers: dict[uuid.UUID, InvoiceNumberAssigned] = {}
@@ -112,7 +116,10 @@ class _Series:
             # The id names the invoice, not the number: a retry after a crash finds the
             # number already assigned instead of taking a second one.
             event = new_event(
-                assigned, id=deterministic_id("invoice-number", invoice_id), occurred_at=now
+                assigned,
+                id=deterministic_id("invoice-number", invoice_id),
+                occurred_at=now,
+                actor=self._actor,
             )
             with contextlib.suppress(WrongExpectedVersion):
                 await self._store.append(
@@ -175,7 +182,12 @@ async def _usage(store: EventStore, customer_id: str, period: str) -> dict[str, 
 
 
 async def close_billing_period(
-    store: EventStore, clock: Clock, settings: BillingSettings, period_text: str
+    store: EventStore,
+    clock: Clock,
+    settings: BillingSettings,
+    period_text: str,
+    *,
+    actor: str = SCHEDULED_ACTOR,
 ) -> BillRunReport:
     """Issue one invoice per customer with a subscription active in the period.
 
@@ -189,12 +201,21 @@ async def close_billing_period(
         "invoicing.bill_run", attributes={"billing.period": str(period)}
     ):
         catalogue = await _catalogue(store)
-        series = _Series(store, settings.series)
+        series = _Series(store, settings.series, actor)
         await series.refresh()
         for customer_id, subs in sorted(catalogue.subscriptions.items()):
             try:
                 outcome = await _close_for_customer(
-                    store, clock, settings, catalogue, series, period, customer_id, subs, run_id
+                    store,
+                    clock,
+                    settings,
+                    catalogue,
+                    series,
+                    period,
+                    customer_id,
+                    subs,
+                    run_id,
+                    actor,
                 )
             except InvoicingError as exc:
                 report.skipped[customer_id] = str(exc)
@@ -216,6 +237,7 @@ async def _close_for_customer(
     customer_id: str,
     subs: list[SubscriptionStarted],
     run_id: uuid.UUID,
+    actor: str,
 ) -> tuple[str, bool] | None:
     stream = invoice_stream(customer_id, str(period))
     existing = await store.read_stream(stream, limit=1)
@@ -301,6 +323,7 @@ async def _close_for_customer(
                         id=deterministic_id("invoice-issued", invoice_id),
                         occurred_at=now,
                         correlation_id=run_id,
+                        actor=actor,
                     )
                 ],
                 NO_STREAM,
