@@ -20,6 +20,7 @@ from ispbill_core.contracts.accounts import NasRegisteredV1, nas_stream
 from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM
 from ispbill_core.sealing import KEY_ENV, KEY_FILE_ENV, Keyring, SealingError, new_key
+from tests.fixtures.staff import staff_token
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +41,13 @@ def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Api:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, token: str) -> None:
         self.services = services
+        self.token = token
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=services.http_app()), base_url="http://api"
+            transport=httpx.ASGITransport(app=services.http_app()),
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {token}"},
         )
 
     async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
@@ -67,7 +71,7 @@ async def start(data: Path, keyring: Keyring | None = None) -> Api:
     except BaseException:
         await services.store.close()
         raise
-    return Api(services)
+    return Api(services, await staff_token(services.store))
 
 
 @pytest.fixture
@@ -105,7 +109,7 @@ async def test_a_retry_after_the_key_was_rotated_is_still_a_no_op(api, data) -> 
     old_text = (data / "secrets.key").read_text().split("\n")[-2]
     rotated = Keyring.from_text(f"{new_key()},{old_text}")
     assert rotated.key_ids[1] == old.sealing_key_id
-    later = Api(Services(api.services.settings, api.services.store, keyring=rotated))
+    later = Api(Services(api.services.settings, api.services.store, keyring=rotated), api.token)
     again = await later.call("POST", "/nas", NAS)
     assert again.status_code == 201, again.text
     assert again.json()["secret_key_id"] == old.sealing_key_id  # as recorded, not re-sealed

@@ -31,6 +31,7 @@ BILL_RUNS_RUN = "bill-runs:run"
 TAX_RATES_WRITE = "tax-rates:write"
 PAYMENTS_READ = "payments:read"
 PAYMENTS_WRITE = "payments:write"
+STAFF_READ = "staff:read"
 STAFF_ADMIN = "staff:admin"
 AUDIT_READ = "audit:read"
 PARKED_READ = "parked:read"
@@ -60,6 +61,7 @@ PERMISSIONS: frozenset[str] = frozenset(
         TAX_RATES_WRITE,
         PAYMENTS_READ,
         PAYMENTS_WRITE,
+        STAFF_READ,
         STAFF_ADMIN,
         AUDIT_READ,
         PARKED_READ,

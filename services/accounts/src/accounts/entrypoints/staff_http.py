@@ -14,6 +14,7 @@ from ispbill_core.access import (
     PROFILE_WRITE,
     ROLES,
     STAFF_ADMIN,
+    STAFF_READ,
     Forbidden,
     Principal,
 )
@@ -201,7 +202,7 @@ def staff_router(
         )
         return staff_view(user)
 
-    @router.get("/staff", dependencies=[requires(STAFF_ADMIN)])
+    @router.get("/staff", dependencies=[requires(STAFF_READ)])
     async def list_staff() -> list[StaffView]:
         users = [await staff.load_staff_user(store, n) for n in await staff.staff_usernames(store)]
         return [staff_view(u) for u in users if u is not None]
