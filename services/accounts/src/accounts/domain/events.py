@@ -27,6 +27,8 @@ def totp_context(username: str) -> str:
 
 @event_type("StaffUserCreated")
 class StaffUserCreated(DomainEvent):
+    """A staff user was created with a role; its password is kept as an argon2id hash."""
+
     username: str
     role: str
     #: argon2id, in the PHC string format ($argon2id$v=19$m=...,t=...,p=...$salt$hash)
@@ -35,28 +37,38 @@ class StaffUserCreated(DomainEvent):
 
 @event_type("StaffPasswordChanged")
 class StaffPasswordChanged(DomainEvent):
+    """A staff user's password was replaced (the new argon2id hash)."""
+
     username: str
     password_hash: str
 
 
 @event_type("StaffRoleChanged")
 class StaffRoleChanged(DomainEvent):
+    """A staff user was given another role; its tokens follow at once."""
+
     username: str
     role: str
 
 
 @event_type("StaffUserDisabled")
 class StaffUserDisabled(DomainEvent):
+    """A staff user may no longer log in, and its tokens stop working at once."""
+
     username: str
 
 
 @event_type("StaffUserEnabled")
 class StaffUserEnabled(DomainEvent):
+    """A disabled staff user may log in again; its unexpired tokens work again."""
+
     username: str
 
 
 @event_type("StaffTotpEnabled")
 class StaffTotpEnabled(DomainEvent):
+    """A staff user turned TOTP on (or replaced its secret): logging in needs the code."""
+
     username: str
     #: the base32 TOTP secret, sealed (ispbill_core.sealing) for totp_context(username)
     totp_secret_sealed: str
@@ -64,6 +76,8 @@ class StaffTotpEnabled(DomainEvent):
 
 @event_type("ApiTokenIssued")
 class ApiTokenIssued(DomainEvent):
+    """An API token was issued (by logging in or POST /api/v1/tokens); only its SHA-256 is kept."""
+
     token_id: str
     username: str
     #: what the holder calls it ("cli", "nightly export")
@@ -77,4 +91,6 @@ class ApiTokenIssued(DomainEvent):
 
 @event_type("ApiTokenRevoked")
 class ApiTokenRevoked(DomainEvent):
+    """An API token was revoked: it stops working at once."""
+
     token_id: str

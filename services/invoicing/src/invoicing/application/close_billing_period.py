@@ -77,7 +77,7 @@ async def _catalogue(store: EventStore) -> _Catalogue:
 class _Series:
     """The invoice series stream, read once per bill run and followed as we append to it."""
 
-    def __init__(self, store: EventStore, series: str, actor: str) -> None:
+    def __init__(self, store: EventStore, series: str, actor: str = SCHEDULED_ACTOR) -> None:
         self._store = store
         self._actor = actor
         self._stream = invoice_series_stream(series)
