@@ -364,3 +364,50 @@ async def test_writes_through_the_api_carry_the_callers_actor(api: Api) -> None:
         {"username": "bad\nname", "role": BILLING, "password": "a-long-password"},
     )
     assert bad.status_code == 422 and "\n" not in bad.json()["detail"]
+
+
+def test_create_admin_makes_the_first_admin_once(tmp_path: Path) -> None:
+    import asyncio
+
+    from ispbill_app.cli import main as cli_main
+
+    password_file = tmp_path / "password"
+    password_file.write_text("first-admin-password\n")
+    args = ["staff", "create-admin", "--username", "Root", "--password-file", str(password_file)]
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert cli_main([*args, *data]) == 0
+    assert cli_main([*args, *data]) == 1  # that username exists (case-folded)
+
+    async def created() -> list[Any]:
+        store = await open_ledger(Settings(data_dir=tmp_path / "data", ledger="sqlite"))
+        try:
+            return await store.read_stream(staff_stream("root"))
+        finally:
+            await store.close()
+
+    [event] = asyncio.run(created())
+    assert event.data["role"] == ADMIN and event.metadata.actor == "system:cli"
+    assert event.data["password_hash"].startswith("$argon2id$")
+    assert "first-admin-password" not in event.model_dump_json()
+
+
+async def test_the_demo_admin_is_made_once_with_its_password_in_a_private_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ispbill_app.bootstrap import demo_admin_file, ensure_demo_admin
+
+    monkeypatch.setenv("ISPBILL_DEMO_ADMIN_PASSWORD", "demo-admin-password")
+    services = Services(Settings(data_dir=tmp_path, ledger="sqlite"), None)
+    services.store = await open_ledger(services.settings)
+    try:
+        assert await ensure_demo_admin(services) == "demo-admin-password"
+        path = demo_admin_file(services.settings)
+        assert path.read_text() == "demo-admin-password\n"
+        assert path.stat().st_mode & 0o777 == 0o600
+        monkeypatch.delenv("ISPBILL_DEMO_ADMIN_PASSWORD")
+        # Started again: nobody new, the password read back for the demo loader.
+        assert await ensure_demo_admin(services) == "demo-admin-password"
+        [created] = await services.store.read_all(after=0, limit=10, types=["StaffUserCreated"])
+        assert created.data["username"] == "admin" and created.metadata.actor == "system:demo"
+    finally:
+        await services.store.close()
