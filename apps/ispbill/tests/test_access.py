@@ -134,6 +134,18 @@ async def test_the_matrix_covers_every_route_the_app_serves(api: Api) -> None:
     }
 
 
+async def test_the_openapi_document_states_each_permission_and_its_refusals(api: Api) -> None:
+    document = (await api.call("GET", "/openapi.json")).json()
+    for (method, path), permission in _routes(api).items():
+        operation = document["paths"][path][method.lower()]
+        if permission == OPEN:
+            assert "security" not in operation and "x-permission" not in operation
+            continue
+        assert operation["x-permission"] == permission
+        assert {"401", "403"} <= set(operation["responses"]), (method, path)
+        assert operation["security"] == [{"HTTPBearer": []}]
+
+
 async def test_a_stranger_gets_401_on_every_route_but_the_open_ones(api: Api) -> None:
     for (method, path), permission in _routes(api).items():
         if permission == OPEN:

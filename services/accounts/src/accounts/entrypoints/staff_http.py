@@ -167,7 +167,10 @@ def staff_router(
         "/auth/token",
         status_code=status.HTTP_201_CREATED,
         dependencies=[public()],
-        responses={401: {"description": "wrong credentials, or TotpRequired"}},
+        responses={
+            401: {"description": "wrong credentials (InvalidCredentials), or TotpRequired"},
+            429: {"description": "too many failed logins for this username lately"},
+        },
     )
     async def log_in(body: LogIn) -> TokenIssued:
         """A new token for a username and password (and TOTP code, when the user has one)."""

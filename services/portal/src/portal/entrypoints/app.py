@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from ispbill_core.access import Authenticator, Forbidden, Unauthenticated
-from ispbill_core.web import check_routes_declare_permissions, public, use_authenticator
+from ispbill_core.web import OPEN, check_routes_declare_permissions, public, use_authenticator
 
 HealthCheck = Callable[[], Awaitable[bool]]
 
@@ -74,5 +75,57 @@ def create_app(
             status_code=200 if ok else 503,
         )
 
-    check_routes_declare_permissions(app.routes)
+    permissions = check_routes_declare_permissions(app.routes)
+    _document_access(app, permissions)
     return app
+
+
+_PROBLEM = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+
+def _document_access(app: FastAPI, permissions: Mapping[tuple[str, str], str]) -> None:
+    """The OpenAPI document states each operation's permission (`x-permission`) and its 401
+    and 403 answers, so that a client (and schemathesis) knows them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                permission = permissions.get((method.upper(), path))
+                if permission is None or permission == OPEN:
+                    continue
+                operation["x-permission"] = permission
+                responses = operation.setdefault("responses", {})
+                responses.setdefault(
+                    "401",
+                    {
+                        "description": "no token, or an unknown, expired or revoked one, or a"
+                        " disabled user's",
+                        "content": problem,
+                    },
+                )
+                responses.setdefault(
+                    "403",
+                    {
+                        "description": f"the token lacks the permission {permission!r}",
+                        "content": problem,
+                    },
+                )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
