@@ -423,3 +423,17 @@ async def test_the_demo_admin_is_made_once_with_its_password_in_a_private_file(
         assert created.data["username"] == "admin" and created.metadata.actor == "system:demo"
     finally:
         await services.store.close()
+
+
+async def test_a_role_without_the_permission_cannot_tell_an_existing_id_from_an_unknown_one(
+    api: Api,
+) -> None:
+    nas = {"nas_id": "bng-1", "name": "BNG 1", "ip_address": "192.0.2.1", "secret": "s3cret-s3cret"}
+    assert (await api.as_role(ADMIN, "POST", "/api/v1/nas", nas)).status_code == 201
+    for method, body in [("DELETE", None), ("PUT", {})]:
+        existing = await api.as_role(BILLING, method, "/api/v1/nas/bng-1", body)
+        unknown = await api.as_role(BILLING, method, "/api/v1/nas/bng-404", body)
+        assert existing.status_code == unknown.status_code == 403
+        assert existing.json() == unknown.json()
+    # with the permission, the unknown one is simply not found
+    assert (await api.as_role(ADMIN, "DELETE", "/api/v1/nas/bng-404")).status_code == 404
