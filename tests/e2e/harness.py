@@ -19,6 +19,46 @@ from tests.fixtures.smtp import free_port
 T = TypeVar("T")
 ISPBILL = [sys.executable, "-m", "ispbill_app.cli"]
 GB = 10**9
+#: The staff user the e2e tests log in as: the demo admin (`run --with-demo` with DEMO_ENV),
+#: or made with `ispbill staff create-admin` (create_admin).
+E2E_ADMIN = "admin"
+E2E_ADMIN_PASSWORD = "e2e-admin-password"
+DEMO_ENV = {"ISPBILL_DEMO_ADMIN_PASSWORD": E2E_ADMIN_PASSWORD}
+
+
+def log_in(server: str, username: str = E2E_ADMIN, password: str = E2E_ADMIN_PASSWORD) -> str:
+    """A token from POST /api/v1/auth/token (raises for a refusal)."""
+    response = httpx.post(
+        f"{server}/api/v1/auth/token",
+        json={"username": username, "password": password, "name": "e2e"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return str(response.json()["token"])
+
+
+def create_admin(runtime_args: list[str], env: dict[str, str], tmp: Path) -> None:
+    """`ispbill staff create-admin` on a ledger (the flags or environment of `run`/`serve`)."""
+    password_file = tmp / "e2e-admin-password"
+    password_file.write_text(E2E_ADMIN_PASSWORD + "\n")
+    result = subprocess.run(
+        [
+            *ISPBILL,
+            "staff",
+            "create-admin",
+            "--username",
+            E2E_ADMIN,
+            "--password-file",
+            str(password_file),
+            *runtime_args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"create-admin failed: {result.stderr}{result.stdout}")
 
 
 def wait_until(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:
@@ -58,7 +98,11 @@ def dump_stacks(pid: int) -> str:
 
 
 def run_watched(
-    args: list[str], *, input: str | None = None, timeout: float
+    args: list[str],
+    *,
+    input: str | None = None,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """subprocess.run, but when the call takes longer than SLOW_CALL_SECONDS, the stacks of the
     watched servers are printed (pytest shows them if the test then fails)."""
@@ -68,6 +112,7 @@ def run_watched(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=None if env is None else {**os.environ, **env},
     )
     try:
         out, err = proc.communicate(input, timeout=SLOW_CALL_SECONDS)
@@ -122,15 +167,34 @@ class Process:
 
 
 class Ispbill:
-    """The CLI and REST API of one running ispbill."""
+    """The CLI and REST API of one running ispbill, as the e2e admin: it logs in on first use
+    (at `auth`'s server when given: a collector shares the API's ledger, and so its tokens)."""
 
-    def __init__(self, http_port: int) -> None:
+    def __init__(self, http_port: int, *, auth: Ispbill | None = None) -> None:
         self.server = f"http://127.0.0.1:{http_port}"
+        self._auth = auth
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str:
+        if self._auth is not None:
+            return self._auth.token
+        if self._token is None:
+            self._token = log_in(self.server)
+        return self._token
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def cli(
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        result = run_watched([*ISPBILL, "--server", self.server, *args], input=input, timeout=120)
+        result = run_watched(
+            [*ISPBILL, "--server", self.server, *args],
+            input=input,
+            timeout=120,
+            env={"ISPBILL_TOKEN": self.token},
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"ispbill {' '.join(args)} failed: {result.stderr}{result.stdout}")
         return result
@@ -139,17 +203,17 @@ class Ispbill:
         return json.loads(self.cli(*args, "--format", "json").stdout)
 
     def get(self, path: str) -> Any:
-        response = httpx.get(self.server + path, timeout=10)
+        response = httpx.get(self.server + path, timeout=10, headers=self.headers())
         response.raise_for_status()
         return response.json()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        response = httpx.post(self.server + path, json=body, timeout=10)
+        response = httpx.post(self.server + path, json=body, timeout=10, headers=self.headers())
         response.raise_for_status()
         return response.json()
 
     def put(self, path: str, body: dict[str, Any]) -> Any:
-        response = httpx.put(self.server + path, json=body, timeout=10)
+        response = httpx.put(self.server + path, json=body, timeout=10, headers=self.headers())
         response.raise_for_status()
         return response.json()
 
@@ -227,7 +291,18 @@ def session_packets(
     return packets
 
 
-__all__ = ["GB", "Ispbill", "Process", "free_port", "radclient", "session_packets", "wait_until"]
+__all__ = [
+    "DEMO_ENV",
+    "GB",
+    "Ispbill",
+    "Process",
+    "create_admin",
+    "free_port",
+    "log_in",
+    "radclient",
+    "session_packets",
+    "wait_until",
+]
 
 
 def send_accounting_from(

@@ -204,7 +204,9 @@ def assert_a_nas_secret_change_takes_effect(api: Ispbill, radius_port: int) -> s
 
 def assert_a_removed_nas_is_refused(api: Ispbill, radius_port: int, secret: str) -> None:
     """Taken out of service through the API, the NAS's accounting goes unanswered."""
-    response = httpx.delete(f"{api.server}/api/v1/nas/nas-demo-1", timeout=10)
+    response = httpx.delete(
+        f"{api.server}/api/v1/nas/nas-demo-1", timeout=10, headers=api.headers()
+    )
     assert response.status_code == 200, response.text
     probe = {
         "User-Name": "alice",

@@ -15,8 +15,9 @@ import grpc
 import pytest
 
 from ispbill_app.demo import DEMO_NAS_SECRET
+from ispbill_core.access import bearer_metadata
 from ispbill_core.sealing import new_key
-from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, wait_until
+from tests.e2e.harness import ISPBILL, Ispbill, Process, create_admin, free_port, wait_until
 from tests.e2e.scenario import (
     assert_a_nas_secret_change_takes_effect,
     assert_bad_packets_dropped_and_counted,
@@ -84,13 +85,15 @@ def cluster(
         # The API process creates the ledger schema; the others start once it is up.
         nodes.start("api")
         wait_until(lambda: (nodes.check(), api.healthy())[1], what="the API process")
+        # The first staff user, on the shared ledger; every later call logs in as it.
+        create_admin([], env, tmp_path)
         collector_http = free_port()
         nodes.start("collector", ISPBILL_HTTP_PORT=str(collector_http))
         for component in ("rating", "invoicing", "notifier"):
             nodes.start(component, ISPBILL_SECRETS_KEY="")  # they never read a NAS secret
         api.cli("demo")
         wait_until(lambda: (nodes.check(), _grpc_serving(grpc_port))[1], what="invoicing gRPC")
-        collector = Ispbill(collector_http)
+        collector = Ispbill(collector_http, auth=api)  # the same ledger: the same tokens
         wait_until(lambda: (nodes.check(), collector.healthy())[1], what="the collector")
         yield nodes, api, radius, grpc_port, collector
     finally:
@@ -130,9 +133,12 @@ def test_distributed_thin_path(cluster, smtp_server):
 
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = invoices_pb2_grpc.InvoiceServiceStub(channel)
-        got = stub.GetInvoice(
-            invoices_pb2.GetInvoiceRequest(invoice_id=invoice["invoice_id"]), timeout=5
-        )
+        request = invoices_pb2.GetInvoiceRequest(invoice_id=invoice["invoice_id"])
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetInvoice(request, timeout=5)  # no token
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A service token (ISPBILL_SERVICE_TOKEN): a token of a staff user, here the admin's.
+        got = stub.GetInvoice(request, timeout=5, metadata=bearer_metadata(api.token))
         assert got.invoice.number == invoice["number"]
         assert got.invoice.total.amount == "34.65"
         assert got.invoice.status == invoices_pb2.INVOICE_STATUS_PAID

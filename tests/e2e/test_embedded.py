@@ -11,6 +11,7 @@ import pytest
 
 from ispbill_app.demo import DEMO_NAS_SECRET
 from tests.e2e.harness import (
+    DEMO_ENV,
     ISPBILL,
     Ispbill,
     Process,
@@ -54,7 +55,7 @@ def all_in_one(tmp_path: Path, smtp_server: Mailbox):
             "--with-demo",
         ],
         tmp_path,
-        {"ISPBILL_TRACE_FILE": str(trace_file), "ISPBILL_TIMEZONE": "UTC"},
+        {"ISPBILL_TRACE_FILE": str(trace_file), "ISPBILL_TIMEZONE": "UTC", **DEMO_ENV},
     )
     api = Ispbill(http)
     try:

@@ -15,14 +15,14 @@ import pytest
 
 from ispbill_core.contracts.usage_collector import RouterCountersSampled, router_counters_stream
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
-from tests.e2e.harness import ISPBILL, Process, free_port
+from tests.e2e.harness import ISPBILL, Process, create_admin, free_port, log_in
 from usage_collector.testing.routeros import RouterOsStandIn
 
 pytestmark = pytest.mark.e2e
 
 
-async def poll_json(url: str, condition, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    async with httpx.AsyncClient(timeout=2) as client:
+async def poll_json(url: str, condition, timeout: float = 30.0, headers=None):  # type: ignore[no-untyped-def]
+    async with httpx.AsyncClient(timeout=2, headers=headers) as client:
         deadline = asyncio.get_running_loop().time() + timeout
         last: object = None
         while asyncio.get_running_loop().time() < deadline:
@@ -58,6 +58,7 @@ password_file = "api-password"
     )
     http = free_port()
     data = tmp_path / "data"
+    create_admin(["--data-dir", str(data)], {}, tmp_path)
     proc = Process(
         "ispbill-run-pollers",
         [
@@ -77,11 +78,18 @@ password_file = "api-password"
     )
     try:
         url = f"http://127.0.0.1:{http}/api/v1/collector/pollers"
-        await poll_json(url, lambda c: c.get("bras-1", {}).get("samples_published", 0) >= 1)
+        await poll_json(f"http://127.0.0.1:{http}/healthz", lambda c: c["status"] == "ok")
+        token = await asyncio.to_thread(log_in, f"http://127.0.0.1:{http}")
+        auth = {"Authorization": f"Bearer {token}"}
+        await poll_json(
+            url, lambda c: c.get("bras-1", {}).get("samples_published", 0) >= 1, headers=auth
+        )
         # Traffic flows; the next polls publish the difference.
         router.pppoe("alice").rx_byte += 4_000_000
         router.pppoe("alice").tx_byte += 9_000_000
-        counters = await poll_json(url, lambda c: c["bras-1"]["samples_published"] >= 3, timeout=30)
+        counters = await poll_json(
+            url, lambda c: c["bras-1"]["samples_published"] >= 3, timeout=30, headers=auth
+        )
         assert counters["bras-1"].get("polls_failed", 0) == 0, counters
     finally:
         code = proc.stop()

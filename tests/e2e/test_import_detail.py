@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, accounting_stream
-from tests.e2e.harness import ISPBILL, Ispbill, Process, free_port, radclient, wait_until
+from tests.e2e.harness import DEMO_ENV, ISPBILL, Ispbill, Process, free_port, radclient, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,7 @@ def all_in_one(tmp_path: Path):
             "--with-demo",
         ],
         tmp_path,
-        {"ISPBILL_TIMEZONE": "UTC"},
+        {"ISPBILL_TIMEZONE": "UTC", **DEMO_ENV},
     )
     api = Ispbill(http)
     try:

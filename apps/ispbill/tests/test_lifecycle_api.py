@@ -15,6 +15,7 @@ from ispbill_app.bootstrap import Services, open_ledger, projections_running
 from ispbill_app.settings import Settings
 from ispbill_core.clock import FixedClock
 from ispbill_core.sealing import KEY_ENV, KEY_FILE_ENV
+from tests.fixtures.staff import staff_token
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +49,11 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     services.store = await open_ledger(settings)
     reads = projections_running(services)
     await reads.__aenter__()
+    token = await staff_token(services.store)
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=services.http_app()), base_url="http://api"
+        transport=httpx.ASGITransport(app=services.http_app()),
+        base_url="http://api",
+        headers={"Authorization": f"Bearer {token}"},
     )
     api = Api(client)
     for plan_id, fee in (("home", "30.00"), ("fast", "50.00")):

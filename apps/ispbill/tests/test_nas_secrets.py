@@ -22,6 +22,7 @@ from ispbill_core.contracts.accounts import NasRegisteredV1, nas_stream
 from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM
 from ispbill_core.sealing import KEY_ENV, KEY_FILE_ENV, Keyring, SealingError, new_key
+from tests.fixtures.staff import staff_token
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +45,9 @@ def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 class Api:
     """The REST API as `ispbill run` serves it, projections running beside it."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, token: str) -> None:
         self.services = services
+        self.token = token
         self.client: httpx.AsyncClient | None = None
         self.projections: asyncio.Task[None] | None = None
 
@@ -55,7 +57,9 @@ class Api:
             assert self.services.projector is not None
             self.projections = asyncio.create_task(self.services.projector.run())
             self.client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=self.services.http_app()), base_url="http://api"
+                transport=httpx.ASGITransport(app=self.services.http_app()),
+                base_url="http://api",
+                headers={"Authorization": f"Bearer {self.token}"},
             )
         return await self.client.request(method, f"/api/v1{path}", json=body)
 
@@ -85,7 +89,7 @@ async def start(data: Path, keyring: Keyring | None = None) -> Api:
     except BaseException:
         await services.store.close()
         raise
-    return Api(services)
+    return Api(services, await staff_token(services.store))
 
 
 @pytest.fixture
@@ -123,7 +127,7 @@ async def test_a_retry_after_the_key_was_rotated_is_still_a_no_op(api, data) -> 
     old_text = (data / "secrets.key").read_text().split("\n")[-2]
     rotated = Keyring.from_text(f"{new_key()},{old_text}")
     assert rotated.key_ids[1] == old.sealing_key_id
-    later = Api(Services(api.services.settings, api.services.store, keyring=rotated))
+    later = Api(Services(api.services.settings, api.services.store, keyring=rotated), api.token)
     again = await later.call("POST", "/nas", NAS)
     assert again.status_code == 201, again.text
     assert again.json()["secret_key_id"] == old.sealing_key_id  # as recorded, not re-sealed
@@ -164,7 +168,7 @@ async def test_a_nas_registered_before_sealing_is_shown_plaintext_then_exposed(a
 async def test_a_lost_key_file_stops_the_start_instead_of_replacing_the_key(data) -> None:
     first = await start(data)
     assert (await first.call("POST", "/nas", NAS)).status_code == 201
-    await first.client.aclose()
+    await first.close()
     await first.services.store.close()
     key_file = data / "secrets.key"
     sealed_with = Keyring.from_file(key_file).sealing_key_id

@@ -22,6 +22,7 @@ from ispbill_core.contracts.payments import PaymentReceived, payment_stream
 from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM
 from ispbill_core.money import Money
+from tests.fixtures.staff import staff_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -64,11 +65,13 @@ def payment_data(customer_id: str, ref: str, amount: str) -> dict[str, Any]:
 
 
 class Running:
-    def __init__(self, services: Services, tasks: list[asyncio.Task[Any]]) -> None:
+    def __init__(self, services: Services, tasks: list[asyncio.Task[Any]], token: str) -> None:
         self.services = services
         self.tasks = tasks
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=services.http_app()), base_url="http://api"
+            transport=httpx.ASGITransport(app=services.http_app()),
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {token}"},
         )
 
     async def wait_for(self, probe: Any, what: str, timeout: float = 20.0) -> Any:
@@ -97,7 +100,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     ]
     tasks = [asyncio.create_task(r()) for r in runners]
     try:
-        yield Running(services, tasks)
+        yield Running(services, tasks, await staff_token(services.store))
     finally:
         for task in tasks:
             task.cancel()

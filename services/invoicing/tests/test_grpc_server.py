@@ -14,12 +14,21 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from invoicing.entrypoints.grpc_server import (
+    METHOD_PERMISSIONS,
     SERVICE_NAME,
     InvoiceQueries,
     invoice_to_proto,
     start_grpc_server,
 )
 from ispbill.v1 import invoices_pb2, invoices_pb2_grpc
+from ispbill_core.access import (
+    AUDITOR,
+    PROFILE_READ,
+    Principal,
+    Unauthenticated,
+    bearer_metadata,
+    role_permissions,
+)
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
 from ispbill_core.money import Money
 
@@ -103,19 +112,92 @@ class InMemoryInvoices:
         return self.pdfs.get(invoice_id)
 
 
+AUDITOR_TOKEN = "auditor-token"
+PROFILE_ONLY_TOKEN = "profile-only-token"
+
+
+class Tokens:
+    """Two known tokens: an auditor's, and one scoped to the profile (no invoices:read)."""
+
+    async def authenticate(self, token: str) -> Principal:
+        if token == AUDITOR_TOKEN:
+            return Principal("ann", AUDITOR, "t1", role_permissions(AUDITOR))
+        if token == PROFILE_ONLY_TOKEN:
+            return Principal("ann", AUDITOR, "t2", frozenset({PROFILE_READ}))
+        raise Unauthenticated("unknown token")
+
+
+class SendsToken(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        details = details._replace(
+            metadata=[*(details.metadata or ()), *bearer_metadata(self.token)]
+        )
+        return await continuation(details, request)
+
+
 @pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
+async def server_port() -> AsyncIterator[int]:
     queries: InvoiceQueries = InMemoryInvoices(
         invoices={JANUARY_ID: (JANUARY, "paid"), FEBRUARY_ID: (FEBRUARY, "issued")},
         pdfs={JANUARY_ID: PDF},
     )
-    server, port = await start_grpc_server(queries, host="127.0.0.1", port=0)
+    server, port = await start_grpc_server(
+        queries, authenticator=Tokens(), host="127.0.0.1", port=0
+    )
     assert port > 0
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
-            yield chan
+        yield port
     finally:
         await server.stop(grace=None)
+
+
+@pytest.fixture
+async def channel(server_port: int) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{server_port}", interceptors=[SendsToken(AUDITOR_TOKEN)]
+    ) as chan:
+        yield chan
+
+
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        (None, grpc.StatusCode.UNAUTHENTICATED),
+        ("not-a-token", grpc.StatusCode.UNAUTHENTICATED),
+        (PROFILE_ONLY_TOKEN, grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_every_method_needs_a_token_with_its_permission(
+    server_port: int, token: str | None, code: grpc.StatusCode
+) -> None:
+    interceptors = [] if token is None else [SendsToken(token)]
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{server_port}", interceptors=interceptors
+    ) as chan:
+        stub = invoices_pb2_grpc.InvoiceServiceStub(chan)
+        calls = [
+            stub.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_id=str(JANUARY_ID))),
+            stub.ListInvoices(invoices_pb2.ListInvoicesRequest()),
+            stub.GetInvoicePdf(invoices_pb2.GetInvoicePdfRequest(invoice_id=str(JANUARY_ID))),
+        ]
+        assert len(calls) == len(METHOD_PERMISSIONS)
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == code
+
+
+def test_a_method_without_a_permission_stops_the_start() -> None:
+    from ispbill_core.grpc_access import check_methods_declared
+    from ispbill_core.web import UndeclaredPermission
+
+    service = invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"]
+    partial = dict(list(METHOD_PERMISSIONS.items())[:-1])
+    with pytest.raises(UndeclaredPermission, match="GetInvoicePdf"):
+        check_methods_declared(partial, [service])
 
 
 @pytest.fixture

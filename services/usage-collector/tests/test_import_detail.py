@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ispbill_core.access import USAGE_IMPORT, Principal, Unauthenticated
 from ispbill_core.bus import BusUnavailable
 from ispbill_core.bus.ledger import LedgerPublisher
 from ispbill_core.clock import FixedClock
@@ -19,6 +20,7 @@ from ispbill_core.contracts.usage_collector import (
     accounting_stream,
 )
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.web import use_authenticator
 from usage_collector.adapters.detail_file import DetailRecord, parse_detail, read_detail_file
 from usage_collector.adapters.memory_nas_registry import InMemoryNasRegistry
 from usage_collector.adapters.radius_dictionary import DictionaryAttributeDecoder
@@ -292,13 +294,26 @@ class FailingBus:
         raise BusUnavailable("broker down")
 
 
-async def post(publisher, json: dict) -> httpx.Response:
+class Importer:
+    """Stands for the accounts service's token check: one token that may import usage."""
+
+    async def authenticate(self, token: str) -> Principal:
+        if token != "importer-token":
+            raise Unauthenticated("unknown token")
+        return Principal("ops", "admin", "t1", frozenset({USAGE_IMPORT}))
+
+
+async def post(publisher, json: dict, token: str | None = "importer-token") -> httpx.Response:
     app = FastAPI()
+    use_authenticator(app, Importer())
     app.include_router(
         collector_import_router(InMemoryNasRegistry([NAS]), publisher, FixedClock(NOW))
     )
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://collector", headers=headers
+    ) as client:
         return await client.post(PATH, json=json)
 
 

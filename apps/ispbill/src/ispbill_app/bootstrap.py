@@ -8,23 +8,28 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException
 
 from accounts.application.read_models import AccountsQueries, accounts_projections
+from accounts.application.staff import LedgerAuthenticator, LoginThrottle
 from accounts.application.use_cases import nases_in_service
 from accounts.domain.errors import (
     AddressInUse,
     AlreadyExists,
     Conflict,
     InvalidPlan,
+    InvalidStaffCommand,
     NotFound,
     RuleViolated,
+    TooManyAttempts,
     UsernameTaken,
 )
 from accounts.entrypoints.http import accounts_router
+from accounts.entrypoints.staff_http import staff_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
 from invoicing.application.read_models import (
@@ -38,6 +43,7 @@ from invoicing.domain.errors import InvoicingError
 from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
 from ispbill_app.settings import Settings
+from ispbill_core.access import COLLECTOR_READ
 from ispbill_core.clock import Clock, SystemClock
 from ispbill_core.contracts.accounts import (
     NasRegistered,
@@ -56,6 +62,7 @@ from ispbill_core.projections.sqlite import SQLiteReadModels
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.subscriber import LedgerSubscriber, is_transient, retry_parked_forever
 from ispbill_core.telemetry import setup_tracing
+from ispbill_core.web import requires
 from notifier.adapters.outbox import OutboxMailer
 from notifier.adapters.smtp import SmtpMailer, SmtpSettings
 from notifier.application.email_invoice import Mailer, SenderIdentity, email_invoice
@@ -196,6 +203,14 @@ class Services:
         db = self.require_read_models()
         return db if self.projector is None else FreshReads(db, self.projector)
 
+    #: failed logins per username, in this process
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+
+    @property
+    def authenticator(self) -> LedgerAuthenticator:
+        """Bearer tokens checked against the ledger on every request (no cache)."""
+        return LedgerAuthenticator(self.store, self.clock)
+
     def require_keyring(self) -> Keyring:
         if self.keyring is None:
             default = self.settings.default_key_file
@@ -243,6 +258,7 @@ class Services:
     def http_app(self) -> FastAPI:
         return create_app(
             [
+                staff_router(self.store, self.clock, self.require_keyring(), self.login_throttle),
                 accounts_router(
                     self.store,
                     self.clock,
@@ -275,21 +291,24 @@ class Services:
                 RuleViolated: 422,
                 InvalidPayment: 422,
                 InvoicingError: 422,
+                InvalidStaffCommand: 422,
+                TooManyAttempts: 429,
             },
+            authenticator=self.authenticator,
             health_checks={"ledger": self._ledger_ok},
         )
 
     def _collector_router(self) -> APIRouter:
         router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
 
-        @router.get("/collector/counters")
+        @router.get("/collector/counters", dependencies=[requires(COLLECTOR_READ)])
         async def counters() -> dict[str, int]:
             """Accounting packets received, acknowledged, and dropped by reason."""
             if self.collector_counters is None:
                 raise HTTPException(404, "no collector runs in this process")
             return self.collector_counters()
 
-        @router.get("/collector/drops")
+        @router.get("/collector/drops", dependencies=[requires(COLLECTOR_READ)])
         async def drops() -> dict[str, dict[str, Any]]:
             """Dropped accounting per source address: its NAS (null: none registered there),
             first and last drop, and the count per reason. The unregistered router whose
@@ -298,7 +317,7 @@ class Services:
                 raise HTTPException(404, "no collector runs in this process")
             return self.collector_drops()
 
-        @router.get("/collector/pollers")
+        @router.get("/collector/pollers", dependencies=[requires(COLLECTOR_READ)])
         async def pollers() -> dict[str, dict[str, int]]:
             """Per router (ISPBILL_POLLERS): polls, samples published, errors by kind."""
             if self.poller_counters is None:
@@ -316,6 +335,7 @@ class Services:
         return create_app(
             [self._collector_router()],
             error_statuses={},
+            authenticator=self.authenticator,
             health_checks={"ledger": self._ledger_ok},
             title="ispbill usage collector",
         )
@@ -512,6 +532,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         collector.nas_registry, publisher, services.clock
     )
     log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
+    demo_password = await ensure_demo_admin(services) if with_demo else None
     grpc_server = await _start_grpc(services)
     subscribers = [
         services.rating_subscriber(),
@@ -525,7 +546,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
             serve_http(services.http_app(), settings.host, settings.http_port),
         ):
             if with_demo:
-                await _load_demo(settings)
+                await _load_demo(settings, demo_password)
             log.info("ispbill is running (data in %s); Ctrl-C stops it", settings.data_dir)
             await _until_signalled()
     finally:
@@ -541,24 +562,85 @@ async def _start_grpc(services: Services) -> Any:
     from invoicing.entrypoints.grpc_server import start_grpc_server
 
     server, port = await start_grpc_server(
-        services.invoice_queries, host=services.settings.host, port=services.settings.grpc_port
+        services.invoice_queries,
+        authenticator=services.authenticator,
+        host=services.settings.host,
+        port=services.settings.grpc_port,
     )
     log.info("gRPC InvoiceService on %s:%d", services.settings.host, port)
     return server
 
 
-async def _load_demo(settings: Settings) -> None:
-    from ispbill_app.client import ApiClient
+DEMO_ADMIN = "admin"
+DEMO_ADMIN_PASSWORD_ENV = "ISPBILL_DEMO_ADMIN_PASSWORD"  # noqa: S105 - a variable's name
+
+
+def demo_admin_file(settings: Settings) -> Path:
+    return settings.data_dir / "demo-admin.txt"
+
+
+async def ensure_demo_admin(services: Services) -> str | None:
+    """`run --with-demo` on a ledger without staff: the staff user `admin` (role admin), its
+    password from ISPBILL_DEMO_ADMIN_PASSWORD or made up, logged and written to
+    <data_dir>/demo-admin.txt (0600). With staff already there: the password the demo logs in
+    with (the environment's, else that file's), or None."""
+    import os
+    import secrets
+
+    from accounts.application.staff import create_staff_user, has_staff
+    from ispbill_core.access import ADMIN, system_actor
+
+    path = demo_admin_file(services.settings)
+    given = os.environ.get(DEMO_ADMIN_PASSWORD_ENV)
+    if await has_staff(services.store):
+        if given:
+            return given
+        if path.exists():
+            return str(path.read_text(encoding="utf-8").strip())
+        return None
+    password = given or secrets.token_urlsafe(15)
+    await create_staff_user(
+        services.store, services.clock, DEMO_ADMIN, ADMIN, password, system_actor("demo")
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(password + "\n")
+    log.warning(
+        "demo staff user %r (role admin) created with password %s (also in %s); log in with"
+        " `ispbill login` or POST /api/v1/auth/token",
+        DEMO_ADMIN,
+        password,
+        path,
+    )
+    return password
+
+
+async def _load_demo(settings: Settings, password: str | None) -> None:
+    from ispbill_app.client import ApiClient, ApiError, log_in
     from ispbill_app.demo import load_demo
 
+    if password is None:
+        log.warning(
+            "demo ISP not loaded: the ledger has staff users but no demo admin password (set"
+            " %s, or log in and run `ispbill demo`)",
+            DEMO_ADMIN_PASSWORD_ENV,
+        )
+        return
+    server = f"http://{settings.host}:{settings.http_port}"
+
     def load() -> dict[str, int]:
-        client = ApiClient(f"http://{settings.host}:{settings.http_port}")
+        token = log_in(server, DEMO_ADMIN, password, name="demo-loader", expires_in_days=1)
+        client = ApiClient(server, token=token)
         try:
             return load_demo(client)
         finally:
             client.close()
 
-    present = await asyncio.to_thread(load)
+    try:
+        present = await asyncio.to_thread(load)
+    except ApiError as exc:
+        log.warning("demo ISP not loaded: %s", exc)
+        return
     log.info("demo ISP loaded: %s", present)
 
 

@@ -129,6 +129,72 @@ def _secrets(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_staff_commands(sub: Any) -> None:
+    """`ispbill staff create-admin`: the first admin, written to the ledger directly."""
+    staff_cmd = sub.add_parser("staff", help="staff users (on the ledger directly)")
+    staff_sub = staff_cmd.add_subparsers(dest="staff_command", required=True)
+    create = staff_sub.add_parser(
+        "create-admin", help="create a staff user with the admin role (the first one)"
+    )
+    create.add_argument("--username", required=True)
+    create.add_argument(
+        "--password-file",
+        type=Path,
+        help="read the password from this file (first line) rather than from a prompt or"
+        " standard input; never give a password on the command line",
+    )
+    _add_runtime_flags(create)
+
+
+def staff_command(args: argparse.Namespace) -> int:
+    """Run `ispbill staff ...` against the ledger of `--data-dir` / `--ledger`."""
+    from accounts.domain.errors import AccountsError
+
+    settings = _settings_from(args)
+    password = _read_password(args.password_file)
+
+    async def create() -> None:
+        from accounts.application.staff import create_staff_user
+        from ispbill_app.bootstrap import open_ledger
+        from ispbill_core.access import ADMIN, system_actor
+        from ispbill_core.clock import SystemClock
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_ledger(settings)
+        try:
+            await create_staff_user(
+                store, SystemClock(), args.username, ADMIN, password, system_actor("cli")
+            )
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(create())
+    except AccountsError as exc:
+        print(f"ispbill: {exc}", file=sys.stderr)
+        return 1
+    print(f"staff user {args.username.strip().casefold()!r} created with the role admin")
+    return 0
+
+
+def _read_password(path: Path | None) -> str:
+    if path is not None:
+        text = path.read_text(encoding="utf-8")
+        password = text.splitlines()[0] if text else ""
+    elif sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise SystemExit("ispbill: the passwords differ")
+    else:
+        line = sys.stdin.readline()
+        password = line.splitlines()[0] if line else ""
+    if not password:
+        raise SystemExit("ispbill: no password given")
+    return password
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ispbill", description=__doc__)
     parser.add_argument(
@@ -148,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_runtime_flags(serve)
 
     sub.add_parser("demo", help="load the demo ISP into the running server")
+    add_staff_commands(sub)
 
     secrets_cmd = sub.add_parser("secrets", help="the key that seals NAS secrets in the ledger")
     secrets_sub = secrets_cmd.add_subparsers(dest="secrets_command", required=True)
@@ -258,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "secrets":
         return _secrets(args)
+    if args.command == "staff":
+        return staff_command(args)
 
     if args.command in ("run", "serve"):
         from ispbill_app import bootstrap

@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+#: A bearer token for the server (wins over a stored login).
+TOKEN_ENV = "ISPBILL_TOKEN"  # noqa: S105 - the name of a variable
 
 
 class ApiError(Exception):
@@ -18,9 +20,16 @@ class ApiError(Exception):
 
 
 class ApiClient:
-    def __init__(self, server: str | None = None, *, timeout: float = 60.0) -> None:
+    """The REST API of one server, as a staff user: `token` (else ISPBILL_TOKEN) is sent as
+    `Authorization: Bearer <token>` on every request."""
+
+    def __init__(
+        self, server: str | None = None, *, token: str | None = None, timeout: float = 60.0
+    ) -> None:
         self.server = (server or os.environ.get("ISPBILL_SERVER") or DEFAULT_SERVER).rstrip("/")
-        self._http = httpx.Client(base_url=self.server, timeout=timeout)
+        self.token = token or os.environ.get(TOKEN_ENV) or None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.server, timeout=timeout, headers=headers)
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.is_success:
@@ -50,6 +59,9 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._check(self._http.post(path, json=body)).json()
 
+    def patch(self, path: str, body: dict[str, Any]) -> Any:
+        return self._check(self._http.patch(path, json=body)).json()
+
     def put(self, path: str, body: dict[str, Any]) -> Any:
         return self._check(self._http.put(path, json=body)).json()
 
@@ -59,3 +71,30 @@ class ApiClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+def log_in(
+    server: str,
+    username: str,
+    password: str,
+    *,
+    totp: str | None = None,
+    name: str = "cli",
+    expires_in_days: int = 30,
+    timeout: float = 30.0,
+) -> str:
+    """A new token from POST /api/v1/auth/token; ApiError (401) on wrong credentials, with
+    detail "TotpRequired"'s message when a TOTP code is needed."""
+    client = ApiClient(server, token=None, timeout=timeout)
+    try:
+        body = {
+            "username": username,
+            "password": password,
+            "totp": totp,
+            "name": name,
+            "expires_in_days": expires_in_days,
+        }
+        issued = client.post("/api/v1/auth/token", body)
+    finally:
+        client.close()
+    return str(issued["token"])

@@ -58,6 +58,10 @@ class Settings:
     pollers_host: str = field(default_factory=lambda: env("POLLERS_HOST", ""))
     #: where the invoicing gRPC service is, for the notifier in distributed mode
     invoicing_grpc: str = field(default_factory=lambda: env("INVOICING_GRPC", ""))
+    #: the API token a component sends when it calls another one (gRPC metadata
+    #: `authorization: Bearer <token>`, ispbill_core.access.bearer_metadata); make one with
+    #: POST /api/v1/tokens as a staff user whose role has what the calls need
+    service_token: str = field(default_factory=lambda: env("SERVICE_TOKEN", ""), repr=False)
 
     @property
     def ledger_path(self) -> Path:

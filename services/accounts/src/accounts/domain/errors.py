@@ -1,5 +1,7 @@
 """Errors the accounts domain raises before it records anything."""
 
+from ispbill_core.access import Unauthenticated
+
 
 class AccountsError(Exception):
     """Base of accounts' named errors."""
@@ -84,3 +86,19 @@ class InvalidHold(RuleViolated):
 
 class SameUsername(RuleViolated):
     pass
+
+
+class InvalidStaffCommand(AccountsError):
+    """A staff or token command that breaks a rule: unknown role, scope outside the role, ..."""
+
+
+class TooManyAttempts(AccountsError):
+    """Too many failed logins for this username lately: wait before trying again."""
+
+
+class InvalidCredentials(Unauthenticated):
+    """Unknown username, wrong password or TOTP code, or a disabled user: one answer for all."""
+
+
+class TotpRequired(Unauthenticated):
+    """The password was right, and this user has TOTP: send the current code as well."""

@@ -26,6 +26,17 @@ from accounts.domain.commands import (
     TerminateSubscription,
 )
 from accounts.domain.subscription import Subscription
+from ispbill_core.access import (
+    CUSTOMERS_READ,
+    CUSTOMERS_WRITE,
+    NAS_READ,
+    NAS_WRITE,
+    PLANS_READ,
+    PLANS_WRITE,
+    SUBSCRIPTIONS_READ,
+    SUBSCRIPTIONS_WRITE,
+    Principal,
+)
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
@@ -42,6 +53,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.eventstore import EventStore
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
+from ispbill_core.web import requires
 
 #: How the ledger holds a NAS's secret (`secret_storage`); none of them is a secret.
 SEALED, PLAINTEXT, EXPOSED = "sealed", "plaintext", "exposed"
@@ -129,25 +141,26 @@ def accounts_router(
 ) -> APIRouter:
     """`timezone` is the ISP's: it says which day "today" is for effective dates."""
     router = APIRouter(prefix="/api/v1", tags=["accounts"])
-    actor = "api"
     tz = timezone or ZoneInfo("UTC")
 
     def today() -> Any:
         return lifecycle.today_in(clock, tz)
 
     @router.post("/plans", status_code=status.HTTP_201_CREATED)
-    async def define_plan(cmd: DefinePlan) -> PlanDefined:
-        return await use_cases.define_plan(store, clock, cmd, actor)
+    async def define_plan(cmd: DefinePlan, who: Principal = requires(PLANS_WRITE)) -> PlanDefined:
+        return await use_cases.define_plan(store, clock, cmd, who.actor)
 
-    @router.get("/plans")
+    @router.get("/plans", dependencies=[requires(PLANS_READ)])
     async def list_plans() -> list[PlanDefined]:
         return [PlanDefined.model_validate(p) for p in await queries.plans()]
 
     @router.post("/customers", status_code=status.HTTP_201_CREATED)
-    async def register_customer(cmd: RegisterCustomer) -> CustomerRegistered:
-        return await use_cases.register_customer(store, clock, cmd, actor)
+    async def register_customer(
+        cmd: RegisterCustomer, who: Principal = requires(CUSTOMERS_WRITE)
+    ) -> CustomerRegistered:
+        return await use_cases.register_customer(store, clock, cmd, who.actor)
 
-    @router.get("/customers")
+    @router.get("/customers", dependencies=[requires(CUSTOMERS_READ)])
     async def list_customers(
         q: str | None = Query(
             default=None, max_length=100, description="part of the id, name or e-mail"
@@ -171,10 +184,12 @@ def accounts_router(
         ]
 
     @router.post("/subscriptions", status_code=status.HTTP_201_CREATED)
-    async def start_subscription(cmd: StartSubscription) -> SubscriptionStarted:
-        return await use_cases.start_subscription(store, clock, cmd, actor)
+    async def start_subscription(
+        cmd: StartSubscription, who: Principal = requires(SUBSCRIPTIONS_WRITE)
+    ) -> SubscriptionStarted:
+        return await use_cases.start_subscription(store, clock, cmd, who.actor)
 
-    @router.get("/subscriptions")
+    @router.get("/subscriptions", dependencies=[requires(SUBSCRIPTIONS_READ)])
     async def list_subscriptions(
         customer_id: str | None = Query(default=None, max_length=64),
         limit: int = Query(default=1000, ge=1, le=10_000),
@@ -188,79 +203,107 @@ def accounts_router(
             today(), customer_id=customer_id, limit=limit, after=after
         )
 
-    @router.get("/customers/{customer_id}")
+    @router.get("/customers/{customer_id}", dependencies=[requires(CUSTOMERS_READ)])
     async def get_customer(customer_id: str) -> dict[str, Any]:
         """A customer's current details and `version` (send it back as `expected_version`)."""
         return customer_view(*await lifecycle.load_customer(store, customer_id))
 
     @router.patch("/customers/{customer_id}")
-    async def change_customer(customer_id: str, cmd: ChangeCustomer) -> dict[str, Any]:
+    async def change_customer(
+        customer_id: str, cmd: ChangeCustomer, who: Principal = requires(CUSTOMERS_WRITE)
+    ) -> dict[str, Any]:
         """Change some of a customer's details; the ones not given stay. 409 when the customer
         changed since `expected_version`."""
         return customer_view(
-            *await lifecycle.change_customer(store, clock, customer_id, cmd, actor)
+            *await lifecycle.change_customer(store, clock, customer_id, cmd, who.actor)
         )
 
-    @router.get("/subscriptions/{subscription_id}")
+    @router.get("/subscriptions/{subscription_id}", dependencies=[requires(SUBSCRIPTIONS_READ)])
     async def get_subscription(subscription_id: str) -> dict[str, Any]:
         """Status and plan today, `version`, and the history with effective dates."""
         sub = await lifecycle.load_subscription(store, subscription_id)
         return subscription_view(sub, today())
 
     @router.post("/subscriptions/{subscription_id}/plan-change")
-    async def change_plan(subscription_id: str, cmd: ChangePlan) -> dict[str, Any]:
+    async def change_plan(
+        subscription_id: str, cmd: ChangePlan, who: Principal = requires(SUBSCRIPTIONS_WRITE)
+    ) -> dict[str, Any]:
         """Upgrade or downgrade: "now" (today), "next_cycle" (the first of next month) or a
         date. Days before it are charged on the old plan, from it on the new one."""
-        sub = await lifecycle.change_plan(store, clock, tz, subscription_id, cmd, actor)
+        sub = await lifecycle.change_plan(store, clock, tz, subscription_id, cmd, who.actor)
         return subscription_view(sub, today())
 
     @router.post("/subscriptions/{subscription_id}/suspend")
-    async def suspend(subscription_id: str, cmd: SuspendSubscription) -> dict[str, Any]:
+    async def suspend(
+        subscription_id: str,
+        cmd: SuspendSubscription,
+        who: Principal = requires(SUBSCRIPTIONS_WRITE),
+    ) -> dict[str, Any]:
         """Suspend by staff from `effective_on` (default today); suspended days are not
         charged."""
-        sub = await lifecycle.suspend_subscription(store, clock, tz, subscription_id, cmd, actor)
+        sub = await lifecycle.suspend_subscription(
+            store, clock, tz, subscription_id, cmd, who.actor
+        )
         return subscription_view(sub, today())
 
     @router.post("/subscriptions/{subscription_id}/resume")
-    async def resume(subscription_id: str, cmd: ResumeSubscription) -> dict[str, Any]:
+    async def resume(
+        subscription_id: str,
+        cmd: ResumeSubscription,
+        who: Principal = requires(SUBSCRIPTIONS_WRITE),
+    ) -> dict[str, Any]:
         """Resume a suspended subscription from `effective_on` (default today), charged."""
-        sub = await lifecycle.resume_subscription(store, clock, tz, subscription_id, cmd, actor)
+        sub = await lifecycle.resume_subscription(store, clock, tz, subscription_id, cmd, who.actor)
         return subscription_view(sub, today())
 
     @router.post("/subscriptions/{subscription_id}/hold")
-    async def hold(subscription_id: str, cmd: PlaceHold) -> dict[str, Any]:
+    async def hold(
+        subscription_id: str, cmd: PlaceHold, who: Principal = requires(SUBSCRIPTIONS_WRITE)
+    ) -> dict[str, Any]:
         """A vacation hold from `from` to `until` (both inclusive, not charged)."""
-        sub = await lifecycle.place_hold(store, clock, tz, subscription_id, cmd, actor)
+        sub = await lifecycle.place_hold(store, clock, tz, subscription_id, cmd, who.actor)
         return subscription_view(sub, today())
 
     @router.post("/subscriptions/{subscription_id}/terminate")
-    async def terminate(subscription_id: str, cmd: TerminateSubscription) -> dict[str, Any]:
+    async def terminate(
+        subscription_id: str,
+        cmd: TerminateSubscription,
+        who: Principal = requires(SUBSCRIPTIONS_WRITE),
+    ) -> dict[str, Any]:
         """End the subscription: `effective_on` is its last day of service, charged."""
-        sub = await lifecycle.terminate_subscription(store, clock, tz, subscription_id, cmd, actor)
+        sub = await lifecycle.terminate_subscription(
+            store, clock, tz, subscription_id, cmd, who.actor
+        )
         return subscription_view(sub, today())
 
     @router.post("/subscriptions/{subscription_id}/username")
-    async def change_username(subscription_id: str, cmd: ChangeUsername) -> dict[str, Any]:
+    async def change_username(
+        subscription_id: str, cmd: ChangeUsername, who: Principal = requires(SUBSCRIPTIONS_WRITE)
+    ) -> dict[str, Any]:
         """Usage arrives under a new RADIUS username from today; the old one is released."""
-        sub = await lifecycle.change_username(store, clock, tz, subscription_id, cmd, actor)
+        sub = await lifecycle.change_username(store, clock, tz, subscription_id, cmd, who.actor)
         return subscription_view(sub, today())
 
-    @router.get("/plans/{plan_id}")
+    @router.get("/plans/{plan_id}", dependencies=[requires(PLANS_READ)])
     async def get_plan(plan_id: str) -> dict[str, Any]:
         """A plan and every version of it, each with the date it is in force from."""
         return plan_view(await lifecycle.plan_versions(store, plan_id))
 
     @router.post("/plans/{plan_id}/versions", status_code=status.HTTP_201_CREATED)
-    async def publish_plan_version(plan_id: str, cmd: PublishPlanVersion) -> dict[str, Any]:
+    async def publish_plan_version(
+        plan_id: str, cmd: PublishPlanVersion, who: Principal = requires(PLANS_WRITE)
+    ) -> dict[str, Any]:
         """The plan's next version, in force from `effective_from`."""
-        await lifecycle.publish_plan_version(store, clock, tz, plan_id, cmd, actor)
+        await lifecycle.publish_plan_version(store, clock, tz, plan_id, cmd, who.actor)
         return plan_view(await lifecycle.plan_versions(store, plan_id))
 
     @router.post("/topups", status_code=status.HTTP_201_CREATED)
-    async def define_topup(cmd: DefineTopUpProduct) -> TopUpProductDefined:
-        return await lifecycle.define_topup_product(store, clock, cmd, actor)
+    async def define_topup(
+        cmd: DefineTopUpProduct, who: Principal = requires(PLANS_WRITE)
+    ) -> TopUpProductDefined:
+        return await lifecycle.define_topup_product(store, clock, cmd, who.actor)
 
-    @router.get("/topups")
+    @router.get("/topups", dependencies=[requires(PLANS_READ)])
     async def list_topups() -> list[TopUpProductDefined]:
         return [TopUpProductDefined.model_validate(t) for t in await queries.topups()]
 
@@ -282,27 +325,33 @@ def accounts_router(
         return views.get(registered.nas_id) or nas_view(registered, keyring)
 
     @router.post("/nas", status_code=status.HTTP_201_CREATED)
-    async def register_nas(cmd: RegisterNas) -> dict[str, Any]:
+    async def register_nas(
+        cmd: RegisterNas, who: Principal = requires(NAS_WRITE)
+    ) -> dict[str, Any]:
         """Register a NAS. Its secret is sealed before it is recorded and is never shown."""
-        registered = await use_cases.register_nas(store, clock, cmd, actor, keyring=keyring)
+        registered = await use_cases.register_nas(store, clock, cmd, who.actor, keyring=keyring)
         return await view_of(registered)
 
     @router.put("/nas/{nas_id}")
-    async def change_nas(nas_id: str, cmd: ChangeNas) -> dict[str, Any]:
+    async def change_nas(
+        nas_id: str, cmd: ChangeNas, who: Principal = requires(NAS_WRITE)
+    ) -> dict[str, Any]:
         """New details for a registered NAS: address, secret, flags (all of them)."""
-        changed = await use_cases.change_nas(store, clock, nas_id, cmd, actor, keyring=keyring)
+        changed = await use_cases.change_nas(store, clock, nas_id, cmd, who.actor, keyring=keyring)
         return await view_of(changed)
 
     @router.delete("/nas/{nas_id}")
     async def remove_nas(
-        nas_id: str, reason: str = Query(default="", max_length=200)
+        nas_id: str,
+        reason: str = Query(default="", max_length=200),
+        who: Principal = requires(NAS_WRITE),
     ) -> dict[str, Any]:
         """Take a NAS out of service: its accounting is refused from then on, its address is
         free for another NAS; POST registers it again. Removing it twice changes nothing."""
-        removal = await use_cases.remove_nas(store, clock, nas_id, reason, actor)
+        removal = await use_cases.remove_nas(store, clock, nas_id, reason, who.actor)
         return removal.model_dump(mode="json")
 
-    @router.get("/nas")
+    @router.get("/nas", dependencies=[requires(NAS_READ)])
     async def list_nas() -> list[dict[str, Any]]:
         """Every registered NAS with its current details, in the order registered."""
         return list((await nas_views()).values())

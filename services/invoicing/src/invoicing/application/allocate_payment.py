@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
+from ispbill_core.access import system_actor
 from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoicePaid,
@@ -22,6 +23,9 @@ from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_e
 from ispbill_core.eventstore import EventStore
 from ispbill_core.money import Money
 from ispbill_core.subscriber import TransientError
+
+#: What this records on its own carries this actor in its metadata.
+ACTOR = system_actor("invoicing.allocate-payments")
 
 
 class InvoiceLocator(Protocol):
@@ -85,7 +89,7 @@ async def allocate_payment(
                 "payment-allocated", payment.payment_id, invoice.invoice_id, version
             ),
             occurred_at=payment.received_at,
-            actor="system:invoicing.allocate-payments",
+            actor=ACTOR,
             causation_id=recorded.id,
         )
     ]
@@ -104,7 +108,7 @@ async def allocate_payment(
                     "invoice-paid", invoice.invoice_id, payment.payment_id, version
                 ),
                 occurred_at=payment.received_at,
-                actor="system:invoicing.allocate-payments",
+                actor=ACTOR,
                 causation_id=recorded.id,
             )
         )

@@ -21,6 +21,7 @@ from invoicing.domain.service_days import (
     charged_segments,
     last_plan_in,
 )
+from ispbill_core.access import system_actor
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     CustomerDetailsChanged,
@@ -49,6 +50,8 @@ from ispbill_core.money import Money
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import links_from_traceparents, trace_id_of
 
+#: The actor of a bill run no one asked for (a scheduled one, later); a clerk's carries theirs.
+SCHEDULED_ACTOR = system_actor("invoicing.bill-run")
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ispbill.invoicing")
 
@@ -104,8 +107,9 @@ async def scanned_catalogue(store: EventStore) -> BillRunCatalogue:
 class _Series:
     """The invoice series stream, read once per bill run and followed as we append to it."""
 
-    def __init__(self, store: EventStore, series: str) -> None:
+    def __init__(self, store: EventStore, series: str, actor: str = SCHEDULED_ACTOR) -> None:
         self._store = store
+        self._actor = actor
         self._stream = invoice_series_stream(series)
         self.version: int | None = None
         self.numbers: dict[uuid.UUID, InvoiceNumberAssigned] = {}
@@ -142,7 +146,10 @@ class _Series:
             # The id names the invoice, not the number: a retry after a crash finds the
             # number already assigned instead of taking a second one.
             event = new_event(
-                assigned, id=deterministic_id("invoice-number", invoice_id), occurred_at=now
+                assigned,
+                id=deterministic_id("invoice-number", invoice_id),
+                occurred_at=now,
+                actor=self._actor,
             )
             with contextlib.suppress(WrongExpectedVersion):
                 await self._store.append(
@@ -226,6 +233,8 @@ async def close_billing_period(
     settings: BillingSettings,
     period_text: str,
     catalogue_source: Callable[[], Awaitable[BillRunCatalogue]] | None = None,
+    *,
+    actor: str = SCHEDULED_ACTOR,
 ) -> BillRunReport:
     """Issue one invoice per customer with a subscription active in the period.
 
@@ -239,12 +248,21 @@ async def close_billing_period(
         "invoicing.bill_run", attributes={"billing.period": str(period)}
     ):
         catalogue = await (catalogue_source or (lambda: scanned_catalogue(store)))()
-        series = _Series(store, settings.series)
+        series = _Series(store, settings.series, actor)
         await series.refresh()
         for customer_id, subs in sorted(catalogue.subscriptions.items()):
             try:
                 outcome = await _close_for_customer(
-                    store, clock, settings, catalogue, series, period, customer_id, subs, run_id
+                    store,
+                    clock,
+                    settings,
+                    catalogue,
+                    series,
+                    period,
+                    customer_id,
+                    subs,
+                    run_id,
+                    actor,
                 )
             except InvoicingError as exc:
                 report.skipped[customer_id] = str(exc)
@@ -266,6 +284,7 @@ async def _close_for_customer(
     customer_id: str,
     subs: list[SubscriptionStarted],
     run_id: uuid.UUID,
+    actor: str,
 ) -> tuple[str, bool] | None:
     stream = invoice_stream(customer_id, str(period))
     existing = await store.read_stream(stream, limit=1)
@@ -362,6 +381,7 @@ async def _close_for_customer(
                         id=deterministic_id("invoice-issued", invoice_id),
                         occurred_at=now,
                         correlation_id=run_id,
+                        actor=actor,
                     )
                 ],
                 NO_STREAM,

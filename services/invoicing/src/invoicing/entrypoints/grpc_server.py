@@ -18,10 +18,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ispbill.v1 import invoices_pb2, invoices_pb2_grpc
+from ispbill_core.access import INVOICES_READ, Authenticator
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
+from ispbill_core.grpc_access import AccessInterceptor, check_methods_declared
 from ispbill_core.money import Money
 
-SERVICE_NAME: str = invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name
+_SERVICE = invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"]
+SERVICE_NAME: str = _SERVICE.full_name
+#: The permission of each method; a method missing here stops the server from starting.
+METHOD_PERMISSIONS: dict[str, str] = {
+    f"/{SERVICE_NAME}/GetInvoice": INVOICES_READ,
+    f"/{SERVICE_NAME}/ListInvoices": INVOICES_READ,
+    f"/{SERVICE_NAME}/GetInvoicePdf": INVOICES_READ,
+}
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -257,13 +266,20 @@ class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
 
 
 async def start_grpc_server(
-    queries: InvoiceQueries, *, host: str = "127.0.0.1", port: int = 0
+    queries: InvoiceQueries,
+    *,
+    authenticator: Authenticator,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> tuple[grpc.aio.Server, int]:
     """Start InvoiceService with health checks on host:port; returns the server and bound port.
 
+    Every InvoiceService call needs `authorization: Bearer <token>` with the method's
+    permission (METHOD_PERMISSIONS); health checks and reflection are open.
     Port 0 asks the OS for a free port. Stop with ``await server.stop(grace)``.
     """
-    server = grpc.aio.server()
+    check_methods_declared(METHOD_PERMISSIONS, [_SERVICE])
+    server = grpc.aio.server(interceptors=[AccessInterceptor(authenticator, METHOD_PERMISSIONS)])
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(queries), server)
 
     health_servicer = health.aio.HealthServicer()

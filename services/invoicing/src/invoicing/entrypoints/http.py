@@ -14,9 +14,11 @@ from invoicing.application.close_billing_period import BillRunCatalogue, close_b
 from invoicing.application.read_models import InvoiceFilter, ProjectedInvoiceQueries
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
+from ispbill_core.access import BILL_RUNS_RUN, INVOICES_READ, TAX_RATES_WRITE, Principal
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import InvoiceIssued, TaxRateSet
 from ispbill_core.eventstore import EventStore
+from ispbill_core.web import requires
 
 
 class BillRunRequest(BaseModel):
@@ -54,8 +56,12 @@ def invoicing_router(
     router = APIRouter(prefix="/api/v1", tags=["invoicing"])
 
     @router.post("/bill-runs")
-    async def bill_run(req: BillRunRequest) -> BillRunResponse:
-        report = await close_billing_period(store, clock, settings, req.period, catalogue)
+    async def bill_run(
+        req: BillRunRequest, who: Principal = requires(BILL_RUNS_RUN)
+    ) -> BillRunResponse:
+        report = await close_billing_period(
+            store, clock, settings, req.period, catalogue, actor=who.actor
+        )
         return BillRunResponse(
             period=report.period,
             issued=report.issued,
@@ -64,10 +70,12 @@ def invoicing_router(
         )
 
     @router.post("/tax-rates", status_code=status.HTTP_201_CREATED)
-    async def tax_rate(req: TaxRateRequest) -> TaxRateSet:
-        return await set_tax_rate(store, clock, req.region, req.tax_name, req.rate, actor="api")
+    async def tax_rate(
+        req: TaxRateRequest, who: Principal = requires(TAX_RATES_WRITE)
+    ) -> TaxRateSet:
+        return await set_tax_rate(store, clock, req.region, req.tax_name, req.rate, actor=who.actor)
 
-    @router.get("/invoices")
+    @router.get("/invoices", dependencies=[requires(INVOICES_READ)])
     async def list_invoices(
         customer_id: str | None = Query(default=None, max_length=64),
         period: str | None = Query(default=None, pattern=r"^\d{4}-(0[1-9]|1[0-2])$"),
@@ -111,14 +119,18 @@ def invoicing_router(
         )
         return [{**invoice_view(inv, st), "cursor": cursor} for inv, st, cursor in found]
 
-    @router.get("/invoices/{reference}")
+    @router.get("/invoices/{reference}", dependencies=[requires(INVOICES_READ)])
     async def show_invoice(reference: str) -> dict[str, Any]:
         found = await queries.find(reference)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no invoice {reference!r}")
         return invoice_view(*found)
 
-    @router.get("/invoices/{reference}/pdf", response_class=Response)
+    @router.get(
+        "/invoices/{reference}/pdf",
+        response_class=Response,
+        dependencies=[requires(INVOICES_READ)],
+    )
     async def invoice_pdf(reference: str) -> Response:
         found = await queries.find(reference)
         if found is None:

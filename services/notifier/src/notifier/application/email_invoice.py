@@ -9,12 +9,16 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from ispbill_core.access import system_actor
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.events import RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from notifier.domain.events import InvoiceEmailed, invoice_notification_stream
 from notifier.domain.messages import invoice_email
+
+#: What this records on its own carries this actor in its metadata.
+ACTOR = system_actor("notifier.email-invoices")
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ispbill.notifier")
@@ -72,6 +76,7 @@ async def email_invoice(
                         id=deterministic_id("invoice-emailed", invoice.invoice_id),
                         occurred_at=emailed.sent_at,
                         causation_id=recorded.id,
+                        actor=ACTOR,
                     )
                 ],
                 NO_STREAM,

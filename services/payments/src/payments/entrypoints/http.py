@@ -6,9 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Query, status
 
+from ispbill_core.access import PAYMENTS_READ, PAYMENTS_WRITE, Principal
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.eventstore import EventStore
+from ispbill_core.web import requires
 from payments.application.read_models import PaymentQueries
 from payments.application.record_manual_payment import InvoiceLookup, record_manual_payment
 from payments.domain.commands import RecordManualPayment
@@ -20,10 +22,12 @@ def payments_router(
     router = APIRouter(prefix="/api/v1", tags=["payments"])
 
     @router.post("/payments/manual", status_code=status.HTTP_201_CREATED)
-    async def record_manual(cmd: RecordManualPayment) -> PaymentReceived:
-        return await record_manual_payment(store, clock, invoices, cmd, actor="api")
+    async def record_manual(
+        cmd: RecordManualPayment, who: Principal = requires(PAYMENTS_WRITE)
+    ) -> PaymentReceived:
+        return await record_manual_payment(store, clock, invoices, cmd, actor=who.actor)
 
-    @router.get("/payments")
+    @router.get("/payments", dependencies=[requires(PAYMENTS_READ)])
     async def list_payments(
         customer_id: str | None = Query(default=None, max_length=64),
         invoice_id: str | None = Query(default=None, max_length=64),

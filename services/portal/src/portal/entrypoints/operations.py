@@ -8,10 +8,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from ispbill_core.access import (
+    AUDIT_READ,
+    PARKED_READ,
+    PARKED_WRITE,
+    PROJECTIONS_ADMIN,
+    PROJECTIONS_READ,
+)
 from ispbill_core.eventstore import EventStore
 from ispbill_core.projections import ParkedStatus, ReadModelDatabase
 from ispbill_core.projections.audit import audit_log
 from ispbill_core.projections.projector import Projector
+from ispbill_core.web import requires
 
 #: How many events behind a projection is counted exactly; past that, "at least".
 LAG_COUNT_LIMIT = 10_000
@@ -55,7 +63,7 @@ def operations_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["operations"])
 
-    @router.get("/projections")
+    @router.get("/projections", dependencies=[requires(PROJECTIONS_READ)])
     async def projections() -> list[ProjectionStatus]:
         """Every projection with its position and lag (events of its types not folded yet)."""
         head = await store.head_position()
@@ -89,7 +97,11 @@ def operations_router(
             )
         return out
 
-    @router.post("/projections/{name}/rebuild", status_code=status.HTTP_202_ACCEPTED)
+    @router.post(
+        "/projections/{name}/rebuild",
+        status_code=status.HTTP_202_ACCEPTED,
+        dependencies=[requires(PROJECTIONS_ADMIN)],
+    )
     async def rebuild(
         name: Annotated[str, Path(max_length=80, pattern=r"^[a-z0-9.-]+$")],
     ) -> dict[str, str]:
@@ -100,7 +112,7 @@ def operations_router(
         projector.rebuild(name)
         return {"projection": name, "status": "rebuilding"}
 
-    @router.get("/parked")
+    @router.get("/parked", dependencies=[requires(PARKED_READ)])
     async def list_parked(
         consumer: str | None = Query(default=None, max_length=80),
         status_: str | None = Query(
@@ -120,14 +132,14 @@ def operations_router(
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no parked event {parked_id}")
         return entry
 
-    @router.get("/parked/{parked_id}")
+    @router.get("/parked/{parked_id}", dependencies=[requires(PARKED_READ)])
     async def show_parked(parked_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict[str, Any]:
         """One parked event with the whole event as recorded."""
         entry = await _found(parked_id)
         shown: dict[str, Any] = entry.as_dict(with_envelope=True)
         return shown
 
-    @router.post("/parked/{parked_id}/retry")
+    @router.post("/parked/{parked_id}/retry", dependencies=[requires(PARKED_WRITE)])
     async def retry_parked(parked_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict[str, Any]:
         """Hand the event to its consumer again (within seconds); if it fails again it is
         parked again with the new reason."""
@@ -140,7 +152,7 @@ def operations_router(
         done: dict[str, Any] = (await _found(parked_id)).as_dict()
         return done
 
-    @router.post("/parked/{parked_id}/discard")
+    @router.post("/parked/{parked_id}/discard", dependencies=[requires(PARKED_WRITE)])
     async def discard_parked(
         parked_id: Annotated[int, Path(ge=1, le=2**62)], action: ParkedAction
     ) -> dict[str, Any]:
@@ -153,7 +165,7 @@ def operations_router(
         done: dict[str, Any] = (await _found(parked_id)).as_dict()
         return done
 
-    @router.get("/audit")
+    @router.get("/audit", dependencies=[requires(AUDIT_READ)])
     async def audit(
         actor: str | None = Query(default=None, max_length=120),
         customer_id: str | None = Query(default=None, max_length=64),

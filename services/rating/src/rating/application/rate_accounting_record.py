@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from opentelemetry import trace
 
+from ispbill_core.access import system_actor
 from ispbill_core.contracts.accounts import (
     RadiusUsernameAssigned,
     RadiusUsernameChanged,
@@ -40,6 +41,8 @@ from rating.domain.sessions import (
 )
 
 log = logging.getLogger(__name__)
+#: What this records on its own carries this actor in its metadata.
+ACTOR = system_actor("rating")
 tracer = trace.get_tracer("ispbill.rating")
 
 MAX_CONFLICT_RETRIES = 20
@@ -204,14 +207,24 @@ async def _session_for(store: EventStore, record: AccountingRecordReceived) -> s
         nas_sessions_stream(record.nas_id),
         [
             new_event(
-                opening, id=deterministic_id("nas-session-listed", key), occurred_at=started_at
+                opening,
+                id=deterministic_id("nas-session-listed", key),
+                occurred_at=started_at,
+                actor=ACTOR,
             )
         ],
         ANY,
     )
     await store.append(
         index,
-        [new_event(opening, id=deterministic_id("session-opened", key), occurred_at=started_at)],
+        [
+            new_event(
+                opening,
+                id=deterministic_id("session-opened", key),
+                occurred_at=started_at,
+                actor=ACTOR,
+            )
+        ],
         len(history) - 1 if history else NO_STREAM,
     )
     return key
@@ -260,7 +273,7 @@ async def close_sessions_of_rebooted_nas(
         sessions_closed=closed,
     )
     await store.append(
-        listing, [new_event(marker, id=marker_id, occurred_at=record.event_time)], ANY
+        listing, [new_event(marker, id=marker_id, occurred_at=record.event_time, actor=ACTOR)], ANY
     )
     log.info("NAS %s rebooted (%s): %d open sessions closed", record.nas_id, record.status, closed)
     return closed
@@ -314,6 +327,7 @@ async def _close_session(store: EventStore, key: str, record: AccountingRecordRe
                 closing,
                 id=deterministic_id("session-closed-by-nas", record.record_id, key),
                 occurred_at=record.event_time,
+                actor=ACTOR,
             )
         ],
         state.version,
@@ -362,6 +376,7 @@ async def _rate(
                     occurred_at=record.event_time,
                     causation_id=message.id,
                     traceparent=traceparent,
+                    actor=ACTOR,
                 )
             ],
             NO_STREAM if state.version is None else state.version,
@@ -427,6 +442,7 @@ async def _keep_unmatched(
                 occurred_at=record.event_time,
                 causation_id=message.id,
                 traceparent=traceparent,
+                actor=ACTOR,
             )
         ],
         ANY,
@@ -469,6 +485,7 @@ async def _append_usage(
                 occurred_at=occurred_at,
                 causation_id=causation_id,
                 traceparent=traceparent,
+                actor=ACTOR,
             )
         ],
         ANY,

@@ -6,8 +6,10 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path
 
+from ispbill_core.access import USAGE_READ
 from ispbill_core.eventstore import EventStore
 from ispbill_core.projections import ReadModelDatabase
+from ispbill_core.web import requires
 from rating.application.read_models import unmatched_usage_from
 from rating.application.usage_summary import (
     UnmatchedUsage,
@@ -21,13 +23,13 @@ def rating_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["rating"])
 
-    @router.get("/usage/unmatched")
+    @router.get("/usage/unmatched", dependencies=[requires(USAGE_READ)])
     async def unmatched() -> list[UnmatchedUsage]:
         """Usage of RADIUS usernames that no subscription has (yet), per username, largest
         first: it is rated once a subscription starts with the username, from its start on."""
         return await unmatched_usage_from(read_models)
 
-    @router.get("/usage/{customer_id}/{period}")
+    @router.get("/usage/{customer_id}/{period}", dependencies=[requires(USAGE_READ)])
     async def usage(
         customer_id: str, period: str = Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
     ) -> UsageSummary:

@@ -16,8 +16,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from ispbill_core.access import USAGE_IMPORT
 from ispbill_core.bus import BusError
 from ispbill_core.clock import Clock
+from ispbill_core.web import requires
 from usage_collector.application.import_detail import (
     ImportedRequest,
     ImportReport,
@@ -145,7 +147,7 @@ def collector_import_router(
     NAS by its address or by its id."""
     router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
 
-    @router.post("/collector/imports/radius-detail")
+    @router.post("/collector/imports/radius-detail", dependencies=[requires(USAGE_IMPORT)])
     async def import_radius_detail(body: RadiusDetailImport) -> ImportResult:
         """Import accounting requests read from FreeRADIUS detail files; idempotent."""
         nas = None
