@@ -49,6 +49,7 @@ from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.sealing import Keyring
 from tests.fixtures.kafka import TansuBroker, TansuNotFound
 from tests.fixtures.smtp import free_port
+from tests.fixtures.staff import staff_token
 from usage_collector.adapters.spool import RenewablePublisher, SpoolingPublisher
 from usage_collector.adapters.spool import main as spool_main
 from usage_collector.bootstrap import UsageCollector, bootstrap
@@ -520,6 +521,7 @@ class CollectorProcess:
         self.http = f"http://127.0.0.1:{env['ISPBILL_HTTP_PORT']}"
         self.runs = 0
         self.proc: Any = None
+        self.token = ""
 
     async def start(self) -> None:
         self._spawn()
@@ -545,7 +547,11 @@ class CollectorProcess:
             return False
 
     def counters(self) -> dict[str, int]:
-        response = httpx.get(f"{self.http}/api/v1/collector/counters", timeout=2)
+        response = httpx.get(
+            f"{self.http}/api/v1/collector/counters",
+            timeout=2,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         response.raise_for_status()
         return dict(response.json())
 
@@ -575,6 +581,7 @@ async def collector_process(
     data = tmp_path / "data"
     data.mkdir()
     store, _ = await ledger_with_nas(data / "ledger.db", requests.secret)  # data/secrets.key
+    token = await staff_token(store)  # the counters route needs collector:read
     await store.close()
     env = {
         "ISPBILL_DATA_DIR": str(data),
@@ -586,6 +593,7 @@ async def collector_process(
         "ISPBILL_PUBLISH_TIMEOUT": "1",
     }
     process = CollectorProcess(tmp_path, env)
+    process.token = token
     try:
         yield process
     finally:
