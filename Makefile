@@ -12,7 +12,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: help install install-system install-python install-tools run demo test test-unit test-contract \
         test-integration test-e2e lint format proto proto-check bench bench-store bench-fuzz-collector events-doc \
-        helm-lint install-bench bench-collector
+        helm-lint install-bench bench-collector bench-reads
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -93,13 +93,16 @@ proto-check: proto ## fail when the committed stubs differ from freshly generate
 	@untracked=$$(git ls-files --others --exclude-standard -- $(PROTO_OUT)); \
 	  if [ -n "$$untracked" ]; then echo "generated stubs not committed:"; echo "$$untracked"; exit 1; fi
 
-bench: bench-store bench-fuzz-collector bench-collector ## every benchmark
+bench: bench-store bench-reads bench-fuzz-collector bench-collector ## every benchmark
 
 bench-fuzz-collector: ## 1,000,000 malformed RADIUS packets through the collector's screening
 	$(RUN) python bench/fuzz_collector.py
 
 bench-collector: install-bench ## RADIUS acks per second: ispbill's collector (embedded, Kafka) vs FreeRADIUS
 	$(RUN) python bench/bench_collector.py
+
+bench-reads: ## projection rebuild vs raw read rate, REST query p50/p99 at 100,000 customers (SQLite, PostgreSQL)
+	$(RUN) python bench/bench_reads.py
 
 bench-store: ## appends per second to each event store adapter (batches of 1 and 500)
 	$(RUN) python bench/bench_store.py
