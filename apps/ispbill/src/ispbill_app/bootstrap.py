@@ -23,6 +23,7 @@ from accounts.domain.errors import (
     UsernameTaken,
 )
 from accounts.entrypoints.http import accounts_router
+from accounts.entrypoints.imports_http import imports_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
 from invoicing.application.queries import LedgerInvoiceQueries
@@ -163,6 +164,7 @@ class Services:
         return create_app(
             [
                 accounts_router(self.store, self.clock, self.require_keyring()),
+                imports_router(self.store, self.clock),
                 rating_router(self.store, self.settings.timezone),
                 invoicing_router(
                     self.store, self.clock, billing_settings(self.settings), self.invoice_queries
