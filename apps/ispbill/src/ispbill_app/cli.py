@@ -7,7 +7,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import httpx
 import typer
 
@@ -92,12 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             standalone_mode=False,
             obj=cli_state,
         )
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:  # bad usage: click says what and shows the usage line
-        exc.show(file=sys.stderr)
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
         print("ispbill: interrupted", file=sys.stderr)
         return 130
     except ApiError as exc:
@@ -107,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.TransportError as exc:
         print(f"ispbill: cannot reach {cli_state.server_url}: {exc}", file=sys.stderr)
         return 2
+    except typer.TyperException as exc:  # bad usage: says what and shows the usage line
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show(file=sys.stderr)
+        else:
+            print(f"ispbill: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
     except CredentialsError as exc:
         print(f"ispbill: {exc}", file=sys.stderr)
         return 2
