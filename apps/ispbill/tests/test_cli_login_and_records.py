@@ -223,7 +223,8 @@ def logged_in(stand_in, monkeypatch, capsys) -> tuple[str, list[dict[str, Any]]]
     ("args", "method", "path", "body"),
     [
         (
-            ["subscriptions", "change-plan", "S1", "--plan", "biz-100", "--effective", "next_cycle"],
+            ["subscriptions", "change-plan", "S1", "--plan", "biz-100",
+             "--effective", "next_cycle"],
             "POST", "/api/v1/subscriptions/S1/plan-change",
             {"plan_id": "biz-100", "effective": "next_cycle", "expected_version": 7},
         ),

@@ -329,15 +329,20 @@ def send_customer_rows(
 def _report_customer_import(
     results: list[dict[str, Any]], totals: dict[str, int], dry_run: bool
 ) -> None:
-    problems = [r for r in results if r["errors"] or r["warnings"]]
-    if problems:
-        table = new_table(["ROW", "CUSTOMER", "STATUS", "REASON"], right={"ROW"})
-        for r in problems:
-            reasons = r["errors"] or [f"warning: {w}" for w in r["warnings"]]
-            table.add_row(
-                cell(r["row"]), cell(r["customer_id"]), cell(r["status"]), cell("; ".join(reasons))
-            )
+    """Every invalid row with its reasons; warnings (columns this server cannot record yet)
+    once each with the number of rows, not once per row."""
+    invalid = [r for r in results if r["errors"]]
+    if invalid:
+        table = new_table(["ROW", "CUSTOMER", "REASON"], right=frozenset({"ROW"}))
+        for r in invalid:
+            table.add_row(cell(r["row"]), cell(r["customer_id"]), cell("; ".join(r["errors"])))
         stdout_console().print(table)
+    warnings: dict[str, int] = {}
+    for r in results:
+        for warning in r["warnings"]:
+            warnings[warning] = warnings.get(warning, 0) + 1
+    for warning, n in sorted(warnings.items()):
+        print(f"warning: {warning} ({count(n, 'row')})", file=sys.stderr)
     created = "would create" if dry_run else "created"
     print(
         f"{count(len(results), 'row')}: {created} {totals['created']},"

@@ -81,7 +81,9 @@ def show_invoice(invoice: dict[str, Any], fmt: OutputFormat) -> None:
         )
     )
     # A line's description wraps onto more lines rather than being cut short.
-    table = new_table(["DESCRIPTION", "QUANTITY", "UNIT", "AMOUNT"], right={"QUANTITY", "AMOUNT"})
+    table = new_table(
+        ["DESCRIPTION", "QUANTITY", "UNIT", "AMOUNT"], right=frozenset({"QUANTITY", "AMOUNT"})
+    )
     for line in invoice["lines"]:
         table.add_row(
             cell(line["description"]),
