@@ -203,7 +203,7 @@ def test_ten_thousand_rows_with_two_percent_bad_import_once(server, plan, tmp_pa
     assert server.events() == before  # a dry run records nothing
 
     code, first, took = import_json(server, path, capsys)
-    print(f"\nimport of 10,000 rows: {took:.1f} s")
+    print(f"\nimport of 10,000 rows: {took:.1f} s", file=sys.__stderr__)
     assert code == 1
     assert (first["created"], first["unchanged"], first["invalid"]) == (9800, 0, 200)
     invalid = {r["row"]: "; ".join(r["errors"]) for r in first["results"] if r["errors"]}
@@ -216,7 +216,7 @@ def test_ten_thousand_rows_with_two_percent_bad_import_once(server, plan, tmp_pa
     assert took < 60
 
     code, again, took_again = import_json(server, path, capsys)
-    print(f"second run: {took_again:.1f} s")
+    print(f"second run: {took_again:.1f} s", file=sys.__stderr__)
     assert (again["created"], again["unchanged"], again["invalid"]) == (0, 9800, 200)
     assert server.events() == after
 
