@@ -44,9 +44,10 @@ _NEWER_CUSTOMER_COLUMNS = ("phone", "service_address", "account_type", "tags")
 
 
 class CustomerRow(BaseModel):
-    """One spreadsheet row as read: every column text, empty when blank."""
+    """One spreadsheet row as read: every column text, empty when blank. Spaces around a
+    value (a spreadsheet's habit) are dropped; spaces inside an id make it invalid."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     row: int = Field(ge=1, description="row number in the file, for the report")
     customer_id: str = Field(default="", max_length=200)
