@@ -152,8 +152,11 @@ def test_login_keeps_a_token_only_its_owner_can_read_and_the_cli_sends_it(
     stand_in, config_dir, monkeypatch, capsys
 ) -> None:
     server, seen = stand_in
-    os.umask(0o022)
-    assert login(server, "alice", "correct horse\n", monkeypatch) == 0
+    umask = os.umask(0o022)  # the usual one: the modes below must not come from it
+    try:
+        assert login(server, "alice", "correct horse\n", monkeypatch) == 0
+    finally:
+        os.umask(umask)
     assert "logged in" in capsys.readouterr().out
     path = config_dir / "credentials.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
