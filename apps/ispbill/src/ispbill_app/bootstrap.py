@@ -29,6 +29,7 @@ from accounts.domain.errors import (
     UsernameTaken,
 )
 from accounts.entrypoints.http import accounts_router
+from accounts.entrypoints.imports_http import imports_router
 from accounts.entrypoints.staff_http import staff_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
@@ -266,6 +267,7 @@ class Services:
                     AccountsQueries(self.reads),
                     timezone=self.settings.timezone,
                 ),
+                imports_router(self.store, self.clock),
                 rating_router(self.store, self.settings.timezone, self.reads),
                 invoicing_router(
                     self.store,

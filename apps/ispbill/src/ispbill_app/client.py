@@ -1,4 +1,4 @@
-"""The ops CLI's client of the REST API."""
+"""The ops CLI's client of the REST API: it sends the CLI's token for its server."""
 
 from __future__ import annotations
 
@@ -7,36 +7,44 @@ from typing import Any
 
 import httpx
 
+from ispbill_app import credentials
+
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 #: A bearer token for the server (wins over a stored login).
 TOKEN_ENV = "ISPBILL_TOKEN"  # noqa: S105 - the name of a variable
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, title: str | None = None) -> None:
         self.status = status
         self.detail = detail
+        #: the problem+json title (RFC 9457), e.g. "TotpRequired"
+        self.title = title
         super().__init__(f"HTTP {status}: {detail}")
 
 
 class ApiClient:
-    """The REST API of one server, as a staff user: `token` (else ISPBILL_TOKEN) is sent as
-    `Authorization: Bearer <token>` on every request."""
-
     def __init__(
-        self, server: str | None = None, *, token: str | None = None, timeout: float = 60.0
+        self, server: str | None = None, *, timeout: float = 60.0, token: str | None = None
     ) -> None:
-        self.server = (server or os.environ.get("ISPBILL_SERVER") or DEFAULT_SERVER).rstrip("/")
-        self.token = token or os.environ.get(TOKEN_ENV) or None
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.server = self.resolve(server)
+        token = token if token is not None else credentials.token_for(self.server)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.server, timeout=timeout, headers=headers)
+
+    @staticmethod
+    def resolve(server: str | None) -> str:
+        """The base URL used: the one given, else ISPBILL_SERVER, else the local default."""
+        return (server or os.environ.get("ISPBILL_SERVER") or DEFAULT_SERVER).rstrip("/")
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.is_success:
             return response
+        title = None
         try:
             body = response.json()
             detail = body.get("detail") if isinstance(body, dict) else body
+            title = body.get("title") if isinstance(body, dict) else None
         except ValueError:
             detail = response.text
         if isinstance(detail, list):
@@ -47,7 +55,9 @@ class ApiClient:
                 else str(e)
                 for e in detail
             )
-        raise ApiError(response.status_code, str(detail))
+        if detail is None:
+            detail = title or response.reason_phrase
+        raise ApiError(response.status_code, str(detail), title)
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}
@@ -56,8 +66,9 @@ class ApiClient:
     def get_bytes(self, path: str) -> bytes:
         return self._check(self._http.get(path)).content
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        return self._check(self._http.post(path, json=body)).json()
+    def post(self, path: str, body: Any, **params: Any) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self._check(self._http.post(path, json=body, params=clean)).json()
 
     def patch(self, path: str, body: dict[str, Any]) -> Any:
         return self._check(self._http.patch(path, json=body)).json()

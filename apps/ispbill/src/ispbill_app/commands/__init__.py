@@ -1,0 +1,1 @@
+"""The `ispbill` command groups, one module each; ispbill_app.cli puts them together."""

@@ -1,0 +1,216 @@
+"""`ispbill projections`, `ispbill parked`, `ispbill audit`: the read side for operators."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ispbill_app.commands import runtime
+from ispbill_app.commands.output import (
+    FormatOption,
+    OutputFormat,
+    count,
+    fail,
+    print_data,
+    print_record,
+    stderr_console,
+)
+from ispbill_app.commands.state import client
+
+projections = typer.Typer(help="read models: their lag, and rebuilding one", no_args_is_help=True)
+parked = typer.Typer(help="events a consumer could not handle", no_args_is_help=True)
+audit = typer.Typer(help="who recorded what, and when", no_args_is_help=True)
+
+PROJECTION_COLUMNS = [
+    ("NAME", "name"),
+    ("VERSION", "version"),
+    ("POSITION", "position"),
+    ("HEAD", "head"),
+    ("BEHIND", "behind"),
+    ("PARKED", "parked"),
+    ("UPDATED", "updated_at"),
+]
+
+
+@projections.command("list")
+def list_projections(ctx: typer.Context, fmt: FormatOption = OutputFormat.table) -> None:
+    """Every read model with its version and position."""
+    found = client(ctx).get("/api/v1/projections")
+    print_data(found, fmt, [*PROJECTION_COLUMNS[:3], ("UPDATED", "updated_at")])
+
+
+@projections.command("status")
+def projection_status(ctx: typer.Context, fmt: FormatOption = OutputFormat.table) -> None:
+    """Each read model's lag: events of its types not folded yet (counted up to 10,000), the
+    events it parked, and its last error."""
+    found = client(ctx).get("/api/v1/projections")
+    for row in found:
+        if row.get("behind_at_least"):
+            row["behind"] = f"{row['behind']}+"
+    print_data(found, fmt, [*PROJECTION_COLUMNS, ("LAST ERROR", "last_error")])
+
+
+@projections.command("rebuild")
+def rebuild(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="the projection, as `ispbill projections list`")],
+    wait: Annotated[bool, typer.Option(help="follow the rebuild until it has caught up")] = True,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            help="rebuild in this process on the ledger of --data-dir / --ledger, with no"
+            " server running (after a restore, or before a start)"
+        ),
+    ] = False,
+    data_dir: runtime.DataDir = None,
+    ledger: runtime.Ledger = None,
+) -> None:
+    """Drop one read model and refill it from position 0 (reads go on meanwhile)."""
+    if offline:
+        folded = _rebuild_offline(name, runtime.settings_from(data_dir=data_dir, ledger=ledger))
+        print(f"{name}: rebuilt from position 0, {count(folded, 'event')} folded")
+        return
+    api = client(ctx)
+    api.post(f"/api/v1/projections/{name}/rebuild", {})
+    if not wait:
+        print(f"{name}: rebuilding (follow it with `ispbill projections status`)")
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} / {task.total:,.0f}"),
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"rebuilding {name}", total=None)
+        time.sleep(0.5)  # the rebuild starts at the projection's next step
+        while True:
+            row = next(p for p in api.get("/api/v1/projections") if p["name"] == name)
+            progress.update(task, total=row["head"], completed=row["position"])
+            if row["behind"] == 0:
+                break
+            time.sleep(0.5)
+    print(f"{name}: rebuilt, at position {row['position']}")
+
+
+def _rebuild_offline(name: str, settings: Any) -> int:
+    import asyncio
+
+    from ispbill_app.bootstrap import Services, open_ledger
+
+    async def run() -> int:
+        services = Services(settings, None)
+        services.store = await open_ledger(settings)
+        try:
+            await services.open_read_models(run_projections=True)
+            assert services.projector is not None
+            if name not in services.projector.runners:
+                known = ", ".join(sorted(services.projector.runners))
+                raise fail(f"no projection {name!r}; there are: {known}", 2)
+            return await services.projector.rebuild_now(name)
+        finally:
+            if services.read_models is not None:
+                await services.read_models.close()
+            await services.store.close()
+
+    return asyncio.run(run())
+
+
+PARKED_COLUMNS = [
+    ("ID", "id"),
+    ("CONSUMER", "consumer"),
+    ("TYPE", "type"),
+    ("STREAM", "stream"),
+    ("STATUS", "status"),
+    ("ATTEMPTS", "attempts"),
+    ("PARKED", "parked_at"),
+    ("REASON", "reason"),
+]
+
+
+@parked.command("list")
+def list_parked(
+    ctx: typer.Context,
+    consumer: Annotated[str | None, typer.Option(help="one consumer's only")] = None,
+    status: Annotated[
+        str, typer.Option(help="parked (default), retry, resolved, discarded or all")
+    ] = "parked",
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Parked events, oldest first, with why."""
+    found = client(ctx).get("/api/v1/parked", consumer=consumer, status=status)
+    print_data(found, fmt, PARKED_COLUMNS)
+
+
+@parked.command("show")
+def show_parked(ctx: typer.Context, parked_id: int, fmt: FormatOption = OutputFormat.table) -> None:
+    """One parked event, with the event as recorded."""
+    found = client(ctx).get(f"/api/v1/parked/{parked_id}")
+    print_record(found, fmt, [(label, key) for label, key in PARKED_COLUMNS] + [("EVENT", "event")])
+
+
+@parked.command("retry")
+def retry_parked(ctx: typer.Context, parked_id: int) -> None:
+    """Hand it to its consumer again (once the cause is fixed); it is parked again if it
+    fails again."""
+    done = client(ctx).post(f"/api/v1/parked/{parked_id}/retry", {})
+    print(f"parked event {parked_id}: {done['status']} (its consumer takes it within seconds)")
+
+
+@parked.command("discard")
+def discard_parked(
+    ctx: typer.Context,
+    parked_id: int,
+    reason: Annotated[str, typer.Option(help="why it is given up (kept with it)")] = "",
+) -> None:
+    """Give up on it: kept, listed with --status discarded."""
+    done = client(ctx).post(f"/api/v1/parked/{parked_id}/discard", {"reason": reason})
+    print(f"parked event {parked_id}: {done['status']}")
+
+
+AUDIT_COLUMNS = [
+    ("POSITION", "position"),
+    ("RECORDED", "recorded_at"),
+    ("ACTOR", "actor"),
+    ("TYPE", "type"),
+    ("CUSTOMER", "customer_id"),
+    ("STREAM", "stream"),
+]
+
+
+@audit.command("log")
+def audit_log(
+    ctx: typer.Context,
+    actor: Annotated[
+        str | None, typer.Option(help="staff:<username>, or a system component")
+    ] = None,
+    customer: Annotated[str | None, typer.Option(help="a customer id")] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="recorded at or after (UTC unless the time says otherwise)",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"],
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Who changed what, newest first."""
+    if since is not None and since.tzinfo is None:
+        from datetime import UTC
+
+        since = since.replace(tzinfo=UTC)
+    found = client(ctx).get(
+        "/api/v1/audit",
+        actor=actor,
+        customer_id=customer,
+        since=since.isoformat() if since else None,
+        limit=limit,
+    )
+    columns = AUDIT_COLUMNS if fmt is OutputFormat.json else [*AUDIT_COLUMNS, ("DATA", "data")]
+    print_data(found, fmt, columns)
