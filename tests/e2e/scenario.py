@@ -250,3 +250,30 @@ def assert_usage_before_a_subscription_is_rated_once_it_starts(
         lambda: usage_of(api, customer, period) == before + 3 * GB, what="dave's usage rated"
     )
     assert api.get("/api/v1/usage/unmatched") == []
+
+
+def assert_a_clerks_changes_are_read_back_and_audited(api: Ispbill) -> None:
+    """Through the CLI, as a clerk: a customer's details and a suspension show in the lists at
+    once (the projections), with who did it in the audit trail; nothing is parked and every
+    projection has caught up."""
+    api.cli("customers", "change", "C1003", "--tag", "vip", "--phone", "+8801712345678")
+    api.cli("subscriptions", "suspend", "S1003", "--reason", "asked by the customer")
+    [carol] = [c for c in api.cli_json("customers", "list") if c["customer_id"] == "C1003"]
+    assert carol["tags"] == ["vip"] and carol["phone"] == "+8801712345678"
+    [sub] = [s for s in api.cli_json("subscriptions", "list") if s["subscription_id"] == "S1003"]
+    assert sub["status"] == "suspended", sub
+    trail = api.cli_json("audit", "log", "--customer", "C1003")
+    by_type = {entry["type"]: entry for entry in trail}
+    assert {"CustomerDetailsChanged", "SubscriptionSuspended"} <= set(by_type), trail
+    assert by_type["CustomerDetailsChanged"]["actor"] == "staff:admin"
+    assert by_type["SubscriptionSuspended"]["actor"] == "staff:admin"
+    assert api.cli_json("parked", "list") == []
+    status = wait_until(
+        lambda: (
+            (rows := api.cli_json("projections", "status"))
+            and all(row["behind"] == 0 for row in rows)
+            and rows
+        ),
+        what="every projection caught up",
+    )
+    assert {row["name"] for row in status} >= {"accounts.customers", "core.audit-trail"}

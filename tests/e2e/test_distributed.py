@@ -19,6 +19,7 @@ from ispbill_core.access import bearer_metadata
 from ispbill_core.sealing import new_key
 from tests.e2e.harness import ISPBILL, Ispbill, Process, create_admin, free_port, wait_until
 from tests.e2e.scenario import (
+    assert_a_clerks_changes_are_read_back_and_audited,
     assert_a_nas_secret_change_takes_effect,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
@@ -124,6 +125,7 @@ def _grpc_serving(port: int) -> bool:
 def test_distributed_thin_path(cluster, smtp_server):
     nodes, api, radius_port, grpc_port, collector = cluster
     invoice = run_thin_path(api, radius_port, smtp_server)
+    assert_a_clerks_changes_are_read_back_and_audited(api)
     assert_bad_packets_dropped_and_counted(collector, "/api/v1/collector/counters", radius_port)
     nodes.check()
     assert_one_trace_links_packet_to_line(nodes.trace_files(), invoice["number"])

@@ -19,6 +19,7 @@ from tests.e2e.harness import (
     wait_until,
 )
 from tests.e2e.scenario import (
+    assert_a_clerks_changes_are_read_back_and_audited,
     assert_a_nas_secret_change_takes_effect,
     assert_a_removed_nas_is_refused,
     assert_bad_packets_dropped_and_counted,
@@ -74,6 +75,7 @@ def all_in_one(tmp_path: Path, smtp_server: Mailbox):
 def test_radius_session_becomes_one_paid_emailed_invoice(all_in_one, smtp_server):
     api, radius_port, trace_file, *_ = all_in_one
     invoice = run_thin_path(api, radius_port, smtp_server)
+    assert_a_clerks_changes_are_read_back_and_audited(api)
     assert_one_trace_links_packet_to_line([trace_file], invoice["number"])
 
 

@@ -15,12 +15,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 
 from ispbill_app import credentials
 from ispbill_app.cli import main as cli_main
+from ispbill_app.client import log_in
 from ispbill_app.commands.imports import CUSTOMER_COLUMNS
 
 pytestmark = pytest.mark.integration
@@ -33,12 +35,17 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class Server:
-    def __init__(self, url: str, data: Path) -> None:
-        self.url, self.data = url, data
+    def __init__(self, url: str, data: Path, token: str) -> None:
+        self.url, self.data, self.token = url, data, token
+
+    def main(self, args: list[str]) -> int:
+        """`ispbill --server URL ARGS` as the logged-in admin (the token in ISPBILL_TOKEN)."""
+        with mock.patch.dict(os.environ, {credentials.TOKEN_ENV: self.token}):
+            return cli_main(["--server", self.url, *args])
 
     def cli(self, *args: str, capsys: Any) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = cli_main(["--server", self.url, *args])
+        code = self.main(list(args))
         out = capsys.readouterr()
         return code, out.out, out.err
 
@@ -57,6 +64,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = (tmp / "server.log").open("w")
     env = {**os.environ, "ISPBILL_TIMEZONE": "UTC", "PYTHONUNBUFFERED": "1"}
     env.pop("ISPBILL_SERVER", None)
+    # the first admin, made on the ledger before the server starts
+    (tmp / "admin-password").write_text("import-test-password\n")
+    password_file = str(tmp / "admin-password")
+    admin = ["staff", "create-admin", "--username", "admin", "--password-file", password_file]
+    assert cli_main([*admin, "--data-dir", str(tmp / "data")]) == 0
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "ispbill_app.cli", "run",
@@ -79,12 +91,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 pass
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
+        token = log_in(url, "admin", "import-test-password")
         httpx.post(
             url + "/api/v1/tax-rates",
             json={"region": "dhaka", "tax_name": "VAT", "rate": "0.15"},
             timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
         ).raise_for_status()
-        yield Server(url, tmp / "data")
+        yield Server(url, tmp / "data", token)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -99,8 +113,8 @@ def no_stored_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def plan(server: Server) -> str:
-    code = cli_main(
-        ["--server", server.url, "plans", "create", "home-25", "--name", "Home 25",
+    code = server.main(
+        ["plans", "create", "home-25", "--name", "Home 25",
          "--currency", "BDT", "--monthly-fee", "1000.00", "--included-gb", "100",
          "--overage-per-gb", "10.00"]
     )  # fmt: skip

@@ -21,7 +21,8 @@ _CUSTOMER_STREAM_PREFIXES = ("customer-",)
 
 
 def customer_of(event: RecordedEvent) -> str | None:
-    """The customer an event is about, when it names one."""
+    """The customer an event is about, when it names one (a subscription's lifecycle events
+    name only the subscription: the projection looks its customer up)."""
     value = event.data.get("customer_id")
     if isinstance(value, str):
         return value
@@ -42,8 +43,8 @@ def _summary(data: dict[str, Any]) -> str:
 
 class AuditTrailProjection(Projection):
     name = "core.audit-trail"
-    version = 1
-    tables = ("rm_audit",)
+    version = 2
+    tables = ("rm_audit", "rm_audit_subscriptions")
     ddl = (
         "CREATE TABLE IF NOT EXISTS rm_audit (global_position BIGINT PRIMARY KEY,"
         " occurred_at TEXT NOT NULL, recorded_at TEXT NOT NULL, actor TEXT NOT NULL,"
@@ -52,6 +53,9 @@ class AuditTrailProjection(Projection):
         "CREATE INDEX IF NOT EXISTS rm_audit_by_customer"
         " ON rm_audit (customer_id, global_position)",
         "CREATE INDEX IF NOT EXISTS rm_audit_by_time ON rm_audit (recorded_at)",
+        # whose a subscription is: its lifecycle events name only the subscription
+        "CREATE TABLE IF NOT EXISTS rm_audit_subscriptions (subscription_id TEXT PRIMARY KEY,"
+        " customer_id TEXT NOT NULL)",
     )
 
     def __init__(self, types: Collection[str] | None = None) -> None:
@@ -63,23 +67,46 @@ class AuditTrailProjection(Projection):
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
         meta = event.metadata
-        return [
-            (
-                "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
-                " stream, customer_id, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (global_position) DO NOTHING",
+        customer_id = customer_of(event)
+        subscription_id = event.data.get("subscription_id")
+        statements: list[Statement] = []
+        if customer_id is not None and isinstance(subscription_id, str):
+            statements.append(
                 (
-                    event.global_position,
-                    meta.occurred_at.isoformat(),
-                    (meta.recorded_at or meta.occurred_at).isoformat(),
-                    meta.actor,
-                    event.type,
-                    event.stream,
-                    customer_of(event),
-                    _summary(event.data),
-                ),
+                    "INSERT INTO rm_audit_subscriptions (subscription_id, customer_id)"
+                    " VALUES (?, ?) ON CONFLICT (subscription_id) DO NOTHING",
+                    (subscription_id, customer_id),
+                )
             )
-        ]
+        values = (
+            event.global_position,
+            meta.occurred_at.isoformat(),
+            (meta.recorded_at or meta.occurred_at).isoformat(),
+            meta.actor,
+            event.type,
+            event.stream,
+            _summary(event.data),
+        )
+        if customer_id is None and isinstance(subscription_id, str):
+            statements.append(
+                (
+                    "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
+                    " stream, summary, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?,"
+                    " (SELECT customer_id FROM rm_audit_subscriptions WHERE subscription_id = ?))"
+                    " ON CONFLICT (global_position) DO NOTHING",
+                    (*values, subscription_id),
+                )
+            )
+        else:
+            statements.append(
+                (
+                    "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
+                    " stream, summary, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (global_position) DO NOTHING",
+                    (*values, customer_id),
+                )
+            )
+        return statements
 
 
 async def audit_log(
