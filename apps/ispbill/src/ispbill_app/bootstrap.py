@@ -19,6 +19,7 @@ from accounts.domain.errors import (
     AlreadyExists,
     Conflict,
     InvalidPlan,
+    NoTaxRule,
     NotFound,
     UsernameTaken,
 )
@@ -178,6 +179,7 @@ class Services:
                 DuplicatePaymentReference: 409,
                 NotFound: 404,
                 InvalidPlan: 422,
+                NoTaxRule: 422,
                 InvalidPayment: 422,
                 InvoicingError: 422,
             },

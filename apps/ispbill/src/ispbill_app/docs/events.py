@@ -16,6 +16,7 @@ EVENT_MODULES = [
     "ispbill_core.contracts.rating",
     "ispbill_core.contracts.invoicing",
     "ispbill_core.contracts.payments",
+    "accounts.domain.events",
     "rating.domain.events",
     "notifier.domain.events",
 ]

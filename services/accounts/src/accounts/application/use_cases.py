@@ -13,7 +13,15 @@ from accounts.domain.commands import (
     StartSubscription,
     nas_address,
 )
-from accounts.domain.errors import AddressInUse, AlreadyExists, Conflict, NotFound, UsernameTaken
+from accounts.domain.errors import (
+    AddressInUse,
+    AlreadyExists,
+    Conflict,
+    NoTaxRule,
+    NotFound,
+    UsernameTaken,
+)
+from accounts.domain.events import RadiusUsernameReserved
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
@@ -30,9 +38,11 @@ from ispbill_core.contracts.accounts import (
     radius_user_stream,
     subscription_stream,
 )
+from ispbill_core.contracts.invoicing import tax_region_stream
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.eventstore.queries import recorded_of_types
+from ispbill_core.input_policy import radius_username_key
 from ispbill_core.sealing import Keyring
 
 log = logging.getLogger(__name__)
@@ -62,8 +72,19 @@ async def register_customer(
     store: EventStore, clock: Clock, cmd: RegisterCustomer, actor: str
 ) -> CustomerRegistered:
     event = cmd.to_event()
+    await require_tax_rule(store, event.tax_region)
     await _record_once(store, customer_stream(event.customer_id), event, clock, actor)
     return event
+
+
+async def require_tax_rule(store: EventStore, region: str) -> None:
+    """A customer's region must have a tax rule, or the explicit "untaxed" one (a rate of 0):
+    read from the region's own stream, which invoicing writes (POST /api/v1/tax-rates)."""
+    if await store.stream_version(tax_region_stream(region)) is None:
+        raise NoTaxRule(
+            f"tax region {region!r} has no tax rule: set its rate first (POST /api/v1/tax-rates;"
+            ' rate "0" with tax_name "untaxed" for a region that pays no tax)'
+        )
 
 
 @dataclass(frozen=True)
@@ -224,16 +245,66 @@ async def start_subscription(
         if existing[0].decode() != event:
             raise AlreadyExists(f"subscription {event.subscription_id!r} exists with other details")
         return event
-    # The username stream is created first: its NO_STREAM append is what makes usernames
-    # unique, even when two clerks assign the same one at the same moment.
-    claim = RadiusUsernameAssigned(
-        username=event.radius_username,
-        customer_id=event.customer_id,
-        subscription_id=event.subscription_id,
+    await claim_radius_username(
+        store, clock, event.radius_username, event.customer_id, event.subscription_id, actor
     )
-    try:
-        await _record_once(store, radius_user_stream(event.radius_username), claim, clock, actor)
-    except AlreadyExists:
-        raise UsernameTaken(f"RADIUS username {event.radius_username!r} is taken") from None
     await _record_once(store, subscription_stream(event.subscription_id), event, clock, actor)
     return event
+
+
+def radius_username_key_stream(username: str) -> str:
+    """The stream that reserves a username's case-folded key: `Alice` and `alice` share it."""
+    return f"radius-username-key-{radius_username_key(username)}"
+
+
+def _legacy_spellings(username: str) -> list[str]:
+    """Spellings of `username` that a claim from before case folding may have used (those
+    claims have no key stream): the usual ones, checked by reading their streams."""
+    spellings = [username.lower(), username.upper(), username.capitalize(), username.title()]
+    return [s for s in dict.fromkeys(spellings) if s != username]
+
+
+async def claim_radius_username(
+    store: EventStore,
+    clock: Clock,
+    username: str,
+    customer_id: str,
+    subscription_id: str,
+    actor: str,
+) -> None:
+    """Make `username` this subscription's, unique after case folding; UsernameTaken if not.
+
+    The key stream (radius-username-key-<casefold>) is created first with NO_STREAM: that is
+    what makes `Alice` and `alice` collide, even when two clerks assign them at the same
+    moment. Then the exact-case claim stream (radius-user-<username>, which rating reads) as
+    before. Claims made before case folding have no key stream: their usual spellings (lower,
+    upper, capitalised, title case) are read; an exotic mixed case from back then is not seen.
+    """
+    reservation = RadiusUsernameReserved(
+        key=radius_username_key(username),
+        username=username,
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+    )
+    for spelling in _legacy_spellings(username):
+        claims = await store.read_stream(radius_user_stream(spelling), limit=1)
+        if claims:
+            prior = claims[0].decode()
+            if getattr(prior, "subscription_id", None) != subscription_id:
+                raise UsernameTaken(
+                    f"RADIUS username {username!r} is taken (as {spelling!r}; usernames are"
+                    " unique regardless of case)"
+                )
+    try:
+        await _record_once(store, radius_username_key_stream(username), reservation, clock, actor)
+    except AlreadyExists:
+        raise UsernameTaken(
+            f"RADIUS username {username!r} is taken (usernames are unique regardless of case)"
+        ) from None
+    claim = RadiusUsernameAssigned(
+        username=username, customer_id=customer_id, subscription_id=subscription_id
+    )
+    try:
+        await _record_once(store, radius_user_stream(username), claim, clock, actor)
+    except AlreadyExists:
+        raise UsernameTaken(f"RADIUS username {username!r} is taken") from None

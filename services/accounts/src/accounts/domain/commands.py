@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import date
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from accounts.domain.errors import InvalidPlan
 from ispbill_core.contracts.accounts import (
@@ -20,27 +19,42 @@ from ispbill_core.contracts.accounts import (
     nas_registration,
     nas_secret_context,
 )
-from ispbill_core.money import Money
+from ispbill_core.input_policy import (
+    ID_PATTERN,
+    Address,
+    BillingDate,
+    Email,
+    Label,
+    MoneyText,
+    Name,
+    money_in,
+    refused_character,
+    unicast_address,
+)
 from ispbill_core.sealing import Keyring, SealingError
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
-_USERNAME = re.compile(r"^[^\s\x00-\x1f]{1,253}$")
+_ID = ID_PATTERN
+_USERNAME = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,253}")
 
 
 class DefinePlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan_id: str = Field(pattern=_ID)
-    name: str = Field(min_length=1, max_length=120)
-    currency: str = Field(min_length=3, max_length=3)
-    monthly_fee: str = Field(description="decimal string, e.g. '29.99'")
-    included_gb: int = Field(ge=0, description="data included per month, in GB (10^9 bytes)")
-    overage_per_gb: str = Field(description="price of each started GB beyond the included data")
+    name: Label
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    monthly_fee: MoneyText = Field(description="decimal string, e.g. '29.99'")
+    included_gb: int = Field(
+        ge=0, le=10**9, description="data included per month, in GB (10^9 bytes)"
+    )
+    overage_per_gb: MoneyText = Field(
+        description="price of each started GB beyond the included data"
+    )
 
     def to_event(self) -> PlanDefined:
         try:
-            fee = Money.exact(self.monthly_fee, self.currency)
-            overage = Money.exact(self.overage_per_gb, self.currency)
+            fee = money_in(self.monthly_fee, self.currency, allow_negative=True)
+            overage = money_in(self.overage_per_gb, self.currency, allow_negative=True)
         except (ValueError, ArithmeticError) as exc:
             raise InvalidPlan(str(exc)) from None
         if fee.amount < 0 or overage.amount < 0:
@@ -59,10 +73,10 @@ class RegisterCustomer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: str = Field(pattern=_ID)
-    name: str = Field(min_length=1, max_length=200)
-    email: EmailStr
+    name: Name
+    email: Email
     tax_region: str = Field(pattern=_ID)
-    billing_address: str = Field(default="", max_length=500)
+    billing_address: Address = ""
 
     def to_event(self) -> CustomerRegistered:
         return CustomerRegistered(**self.model_dump())
@@ -74,13 +88,13 @@ class StartSubscription(BaseModel):
     subscription_id: str = Field(pattern=_ID)
     customer_id: str = Field(pattern=_ID)
     plan_id: str = Field(pattern=_ID)
-    radius_username: str
-    started_on: date
+    radius_username: str = Field(max_length=253)
+    started_on: BillingDate
 
     @field_validator("radius_username")
     @classmethod
     def _username(cls, value: str) -> str:
-        if not _USERNAME.match(value):
+        if not _USERNAME.fullmatch(value) or refused_character(value) is not None:
             raise ValueError("a RADIUS username is 1-253 printable characters without spaces")
         return value
 
@@ -90,7 +104,7 @@ class StartSubscription(BaseModel):
 
 def nas_address(value: str) -> str:
     """One spelling per address, as the collector looks NASes up: IPv4-mapped IPv6 (what a
-    dual-stack socket reports) is plain IPv4."""
+    dual-stack socket reports) is plain IPv4. For addresses already recorded (any address)."""
     ip = ipaddress.ip_address(value)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -102,19 +116,19 @@ class _NasDetails(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=120)
-    ip_address: str
+    name: Label
+    ip_address: str = Field(max_length=64, description="a unicast address (loopback accepted)")
     secret: str = Field(min_length=6, max_length=128)
 
     @field_validator("ip_address")
     @classmethod
     def _ip(cls, value: str) -> str:
-        return nas_address(value)
+        return unicast_address(value)
 
 
 class RegisterNas(_NasDetails):
     nas_id: str = Field(pattern=_ID)
-    vendor: str = Field(default="generic", max_length=40)
+    vendor: str = Field(default="generic", max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")
     require_message_authenticator: bool = False
 
     def to_event(self, keyring: Keyring) -> NasRegistered:
@@ -144,7 +158,7 @@ class ChangeNas(_NasDetails):
     none defaulted, so that a change that leaves a field out cannot quietly turn off the
     Message-Authenticator requirement; the NAS id is the one in the path."""
 
-    vendor: str = Field(max_length=40)
+    vendor: str = Field(max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")
     require_message_authenticator: bool
     #: the NAS's `version` as read (GET /api/v1/nas): the change is refused (409) if the NAS
     #: was changed since, rather than undo that other change

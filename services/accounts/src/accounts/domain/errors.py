@@ -27,3 +27,8 @@ class UsernameTaken(AccountsError):
 
 class InvalidPlan(AccountsError):
     pass
+
+
+class NoTaxRule(AccountsError):
+    """The customer's tax region has no tax rule, not even the explicit "untaxed" one: a bill
+    run would invoice the customer without tax by accident."""

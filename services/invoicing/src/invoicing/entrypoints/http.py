@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from invoicing.application.close_billing_period import close_billing_period
@@ -15,11 +14,15 @@ from invoicing.application.settings import BillingSettings
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import InvoiceIssued, TaxRateSet
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import ID_PATTERN, PERIOD_PATTERN, Period, Rate, text
+
+#: An invoice number or id in a URL.
+InvoiceRef = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 
 
 class BillRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-11"])
+    period: Period
 
 
 class BillRunResponse(BaseModel):
@@ -31,9 +34,12 @@ class BillRunResponse(BaseModel):
 
 class TaxRateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    region: str = Field(min_length=1, max_length=64)
-    tax_name: str = Field(min_length=1, max_length=40)
-    rate: Decimal = Field(ge=0, le=1, description="0.15 for 15%")
+    region: str = Field(pattern=ID_PATTERN, description="the tax region customers name")
+    tax_name: Annotated[str, text(40)] = Field(
+        description='"VAT", "GST"...; "untaxed" with rate "0" is the explicit rule that a'
+        " region's customers pay no tax"
+    )
+    rate: Rate = Field(description='"0.15" for 15 %')
 
 
 def invoice_view(invoice: InvoiceIssued, status_: str) -> dict[str, Any]:
@@ -61,21 +67,21 @@ def invoicing_router(
 
     @router.get("/invoices")
     async def list_invoices(
-        customer_id: str | None = Query(default=None),
-        period: str | None = Query(default=None, pattern=r"^\d{4}-(0[1-9]|1[0-2])$"),
+        customer_id: str | None = Query(default=None, pattern=ID_PATTERN),
+        period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
     ) -> list[dict[str, Any]]:
         found = await queries.list_invoices(customer_id=customer_id, period=period)
         return [invoice_view(inv, st) for inv, st in sorted(found, key=lambda f: f[0].number)]
 
     @router.get("/invoices/{reference}")
-    async def show_invoice(reference: str) -> dict[str, Any]:
+    async def show_invoice(reference: InvoiceRef) -> dict[str, Any]:
         found = await queries.find(reference)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no invoice {reference!r}")
         return invoice_view(*found)
 
     @router.get("/invoices/{reference}/pdf", response_class=Response)
-    async def invoice_pdf(reference: str) -> Response:
+    async def invoice_pdf(reference: InvoiceRef) -> Response:
         found = await queries.find(reference)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no invoice {reference!r}")

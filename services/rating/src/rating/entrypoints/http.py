@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Path
 
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import ID_PATTERN, PERIOD_PATTERN
 from rating.application.usage_summary import (
     UnmatchedUsage,
     UsageSummary,
@@ -26,7 +27,8 @@ def rating_router(store: EventStore, timezone: ZoneInfo) -> APIRouter:
 
     @router.get("/usage/{customer_id}/{period}")
     async def usage(
-        customer_id: str, period: str = Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+        customer_id: str = Path(pattern=ID_PATTERN),
+        period: str = Path(pattern=PERIOD_PATTERN),
     ) -> UsageSummary:
         return await usage_summary(store, customer_id, period)
 

@@ -14,10 +14,19 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+)
 
 from ispbill_core.bus import BusError
 from ispbill_core.clock import Clock
+from ispbill_core.input_policy import moment_in_range
 from usage_collector.application.import_detail import (
     ImportedRequest,
     ImportReport,
@@ -53,11 +62,14 @@ class ImportedRequestIn(BaseModel):
         'by name ("Interim-Update"), integers, text, addresses as text, dates as unix seconds, '
         'octets as {"hex": "..."}'
     )
-    nas_addresses: list[str] = Field(
+    nas_addresses: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=list,
+        max_length=16,
         description="addresses that may name the NAS, best first; the first registered counts",
     )
-    received_at: AwareDatetime = Field(description="when the other server received it")
+    received_at: Annotated[AwareDatetime, AfterValidator(moment_in_range)] = Field(
+        description="when the other server received it (2000-01-01 to 2099-12-31)"
+    )
 
 
 class RadiusDetailImport(BaseModel):
@@ -66,6 +78,7 @@ class RadiusDetailImport(BaseModel):
     records: Annotated[list[ImportedRequestIn], Field(max_length=MAX_RECORDS_PER_IMPORT)]
     nas: str | None = Field(
         default=None,
+        max_length=64,
         description="attribute every record to this NAS (its id or address), not to the NAS "
         "registered at the records' addresses",
     )
