@@ -31,6 +31,7 @@ from invoicing.application.settings import BillingSettings
 from invoicing.domain.errors import InvoicingError
 from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
+from ispbill_app.http_server import HttpTimeouts, protocol_with
 from ispbill_app.settings import Settings
 from ispbill_core.clock import Clock, SystemClock
 from ispbill_core.contracts.accounts import NasRegistered, SubscriptionStarted
@@ -54,6 +55,7 @@ from rating.application.rate_accounting_record import (
     rate_unmatched_usage,
 )
 from rating.entrypoints.http import rating_router
+from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
 log = logging.getLogger("ispbill")
 
@@ -184,7 +186,17 @@ class Services:
                 InvoicingError: 422,
             },
             health_checks={"ledger": self._ledger_ok},
+            **self._http_limits(),
         )
+
+    def _http_limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "max_body_bytes": s.max_body_bytes,
+            # The detail-file import takes up to 10,000 records a call: its own, larger limit.
+            "body_limits": {RADIUS_DETAIL_IMPORT_PATH: s.max_import_body_bytes},
+            "body_read_timeout": s.http_read_timeout,
+        }
 
     def _collector_router(self) -> APIRouter:
         router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
@@ -225,6 +237,7 @@ class Services:
             error_statuses={},
             health_checks={"ledger": self._ledger_ok},
             title="ispbill usage collector",
+            **self._http_limits(),
         )
 
     async def _ledger_ok(self) -> bool:
@@ -312,9 +325,20 @@ class _Uvicorn(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[_Uvicorn]:
+async def serve_http(
+    app: FastAPI, host: str, port: int, timeouts: HttpTimeouts | None = None
+) -> AsyncIterator[_Uvicorn]:
+    timeouts = timeouts or HttpTimeouts()
     server = _Uvicorn(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            http=protocol_with(timeouts),
+            timeout_keep_alive=max(1, round(timeouts.keep_alive)),
+        )
     )
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:
@@ -398,7 +422,9 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     try:
         async with (
             background(*(s.run for s in subscribers), pollers.run),
-            serve_http(services.http_app(), settings.host, settings.http_port),
+            serve_http(
+                services.http_app(), settings.host, settings.http_port, settings.http_timeouts
+            ),
         ):
             if with_demo:
                 await _load_demo(settings)
@@ -453,7 +479,9 @@ async def run_component(component: str, settings: Settings) -> None:
         elif component == "rating":
             await _serve_rating(services)
         elif component == "api":
-            async with serve_http(services.http_app(), settings.host, settings.http_port):
+            async with serve_http(
+                services.http_app(), settings.host, settings.http_port, settings.http_timeouts
+            ):
                 await _until_signalled()
         elif component == "invoicing":
             server = await _start_grpc(services)
@@ -551,7 +579,7 @@ async def _serve_collector(services: Services) -> None:
         # Drop and spool counters are on /api/v1/collector/counters; /healthz checks the ledger.
         async with (
             background(pollers.run),
-            serve_http(services.collector_app(), s.host, s.http_port),
+            serve_http(services.collector_app(), s.host, s.http_port, s.http_timeouts),
         ):
             await _until_signalled()
     finally:

@@ -38,6 +38,10 @@ from usage_collector.application.nas_registry import NasRegistry
 from usage_collector.application.ports import AccountingPublisher
 from usage_collector.domain.accounting_record import AttributeValue
 
+#: The import route: it takes up to MAX_RECORDS_PER_IMPORT records a call, so the HTTP edge
+#: gives it its own body limit (ISPBILL_MAX_IMPORT_BODY_BYTES, 64 MiB), not the 1 MiB of others.
+RADIUS_DETAIL_IMPORT_PATH = "/api/v1/collector/imports/radius-detail"
+
 #: One POST is one publish call: big enough for throughput, small enough to retry cheaply.
 MAX_RECORDS_PER_IMPORT = 10_000
 
@@ -158,7 +162,7 @@ def collector_import_router(
     NAS by its address or by its id."""
     router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
 
-    @router.post("/collector/imports/radius-detail")
+    @router.post(RADIUS_DETAIL_IMPORT_PATH.removeprefix("/api/v1"))
     async def import_radius_detail(body: RadiusDetailImport) -> ImportResult:
         """Import accounting requests read from FreeRADIUS detail files; idempotent."""
         nas = None
