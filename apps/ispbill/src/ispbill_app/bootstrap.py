@@ -40,6 +40,7 @@ from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.files import private_directory
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.subscriber import LedgerSubscriber
 from ispbill_core.telemetry import setup_tracing
@@ -383,7 +384,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     from usage_collector.entrypoints.http import collector_import_router
 
     setup_tracing("ispbill")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(settings.data_dir)
     services = Services(settings, None)
     keyring = services.require_keyring()  # before the ledger: no key, nothing started
     store = services.store = await open_ledger(settings)
@@ -466,7 +467,7 @@ async def _load_demo(settings: Settings) -> None:
 async def run_component(component: str, settings: Settings) -> None:
     """`ispbill serve <component>`: one service of the distributed runtime."""
     setup_tracing(f"ispbill-{component}")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(settings.data_dir)
     services = Services(settings, None)
     if component in {"api", "collector"}:
         services.require_keyring()  # the NAS secrets: sealed by the API, opened by the collector
