@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "serve"):
         from ispbill_app import bootstrap
         from ispbill_core.sealing import SealingError
+        from ispbill_core.telemetry import TelemetryError
 
         settings = _settings_from(args)
         try:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(bootstrap.run_component(args.component, settings))
         except KeyboardInterrupt:
             pass
-        except SealingError as exc:
+        except (SealingError, TelemetryError) as exc:
             print(f"ispbill: {exc}", file=sys.stderr)
             return 2
         return 0
