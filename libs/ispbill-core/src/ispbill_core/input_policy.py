@@ -224,6 +224,8 @@ def unicast_address(value: str) -> str:
         raise ValueError(f"{_shown(value)} is not an IP address") from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return str(ip)  # ::1 counts as "reserved" to Python (::/8); it is one host
     if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip.is_reserved:
         raise ValueError(f"{ip} is not a unicast host address")
     if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
