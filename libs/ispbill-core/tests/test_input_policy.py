@@ -187,8 +187,11 @@ def test_dates_within_it_are_accepted(on: str) -> None:
     assert Form(on=on).on == date.fromisoformat(on)
 
 
-@pytest.mark.parametrize("period", ["0000-01", "1999-12", "2100-01", "9999-12", "2026-13",
-                                    "2026-1", "2026-00", "2026-01\n", "\uff12\uff10\uff12\uff16-01"])  # fmt: skip
+@pytest.mark.parametrize(
+    "period",
+    ["0000-01", "1999-12", "2100-01", "9999-12", "2026-13", "2026-1", "2026-00", "2026-01\n",
+     "\uff12\uff10\uff12\uff16-01"],
+)  # fmt: skip
 def test_periods_outside_the_range_or_form_are_refused(period: str) -> None:
     assert refused(period=period)
 
