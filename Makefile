@@ -44,7 +44,7 @@ install-python: ## uv and the locked workspace in .venv
 	@command -v $(UV) >/dev/null || python3 -m pip install -q uv
 	$(UV) sync --frozen --python $(PYTHON)
 
-run: install-system install-python ## the all-in-one server with demo data (SQLite, no broker)
+run: install-system install-python install-web ## the all-in-one server with demo data (SQLite, no broker)
 	$(RUN) ispbill run --data-dir $(DATA_DIR) --with-demo
 
 demo: ## load the demo ISP into a running server (ISPBILL_SERVER, default http://127.0.0.1:8080)
