@@ -189,6 +189,14 @@ async def test_query_and_path_parameters_are_checked(edge: Edge, url: str) -> No
     assert_problem(await edge.client.get(url), 422)
 
 
+async def test_a_removal_reason_is_one_line(edge: Edge) -> None:
+    nas = {"nas_id": "n-1", "name": "n", "ip_address": "127.0.0.9", "secret": "secret1"}
+    assert (await edge.post("/nas", nas)).status_code == 201
+    assert_problem(await edge.client.delete("/api/v1/nas/n-1", params={"reason": "a\nb"}), 422)
+    r = await edge.client.delete("/api/v1/nas/n-1", params={"reason": "router replaced"})
+    assert r.status_code == 200, r.text
+
+
 async def test_unknown_routes_and_methods_are_problems(edge: Edge) -> None:
     assert_problem(await edge.client.get("/nowhere"), 404, "NotFound")
     r = await edge.client.delete("/healthz")

@@ -145,7 +145,7 @@ def refused_character(value: str) -> str | None:
     return None
 
 
-def _one_line(value: str) -> str:
+def one_line_text(value: str) -> str:
     if (bad := refused_character(value)) is not None:
         raise ValueError(
             f"text may not contain control characters, line breaks or bidi overrides ({bad})"
@@ -161,7 +161,7 @@ def text(max_length: int, *, min_length: int = 1) -> Any:
     return Annotated[
         str,
         Field(min_length=min_length, max_length=max_length),
-        AfterValidator(_one_line),
+        AfterValidator(one_line_text),
     ]
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
+from pydantic import AfterValidator
 
 from accounts.application import use_cases
 from accounts.domain.commands import (
@@ -25,6 +26,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.eventstore import EventStore
 from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.input_policy import one_line_text
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 
 #: How the ledger holds a NAS's secret (`secret_storage`); none of them is a secret.
@@ -114,7 +116,8 @@ def accounts_router(store: EventStore, clock: Clock, keyring: Keyring) -> APIRou
 
     @router.delete("/nas/{nas_id}")
     async def remove_nas(
-        nas_id: str, reason: str = Query(default="", max_length=200)
+        nas_id: str,
+        reason: Annotated[str, Query(max_length=200), AfterValidator(one_line_text)] = "",
     ) -> dict[str, Any]:
         """Take a NAS out of service: its accounting is refused from then on, its address is
         free for another NAS; POST registers it again. Removing it twice changes nothing."""

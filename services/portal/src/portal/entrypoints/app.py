@@ -40,6 +40,46 @@ def swagger_ui_dir() -> Path | None:
     return path if (path / "swagger-ui-bundle.js").is_file() else None
 
 
+#: An RFC 9457 problem document, as every error is answered (`errors` on a 422).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+    }
+
+
+#: What any route may answer besides its own responses (stated in the OpenAPI document).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: _problem_response("the request body is over the limit"),
+    422: _problem_response("the request is not valid"),
+}
+
+
 def _validation_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
     """Pydantic's errors without the input they were about (it may be megabytes) and with
     each message cut short."""
@@ -74,7 +114,12 @@ def create_app(
     before it is read; one that trickles slower than `body_read_timeout` seconds a chunk, 408.
     """
     app = FastAPI(
-        title=title, version=version, openapi_url="/openapi.json", docs_url=None, redoc_url=None
+        title=title,
+        version=version,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        responses=PROBLEM_RESPONSES,
     )
     for router in routers:
         app.include_router(router)
