@@ -420,7 +420,7 @@ async def test_a_legacy_claim_without_a_key_still_collides(store, clock, catalog
         [new_event(claim, id=uuid.uuid4(), occurred_at=clock.now(), actor="admin")],
         NO_STREAM,
     )
-    for spelling in ["carol", "CAROL"]:
+    for spelling in ["Carol", "carol", "CAROL"]:
         with pytest.raises(UsernameTaken):
             await start_subscription(
                 store,
@@ -428,3 +428,15 @@ async def test_a_legacy_claim_without_a_key_still_collides(store, clock, catalog
                 subscription("sub-2", spelling, customer_id="c-2"),
                 "clerk",
             )
+
+
+async def test_a_refused_claim_reserves_nothing(store, clock, catalogue) -> None:
+    claim = RadiusUsernameAssigned(username="dave", customer_id="c-1", subscription_id="old-1")
+    await store.append(
+        radius_user_stream("dave"),
+        [new_event(claim, id=uuid.uuid4(), occurred_at=clock.now(), actor="admin")],
+        NO_STREAM,
+    )
+    with pytest.raises(UsernameTaken):
+        await start_subscription(store, clock, subscription("sub-2", "dave"), "clerk")
+    assert await store.stream_version(use_cases.radius_username_key_stream("dave")) is None

@@ -259,9 +259,16 @@ def radius_username_key_stream(username: str) -> str:
 
 def _legacy_spellings(username: str) -> list[str]:
     """Spellings of `username` that a claim from before case folding may have used (those
-    claims have no key stream): the usual ones, checked by reading their streams."""
-    spellings = [username.lower(), username.upper(), username.capitalize(), username.title()]
-    return [s for s in dict.fromkeys(spellings) if s != username]
+    claims have no key stream): itself and the usual ones, checked by reading their streams
+    (before the key is reserved, so that a refused claim leaves no reservation behind)."""
+    spellings = [
+        username,
+        username.lower(),
+        username.upper(),
+        username.capitalize(),
+        username.title(),
+    ]
+    return list(dict.fromkeys(spellings))
 
 
 async def claim_radius_username(
@@ -292,8 +299,9 @@ async def claim_radius_username(
             prior = claims[0].decode()
             if getattr(prior, "subscription_id", None) != subscription_id:
                 raise UsernameTaken(
-                    f"RADIUS username {username!r} is taken (as {spelling!r}; usernames are"
-                    " unique regardless of case)"
+                    f"RADIUS username {username!r} is taken"
+                    + ("" if spelling == username else f" (as {spelling!r})")
+                    + "; usernames are unique regardless of case"
                 )
     try:
         await _record_once(store, radius_username_key_stream(username), reservation, clock, actor)
