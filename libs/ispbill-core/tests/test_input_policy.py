@@ -22,6 +22,7 @@ from ispbill_core.input_policy import (
     Period,
     Phone,
     Rate,
+    SignedMoneyText,
     money_in,
     radius_username_key,
     refused_character,
@@ -32,7 +33,8 @@ pytestmark = pytest.mark.unit
 
 
 class Form(BaseModel):
-    amount: MoneyText = "0"
+    amount: SignedMoneyText = "0"
+    price: MoneyText = "0"
     name: Name = "x"
     address: Address = ""
     on: BillingDate = date(2026, 1, 1)
@@ -90,7 +92,7 @@ def test_anything_but_ascii_digits_an_optional_minus_and_point_is_refused(text: 
             and not text.endswith(".")
             and text.lstrip("-")[:1].isdigit()
             and (text.count("-") == 0 or text.startswith("-"))
-            and len(text.lstrip("-").partition(".")[0]) <= 13
+            and len(text.lstrip("-").partition(".")[0]) <= 12
             and len(text.partition(".")[2]) <= 3
             and abs(Decimal(text)) <= DEFAULT_MONEY_MAXIMUM
         )
@@ -106,10 +108,17 @@ def test_money_is_never_a_json_number(value: object) -> None:
         Form(amount=value)  # type: ignore[arg-type]
 
 
+def test_unsigned_money_refuses_a_minus() -> None:
+    assert Form(price="0").price == "0"
+    assert refused(price="-1")
+    assert Form(amount="-1").amount == "-1"
+
+
 def test_the_maximum_is_per_currency_and_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert money_in("1000000000000", "USD").amount == DEFAULT_MONEY_MAXIMUM
-    with pytest.raises(ValueError, match="more than"):
-        money_in("1000000000000.01", "USD")
+    assert money_in("999999999999.99", "USD").amount == Decimal("999999999999.99")
+    assert DEFAULT_MONEY_MAXIMUM < 10**12
+    with pytest.raises(ValueError, match="not a plain decimal"):
+        money_in("1000000000000", "USD")
     monkeypatch.setenv("ISPBILL_MONEY_MAX_USD", "5000")
     with pytest.raises(ValueError, match="more than 5000 USD"):
         money_in("5000.01", "USD")

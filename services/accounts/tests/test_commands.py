@@ -46,8 +46,6 @@ def test_decimal_strings_are_fine(fee: str, expected: str) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"monthly_fee": "-1.00"},
-        {"overage_per_gb": "-0.01"},
         {"monthly_fee": "1.001"},
         {"currency": "XXX"},
     ],
@@ -71,6 +69,8 @@ def test_negative_or_out_of_currency_prices_are_refused(overrides: dict[str, str
         {"monthly_fee": "\u09e7\u09e8"},  # Bengali digits: Decimal() would read 12
         {"monthly_fee": "1" * 30},
         {"monthly_fee": "1000000000000.01"},
+        {"monthly_fee": "-1.00"},
+        {"overage_per_gb": "-0.01"},
         {"name": "Home\n50"},
         {"included_gb": -1},
         {"plan_id": "has space"},

@@ -172,7 +172,7 @@ async def test_an_unknown_invoice_is_an_invalid_payment(store, clock) -> None:
     assert await payments(store) == []
 
 
-@pytest.mark.parametrize("amount", ["0", "0.00", "-5.00", "0.001"])
+@pytest.mark.parametrize("amount", ["0", "0.00", "0.001"])
 async def test_non_positive_or_too_precise_amounts_are_invalid(store, clock, amount) -> None:
     with pytest.raises(InvalidPayment):
         await record_manual_payment(store, clock, LedgerInvoices(store), cmd(amount), "clerk")
@@ -182,7 +182,7 @@ async def test_non_positive_or_too_precise_amounts_are_invalid(store, clock, amo
 @pytest.mark.parametrize(
     "amount",
     ["abc", "", "1,000.00", "NaN", "Infinity", "1e999999", "1e2", "+5", " 5", "5\n",
-     "\u0665", "1" + "0" * 26, "1000000000000.01"],
+     "\u0665", "1" + "0" * 26, "1000000000000", "-5.00"],
 )  # fmt: skip
 def test_malformed_or_huge_amounts_are_refused_at_the_edge(amount) -> None:
     with pytest.raises(ValidationError):

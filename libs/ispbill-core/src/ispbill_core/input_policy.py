@@ -23,15 +23,18 @@ from ispbill_core.money import MINOR_UNITS, Money
 
 # --- money --------------------------------------------------------------------------------
 
-#: Largest amount, in major units, that any money field accepts unless configured otherwise:
-#: 10^12 (a trillion) is beyond any bill, payment or price of an ISP in any currency we list,
-#: and far below what Decimal arithmetic, PostgreSQL NUMERIC and JSON readers handle exactly.
-DEFAULT_MONEY_MAXIMUM = Decimal(10) ** 12
-#: Digits before the point that the text may have at all (checked before Decimal parses it).
-_MONEY_INTEGER_DIGITS = 13
+#: Digits before the point that an amount may have at all (checked before Decimal parses it):
+#: every amount is below 10^12 (a trillion) major units, beyond any bill, payment or price of
+#: an ISP in any currency we list, and far inside what Decimal arithmetic, PostgreSQL NUMERIC
+#: and JSON readers hold exactly. The pattern states it in the OpenAPI document.
+_MONEY_INTEGER_DIGITS = 12
 _MONEY_FRACTION_DIGITS = max(MINOR_UNITS.values())
-MONEY_PATTERN = rf"^-?[0-9]{{1,{_MONEY_INTEGER_DIGITS}}}(\.[0-9]{{1,{_MONEY_FRACTION_DIGITS}}})?$"
-_MONEY_RE = re.compile(MONEY_PATTERN.replace("$", r"\Z"))
+#: The largest amount accepted unless configured lower (ISPBILL_MONEY_MAX[_<CUR>]).
+DEFAULT_MONEY_MAXIMUM = Decimal("999999999999.999")
+_DIGITS = rf"[0-9]{{1,{_MONEY_INTEGER_DIGITS}}}(\.[0-9]{{1,{_MONEY_FRACTION_DIGITS}}})?"
+MONEY_PATTERN = rf"^{_DIGITS}$"
+SIGNED_MONEY_PATTERN = rf"^-?{_DIGITS}$"
+_MONEY_RE = re.compile(rf"-?{_DIGITS}")
 
 
 def money_maximum(currency: str) -> Decimal:
@@ -39,7 +42,7 @@ def money_maximum(currency: str) -> Decimal:
     ISPBILL_MONEY_MAX_IDR), else ISPBILL_MONEY_MAX, else 10^12 major units."""
     for name in (f"ISPBILL_MONEY_MAX_{currency}", "ISPBILL_MONEY_MAX"):
         if raw := os.environ.get(name):
-            if not _MONEY_RE.match(raw):
+            if not _MONEY_RE.fullmatch(raw):
                 raise ValueError(f"{name} is not a plain decimal number")
             return Decimal(raw)
     return DEFAULT_MONEY_MAXIMUM
@@ -61,31 +64,49 @@ def _decimal_text(value: Any, what: str = "an amount") -> Any:
 
 
 def _plain_money(value: str) -> str:
-    if not _MONEY_RE.match(value):
+    if not _MONEY_RE.fullmatch(value):
         raise ValueError(
-            f"{_shown(value)} is not a plain decimal amount: ASCII digits, an optional leading"
-            f" '-', at most {_MONEY_INTEGER_DIGITS} digits before the point and"
-            f" {_MONEY_FRACTION_DIGITS} after; no exponent, sign '+', spaces or separators"
+            f"{_shown(value)} is not a plain decimal amount: ASCII digits, at most"
+            f" {_MONEY_INTEGER_DIGITS} before the point and {_MONEY_FRACTION_DIGITS} after;"
+            " no exponent, sign '+', spaces or separators"
         )
     if abs(Decimal(value)) > max(money_maximum(c) for c in MINOR_UNITS):
         raise ValueError(f"{_shown(value)} is more than any amount accepted")
     return value
 
 
-#: A money amount as it travels: a JSON string of a plain decimal number. Checked here for its
-#: form and the largest maximum; `money_in` checks it against its currency.
-MoneyText = Annotated[
-    str,
-    BeforeValidator(_decimal_text),
-    AfterValidator(_plain_money),
-    WithJsonSchema(
+def _unsigned_money(value: str) -> str:
+    if value.startswith("-"):
+        raise ValueError(f"{_shown(value)} is negative; this amount cannot be")
+    return _plain_money(value)
+
+
+def _money_schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema(
         {
             "type": "string",
-            "pattern": MONEY_PATTERN,
+            "pattern": pattern,
             "maxLength": 1 + _MONEY_INTEGER_DIGITS + 1 + _MONEY_FRACTION_DIGITS,
             "examples": ["29.99"],
         }
-    ),
+    )
+
+
+#: A money amount as it travels: a JSON string of a plain decimal number, not negative (a
+#: price, a payment). Checked here for its form and the largest maximum; `money_in` checks it
+#: against its currency.
+MoneyText = Annotated[
+    str,
+    BeforeValidator(_decimal_text),
+    AfterValidator(_unsigned_money),
+    _money_schema(MONEY_PATTERN),
+]
+#: The same with an optional leading '-' (an adjustment, a credit).
+SignedMoneyText = Annotated[
+    str,
+    BeforeValidator(_decimal_text),
+    AfterValidator(_plain_money),
+    _money_schema(SIGNED_MONEY_PATTERN),
 ]
 
 
