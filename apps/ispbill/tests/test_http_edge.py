@@ -283,6 +283,25 @@ async def test_the_detail_file_import_has_its_own_larger_limit(edge: Edge) -> No
     assert_problem(await edge.post("/customers", {"padding": padding}), 413)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n",
+     b"NOT HTTP AT ALL\r\n\r\n"],
+)  # fmt: skip
+async def test_a_head_the_server_cannot_parse_is_a_problem_too(edge: Edge, head: bytes) -> None:
+    def send() -> bytes:
+        with edge.raw() as sock:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(head)
+            return receive_all(sock)
+
+    reply = await asyncio.to_thread(send)
+    response_head, _, body = reply.partition(b"\r\n\r\n")
+    assert response_head.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"content-type: application/problem+json" in response_head.lower()
+    assert json.loads(body)["status"] == 400
+
+
 async def test_a_request_head_that_trickles_is_cut_off(edge: Edge) -> None:
     def trickle() -> bytes:
         with edge.raw() as sock:

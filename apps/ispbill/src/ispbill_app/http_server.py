@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
@@ -71,6 +73,25 @@ class DeadlinedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers itself to a request it cannot parse (a malformed head, or one
+        over h11's 16 KiB): a problem document like every other error, not plain text."""
+        body = json.dumps(
+            {"type": "about:blank", "title": "BadRequest", "status": 400, "detail": msg[:200]}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
 
 
 def protocol_with(timeouts: HttpTimeouts) -> type[DeadlinedH11Protocol]:
