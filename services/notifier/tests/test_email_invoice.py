@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import stat
 import uuid
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -167,9 +169,16 @@ async def test_the_outbox_writes_a_parseable_eml(tmp_path) -> None:
     message = invoice_email(
         invoice_event(), PDF, sender_name=SENDER.name, sender_address=SENDER.address
     )
-    await OutboxMailer(outbox).send(message)
+    old = os.umask(0o022)  # the usual umask: files would be world-readable without care
+    try:
+        await OutboxMailer(outbox).send(message)
+    finally:
+        os.umask(old)
     [path] = list(outbox.iterdir())
     assert path.suffix == ".eml"
+    # Messages hold addresses and invoices: the outbox is its owner's alone.
+    assert stat.S_IMODE(outbox.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     assert parsed["Message-ID"] == message["Message-ID"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 import tempfile
 import time
 import uuid
@@ -589,3 +591,17 @@ async def test_a_renewable_publisher_whose_start_failed_raises_bus_unavailable()
         await renewable.start()
     with pytest.raises(BusUnavailable):
         await renewable.publish(TOPIC, batch(0, 1))
+
+
+async def test_the_spool_is_its_owners_alone_whatever_the_umask(tmp_path: Path) -> None:
+    """Spooled records name subscribers: the directory 0700, every file in it 0600."""
+    directory = tmp_path / "spool"
+    old = os.umask(0o022)
+    try:
+        await spool_batches(directory, [batch(0, 3), batch(3, 3)])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = [p for p in directory.iterdir() if p.is_file()]
+    assert segments(directory), "the dead bus left segments behind"
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}

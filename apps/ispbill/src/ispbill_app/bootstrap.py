@@ -23,6 +23,7 @@ from accounts.domain.errors import (
     Conflict,
     InvalidPlan,
     InvalidStaffCommand,
+    NoTaxRule,
     NotFound,
     RuleViolated,
     TooManyAttempts,
@@ -43,6 +44,7 @@ from invoicing.application.settings import BillingSettings
 from invoicing.domain.errors import InvoicingError
 from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
+from ispbill_app.http_server import HttpTimeouts, protocol_with
 from ispbill_app.settings import Settings
 from ispbill_core.access import COLLECTOR_READ
 from ispbill_core.clock import Clock, SystemClock
@@ -56,6 +58,7 @@ from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.files import private_directory
 from ispbill_core.projections import Projection, ReadModelDatabase
 from ispbill_core.projections.audit import AuditTrailProjection
 from ispbill_core.projections.projector import FreshReads, Projector, failure_reason
@@ -80,6 +83,7 @@ from rating.application.rate_accounting_record import (
 )
 from rating.application.read_models import UnmatchedUsageProjection
 from rating.entrypoints.http import rating_router
+from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
 log = logging.getLogger("ispbill")
 
@@ -291,6 +295,7 @@ class Services:
                 NotFound: 404,
                 InvalidPlan: 422,
                 RuleViolated: 422,
+                NoTaxRule: 422,
                 InvalidPayment: 422,
                 InvoicingError: 422,
                 InvalidStaffCommand: 422,
@@ -298,7 +303,17 @@ class Services:
             },
             authenticator=self.authenticator,
             health_checks={"ledger": self._ledger_ok},
+            **self._http_limits(),
         )
+
+    def _http_limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "max_body_bytes": s.max_body_bytes,
+            # The detail-file import takes up to 10,000 records a call: its own, larger limit.
+            "body_limits": {RADIUS_DETAIL_IMPORT_PATH: s.max_import_body_bytes},
+            "body_read_timeout": s.http_read_timeout,
+        }
 
     def _collector_router(self) -> APIRouter:
         router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
@@ -340,6 +355,7 @@ class Services:
             authenticator=self.authenticator,
             health_checks={"ledger": self._ledger_ok},
             title="ispbill usage collector",
+            **self._http_limits(),
         )
 
     async def _ledger_ok(self) -> bool:
@@ -456,9 +472,20 @@ class _Uvicorn(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_http(app: FastAPI, host: str, port: int) -> AsyncIterator[_Uvicorn]:
+async def serve_http(
+    app: FastAPI, host: str, port: int, timeouts: HttpTimeouts | None = None
+) -> AsyncIterator[_Uvicorn]:
+    timeouts = timeouts or HttpTimeouts()
     server = _Uvicorn(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            http=protocol_with(timeouts),
+            timeout_keep_alive=max(1, round(timeouts.keep_alive)),
+        )
     )
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:
@@ -503,7 +530,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     from usage_collector.entrypoints.http import collector_import_router
 
     setup_tracing("ispbill")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(settings.data_dir)
     services = Services(settings, None)
     keyring = services.require_keyring()  # before the ledger: no key, nothing started
     store = services.store = await open_ledger(settings)
@@ -545,7 +572,9 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     try:
         async with (
             background(*(s.run for s in subscribers), pollers.run, services.projector.run),
-            serve_http(services.http_app(), settings.host, settings.http_port),
+            serve_http(
+                services.http_app(), settings.host, settings.http_port, settings.http_timeouts
+            ),
         ):
             if with_demo:
                 await _load_demo(settings, demo_password)
@@ -649,7 +678,7 @@ async def _load_demo(settings: Settings, password: str | None) -> None:
 async def run_component(component: str, settings: Settings) -> None:
     """`ispbill serve <component>`: one service of the distributed runtime."""
     setup_tracing(f"ispbill-{component}")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(settings.data_dir)
     services = Services(settings, None)
     if component in {"api", "collector"}:
         services.require_keyring()  # the NAS secrets: sealed by the API, opened by the collector
@@ -668,7 +697,9 @@ async def run_component(component: str, settings: Settings) -> None:
         elif component == "api":
             async with (
                 background(projections),
-                serve_http(services.http_app(), settings.host, settings.http_port),
+                serve_http(
+                    services.http_app(), settings.host, settings.http_port, settings.http_timeouts
+                ),
             ):
                 await _until_signalled()
         elif component == "invoicing":
@@ -773,7 +804,7 @@ async def _serve_collector(services: Services) -> None:
         # Drop and spool counters are on /api/v1/collector/counters; /healthz checks the ledger.
         async with (
             background(pollers.run),
-            serve_http(services.collector_app(), s.host, s.http_port),
+            serve_http(services.collector_app(), s.host, s.http_port, s.http_timeouts),
         ):
             await _until_signalled()
     finally:

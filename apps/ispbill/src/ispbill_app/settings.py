@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from ispbill_app.http_server import HttpTimeouts
 from ispbill_core.sealing import Keyring
 
 
@@ -62,6 +63,29 @@ class Settings:
     #: `authorization: Bearer <token>`, ispbill_core.access.bearer_metadata); make one with
     #: POST /api/v1/tokens as a staff user whose role has what the calls need
     service_token: str = field(default_factory=lambda: env("SERVICE_TOKEN", ""), repr=False)
+
+    #: largest request body, bytes (413 above it, before it is read)
+    max_body_bytes: int = field(default_factory=lambda: int(env("MAX_BODY_BYTES", str(1 << 20))))
+    #: largest body of POST /api/v1/collector/imports/radius-detail: up to 10,000 records a call
+    max_import_body_bytes: int = field(
+        default_factory=lambda: int(env("MAX_IMPORT_BODY_BYTES", str(64 << 20)))
+    )
+    #: seconds an HTTP connection may sit idle between requests
+    http_keep_alive_timeout: float = field(
+        default_factory=lambda: float(env("HTTP_KEEP_ALIVE_TIMEOUT", "5"))
+    )
+    #: seconds for a request's head (request line and headers) to arrive whole
+    http_head_timeout: float = field(default_factory=lambda: float(env("HTTP_HEAD_TIMEOUT", "10")))
+    #: seconds a request body may stall between two chunks (408 after)
+    http_read_timeout: float = field(default_factory=lambda: float(env("HTTP_READ_TIMEOUT", "30")))
+
+    @property
+    def http_timeouts(self) -> HttpTimeouts:
+        return HttpTimeouts(
+            keep_alive=self.http_keep_alive_timeout,
+            head=self.http_head_timeout,
+            body=self.http_read_timeout,
+        )
 
     @property
     def ledger_path(self) -> Path:

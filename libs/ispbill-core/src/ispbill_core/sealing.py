@@ -28,6 +28,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
+from ispbill_core.files import private_parents
+
 PREFIX = "sealed:v1:"
 KEY_BYTES = 64
 #: The keys, base64, the first one sealing; several are separated by commas.
@@ -174,7 +176,7 @@ class Keyring:
 def write_new_key_file(path: Path) -> bool:
     """A key file with one new key, readable by its owner only. Never overwrites one: when two
     processes race to make it, one key wins and both use it. True when this call made it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_parents(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

@@ -111,7 +111,10 @@ def setup_tracing_if_exported() -> None:
     no-op, so no span is built and events carry no traceparent. With one, every packet gets
     a span unless OTEL_TRACES_SAMPLER (e.g. parentbased_traceidratio) samples them.
     """
-    if os.environ.get("ISPBILL_TRACE_FILE") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if any(
+        os.environ.get(name)
+        for name in ("ISPBILL_TRACE_FILE", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_EXPORTER")
+    ):
         setup_tracing("ispbill-usage-collector")
     else:
         log.info("tracing off: set ISPBILL_TRACE_FILE or OTEL_EXPORTER_OTLP_ENDPOINT to trace")

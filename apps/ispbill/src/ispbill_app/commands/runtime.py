@@ -52,6 +52,7 @@ def settings_from(timezone: str | None = None, **given: Any) -> Any:
 def _start(command: str, component: str | None, settings: Any, with_demo: bool) -> None:
     from ispbill_app import bootstrap
     from ispbill_core.sealing import SealingError
+    from ispbill_core.telemetry import TelemetryError
 
     try:
         if command == "run":
@@ -61,7 +62,7 @@ def _start(command: str, component: str | None, settings: Any, with_demo: bool) 
             asyncio.run(bootstrap.run_component(component, settings))
     except KeyboardInterrupt:
         pass
-    except SealingError as exc:
+    except (SealingError, TelemetryError) as exc:
         print(f"ispbill: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
 

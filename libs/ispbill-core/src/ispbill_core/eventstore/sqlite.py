@@ -24,6 +24,7 @@ from ispbill_core.eventstore import (
     ExpectedVersion,
     check_expected,
 )
+from ispbill_core.files import open_private, private_file, private_parents, restrict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -82,9 +83,14 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         self.path = str(path)
         self._write_on_loop = write_on_loop
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database
+            # file's mode, so the whole ledger stays its owner's whatever the umask.
+            private_parents(self.path)
+            private_file(self.path)
+            for companion in ("-wal", "-shm"):
+                restrict(f"{self.path}{companion}")
         self._lock_file = (
-            None if self.path == ":memory:" else open(f"{self.path}-writers.lock", "ab")  # noqa: SIM115
+            None if self.path == ":memory:" else open_private(f"{self.path}-writers.lock", "ab")
         )
         # Opening takes the writers' flock too: switching a new file to WAL needs SQLite's
         # exclusive lock, and a second process doing the same at that moment gets "database is

@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from accounts.application.lifecycle import radius_username_key_stream
 from accounts.domain.commands import RegisterCustomer, StartSubscription
+from accounts.domain.events import RadiusUsernameReserved
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     RadiusUsernameAssigned,
@@ -30,6 +32,7 @@ from ispbill_core.contracts.accounts import (
 from ispbill_core.contracts.invoicing import tax_region_stream
 from ispbill_core.events import DomainEvent, NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventIdConflict, EventStore, WrongExpectedVersion
+from ispbill_core.input_policy import radius_username_key
 
 #: Rows per request: a chunk is one transaction and one response.
 MAX_ROWS = 1000
@@ -199,7 +202,20 @@ async def _check(
             customer_id=started.customer_id,
             subscription_id=started.subscription_id,
         )
+        reservation = RadiusUsernameReserved(
+            key=radius_username_key(claim.username),
+            username=claim.username,
+            customer_id=claim.customer_id,
+            subscription_id=claim.subscription_id,
+        )
         wanted += [
+            # the case-folded key first, as the API claims it: `Alice` and `alice` collide
+            (
+                radius_username_key_stream(claim.username),
+                reservation,
+                "RADIUS username",
+                claim.username,
+            ),
             (radius_user_stream(claim.username), claim, "RADIUS username", claim.username),
             (
                 subscription_stream(started.subscription_id),
@@ -221,7 +237,9 @@ async def _check(
             checked.writes.append((stream, event))
         elif recorded != event:
             if what == "RADIUS username":
-                checked.errors.append(f"RADIUS username {key!r} is taken")
+                checked.errors.append(
+                    f"RADIUS username {key!r} is taken (usernames are unique regardless of case)"
+                )
             else:
                 checked.errors.append(f"{what} {key!r} exists with other details")
     if checked.errors:

@@ -29,9 +29,11 @@ from accounts.domain.errors import (
     AlreadyExists,
     Conflict,
     InvalidPlanVersion,
+    NoTaxRule,
     NotFound,
     UsernameTaken,
 )
+from accounts.domain.events import RadiusUsernameReserved
 from accounts.domain.subscription import Subscription, first_of_month, first_of_next_month
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
@@ -51,8 +53,10 @@ from ispbill_core.contracts.accounts import (
     subscription_stream,
     topup_product_stream,
 )
+from ispbill_core.contracts.invoicing import tax_region_stream
 from ispbill_core.events import DomainEvent, RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.input_policy import radius_username_key
 
 
 def today_in(clock: Clock, timezone: ZoneInfo) -> date:
@@ -282,15 +286,76 @@ async def terminate_subscription(
     return sub
 
 
+def radius_username_key_stream(username: str) -> str:
+    """The stream that reserves a username's case-folded key: `Alice` and `alice` share it."""
+    return f"radius-username-key-{radius_username_key(username)}"
+
+
+def _legacy_spellings(username: str) -> list[str]:
+    """Spellings of `username` that a claim from before case folding may have used (those
+    claims have no key stream): itself and the usual ones, checked by reading their streams
+    (before the key is reserved, so that a refused claim leaves no reservation behind)."""
+    spellings = [
+        username,
+        username.lower(),
+        username.upper(),
+        username.capitalize(),
+        username.title(),
+    ]
+    return list(dict.fromkeys(spellings))
+
+
+def _held_by(history: list[RecordedEvent]) -> str | None:
+    """The subscription a username (or username key) stream says holds it now, None when
+    nobody does (never claimed, or released last)."""
+    if not history:
+        return None
+    latest = history[-1].decode()
+    if isinstance(latest, RadiusUsernameAssigned | RadiusUsernameReserved):
+        return latest.subscription_id
+    return None
+
+
 async def claim_username(
     store: EventStore,
     clock: Clock,
     claim: RadiusUsernameAssigned,
     actor: str,
 ) -> None:
-    """Make `claim.username` this subscription's: create its stream (NO_STREAM makes usernames
-    unique even when two clerks take one at once), or claim it after its release. Claiming a
-    username this subscription holds already is a no-op (a retry)."""
+    """Make `claim.username` this subscription's, unique after case folding; UsernameTaken if
+    another subscription holds it (or, before case folding existed, one of its usual
+    spellings). Claiming a username this subscription holds already is a no-op (a retry).
+
+    Two streams, each appended at the version read (NO_STREAM when new), which is what makes
+    a username unique even when two clerks assign it at once: first the case-folded key
+    (`radius-username-key-<casefold>`, RadiusUsernameReserved), then the exact spelling that
+    rating reads (`radius-user-<username>`, RadiusUsernameAssigned). A released username (its
+    streams end with RadiusUsernameReleased) is claimed again the same way."""
+    taken = f"RADIUS username {claim.username!r} is taken"
+    for spelling in _legacy_spellings(claim.username):
+        holder = _held_by(await store.read_stream(radius_user_stream(spelling)))
+        if holder is not None and holder != claim.subscription_id:
+            shown = "" if spelling == claim.username else f" (as {spelling!r})"
+            raise UsernameTaken(f"{taken}{shown}; usernames are unique regardless of case")
+    key_stream = radius_username_key_stream(claim.username)
+    key_history = await store.read_stream(key_stream)
+    holder = _held_by(key_history)
+    if holder is not None and holder != claim.subscription_id:
+        raise UsernameTaken(f"{taken} (usernames are unique regardless of case)")
+    if holder is None:
+        reservation = RadiusUsernameReserved(
+            key=radius_username_key(claim.username),
+            username=claim.username,
+            customer_id=claim.customer_id,
+            subscription_id=claim.subscription_id,
+        )
+        base = key_history[-1].stream_position if key_history else None
+        try:
+            await _append_after(
+                store, key_stream, base, reservation, clock.now(), actor, key_stream
+            )
+        except Conflict:
+            raise UsernameTaken(f"{taken} (usernames are unique regardless of case)") from None
     stream = radius_user_stream(claim.username)
     history = await store.read_stream(stream)
     base = history[-1].stream_position if history else None
@@ -299,30 +364,28 @@ async def claim_username(
         if isinstance(latest, RadiusUsernameAssigned):
             if latest == claim:
                 return
-            raise UsernameTaken(f"RADIUS username {claim.username!r} is taken")
+            raise UsernameTaken(taken)
     try:
         await _append_after(store, stream, base, claim, clock.now(), actor, stream)
     except Conflict:
-        raise UsernameTaken(f"RADIUS username {claim.username!r} is taken") from None
+        raise UsernameTaken(taken) from None
 
 
 async def _release_username(
     store: EventStore, clock: Clock, released: RadiusUsernameReleased, actor: str
 ) -> None:
-    """Free a username this subscription holds; a no-op when it holds it no more."""
-    stream = radius_user_stream(released.username)
-    history = await store.read_stream(stream)
-    if not history:
-        return
-    latest = history[-1].decode()
-    if (
-        not isinstance(latest, RadiusUsernameAssigned)
-        or latest.subscription_id != released.subscription_id
+    """Free a username this subscription holds, its spelling and its case-folded key; a no-op
+    for what it holds no more."""
+    for stream in (
+        radius_user_stream(released.username),
+        radius_username_key_stream(released.username),
     ):
-        return
-    await _append_after(
-        store, stream, history[-1].stream_position, released, clock.now(), actor, stream
-    )
+        history = await store.read_stream(stream)
+        if _held_by(history) != released.subscription_id:
+            continue
+        await _append_after(
+            store, stream, history[-1].stream_position, released, clock.now(), actor, stream
+        )
 
 
 async def change_username(
@@ -401,6 +464,13 @@ async def change_customer(
     current = history[base].decode()
     assert isinstance(current, CustomerRegistered | CustomerDetailsChanged)
     changed = cmd.applied_to(current)
+    if changed.tax_region != current.tax_region and (
+        await store.stream_version(tax_region_stream(changed.tax_region)) is None
+    ):
+        raise NoTaxRule(
+            f"tax region {changed.tax_region!r} has no tax rule: set its rate first"
+            ' (POST /api/v1/tax-rates; rate "0" with tax_name "untaxed" for no tax)'
+        )
     if _recorded_already(history, base, stream, changed, what):
         return history[-1].stream_position, changed
     if changed.model_dump() == current.model_dump():

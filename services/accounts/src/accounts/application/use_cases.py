@@ -14,7 +14,13 @@ from accounts.domain.commands import (
     StartSubscription,
     nas_address,
 )
-from accounts.domain.errors import AddressInUse, AlreadyExists, Conflict, NotFound
+from accounts.domain.errors import (
+    AddressInUse,
+    AlreadyExists,
+    Conflict,
+    NoTaxRule,
+    NotFound,
+)
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import (
     AnyNasRegistered,
@@ -30,6 +36,7 @@ from ispbill_core.contracts.accounts import (
     plan_stream,
     subscription_stream,
 )
+from ispbill_core.contracts.invoicing import tax_region_stream
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.eventstore.queries import recorded_of_types
@@ -62,8 +69,19 @@ async def register_customer(
     store: EventStore, clock: Clock, cmd: RegisterCustomer, actor: str
 ) -> CustomerRegistered:
     event = cmd.to_event()
+    await require_tax_rule(store, event.tax_region)
     await _record_once(store, customer_stream(event.customer_id), event, clock, actor)
     return event
+
+
+async def require_tax_rule(store: EventStore, region: str) -> None:
+    """A customer's region must have a tax rule, or the explicit "untaxed" one (a rate of 0):
+    read from the region's own stream, which invoicing writes (POST /api/v1/tax-rates)."""
+    if await store.stream_version(tax_region_stream(region)) is None:
+        raise NoTaxRule(
+            f"tax region {region!r} has no tax rule: set its rate first (POST /api/v1/tax-rates;"
+            ' rate "0" with tax_name "untaxed" for a region that pays no tax)'
+        )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from accounts.domain.errors import InvalidPlan, InvalidPlanVersion, InvalidTopUp
 from ispbill_core.contracts.accounts import (
@@ -30,11 +30,21 @@ from ispbill_core.contracts.accounts import (
     nas_registration,
     nas_secret_context,
 )
-from ispbill_core.money import Money
+from ispbill_core.input_policy import (
+    ID_PATTERN,
+    Address,
+    BillingDate,
+    Email,
+    Label,
+    MoneyText,
+    Name,
+    Phone,
+    money_in,
+    refused_character,
+    unicast_address,
+)
 from ispbill_core.sealing import Keyring, SealingError
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
-_USERNAME = re.compile(r"^[^\s\x00-\x1f]{1,253}$")
 _PHONE = r"^(\+[1-9][0-9]{6,14})?$"
 _TAG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _TEXT = r"^[^\x00-\x1f\x7f]*$"
@@ -63,22 +73,28 @@ def _tags(value: list[str]) -> list[str]:
 
 
 Tags = Annotated[list[str], AfterValidator(_tags)]
+_ID = ID_PATTERN
+_USERNAME = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,253}")
 
 
 class DefinePlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan_id: str = Field(pattern=_ID)
-    name: str = Field(min_length=1, max_length=120)
-    currency: str = Field(min_length=3, max_length=3)
-    monthly_fee: str = Field(description="decimal string, e.g. '29.99'")
-    included_gb: int = Field(ge=0, description="data included per month, in GB (10^9 bytes)")
-    overage_per_gb: str = Field(description="price of each started GB beyond the included data")
+    name: Label
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    monthly_fee: MoneyText = Field(description="decimal string, e.g. '29.99'")
+    included_gb: int = Field(
+        ge=0, le=10**9, description="data included per month, in GB (10^9 bytes)"
+    )
+    overage_per_gb: MoneyText = Field(
+        description="price of each started GB beyond the included data"
+    )
 
     def to_event(self) -> PlanDefined:
         try:
-            fee = Money.exact(self.monthly_fee, self.currency)
-            overage = Money.exact(self.overage_per_gb, self.currency)
+            fee = money_in(self.monthly_fee, self.currency, allow_negative=True)
+            overage = money_in(self.overage_per_gb, self.currency, allow_negative=True)
         except (ValueError, ArithmeticError) as exc:
             raise InvalidPlan(str(exc)) from None
         if fee.amount < 0 or overage.amount < 0:
@@ -97,12 +113,12 @@ class RegisterCustomer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: str = Field(pattern=_ID)
-    name: str = Field(min_length=1, max_length=200)
-    email: EmailStr
+    name: Name
+    email: Email
     tax_region: str = Field(pattern=_ID)
-    billing_address: str = Field(default="", max_length=500)
-    phone: str = Field(default="", pattern=_PHONE, description='"" or E.164, "+8801712345678"')
-    service_address: str = Field(default="", max_length=500)
+    billing_address: Address = ""
+    phone: Phone = Field(default="", description='"" or E.164, "+8801712345678"')
+    service_address: Address = ""
     account_type: AccountType = "home"
     tags: Tags = Field(default_factory=list, description="lowercase slugs [a-z0-9-], at most 20")
 
@@ -115,12 +131,12 @@ class ChangeCustomer(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    email: EmailStr | None = None
-    phone: str | None = Field(default=None, pattern=_PHONE)
+    name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
     tax_region: str | None = Field(default=None, pattern=_ID)
-    billing_address: str | None = Field(default=None, max_length=500)
-    service_address: str | None = Field(default=None, max_length=500)
+    billing_address: Address | None = None
+    service_address: Address | None = None
     account_type: AccountType | None = None
     tags: Tags | None = None
     #: the customer's `version` as read (GET): refused (409) if it changed since
@@ -141,12 +157,12 @@ class PublishPlanVersion(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     effective_from: SaneDate
-    name: str = Field(min_length=1, max_length=120, pattern=_TEXT)
-    currency: str = Field(min_length=3, max_length=3)
-    monthly_fee: str = Field(description="decimal string, e.g. '29.99'")
+    name: Label
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    monthly_fee: MoneyText = Field(description="decimal string, e.g. '29.99'")
     unit: Literal["GB", "GiB"] = Field(default="GB", description="GB = 10^9 bytes, GiB = 2^30")
     included_units: int = Field(ge=0, le=10**6, description="data included per month, in units")
-    overage_price: str = Field(description="price of one unit beyond the included data")
+    overage_price: MoneyText = Field(description="price of one unit beyond the included data")
     overage_increment: str = Field(
         default="1",
         description="overage is rounded up to a multiple of this fraction of a unit: '1' bills"
@@ -159,8 +175,8 @@ class PublishPlanVersion(BaseModel):
 
     def to_event(self, plan_id: str, version: int) -> PlanVersionPublished:
         try:
-            fee = Money.exact(self.monthly_fee, self.currency)
-            overage = Money.exact(self.overage_price, self.currency)
+            fee = money_in(self.monthly_fee, self.currency)
+            overage = money_in(self.overage_price, self.currency)
             increment = Decimal(self.overage_increment)
         except (ValueError, ArithmeticError, InvalidOperation) as exc:
             raise InvalidPlanVersion(str(exc)) from None
@@ -199,15 +215,15 @@ class DefineTopUpProduct(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_id: str = Field(pattern=_ID)
-    name: str = Field(min_length=1, max_length=120, pattern=_TEXT)
-    currency: str = Field(min_length=3, max_length=3)
-    price: str = Field(description="decimal string, e.g. '5.00'")
+    name: Label
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    price: MoneyText = Field(description="decimal string, e.g. '5.00'")
     bytes: int = Field(gt=0, le=10**15)
     validity_days: int = Field(ge=1, le=366)
 
     def to_event(self) -> TopUpProductDefined:
         try:
-            price = Money.exact(self.price, self.currency)
+            price = money_in(self.price, self.currency)
         except (ValueError, ArithmeticError) as exc:
             raise InvalidTopUp(str(exc)) from None
         if price.amount < 0:
@@ -279,13 +295,13 @@ class StartSubscription(BaseModel):
     subscription_id: str = Field(pattern=_ID)
     customer_id: str = Field(pattern=_ID)
     plan_id: str = Field(pattern=_ID)
-    radius_username: str
-    started_on: date
+    radius_username: str = Field(max_length=253)
+    started_on: BillingDate
 
     @field_validator("radius_username")
     @classmethod
     def _username(cls, value: str) -> str:
-        if not _USERNAME.match(value):
+        if not _USERNAME.fullmatch(value) or refused_character(value) is not None:
             raise ValueError("a RADIUS username is 1-253 printable characters without spaces")
         return value
 
@@ -295,7 +311,7 @@ class StartSubscription(BaseModel):
 
 def nas_address(value: str) -> str:
     """One spelling per address, as the collector looks NASes up: IPv4-mapped IPv6 (what a
-    dual-stack socket reports) is plain IPv4."""
+    dual-stack socket reports) is plain IPv4. For addresses already recorded (any address)."""
     ip = ipaddress.ip_address(value)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -307,19 +323,19 @@ class _NasDetails(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=120)
-    ip_address: str
+    name: Label
+    ip_address: str = Field(max_length=64, description="a unicast address (loopback accepted)")
     secret: str = Field(min_length=6, max_length=128)
 
     @field_validator("ip_address")
     @classmethod
     def _ip(cls, value: str) -> str:
-        return nas_address(value)
+        return unicast_address(value)
 
 
 class RegisterNas(_NasDetails):
     nas_id: str = Field(pattern=_ID)
-    vendor: str = Field(default="generic", max_length=40)
+    vendor: str = Field(default="generic", max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")
     require_message_authenticator: bool = False
 
     def to_event(self, keyring: Keyring) -> NasRegistered:
@@ -349,7 +365,7 @@ class ChangeNas(_NasDetails):
     none defaulted, so that a change that leaves a field out cannot quietly turn off the
     Message-Authenticator requirement; the NAS id is the one in the path."""
 
-    vendor: str = Field(max_length=40)
+    vendor: str = Field(max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")
     require_message_authenticator: bool
     #: the NAS's `version` as read (GET /api/v1/nas): the change is refused (409) if the NAS
     #: was changed since, rather than undo that other change

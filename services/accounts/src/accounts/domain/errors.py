@@ -102,3 +102,8 @@ class InvalidCredentials(Unauthenticated):
 
 class TotpRequired(Unauthenticated):
     """The password was right, and this user has TOTP: send the current code as well."""
+
+
+class NoTaxRule(AccountsError):
+    """The customer's tax region has no tax rule, not even the explicit "untaxed" one: a bill
+    run would invoice the customer without tax by accident."""

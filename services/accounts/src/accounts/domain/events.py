@@ -1,4 +1,5 @@
-"""Events the accounts service keeps to itself: staff users and their API tokens.
+"""Events the accounts service keeps to itself: staff users and their API tokens, and the
+reservations that enforce uniqueness rules (case-folded RADIUS usernames).
 
 Stream `staff-<username>` holds a staff user's facts, `api-token-<token id>` one token's.
 Neither ever holds a password or a token: a password is kept as its argon2id hash, a token as
@@ -94,3 +95,15 @@ class ApiTokenRevoked(DomainEvent):
     """An API token was revoked: it stops working at once."""
 
     token_id: str
+
+
+@event_type("RadiusUsernameReserved", 1)
+class RadiusUsernameReserved(DomainEvent):
+    """The case-folded key of a RADIUS username, taken by a subscription: written first, with
+    "no stream", to radius-username-key-<key>, so that `Alice` and `alice` cannot both be
+    assigned. The claim that rating reads (RadiusUsernameAssigned) follows."""
+
+    key: str
+    username: str
+    customer_id: str
+    subscription_id: str

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, status
+from pydantic import AfterValidator
 
 from accounts.application import lifecycle, use_cases
 from accounts.application.read_models import AccountsQueries, secret_digest
@@ -52,6 +53,7 @@ from ispbill_core.contracts.accounts import (
     nas_secret_context,
 )
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import one_line_text
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.web import requires
 
@@ -343,7 +345,7 @@ def accounts_router(
     @router.delete("/nas/{nas_id}")
     async def remove_nas(
         nas_id: str,
-        reason: str = Query(default="", max_length=200),
+        reason: Annotated[str, Query(max_length=200), AfterValidator(one_line_text)] = "",
         who: Principal = requires(NAS_WRITE),
     ) -> dict[str, Any]:
         """Take a NAS out of service: its accounting is refused from then on, its address is

@@ -7,6 +7,7 @@ import binascii
 import functools
 import importlib.util
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from ispbill.v1 import invoices_pb2, invoices_pb2_grpc
 from ispbill_core.access import INVOICES_READ, Authenticator
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
 from ispbill_core.grpc_access import AccessInterceptor, check_methods_declared
+from ispbill_core.input_policy import ID_PATTERN, PERIOD_PATTERN
 from ispbill_core.money import Money
 
 _SERVICE = invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"]
@@ -205,6 +207,16 @@ def _parse_invoice_id(text: str) -> uuid.UUID:
         ) from None
 
 
+def _check_filters(customer_id: str | None, period: str | None) -> None:
+    """The same rules as the REST API's query parameters (ispbill_core.input_policy)."""
+    if customer_id is not None and not re.fullmatch(ID_PATTERN.strip("^$"), customer_id):
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "customer_id is not a customer id")
+    if period is not None and not re.fullmatch(PERIOD_PATTERN.strip("^$"), period):
+        raise _Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, "period is YYYY-MM, from 2000-01 to 2099-12"
+        )
+
+
 def _not_found(invoice_id: uuid.UUID) -> _Refused:
     return _Refused(grpc.StatusCode.NOT_FOUND, f"no invoice {invoice_id}")
 
@@ -231,6 +243,7 @@ class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
     ) -> invoices_pb2.ListInvoicesResponse:
         customer_id = request.customer_id if request.HasField("customer_id") else None
         period = request.period if request.HasField("period") else None
+        _check_filters(customer_id, period)
         size = _page_size(request.page_size)
         after = (
             _decode_page_token(request.page_token, customer_id, period)

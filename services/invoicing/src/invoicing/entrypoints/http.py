@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
@@ -18,12 +17,23 @@ from ispbill_core.access import BILL_RUNS_RUN, INVOICES_READ, TAX_RATES_WRITE, P
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import InvoiceIssued, TaxRateSet
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import (
+    ID_PATTERN,
+    PERIOD_PATTERN,
+    BillingDate,
+    Period,
+    Rate,
+    text,
+)
 from ispbill_core.web import requires
+
+#: An invoice number or id in a URL.
+InvoiceRef = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 
 
 class BillRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    period: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-11"])
+    period: Period
 
 
 class BillRunResponse(BaseModel):
@@ -35,9 +45,12 @@ class BillRunResponse(BaseModel):
 
 class TaxRateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    region: str = Field(min_length=1, max_length=64)
-    tax_name: str = Field(min_length=1, max_length=40)
-    rate: Decimal = Field(ge=0, le=1, description="0.15 for 15%")
+    region: str = Field(pattern=ID_PATTERN, description="the tax region customers name")
+    tax_name: Annotated[str, text(40)] = Field(
+        description='"VAT", "GST"...; "untaxed" with rate "0" is the explicit rule that a'
+        " region's customers pay no tax"
+    )
+    rate: Rate = Field(description='"0.15" for 15 %')
 
 
 def invoice_view(invoice: InvoiceIssued, status_: str) -> dict[str, Any]:
@@ -77,10 +90,10 @@ def invoicing_router(
 
     @router.get("/invoices", dependencies=[requires(INVOICES_READ)])
     async def list_invoices(
-        customer_id: str | None = Query(default=None, max_length=64),
-        period: str | None = Query(default=None, pattern=r"^\d{4}-(0[1-9]|1[0-2])$"),
+        customer_id: str | None = Query(default=None, pattern=ID_PATTERN),
+        period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
         status_: Literal["issued", "paid"] | None = Query(default=None, alias="status"),
-        number: str | None = Query(default=None, max_length=64),
+        number: str | None = Query(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$"),
         currency: str | None = Query(default=None, pattern=r"^[A-Z]{3}$"),
         min_total: Annotated[
             Decimal | None, Query(ge=0, le=10**12, description="needs currency")
@@ -88,9 +101,9 @@ def invoicing_router(
         max_total: Annotated[
             Decimal | None, Query(ge=0, le=10**12, description="needs currency")
         ] = None,
-        issued_from: Annotated[date | None, Query(description="issued on or after")] = None,
-        issued_to: Annotated[date | None, Query(description="issued on or before")] = None,
-        due_before: Annotated[date | None, Query()] = None,
+        issued_from: Annotated[BillingDate | None, Query(description="issued on or after")] = None,
+        issued_to: Annotated[BillingDate | None, Query(description="issued on or before")] = None,
+        due_before: Annotated[BillingDate | None, Query()] = None,
         limit: int = Query(default=1000, ge=1, le=10_000),
         before: int | None = Query(
             default=None, ge=0, description="the `cursor` of the last invoice of the page before"
@@ -120,7 +133,7 @@ def invoicing_router(
         return [{**invoice_view(inv, st), "cursor": cursor} for inv, st, cursor in found]
 
     @router.get("/invoices/{reference}", dependencies=[requires(INVOICES_READ)])
-    async def show_invoice(reference: str) -> dict[str, Any]:
+    async def show_invoice(reference: InvoiceRef) -> dict[str, Any]:
         found = await queries.find(reference)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no invoice {reference!r}")
@@ -131,7 +144,7 @@ def invoicing_router(
         response_class=Response,
         dependencies=[requires(INVOICES_READ)],
     )
-    async def invoice_pdf(reference: str) -> Response:
+    async def invoice_pdf(reference: InvoiceRef) -> Response:
         found = await queries.find(reference)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no invoice {reference!r}")

@@ -6,11 +6,13 @@ import asyncio
 from email.message import EmailMessage
 from pathlib import Path
 
+from ispbill_core.files import open_private, private_directory
+
 
 class OutboxMailer:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self._dir)
 
     async def send(self, message: EmailMessage) -> None:
         name = str(message["Message-ID"]).strip("<>").replace("/", "_") + ".eml"
@@ -19,7 +21,8 @@ class OutboxMailer:
         data = bytes(message)
 
         def write() -> None:
-            tmp.write_bytes(data)
+            with open_private(tmp, "wb") as out:  # messages hold addresses and invoices: 0600
+                out.write(data)
             tmp.replace(path)
 
         await asyncio.to_thread(write)

@@ -10,6 +10,7 @@ from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived, payment_stream
 from ispbill_core.events import new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.input_policy import money_in
 from ispbill_core.money import Money
 from payments.domain.commands import RecordManualPayment, payment_received
 from payments.domain.errors import DuplicatePaymentReference, InvalidPayment
@@ -29,7 +30,7 @@ async def record_manual_payment(
         raise InvalidPayment(f"no invoice {cmd.invoice!r}")
     invoice, _status = found
     try:
-        amount = Money.exact(cmd.amount, invoice.currency)
+        amount = money_in(cmd.amount, invoice.currency)
     except InvalidOperation:
         raise InvalidPayment(f"amount {cmd.amount!r} is not a decimal number") from None
     except ValueError as exc:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.events import deterministic_id
+from ispbill_core.input_policy import MoneyText, Reference
 from ispbill_core.money import Money
 
 
@@ -18,17 +18,15 @@ class RecordManualPayment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    invoice: str = Field(min_length=1, description="invoice number or id")
-    amount: str = Field(description="decimal string in the invoice's currency")
-    reference: str = Field(min_length=1, max_length=100, description="receipt or bank reference")
-    method: str = Field(default="cash", max_length=40)
-
-    @field_validator("reference")
-    @classmethod
-    def _reference(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", value):
-            raise ValueError("a reference is letters, digits and _.:/- only")
-        return value
+    invoice: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.:/-]+$",
+        description="invoice number or id",
+    )
+    amount: MoneyText = Field(description="decimal string in the invoice's currency")
+    reference: Reference = Field(description="receipt or bank reference: letters, digits, _.:/-")
+    method: str = Field(default="cash", max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 def payment_received(

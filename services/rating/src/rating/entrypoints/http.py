@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path
 
 from ispbill_core.access import USAGE_READ
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import ID_PATTERN, PERIOD_PATTERN
 from ispbill_core.projections import ReadModelDatabase
 from ispbill_core.web import requires
 from rating.application.read_models import unmatched_usage_from
@@ -31,7 +32,8 @@ def rating_router(
 
     @router.get("/usage/{customer_id}/{period}", dependencies=[requires(USAGE_READ)])
     async def usage(
-        customer_id: str, period: str = Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+        customer_id: str = Path(pattern=ID_PATTERN),
+        period: str = Path(pattern=PERIOD_PATTERN),
     ) -> UsageSummary:
         return await usage_summary(store, customer_id, period)
 

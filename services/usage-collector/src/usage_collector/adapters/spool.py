@@ -64,6 +64,7 @@ from ispbill_core.bus import (
     encode_message,
 )
 from ispbill_core.events import NewEvent
+from ispbill_core.files import open_private, private_directory
 
 __all__ = [
     "RenewablePublisher",
@@ -258,7 +259,7 @@ def _read_offset(directory: Path) -> tuple[int, int] | None:
 
 def _write_offset(directory: Path, seq: int, offset: int) -> None:
     tmp = directory / f"{OFFSET_FILE}.tmp"
-    with open(tmp, "w") as out:
+    with open_private(tmp, "w") as out:
         out.write(json.dumps({"segment": seq, "offset": offset}))
         out.flush()
         os.fsync(out.fileno())
@@ -306,7 +307,7 @@ class _SegmentWriter:
 
     def _open(self) -> None:
         seq = self.next_seq
-        self._file = open(self._directory / _segment_name(seq), "ab")  # noqa: SIM115
+        self._file = open_private(self._directory / _segment_name(seq), "ab")
         self._file.truncate(0)  # a new segment: nothing of an older process's may be in it
         _fsync_directory(self._directory)  # the file itself must survive a crash
         self.seq, self.size, self.next_seq = seq, 0, seq + 1
@@ -426,7 +427,7 @@ class SpoolingPublisher(Publisher):
     async def start(self) -> None:
         if self._flusher is not None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory)
         self._lock()
         try:
             await asyncio.to_thread(self._recover_from_disk)
@@ -474,7 +475,7 @@ class SpoolingPublisher(Publisher):
         await self.inner.stop()
 
     def _lock(self) -> None:
-        lock = open(self.directory / LOCK_FILE, "ab")  # noqa: SIM115
+        lock = open_private(self.directory / LOCK_FILE, "ab")
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -14,11 +14,20 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+)
 
 from ispbill_core.access import USAGE_IMPORT
 from ispbill_core.bus import BusError
 from ispbill_core.clock import Clock
+from ispbill_core.input_policy import moment_in_range
 from ispbill_core.web import requires
 from usage_collector.application.import_detail import (
     ImportedRequest,
@@ -30,6 +39,10 @@ from usage_collector.application.import_detail import (
 from usage_collector.application.nas_registry import NasRegistry
 from usage_collector.application.ports import AccountingPublisher
 from usage_collector.domain.accounting_record import AttributeValue
+
+#: The import route: it takes up to MAX_RECORDS_PER_IMPORT records a call, so the HTTP edge
+#: gives it its own body limit (ISPBILL_MAX_IMPORT_BODY_BYTES, 64 MiB), not the 1 MiB of others.
+RADIUS_DETAIL_IMPORT_PATH = "/api/v1/collector/imports/radius-detail"
 
 #: One POST is one publish call: big enough for throughput, small enough to retry cheaply.
 MAX_RECORDS_PER_IMPORT = 10_000
@@ -55,11 +68,14 @@ class ImportedRequestIn(BaseModel):
         'by name ("Interim-Update"), integers, text, addresses as text, dates as unix seconds, '
         'octets as {"hex": "..."}'
     )
-    nas_addresses: list[str] = Field(
+    nas_addresses: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=list,
+        max_length=16,
         description="addresses that may name the NAS, best first; the first registered counts",
     )
-    received_at: AwareDatetime = Field(description="when the other server received it")
+    received_at: Annotated[AwareDatetime, AfterValidator(moment_in_range)] = Field(
+        description="when the other server received it (2000-01-01 to 2099-12-31)"
+    )
 
 
 class RadiusDetailImport(BaseModel):
@@ -68,6 +84,7 @@ class RadiusDetailImport(BaseModel):
     records: Annotated[list[ImportedRequestIn], Field(max_length=MAX_RECORDS_PER_IMPORT)]
     nas: str | None = Field(
         default=None,
+        max_length=64,
         description="attribute every record to this NAS (its id or address), not to the NAS "
         "registered at the records' addresses",
     )
@@ -147,7 +164,9 @@ def collector_import_router(
     NAS by its address or by its id."""
     router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
 
-    @router.post("/collector/imports/radius-detail", dependencies=[requires(USAGE_IMPORT)])
+    @router.post(
+        RADIUS_DETAIL_IMPORT_PATH.removeprefix("/api/v1"), dependencies=[requires(USAGE_IMPORT)]
+    )
     async def import_radius_detail(body: RadiusDetailImport) -> ImportResult:
         """Import accounting requests read from FreeRADIUS detail files; idempotent."""
         nas = None

@@ -1,0 +1,267 @@
+"""What input every entry point accepts: money, text, dates, periods, addresses, contacts.
+
+One place, so that the REST API, the CLI, the CSV import and gRPC refuse the same things with
+the same words (ADR 0015). Each rule is a pydantic ``Annotated`` type (use it as a field type or
+a query/path parameter type) or a plain function a use case calls when it knows more (the
+currency of the invoice a payment is for). A refusal is a ``ValueError`` with a short message
+that never repeats a long input: pydantic turns it into a 422 problem.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import unicodedata
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, EmailStr, Field, WithJsonSchema
+
+from ispbill_core.money import MINOR_UNITS, Money
+
+# --- money --------------------------------------------------------------------------------
+
+#: Digits before the point that an amount may have at all (checked before Decimal parses it):
+#: every amount is below 10^12 (a trillion) major units, beyond any bill, payment or price of
+#: an ISP in any currency we list, and far inside what Decimal arithmetic, PostgreSQL NUMERIC
+#: and JSON readers hold exactly. The pattern states it in the OpenAPI document.
+_MONEY_INTEGER_DIGITS = 12
+_MONEY_FRACTION_DIGITS = max(MINOR_UNITS.values())
+#: The largest amount accepted unless configured lower (ISPBILL_MONEY_MAX[_<CUR>]).
+DEFAULT_MONEY_MAXIMUM = Decimal("999999999999.999")
+_DIGITS = rf"[0-9]{{1,{_MONEY_INTEGER_DIGITS}}}(\.[0-9]{{1,{_MONEY_FRACTION_DIGITS}}})?"
+MONEY_PATTERN = rf"^{_DIGITS}$"
+SIGNED_MONEY_PATTERN = rf"^-?{_DIGITS}$"
+_MONEY_RE = re.compile(rf"-?{_DIGITS}")
+
+
+def money_maximum(currency: str) -> Decimal:
+    """The largest amount accepted in `currency`: ISPBILL_MONEY_MAX_<CUR> (e.g.
+    ISPBILL_MONEY_MAX_IDR), else ISPBILL_MONEY_MAX, else 10^12 major units."""
+    for name in (f"ISPBILL_MONEY_MAX_{currency}", "ISPBILL_MONEY_MAX"):
+        if raw := os.environ.get(name):
+            if not _MONEY_RE.fullmatch(raw):
+                raise ValueError(f"{name} is not a plain decimal number")
+            return Decimal(raw)
+    return DEFAULT_MONEY_MAXIMUM
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """A value as an error message may quote it: short, one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _decimal_text(value: Any, what: str = "an amount") -> Any:
+    if isinstance(value, bool | int | float):
+        raise ValueError(
+            f'{what} is a JSON string of a plain decimal number such as "29.99", not a JSON'
+            " number (a number may lose digits on its way)"
+        )
+    return value
+
+
+def _plain_money(value: str) -> str:
+    if not _MONEY_RE.fullmatch(value):
+        raise ValueError(
+            f"{_shown(value)} is not a plain decimal amount: ASCII digits, at most"
+            f" {_MONEY_INTEGER_DIGITS} before the point and {_MONEY_FRACTION_DIGITS} after;"
+            " no exponent, sign '+', spaces or separators"
+        )
+    if abs(Decimal(value)) > max(money_maximum(c) for c in MINOR_UNITS):
+        raise ValueError(f"{_shown(value)} is more than any amount accepted")
+    return value
+
+
+def _unsigned_money(value: str) -> str:
+    if value.startswith("-"):
+        raise ValueError(f"{_shown(value)} is negative; this amount cannot be")
+    return _plain_money(value)
+
+
+def _money_schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": pattern,
+            "maxLength": 1 + _MONEY_INTEGER_DIGITS + 1 + _MONEY_FRACTION_DIGITS,
+            "examples": ["29.99"],
+        }
+    )
+
+
+#: A money amount as it travels: a JSON string of a plain decimal number, not negative (a
+#: price, a payment). Checked here for its form and the largest maximum; `money_in` checks it
+#: against its currency.
+MoneyText = Annotated[
+    str,
+    BeforeValidator(_decimal_text),
+    AfterValidator(_unsigned_money),
+    _money_schema(MONEY_PATTERN),
+]
+#: The same with an optional leading '-' (an adjustment, a credit).
+SignedMoneyText = Annotated[
+    str,
+    BeforeValidator(_decimal_text),
+    AfterValidator(_plain_money),
+    _money_schema(SIGNED_MONEY_PATTERN),
+]
+
+
+def money_in(text: str, currency: str, *, allow_negative: bool = False) -> Money:
+    """An amount typed by a person, in `currency`: a plain decimal string with no more decimals
+    than the currency has, within its maximum. ValueError otherwise."""
+    _plain_money(text)
+    value = Decimal(text)
+    if value < 0 and not allow_negative:
+        raise ValueError(f"{_shown(text)} is negative")
+    maximum = money_maximum(currency)
+    if abs(value) > maximum:
+        raise ValueError(f"{_shown(text)} is more than {maximum} {currency}, the most accepted")
+    return Money.exact(value, currency)
+
+
+def _plain_rate(value: str) -> Decimal:
+    if not re.fullmatch(r"(0|1)(\.[0-9]{1,6})?", value) or Decimal(value) > 1:
+        raise ValueError(
+            f"{_shown(value)} is not a rate between 0 and 1 written as a plain decimal string"
+            ' with at most 6 decimals, such as "0.15" for 15 %'
+        )
+    return Decimal(value)
+
+
+#: A tax rate as a fraction (0.15 for 15 %), as a plain decimal string; a Decimal once read.
+def _rate(value: Any) -> Any:
+    value = _decimal_text(value, "a rate")
+    if isinstance(value, Decimal):
+        value = str(value)
+    return _plain_rate(value) if isinstance(value, str) else value
+
+
+Rate = Annotated[
+    Decimal,
+    BeforeValidator(_rate),
+    WithJsonSchema({"type": "string", "pattern": r"^(0|1)(\.[0-9]{1,6})?$", "examples": ["0.15"]}),
+]
+
+# --- text ---------------------------------------------------------------------------------
+
+#: Bidirectional embeddings, overrides and isolates: they make a name read differently from
+#: what it is ("Trojan Source"). LRM/RLM marks (U+200E/F) stay: they are how RTL names are typed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: U+FEFF (a byte-order mark in the middle of text): invisible, and breaks exact matching.
+_REFUSED_CHARACTERS = _BIDI_CONTROLS | {"\ufeff"}
+#: Cc is C0, DEL and C1 (line breaks, tabs, escapes); Zl/Zp are U+2028/U+2029; Cs lone
+#: surrogates; Cn unassigned code points and noncharacters.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs", "Cn"})
+
+
+def refused_character(value: str) -> str | None:
+    """The first character text may not hold, as U+XXXX, or None."""
+    for ch in value:
+        if ch in _REFUSED_CHARACTERS or unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            return f"U+{ord(ch):04X}"
+    return None
+
+
+def one_line_text(value: str) -> str:
+    if (bad := refused_character(value)) is not None:
+        raise ValueError(
+            f"text may not contain control characters, line breaks or bidi overrides ({bad})"
+        )
+    if value != value.strip():
+        raise ValueError("text may not start or end with spaces")
+    return value
+
+
+def text(max_length: int, *, min_length: int = 1) -> Any:
+    """A single line of text of at most `max_length` characters: no control characters, no
+    line or paragraph separators, no bidi overrides, no surrounding spaces."""
+    return Annotated[
+        str,
+        Field(min_length=min_length, max_length=max_length),
+        AfterValidator(one_line_text),
+    ]
+
+
+#: A person's or company's name.
+Name = text(200)
+#: A postal address, on one line (commas between its parts).
+Address = text(500, min_length=0)
+#: A free reason a clerk gives (suspension, credit note, removal).
+Reason = text(500)
+#: A short label (plan name, tax name, vendor, payment method).
+Label = text(120)
+
+#: Identifiers in stream names and URLs: ASCII, no spaces, bounded.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+#: A payment or bank reference.
+Reference = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+
+# --- dates and periods --------------------------------------------------------------------
+
+#: Dates a command may carry: a billing system of this century. Outside it a date is a typo
+#: (year 0 or 9999 would overflow period arithmetic); documented in ADR 0015.
+EARLIEST_DATE = date(2000, 1, 1)
+LATEST_DATE = date(2099, 12, 31)
+
+
+def _date_in_range(value: date) -> date:
+    if not EARLIEST_DATE <= value <= LATEST_DATE:
+        raise ValueError(f"a date is between {EARLIEST_DATE} and {LATEST_DATE}")
+    return value
+
+
+def moment_in_range(value: datetime) -> datetime:
+    _date_in_range(value.date())
+    return value
+
+
+BillingDate = Annotated[date, AfterValidator(_date_in_range)]
+#: A moment another system reports (a RADIUS record's arrival), within the same range.
+Moment = Annotated[datetime, AfterValidator(moment_in_range)]
+PERIOD_PATTERN = r"^20[0-9]{2}-(0[1-9]|1[0-2])$"
+#: A billing period, YYYY-MM, 2000-01 to 2099-12.
+Period = Annotated[str, Field(pattern=PERIOD_PATTERN, examples=["2026-11"])]
+
+# --- network and contacts -----------------------------------------------------------------
+
+
+def unicast_address(value: str) -> str:
+    """A NAS address: one host that sends accounting from a fixed address, in one spelling
+    (IPv4-mapped IPv6 is plain IPv4).
+
+    Refused: unspecified (0.0.0.0, ::), broadcast, multicast, reserved (240/4), and link-local
+    (169.254/16, fe80::/10: not a stable address, ambiguous without a zone). Loopback is
+    accepted: a NAS on the ISP's own box (a demo, a test, a local FreeRADIUS proxy)."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("an IP address is a string of at most 64 characters")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{_shown(value)} is not an IP address") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return str(ip)  # ::1 counts as "reserved" to Python (::/8); it is one host
+    if ip.is_unspecified or ip.is_multicast or ip.is_link_local or ip.is_reserved:
+        raise ValueError(f"{ip} is not a unicast host address")
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise ValueError(f"{ip} is the broadcast address")
+    return str(ip)
+
+
+NasAddress = Annotated[str, AfterValidator(unicast_address)]
+Email = Annotated[EmailStr, Field(max_length=254)]
+#: E.164: '+', a country code not starting with 0, at most 15 digits in all; or "" for none.
+PHONE_PATTERN = r"^(\+[1-9][0-9]{6,14})?$"
+Phone = Annotated[str, Field(pattern=PHONE_PATTERN, examples=["+8801712345678"])]
+
+
+def radius_username_key(username: str) -> str:
+    """What makes two RADIUS usernames the same: `Alice` and `alice` are one subscriber to a
+    NAS that folds case, so uniqueness is checked on this key (Unicode case folding)."""
+    return username.casefold()
