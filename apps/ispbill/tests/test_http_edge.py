@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from ispbill_app.bootstrap import Services, open_ledger, serve_http
+from ispbill_app.bootstrap import Services, open_ledger, projections_running, serve_http
 from ispbill_app.settings import Settings
 from ispbill_core.contracts.accounts import customer_stream
 from ispbill_core.sealing import KEY_ENV, KEY_FILE_ENV
+from tests.fixtures.staff import staff_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -39,7 +40,12 @@ class Edge:
         self.services = services
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
+        self.token = ""
         self.client = httpx.AsyncClient(base_url=self.base, timeout=10)
+
+    def log_in(self, token: str) -> None:
+        self.token = token
+        self.client.headers["Authorization"] = f"Bearer {token}"
 
     async def post(self, path: str, body: Any) -> httpx.Response:
         return await self.client.post(f"/api/v1{path}", json=body)
@@ -67,8 +73,12 @@ async def edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
     services.require_keyring()
     services.store = await open_ledger(settings)
     try:
-        async with serve_http(services.http_app(), "127.0.0.1", port, settings.http_timeouts):
+        async with (
+            projections_running(services),
+            serve_http(services.http_app(), "127.0.0.1", port, settings.http_timeouts),
+        ):
             e = Edge(services, port)
+            e.log_in(await staff_token(services.store))
             r = await e.post("/tax-rates", {"region": "metro", "tax_name": "VAT", "rate": "0.15"})
             assert r.status_code == 201, r.text
             yield e

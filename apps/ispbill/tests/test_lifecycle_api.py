@@ -56,6 +56,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         headers={"Authorization": f"Bearer {token}"},
     )
     api = Api(client)
+    await api.ok("POST", "/tax-rates", {"region": "BD", "tax_name": "VAT", "rate": "0.15"}, 201)
     for plan_id, fee in (("home", "30.00"), ("fast", "50.00")):
         await api.ok(
             "POST",

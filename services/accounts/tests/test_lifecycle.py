@@ -3,7 +3,9 @@ dates, optimistic concurrency, idempotent retries, usernames released and claime
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -46,6 +48,9 @@ from ispbill_core.contracts.accounts import (
     radius_user_stream,
     subscription_stream,
 )
+from ispbill_core.contracts.invoicing import TaxRateSet, tax_region_stream
+from ispbill_core.events import new_event
+from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 
 pytestmark = pytest.mark.integration
@@ -92,6 +97,13 @@ def clock() -> FixedClock:
 async def catalogue(store, clock) -> None:
     for p in (plan("home"), plan("fast", fee="50.00"), plan("euro", "EUR")):
         await define_plan(store, clock, p, "admin")
+    for region in ("BD", "EU"):
+        rule = TaxRateSet(region=region, tax_name="VAT", rate=Decimal("0.15"))
+        await store.append(
+            tax_region_stream(region),
+            [new_event(rule, id=uuid.uuid4(), occurred_at=clock.now(), actor="admin")],
+            ANY,
+        )
     await register_customer(
         store,
         clock,
@@ -320,7 +332,6 @@ async def test_plan_versions_are_published_in_order(store, clock, catalogue) -> 
     [
         {"overage_increment": "0.3"},
         {"overage_increment": "2"},
-        {"monthly_fee": "-1"},
         {"monthly_fee": "1.234"},
         {"time_bands": [{"name": "x", "start": "10:00", "end": "10:00", "multiplier": "2"}]},
         {
@@ -346,6 +357,7 @@ def test_plan_version_terms_are_validated(bad: dict[str, object]) -> None:
     "bad",
     [
         {"effective_from": "1999-12-31"},
+        {"monthly_fee": "-1"},  # refused by the input policy, before any rule
         {"unit": "TB"},
         {"time_bands": [{"name": "x", "start": "25:00", "end": "07:00", "multiplier": "1"}]},
         {"fair_usage": [{"after_bytes": 10, "rate_limit": "fast"}]},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from accounts.application.lifecycle import claim_username
+from accounts.application.lifecycle import claim_username, radius_username_key_stream  # noqa: F401 - re-exported
 from accounts.domain.commands import (
     ChangeNas,
     DefinePlan,

@@ -183,7 +183,7 @@ def create_app(
     if assets is not None:
         app.mount("/docs/assets", StaticFiles(directory=assets), name="swagger-ui")
 
-        @app.get("/docs", include_in_schema=False)
+        @app.get("/docs", include_in_schema=False, dependencies=[public()])
         async def docs() -> HTMLResponse:
             return get_swagger_ui_html(
                 openapi_url="/openapi.json",
