@@ -561,15 +561,27 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
 
 
 async def _start_grpc(services: Services) -> Any:
-    from invoicing.entrypoints.grpc_server import start_grpc_server
+    """One gRPC server for InvoiceService and AccountsService (health checks, reflection)."""
+    from accounts.entrypoints.grpc_server import accounts_grpc_service
+    from invoicing.entrypoints.grpc_server import invoice_grpc_service
+    from ispbill_core.grpc_server import serve_grpc
 
-    server, port = await start_grpc_server(
-        services.invoice_queries,
+    served = [
+        invoice_grpc_service(services.invoice_queries),
+        accounts_grpc_service(
+            AccountsQueries(services.reads),
+            services.store,
+            services.clock,
+            services.settings.timezone,
+        ),
+    ]
+    server, port = await serve_grpc(
+        served,
         authenticator=services.authenticator,
         host=services.settings.host,
         port=services.settings.grpc_port,
     )
-    log.info("gRPC InvoiceService on %s:%d", services.settings.host, port)
+    log.info("gRPC %s on %s:%d", ", ".join(s.name for s in served), services.settings.host, port)
     return server
 
 

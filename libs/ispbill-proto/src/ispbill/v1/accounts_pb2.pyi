@@ -133,9 +133,7 @@ class Customer(_message.Message):
     service_address: _builtins.str
     account_type: Global___AccountType.ValueType
     version: _builtins.int
-    """Position of the customer's latest event: what a REST change sends back as expected_version.
-    Set by GetCustomer only (0 in lists).
-    """
+    """Position of the customer's latest event: what a REST change sends back as expected_version."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Lower-case slugs, e.g. "vip"."""
@@ -244,7 +242,9 @@ class Subscription(_message.Message):
     plan_id: _builtins.str
     """The plan in force today."""
     scheduled_plan_id: _builtins.str
-    """A plan change recorded for a later day (the next cycle), when there is one."""
+    """A plan change recorded for a later day (the next cycle), when there is one; set by
+    GetSubscription only.
+    """
     radius_username: _builtins.str
     started_on: _builtins.str
     """First day of service, "YYYY-MM-DD"."""
