@@ -535,7 +535,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     )
     log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
     demo_password = await ensure_demo_admin(services) if with_demo else None
-    grpc_server = await _start_grpc(services)
+    grpc_server, _ = await start_grpc(services)
     subscribers = [
         services.rating_subscriber(),
         services.unmatched_usage_subscriber(),
@@ -560,8 +560,9 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         await store.close()
 
 
-async def _start_grpc(services: Services) -> Any:
-    """One gRPC server for InvoiceService and AccountsService (health checks, reflection)."""
+async def start_grpc(services: Services) -> tuple[Any, int]:
+    """One gRPC server for InvoiceService and AccountsService, with health checks and
+    reflection, on settings.grpc_port (0: a free port); returns the server and its port."""
     from accounts.entrypoints.grpc_server import accounts_grpc_service
     from invoicing.entrypoints.grpc_server import invoice_grpc_service
     from ispbill_core.grpc_server import serve_grpc
@@ -582,7 +583,7 @@ async def _start_grpc(services: Services) -> Any:
         port=services.settings.grpc_port,
     )
     log.info("gRPC %s on %s:%d", ", ".join(s.name for s in served), services.settings.host, port)
-    return server
+    return server, port
 
 
 DEMO_ADMIN = "admin"
@@ -684,7 +685,7 @@ async def run_component(component: str, settings: Settings) -> None:
             ):
                 await _until_signalled()
         elif component == "invoicing":
-            server = await _start_grpc(services)
+            server, _ = await start_grpc(services)
             try:
                 async with background(services.allocation_subscriber().run, projections):
                     await _until_signalled()
