@@ -207,7 +207,7 @@ async def test_get_unknown_customer_is_not_found(stub: Any) -> None:
     assert await refused(call) == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize("bad_id", ["", "has space", "x" * 65, "-leading", "a\nb"])
+@pytest.mark.parametrize("bad_id", ["", "has space", "x" * 65, "-leading", "a\nb", "c-1\n"])
 async def test_get_customer_with_a_malformed_id_is_invalid_argument(stub: Any, bad_id: str) -> None:
     call = stub.GetCustomer(accounts_pb2.GetCustomerRequest(customer_id=bad_id))
     assert await refused(call) == grpc.StatusCode.INVALID_ARGUMENT
@@ -275,6 +275,7 @@ async def test_list_customers_pages_through_every_customer_once(stub: Any) -> No
         accounts_pb2.ListCustomersRequest(query="line\nbreak"),
         accounts_pb2.ListCustomersRequest(tax_region="no such region!"),
         accounts_pb2.ListCustomersRequest(tag="NOT A TAG"),
+        accounts_pb2.ListCustomersRequest(tag="vip\n"),
         accounts_pb2.ListCustomersRequest(account_type=cast(Any, 42)),
     ],
 )

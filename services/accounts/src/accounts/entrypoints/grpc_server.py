@@ -165,7 +165,7 @@ def _invalid(details: str) -> Refused:
 
 
 def _parse_id(text: str, field: str) -> str:
-    if not _ID.match(text):
+    if not _ID.fullmatch(text):
         # never echo a long input back
         shown = text if len(text) <= 64 else text[:64] + "..."
         raise _invalid(f"{field} {shown!r} is not an id (letters, digits, _.:@-; 1-64)")
@@ -219,7 +219,7 @@ def _customer_filters(request: accounts_pb2.ListCustomersRequest) -> dict[str, A
     if region is not None:
         _parse_id(region, "tax_region")
     tag = _optional(request, "tag")
-    if tag is not None and not _TAG.match(tag):
+    if tag is not None and not _TAG.fullmatch(tag):
         raise _invalid("tag is a lower-case slug of letters, digits and '-', 1-40 characters")
     account_type: str | None = None
     if request.account_type != accounts_pb2.ACCOUNT_TYPE_UNSPECIFIED:
