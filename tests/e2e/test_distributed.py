@@ -145,6 +145,24 @@ def test_distributed_thin_path(cluster, smtp_server):
         assert got.invoice.total.amount == "34.65"
         assert got.invoice.status == invoices_pb2.INVOICE_STATUS_PAID
 
+        # ... and customers and subscriptions, on the same port.
+        from ispbill.v1 import accounts_pb2, accounts_pb2_grpc
+
+        accounts = accounts_pb2_grpc.AccountsServiceStub(channel)
+        customer_id = invoice["customer_id"]
+        token = bearer_metadata(api.token)
+        customer = accounts.GetCustomer(
+            accounts_pb2.GetCustomerRequest(customer_id=customer_id), timeout=5, metadata=token
+        ).customer
+        assert customer.name == got.invoice.customer_name
+        subscriptions = accounts.ListSubscriptions(
+            accounts_pb2.ListSubscriptionsRequest(customer_id=customer_id),
+            timeout=5,
+            metadata=token,
+        ).subscriptions
+        assert [s.customer_id for s in subscriptions] == [customer_id] * len(subscriptions)
+        assert subscriptions
+
     # Migrating from FreeRADIUS: its detail files go in through the collector, onto Kafka, and
     # rating folds them like live packets (bob's March session: 1.2 GB up, 7.5 GB down).
     imported = json.loads(

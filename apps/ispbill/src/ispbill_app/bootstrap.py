@@ -562,7 +562,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     )
     log.info("RADIUS accounting on udp://%s:%d", settings.host, settings.radius_acct_port)
     demo_password = await ensure_demo_admin(services) if with_demo else None
-    grpc_server = await _start_grpc(services)
+    grpc_server, _ = await start_grpc(services)
     subscribers = [
         services.rating_subscriber(),
         services.unmatched_usage_subscriber(),
@@ -589,17 +589,30 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         await store.close()
 
 
-async def _start_grpc(services: Services) -> Any:
-    from invoicing.entrypoints.grpc_server import start_grpc_server
+async def start_grpc(services: Services) -> tuple[Any, int]:
+    """One gRPC server for InvoiceService and AccountsService, with health checks and
+    reflection, on settings.grpc_port (0: a free port); returns the server and its port."""
+    from accounts.entrypoints.grpc_server import accounts_grpc_service
+    from invoicing.entrypoints.grpc_server import invoice_grpc_service
+    from ispbill_core.grpc_server import serve_grpc
 
-    server, port = await start_grpc_server(
-        services.invoice_queries,
+    served = [
+        invoice_grpc_service(services.invoice_queries),
+        accounts_grpc_service(
+            AccountsQueries(services.reads),
+            services.store,
+            services.clock,
+            services.settings.timezone,
+        ),
+    ]
+    server, port = await serve_grpc(
+        served,
         authenticator=services.authenticator,
         host=services.settings.host,
         port=services.settings.grpc_port,
     )
-    log.info("gRPC InvoiceService on %s:%d", services.settings.host, port)
-    return server
+    log.info("gRPC %s on %s:%d", ", ".join(s.name for s in served), services.settings.host, port)
+    return server, port
 
 
 DEMO_ADMIN = "admin"
@@ -703,7 +716,7 @@ async def run_component(component: str, settings: Settings) -> None:
             ):
                 await _until_signalled()
         elif component == "invoicing":
-            server = await _start_grpc(services)
+            server, _ = await start_grpc(services)
             try:
                 async with background(services.allocation_subscriber().run, projections):
                     await _until_signalled()

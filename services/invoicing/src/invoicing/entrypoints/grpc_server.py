@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import importlib.util
 import json
 import re
 import uuid
@@ -16,12 +15,11 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ispbill.v1 import invoices_pb2, invoices_pb2_grpc
 from ispbill_core.access import INVOICES_READ, Authenticator
 from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
-from ispbill_core.grpc_access import AccessInterceptor, check_methods_declared
+from ispbill_core.grpc_server import GrpcService, serve_grpc
 from ispbill_core.input_policy import ID_PATTERN, PERIOD_PATTERN
 from ispbill_core.money import Money
 
@@ -278,6 +276,17 @@ class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
         )
 
 
+def invoice_grpc_service(queries: InvoiceQueries) -> GrpcService:
+    """InvoiceService as ispbill_core.grpc_server.serve_grpc takes it (beside other services)."""
+    return GrpcService(
+        descriptor=_SERVICE,
+        permissions=METHOD_PERMISSIONS,
+        register=lambda server: invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(
+            InvoiceService(queries), server
+        ),
+    )
+
+
 async def start_grpc_server(
     queries: InvoiceQueries,
     *,
@@ -285,32 +294,14 @@ async def start_grpc_server(
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start InvoiceService with health checks on host:port; returns the server and bound port.
+    """Start InvoiceService alone, with health checks and reflection, on host:port; returns the
+    server and bound port.
 
     Every InvoiceService call needs `authorization: Bearer <token>` with the method's
     permission (METHOD_PERMISSIONS); health checks and reflection are open.
-    Port 0 asks the OS for a free port. Stop with ``await server.stop(grace)``.
+    Port 0 asks the OS for a free port. Stop with ``await server.stop(grace)``. The app serves
+    it beside AccountsService with serve_grpc and invoice_grpc_service.
     """
-    check_methods_declared(METHOD_PERMISSIONS, [_SERVICE])
-    server = grpc.aio.server(interceptors=[AccessInterceptor(authenticator, METHOD_PERMISSIONS)])
-    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceService(queries), server)
-
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (health.OVERALL_HEALTH, SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-    # Reflection (grpcurl, Postman) is a convenience, not a dependency: on only when installed.
-    if importlib.util.find_spec("grpc_reflection") is not None:
-        from grpc_reflection.v1alpha import reflection
-
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:  # older grpcio reports a failed bind as port 0 instead of raising
-        raise RuntimeError(f"could not bind the gRPC server to {address}")
-    await server.start()
-    return server, bound
+    return await serve_grpc(
+        [invoice_grpc_service(queries)], authenticator=authenticator, host=host, port=port
+    )
