@@ -450,10 +450,18 @@ async def postgres_ledger(
             await admin.close()
 
 
-def api_headers(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
-    """Credentials for the API, when it asks for them (ISPBILL_BENCH_TOKEN)."""
-    token = os.environ.get("ISPBILL_BENCH_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+async def api_token(store: EventStore) -> str:
+    """An admin's token, recorded in the ledger as logging in would (every route needs one)."""
+    from accounts.application.staff import create_staff_user, issue_token
+    from ispbill_core.access import ADMIN
+    from ispbill_core.clock import SystemClock
+
+    clock = SystemClock()
+    user = await create_staff_user(store, clock, "bench", ADMIN, "bench-password-1", "system:bench")
+    issued = await issue_token(
+        store, clock, user, name="bench", expires_in_days=1, scopes=None, actor="system:bench"
+    )
+    return issued.token
 
 
 async def run_store(name: str, tmp: Path) -> StoreResult:
@@ -474,13 +482,14 @@ async def run_store(name: str, tmp: Path) -> StoreResult:
             f" ({result.rebuild_per_s:.0f}/s, ratio {result.ratio:.2f})",
             flush=True,
         )
+        token = await api_token(store)
         data_dir = tmp / f"{name}-data" if name != "sqlite" else tmp / "sqlite"
         data_dir.mkdir(exist_ok=True)
         port = free_port()
         env = {**env, "ISPBILL_DATA_DIR": str(data_dir), "ISPBILL_SECRETS_KEY": key()}
         proc = serve_api(env, port, data_dir)
         try:
-            measure_queries(port, result, api_headers(data_dir, env))
+            measure_queries(port, result, {"Authorization": f"Bearer {token}"})
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -85,6 +85,8 @@ async def seed(client: httpx.AsyncClient) -> None:
         assert response.status_code == status, response.text
         return response.json()
 
+    for region in ("BD", "IN"):
+        await ok("/tax-rates", {"region": region, "tax_name": "VAT", "rate": "0.15"})
     for plan_id, fee in (("home", "30.00"), ("fast", "50.00")):
         plan = {"plan_id": plan_id, "name": plan_id, "currency": "USD", "monthly_fee": fee}
         await ok("/plans", {**plan, "included_gb": 50, "overage_per_gb": "1.00"})
