@@ -328,9 +328,7 @@ class Services:
                 raise HTTPException(404, "no collector runs in this process")
             return self.collector_counters()
 
-        @router.get(
-            "/collector/drops", dependencies=[requires(COLLECTOR_READ)], responses=not_here
-        )
+        @router.get("/collector/drops", dependencies=[requires(COLLECTOR_READ)], responses=not_here)
         async def drops() -> dict[str, dict[str, Any]]:
             """Dropped accounting per source address: its NAS (null: none registered there),
             first and last drop, and the count per reason. The unregistered router whose

@@ -257,9 +257,7 @@ def _answers_of(method: str, operation: Mapping[str, Any]) -> dict[str, str]:
     a write that conflicts with what the ledger holds (409: exists already, changed since the
     version the client read, a concurrent append)."""
     has_body = "requestBody" in operation
-    names_a_record = has_body or any(
-        p.get("in") == "path" for p in operation.get("parameters", [])
-    )
+    names_a_record = has_body or any(p.get("in") == "path" for p in operation.get("parameters", []))
     answers = {}
     if has_body:
         answers["400"] = "the body cannot be parsed (not JSON, not UTF-8)"
