@@ -155,7 +155,7 @@ def test_schemathesis_finds_nothing(server: tuple[Server, str], tmp_path: Path) 
     ]  # fmt: skip
     env = os.environ | {"SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        command, capture_output=True, text=True, timeout=280, check=False, cwd=ROOT, env=env
+        command, capture_output=True, text=True, timeout=280, check=False, cwd=tmp_path, env=env
     )
     (tmp_path / "schemathesis.txt").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
