@@ -47,12 +47,17 @@ def test_decimal_strings_are_fine(fee: str, expected: str) -> None:
     "overrides",
     [
         {"monthly_fee": "1.001"},
-        {"currency": "XXX"},
     ],
 )
 def test_negative_or_out_of_currency_prices_are_refused(overrides: dict[str, str]) -> None:
     with pytest.raises(InvalidPlan):
         plan(**overrides).to_event()
+
+
+def test_an_unknown_currency_is_refused_with_the_command() -> None:
+    # the OpenAPI document lists the known currencies (an enum), so the model refuses others
+    with pytest.raises(ValueError, match="unknown currency"):
+        plan(currency="XXX")
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ from ispbill_core.projections.sqlite import SQLiteReadModels
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.subscriber import LedgerSubscriber, is_transient, retry_parked_forever
 from ispbill_core.telemetry import setup_tracing
-from ispbill_core.web import requires
+from ispbill_core.web import problem_responses, requires
 from notifier.adapters.outbox import OutboxMailer
 from notifier.adapters.smtp import SmtpMailer, SmtpSettings
 from notifier.application.email_invoice import Mailer, SenderIdentity, email_invoice
@@ -316,16 +316,19 @@ class Services:
         }
 
     def _collector_router(self) -> APIRouter:
+        not_here = problem_responses({404: "this process runs no collector (or no pollers)"})
         router = APIRouter(prefix="/api/v1", tags=["usage-collector"])
 
-        @router.get("/collector/counters", dependencies=[requires(COLLECTOR_READ)])
+        @router.get(
+            "/collector/counters", dependencies=[requires(COLLECTOR_READ)], responses=not_here
+        )
         async def counters() -> dict[str, int]:
             """Accounting packets received, acknowledged, and dropped by reason."""
             if self.collector_counters is None:
                 raise HTTPException(404, "no collector runs in this process")
             return self.collector_counters()
 
-        @router.get("/collector/drops", dependencies=[requires(COLLECTOR_READ)])
+        @router.get("/collector/drops", dependencies=[requires(COLLECTOR_READ)], responses=not_here)
         async def drops() -> dict[str, dict[str, Any]]:
             """Dropped accounting per source address: its NAS (null: none registered there),
             first and last drop, and the count per reason. The unregistered router whose
@@ -334,7 +337,9 @@ class Services:
                 raise HTTPException(404, "no collector runs in this process")
             return self.collector_drops()
 
-        @router.get("/collector/pollers", dependencies=[requires(COLLECTOR_READ)])
+        @router.get(
+            "/collector/pollers", dependencies=[requires(COLLECTOR_READ)], responses=not_here
+        )
         async def pollers() -> dict[str, dict[str, int]]:
             """Per router (ISPBILL_POLLERS): polls, samples published, errors by kind."""
             if self.poller_counters is None:

@@ -17,7 +17,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, EmailStr, Field, WithJsonSchema
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, EmailStr, Field, WithJsonSchema
 
 from ispbill_core.money import MINOR_UNITS, Money
 
@@ -110,6 +110,20 @@ SignedMoneyText = Annotated[
 ]
 
 
+def _known_currency(value: str) -> str:
+    if value not in MINOR_UNITS:
+        raise ValueError(f"unknown currency {_shown(value)}")
+    return value
+
+
+#: An ISO 4217 code of a currency ispbill knows the minor unit of (the document lists them).
+Currency = Annotated[
+    str,
+    AfterValidator(_known_currency),
+    WithJsonSchema({"type": "string", "enum": sorted(MINOR_UNITS)}),
+]
+
+
 def money_in(text: str, currency: str, *, allow_negative: bool = False) -> Money:
     """An amount typed by a person, in `currency`: a plain decimal string with no more decimals
     than the currency has, within its maximum. ValueError otherwise."""
@@ -154,8 +168,9 @@ _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u20
 #: U+FEFF (a byte-order mark in the middle of text): invisible, and breaks exact matching.
 _REFUSED_CHARACTERS = _BIDI_CONTROLS | {"\ufeff"}
 #: Cc is C0, DEL and C1 (line breaks, tabs, escapes); Zl/Zp are U+2028/U+2029; Cs lone
-#: surrogates; Cn unassigned code points and noncharacters.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs", "Cn"})
+#: surrogates. Unassigned code points (Cn) are accepted (ADR 0021): which they are depends on
+#: the Unicode version of the Python that runs, and no schema can state a moving set.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
 
 
 def refused_character(value: str) -> str | None:
@@ -176,12 +191,27 @@ def one_line_text(value: str) -> str:
     return value
 
 
+#: What `one_line_text` accepts, stated for the OpenAPI document in the regular expressions
+#: JSON Schema, Python and Rust share: no refused character anywhere (Cc, U+2028/U+2029, bidi
+#: controls, U+FEFF), no space (Unicode Zs) at either end. Lone surrogates are refused too but
+#: not named: a JSON Schema string is Unicode scalar values, which never include them.
+_REFUSED_CLASS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff"
+_SPACES = r" \xa0\u1680\u2000-\u200a\u202f\u205f\u3000"
+_INNER = f"[^{_REFUSED_CLASS}]"
+_EDGE = f"[^{_REFUSED_CLASS}{_SPACES}]"
+TEXT_PATTERN = rf"^(?:{_EDGE}(?:{_INNER}*{_EDGE})?)?$"
+
+
 def text(max_length: int, *, min_length: int = 1) -> Any:
     """A single line of text of at most `max_length` characters: no control characters, no
     line or paragraph separators, no bidi overrides, no surrounding spaces."""
     return Annotated[
         str,
-        Field(min_length=min_length, max_length=max_length),
+        Field(
+            min_length=min_length,
+            max_length=max_length,
+            json_schema_extra={"pattern": TEXT_PATTERN},
+        ),
         AfterValidator(one_line_text),
     ]
 
@@ -220,9 +250,56 @@ def moment_in_range(value: datetime) -> datetime:
     return value
 
 
-BillingDate = Annotated[date, AfterValidator(_date_in_range)]
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+
+
+#: The largest version, position or paging cursor a request may carry: 2^53 - 1, the largest
+#: integer every JSON reader holds exactly (a larger one reads back as a neighbour), and far
+#: beyond any stream's version or microsecond timestamp ispbill records.
+MAX_CURSOR = 2**53 - 1
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's integer is a number with no fraction (3 and 3.0 alike), never a string
+    # or a boolean, which pydantic would otherwise take ("3", true)
+    if isinstance(value, bool | str):
+        raise ValueError("an integer is a JSON number")
+    return value
+
+
+#: A count or version in a JSON body, as JSON Schema's `integer` means it.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+#: The version of a record a change is based on (optimistic concurrency).
+ExpectedVersion = Annotated[int, Field(ge=0, le=MAX_CURSOR), BeforeValidator(_json_integer)]
+
+
+def _rfc3339(value: Any) -> Any:
+    # pydantic would also take a number (seconds since 1970) or "0.5": the document says
+    # `format: date-time`, so only that is taken
+    if not isinstance(value, datetime) and not (isinstance(value, str) and _RFC3339.match(value)):
+        raise ValueError("a moment is written as in RFC 3339, e.g. 2026-11-20T09:00:00Z")
+    return value
+
+
+#: A moment with its UTC offset, as RFC 3339 text only (a query's `since`).
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+#: The days `_date_in_range` accepts, stated for the OpenAPI document beside `format: date`:
+#: 2000-01-01 to 2099-12-31, each month's own length, 29 February in leap years (2000 is one).
+DATE_PATTERN = (
+    r"^20[0-9]{2}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))$"
+    r"|^20(?:[02468][048]|[13579][26])-02-29$"
+)
+BILLING_DATE_SCHEMA: dict[str, Any] = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
+BillingDate = Annotated[date, AfterValidator(_date_in_range), WithJsonSchema(BILLING_DATE_SCHEMA)]
 #: A moment another system reports (a RADIUS record's arrival), within the same range.
-Moment = Annotated[datetime, AfterValidator(moment_in_range)]
+Moment = Annotated[
+    datetime,
+    AfterValidator(moment_in_range),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": r"^20[0-9]{2}-"}),
+]
 PERIOD_PATTERN = r"^20[0-9]{2}-(0[1-9]|1[0-2])$"
 #: A billing period, YYYY-MM, 2000-01 to 2099-12.
 Period = Annotated[str, Field(pattern=PERIOD_PATTERN, examples=["2026-11"])]
@@ -237,8 +314,10 @@ def unicast_address(value: str) -> str:
     Refused: unspecified (0.0.0.0, ::), broadcast, multicast, reserved (240/4), and link-local
     (169.254/16, fe80::/10: not a stable address, ambiguous without a zone). Loopback is
     accepted: a NAS on the ISP's own box (a demo, a test, a local FreeRADIUS proxy)."""
-    if not isinstance(value, str) or len(value) > 64:
-        raise ValueError("an IP address is a string of at most 64 characters")
+    if not isinstance(value, str) or not _ADDRESS_TEXT.fullmatch(value):
+        raise ValueError(
+            "an IP address is IPv4 or IPv6 text of at most 45 characters, without a zone"
+        )
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
@@ -254,7 +333,19 @@ def unicast_address(value: str) -> str:
     return str(ip)
 
 
-NasAddress = Annotated[str, AfterValidator(unicast_address)]
+#: The characters an address may be spelled with: what `format: unicast-ip` allows at most.
+_ADDRESS_TEXT = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+#: How the OpenAPI document states a NAS address: `unicast-ip` names the rule above (no JSON
+#: Schema format or portable pattern says "unicast"), the pattern the characters it allows.
+NAS_ADDRESS_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "unicast-ip",
+    "pattern": "^" + _ADDRESS_TEXT.pattern + "$",
+    "description": "a unicast IPv4 or IPv6 address, loopback accepted; not unspecified,"
+    " broadcast, multicast, reserved or link-local; no zone",
+    "examples": ["192.0.2.10"],
+}
+NasAddress = Annotated[str, AfterValidator(unicast_address), WithJsonSchema(NAS_ADDRESS_SCHEMA)]
 Email = Annotated[EmailStr, Field(max_length=254)]
 #: E.164: '+', a country code not starting with 0, at most 15 digits in all; or "" for none.
 PHONE_PATTERN = r"^(\+[1-9][0-9]{6,14})?$"

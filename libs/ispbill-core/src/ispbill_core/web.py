@@ -150,3 +150,11 @@ def check_routes_declare_permissions(routes: Iterable[Any]) -> dict[tuple[str, s
         for method in route.methods:
             table[(method, route.path)] = permission
     return table
+
+
+def problem_responses(answers: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=` for the problems it answers beyond those the app shell states for
+    every operation (400 body, 404 named record, 409 write conflict, 401, 403, 413, 422): each
+    an RFC 9457 problem document."""
+    content = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return {status: {"description": text, "content": content} for status, text in answers.items()}

@@ -8,7 +8,14 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+)
 
 from accounts.domain.errors import InvalidPlan, InvalidPlanVersion, InvalidTopUp
 from ispbill_core.contracts.accounts import (
@@ -31,17 +38,20 @@ from ispbill_core.contracts.accounts import (
     nas_secret_context,
 )
 from ispbill_core.input_policy import (
+    BILLING_DATE_SCHEMA,
     ID_PATTERN,
     Address,
     BillingDate,
+    Currency,
     Email,
+    ExpectedVersion,
     Label,
     MoneyText,
     Name,
+    NasAddress,
     Phone,
     money_in,
     refused_character,
-    unicast_address,
 )
 from ispbill_core.sealing import Keyring, SealingError
 
@@ -57,8 +67,9 @@ def _sane_date(value: date) -> date:
     return value
 
 
-#: A day in the ISP's time zone, within the years a billing system can mean.
-SaneDate = Annotated[date, AfterValidator(_sane_date)]
+#: A day in the ISP's time zone, within the years a billing system can mean (the OpenAPI
+#: document states the range as BillingDate's pattern).
+SaneDate = Annotated[date, AfterValidator(_sane_date), WithJsonSchema(BILLING_DATE_SCHEMA)]
 #: A reason written into the ledger for staff to read: one line, bounded.
 Reason = Annotated[str, Field(min_length=1, max_length=200, pattern=_TEXT)]
 
@@ -72,9 +83,35 @@ def _tags(value: list[str]) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-Tags = Annotated[list[str], AfterValidator(_tags)]
+Tags = Annotated[
+    list[Annotated[str, Field(pattern=_TAG.pattern)]],
+    Field(max_length=MAX_TAGS),
+    AfterValidator(_tags),
+]
 _ID = ID_PATTERN
 _USERNAME = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,253}")
+
+
+def _radius_username(value: str) -> str:
+    if not _USERNAME.fullmatch(value) or refused_character(value) is not None:
+        raise ValueError("a RADIUS username is 1-253 printable characters without spaces")
+    return value
+
+
+#: A RADIUS User-Name: printable, no spaces (what Python's \s matches), no
+#: character the text policy refuses; the pattern says it for the OpenAPI document.
+RadiusUsername = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        json_schema_extra={
+            "pattern": r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028-\u202f\u205f"
+            r"\u2066-\u2069\u3000\ufeff]+$"
+        },
+    ),
+    AfterValidator(_radius_username),
+]
 
 
 class DefinePlan(BaseModel):
@@ -82,7 +119,7 @@ class DefinePlan(BaseModel):
 
     plan_id: str = Field(pattern=_ID)
     name: Label
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: Currency
     monthly_fee: MoneyText = Field(description="decimal string, e.g. '29.99'")
     included_gb: int = Field(
         ge=0, le=10**9, description="data included per month, in GB (10^9 bytes)"
@@ -140,7 +177,7 @@ class ChangeCustomer(BaseModel):
     account_type: AccountType | None = None
     tags: Tags | None = None
     #: the customer's `version` as read (GET): refused (409) if it changed since
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: ExpectedVersion | None = None
 
     def applied_to(self, current: CustomerDetails) -> CustomerDetailsChanged:
         changes = self.model_dump(exclude={"expected_version"}, exclude_none=True)
@@ -158,7 +195,7 @@ class PublishPlanVersion(BaseModel):
 
     effective_from: SaneDate
     name: Label
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: Currency
     monthly_fee: MoneyText = Field(description="decimal string, e.g. '29.99'")
     unit: Literal["GB", "GiB"] = Field(default="GB", description="GB = 10^9 bytes, GiB = 2^30")
     included_units: int = Field(ge=0, le=10**6, description="data included per month, in units")
@@ -216,7 +253,7 @@ class DefineTopUpProduct(BaseModel):
 
     product_id: str = Field(pattern=_ID)
     name: Label
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: Currency
     price: MoneyText = Field(description="decimal string, e.g. '5.00'")
     bytes: int = Field(gt=0, le=10**15)
     validity_days: int = Field(ge=1, le=366)
@@ -242,7 +279,7 @@ class _Versioned(BaseModel):
 
     #: the subscription's `version` as read (GET): refused (409) if it changed since; without
     #: it the change is based on the version current when it is applied
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: ExpectedVersion | None = None
 
 
 class ChangePlan(_Versioned):
@@ -279,14 +316,7 @@ class TerminateSubscription(_Versioned):
 
 
 class ChangeUsername(_Versioned):
-    radius_username: str
-
-    @field_validator("radius_username")
-    @classmethod
-    def _username(cls, value: str) -> str:
-        if not _USERNAME.match(value):
-            raise ValueError("a RADIUS username is 1-253 printable characters without spaces")
-        return value
+    radius_username: RadiusUsername
 
 
 class StartSubscription(BaseModel):
@@ -295,15 +325,8 @@ class StartSubscription(BaseModel):
     subscription_id: str = Field(pattern=_ID)
     customer_id: str = Field(pattern=_ID)
     plan_id: str = Field(pattern=_ID)
-    radius_username: str = Field(max_length=253)
+    radius_username: RadiusUsername
     started_on: BillingDate
-
-    @field_validator("radius_username")
-    @classmethod
-    def _username(cls, value: str) -> str:
-        if not _USERNAME.fullmatch(value) or refused_character(value) is not None:
-            raise ValueError("a RADIUS username is 1-253 printable characters without spaces")
-        return value
 
     def to_event(self) -> SubscriptionStarted:
         return SubscriptionStarted(**self.model_dump())
@@ -324,19 +347,14 @@ class _NasDetails(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Label
-    ip_address: str = Field(max_length=64, description="a unicast address (loopback accepted)")
+    ip_address: NasAddress
     secret: str = Field(min_length=6, max_length=128)
-
-    @field_validator("ip_address")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        return unicast_address(value)
 
 
 class RegisterNas(_NasDetails):
     nas_id: str = Field(pattern=_ID)
     vendor: str = Field(default="generic", max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")
-    require_message_authenticator: bool = False
+    require_message_authenticator: StrictBool = False
 
     def to_event(self, keyring: Keyring) -> NasRegistered:
         """The event, the secret sealed for this NAS: the ledger never holds it in plain text."""
@@ -366,10 +384,10 @@ class ChangeNas(_NasDetails):
     Message-Authenticator requirement; the NAS id is the one in the path."""
 
     vendor: str = Field(max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")
-    require_message_authenticator: bool
+    require_message_authenticator: StrictBool
     #: the NAS's `version` as read (GET /api/v1/nas): the change is refused (409) if the NAS
     #: was changed since, rather than undo that other change
-    expected_version: int | None = Field(default=None, ge=0)
+    expected_version: ExpectedVersion | None = None
 
     def for_nas(self, nas_id: str) -> RegisterNas:
         return RegisterNas(nas_id=nas_id, **self.model_dump(exclude={"expected_version"}))

@@ -53,7 +53,7 @@ from ispbill_core.contracts.accounts import (
     nas_secret_context,
 )
 from ispbill_core.eventstore import EventStore
-from ispbill_core.input_policy import one_line_text
+from ispbill_core.input_policy import MAX_CURSOR, TEXT_PATTERN, one_line_text
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.web import requires
 
@@ -196,7 +196,10 @@ def accounts_router(
         customer_id: str | None = Query(default=None, max_length=64),
         limit: int = Query(default=1000, ge=1, le=10_000),
         after: int = Query(
-            default=0, ge=0, description="the `cursor` of the last one of the page before"
+            default=0,
+            ge=0,
+            le=MAX_CURSOR,
+            description="the `cursor` of the last one of the page before",
         ),
     ) -> list[dict[str, Any]]:
         """Subscriptions in the order started, all or one customer's, each with its plan,
@@ -345,7 +348,11 @@ def accounts_router(
     @router.delete("/nas/{nas_id}")
     async def remove_nas(
         nas_id: str,
-        reason: Annotated[str, Query(max_length=200), AfterValidator(one_line_text)] = "",
+        reason: Annotated[
+            str,
+            Query(max_length=200, json_schema_extra={"pattern": TEXT_PATTERN}),
+            AfterValidator(one_line_text),
+        ] = "",
         who: Principal = requires(NAS_WRITE),
     ) -> dict[str, Any]:
         """Take a NAS out of service: its accounting is refused from then on, its address is

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool
 
 from accounts.application import staff
-from accounts.domain.staff import MAX_PASSWORD, MAX_TOKEN_DAYS, ApiToken, StaffUser
+from accounts.domain.staff import MAX_PASSWORD, MAX_TOKEN_DAYS, MIN_PASSWORD, ApiToken, StaffUser
 from ispbill_core.access import (
+    PERMISSIONS,
     PROFILE_READ,
     PROFILE_WRITE,
     ROLES,
@@ -20,18 +21,23 @@ from ispbill_core.access import (
 )
 from ispbill_core.clock import Clock
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import ExpectedVersion
 from ispbill_core.sealing import Keyring
 from ispbill_core.web import public, requires
 
 Username = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 TokenId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 _TOKEN_NAME = r"^[^\x00-\x1f\x7f]*$"  # noqa: S105 - a pattern, not a secret
+#: What staff_username accepts (it folds the case), and what check_password does.
+_USERNAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+_PASSWORD = r"^[^\x00-\x1f\x7f]*$"  # noqa: S105 - a pattern, not a secret
+Permission = Annotated[str, Field(json_schema_extra={"enum": sorted(PERMISSIONS)})]
 
 
 class LogIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=_USERNAME)
     password: str = Field(min_length=1, max_length=MAX_PASSWORD)
     totp: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$")
     name: str = Field(default="cli", min_length=1, max_length=80, pattern=_TOKEN_NAME)
@@ -43,7 +49,7 @@ class NewToken(BaseModel):
 
     name: str = Field(min_length=1, max_length=80, pattern=_TOKEN_NAME)
     #: permissions the token is limited to; none given: all of the caller's
-    scopes: list[str] | None = Field(default=None, max_length=64)
+    scopes: list[Permission] | None = Field(default=None, max_length=64)
     expires_in_days: int = Field(default=30, ge=1, le=MAX_TOKEN_DAYS)
 
 
@@ -77,23 +83,23 @@ class Me(BaseModel):
 class NewStaffUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=_USERNAME)
     role: str = Field(json_schema_extra={"enum": list(ROLES)})
-    password: str = Field(min_length=10, max_length=MAX_PASSWORD)
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD, pattern=_PASSWORD)
 
 
 class StaffChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: str | None = Field(default=None, json_schema_extra={"enum": [*ROLES, None]})
-    disabled: bool | None = None
-    expected_version: int | None = Field(default=None, ge=0)
+    disabled: StrictBool | None = None
+    expected_version: ExpectedVersion | None = None
 
 
 class NewPassword(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    password: str = Field(min_length=10, max_length=MAX_PASSWORD)
+    password: str = Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD, pattern=_PASSWORD)
     #: required when changing one's own password
     current_password: str | None = Field(default=None, max_length=MAX_PASSWORD)
 

@@ -217,15 +217,23 @@ class ProjectedInvoiceQueries:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if f.min_total is not None or f.max_total is not None:
-            if f.currency is None:
-                raise ValueError("an amount range needs a currency")
-            if f.min_total is not None:
-                where.append("total_minor >= ?")
-                params.append(minor_units(f.min_total, f.currency))
-            if f.max_total is not None:
-                where.append("total_minor <= ?")
-                params.append(minor_units(f.max_total, f.currency))
+        for op, amount in ((">=", f.min_total), ("<=", f.max_total)):
+            if amount is None:
+                continue
+            if f.currency is not None:
+                where.append(f"total_minor {op} ?")
+                params.append(minor_units(amount, f.currency))
+                continue
+            # No currency: the amount in each invoice's own currency, one term per number of
+            # minor digits (what turns the amount into the stored minor units).
+            terms = []
+            for digits in sorted(set(MINOR_UNITS.values())):
+                codes = sorted(c for c, d in MINOR_UNITS.items() if d == digits)
+                terms.append(
+                    f"(currency IN ({', '.join('?' * len(codes))}) AND total_minor {op} ?)"
+                )
+                params.extend([*codes, int(amount.scaleb(digits))])
+            where.append(f"({' OR '.join(terms)})")
         for column, op, day in (
             ("issued_on", ">=", f.issued_from),
             ("issued_on", "<=", f.issued_to),

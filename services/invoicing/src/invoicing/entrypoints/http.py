@@ -19,8 +19,11 @@ from ispbill_core.contracts.invoicing import InvoiceIssued, TaxRateSet
 from ispbill_core.eventstore import EventStore
 from ispbill_core.input_policy import (
     ID_PATTERN,
+    MAX_CURSOR,
     PERIOD_PATTERN,
     BillingDate,
+    Currency,
+    MoneyText,
     Period,
     Rate,
     text,
@@ -94,26 +97,27 @@ def invoicing_router(
         period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
         status_: Literal["issued", "paid"] | None = Query(default=None, alias="status"),
         number: str | None = Query(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$"),
-        currency: str | None = Query(default=None, pattern=r"^[A-Z]{3}$"),
+        currency: Annotated[Currency | None, Query()] = None,
         min_total: Annotated[
-            Decimal | None, Query(ge=0, le=10**12, description="needs currency")
+            MoneyText | None,
+            Query(description="in `currency`; without one, in each invoice's own"),
         ] = None,
         max_total: Annotated[
-            Decimal | None, Query(ge=0, le=10**12, description="needs currency")
+            MoneyText | None,
+            Query(description="in `currency`; without one, in each invoice's own"),
         ] = None,
         issued_from: Annotated[BillingDate | None, Query(description="issued on or after")] = None,
         issued_to: Annotated[BillingDate | None, Query(description="issued on or before")] = None,
         due_before: Annotated[BillingDate | None, Query()] = None,
         limit: int = Query(default=1000, ge=1, le=10_000),
         before: int | None = Query(
-            default=None, ge=0, description="the `cursor` of the last invoice of the page before"
+            default=None,
+            ge=0,
+            le=MAX_CURSOR,
+            description="the `cursor` of the last invoice of the page before",
         ),
     ) -> list[dict[str, Any]]:
         """Invoices newest first, filtered; each carries its `cursor` for the next page."""
-        if (min_total is not None or max_total is not None) and currency is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, "an amount range needs a currency"
-            )
         found = await queries.search(
             InvoiceFilter(
                 customer_id=customer_id,
@@ -121,8 +125,8 @@ def invoicing_router(
                 status=status_,
                 number=number,
                 currency=currency,
-                min_total=min_total,
-                max_total=max_total,
+                min_total=None if min_total is None else Decimal(min_total),
+                max_total=None if max_total is None else Decimal(max_total),
                 issued_from=issued_from,
                 issued_to=issued_to,
                 due_before=due_before,

@@ -10,6 +10,7 @@ from ispbill_core.access import PAYMENTS_READ, PAYMENTS_WRITE, Principal
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import MAX_CURSOR
 from ispbill_core.web import requires
 from payments.application.read_models import PaymentQueries
 from payments.application.record_manual_payment import InvoiceLookup, record_manual_payment
@@ -33,7 +34,10 @@ def payments_router(
         invoice_id: str | None = Query(default=None, max_length=64),
         limit: int = Query(default=100, ge=1, le=10_000),
         before: int | None = Query(
-            default=None, ge=0, description="the `cursor` of the last payment of the page before"
+            default=None,
+            ge=0,
+            le=MAX_CURSOR,
+            description="the `cursor` of the last payment of the page before",
         ),
     ) -> list[dict[str, Any]]:
         """Payments newest first (as recorded), with who recorded them and a `cursor`."""

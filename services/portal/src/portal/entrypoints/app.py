@@ -15,6 +15,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from ispbill_core.access import Authenticator, Forbidden, Unauthenticated
 from ispbill_core.web import OPEN, check_routes_declare_permissions, public, use_authenticator
@@ -166,12 +168,16 @@ def create_app(
         return problem(422, "ValidationError", detail or "invalid", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
         return problem(
             exc.status_code,
             TITLES.get(exc.status_code, "HTTPError"),
             str(exc.detail),
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
@@ -219,6 +225,17 @@ def create_app(
     return app
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves on the request's path (the `Allow` of a 405)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
+
+
 _PROBLEM = {
     "type": "object",
     "properties": {
@@ -229,6 +246,29 @@ _PROBLEM = {
     },
     "required": ["type", "title", "status", "detail"],
 }
+
+
+_WRITES = {"post", "put", "patch", "delete"}
+
+
+def _answers_of(method: str, operation: Mapping[str, Any]) -> dict[str, str]:
+    """The problems an operation may answer by its shape, whatever service serves it: a body
+    that is not JSON (400), a record it names by path or in its body that does not exist (404),
+    a write that conflicts with what the ledger holds (409: exists already, changed since the
+    version the client read, a concurrent append)."""
+    has_body = "requestBody" in operation
+    names_a_record = has_body or any(p.get("in") == "path" for p in operation.get("parameters", []))
+    answers = {}
+    if has_body:
+        answers["400"] = "the body cannot be parsed (not JSON, not UTF-8)"
+    if names_a_record:
+        answers["404"] = "a record the request names does not exist"
+    if method in _WRITES:
+        answers["409"] = (
+            "it conflicts with the ledger: the record exists already, or was changed since"
+            " the version the request expects"
+        )
+    return answers
 
 
 def _document_access(app: FastAPI, permissions: Mapping[tuple[str, str], str]) -> None:
@@ -244,11 +284,17 @@ def _document_access(app: FastAPI, permissions: Mapping[tuple[str, str], str]) -
         problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                for status, description in _answers_of(method, operation).items():
+                    responses.setdefault(status, {"description": description, "content": problem})
+                for status, answer in responses.items():
+                    # an error a route states without a body type is a problem document too
+                    if status[0] in "45" and not answer.get("content"):
+                        answer["content"] = problem
                 permission = permissions.get((method.upper(), path))
                 if permission is None or permission == OPEN:
                     continue
                 operation["x-permission"] = permission
-                responses = operation.setdefault("responses", {})
                 responses.setdefault(
                     "401",
                     {

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ispbill_core.access import (
     AUDIT_READ,
@@ -16,6 +16,7 @@ from ispbill_core.access import (
     PROJECTIONS_READ,
 )
 from ispbill_core.eventstore import EventStore
+from ispbill_core.input_policy import MAX_CURSOR, Instant
 from ispbill_core.projections import ParkedStatus, ReadModelDatabase
 from ispbill_core.projections.audit import audit_log
 from ispbill_core.projections.projector import Projector
@@ -169,10 +170,13 @@ def operations_router(
     async def audit(
         actor: str | None = Query(default=None, max_length=120),
         customer_id: str | None = Query(default=None, max_length=64),
-        since: Annotated[AwareDatetime | None, Query()] = None,
+        since: Annotated[Instant | None, Query()] = None,
         limit: int = Query(default=100, ge=1, le=10_000),
         before: int | None = Query(
-            default=None, ge=1, description="the `position` of the last entry of the page before"
+            default=None,
+            ge=1,
+            le=MAX_CURSOR,
+            description="the `position` of the last entry of the page before",
         ),
     ) -> list[AuditEntry]:
         """Who recorded what and when, newest first: every event's actor (a staff user, an API
