@@ -116,6 +116,29 @@ class ProjectionState:
     updated_at: datetime | None
 
 
+PARKED_COLUMNS = (
+    "id, consumer, event_id, global_position, stream, type, reason, status, attempts,"
+    " parked_at, updated_at, envelope"
+)
+
+
+def parked_from_row(row: Sequence[Any]) -> ParkedEvent:
+    return ParkedEvent(
+        id=int(row[0]),
+        consumer=row[1],
+        event_id=row[2],
+        global_position=int(row[3]),
+        stream=row[4],
+        type=row[5],
+        reason=row[6],
+        status=row[7],
+        attempts=int(row[8]),
+        parked_at=datetime.fromisoformat(row[9]),
+        updated_at=datetime.fromisoformat(row[10]),
+        envelope=row[11],
+    )
+
+
 class StaleCheckpoint(Exception):
     """Another runner moved the projection's checkpoint first: reload and go on from there."""
 
@@ -148,9 +171,18 @@ class ReadModelDatabase(abc.ABC):
     async def reset(self, projection: Projection) -> None:
         """Drop the projection's tables, recreate them empty, checkpoint 0."""
 
-    @abc.abstractmethod
     async def states(self) -> list[ProjectionState]:
         """Every projection ever prepared here."""
+        await self._ready()
+        rows = await self.fetch(
+            "SELECT name, version, position, updated_at FROM rm_projections ORDER BY name"
+        )
+        return [
+            ProjectionState(r[0], int(r[1]), int(r[2]), datetime.fromisoformat(r[3])) for r in rows
+        ]
+
+    async def _ready(self) -> None:  # noqa: B027 - adapters whose tables exist once open
+        """Make sure the shared tables exist before a read (SQLite creates them lazily)."""
 
     @abc.abstractmethod
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -162,14 +194,32 @@ class ReadModelDatabase(abc.ABC):
         """Keep `event` parked for `consumer`; parking it again for the same consumer updates
         the reason and counts an attempt. Returns its parked id."""
 
-    @abc.abstractmethod
     async def parked(
         self, *, consumer: str | None = None, status: str | None = ParkedStatus.PARKED
     ) -> list[ParkedEvent]:
         """Parked events, oldest first; `status` None lists every status."""
+        await self._ready()
+        where, params = [], []
+        if consumer is not None:
+            where.append("consumer = ?")
+            params.append(consumer)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self.fetch(
+            f"SELECT {PARKED_COLUMNS} FROM parked_events{clause} ORDER BY id",  # noqa: S608
+            params,
+        )
+        return [parked_from_row(r) for r in rows]
 
-    @abc.abstractmethod
-    async def parked_event(self, parked_id: int) -> ParkedEvent | None: ...
+    async def parked_event(self, parked_id: int) -> ParkedEvent | None:
+        await self._ready()
+        rows = await self.fetch(
+            f"SELECT {PARKED_COLUMNS} FROM parked_events WHERE id = ?",  # noqa: S608
+            (parked_id,),
+        )
+        return parked_from_row(rows[0]) if rows else None
 
     @abc.abstractmethod
     async def set_parked_status(

@@ -12,10 +12,8 @@ import asyncpg
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStoreError, StoreUnavailable
 from ispbill_core.projections import (
-    ParkedEvent,
     ParkedStatus,
     Projection,
-    ProjectionState,
     ReadModelDatabase,
     StaleCheckpoint,
     Statement,
@@ -23,7 +21,6 @@ from ispbill_core.projections import (
     short,
     to_pg,
 )
-from ispbill_core.projections.sqlite import parked_from_row
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
@@ -38,10 +35,6 @@ _DDL = (
     "CREATE INDEX IF NOT EXISTS parked_events_by_status ON parked_events (status, id)",
 )
 
-_PARKED_COLUMNS = (
-    "id, consumer, event_id, global_position, stream, type, reason, status, attempts,"
-    " parked_at, updated_at, envelope"
-)
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -181,14 +174,6 @@ class PostgresReadModels(ReadModelDatabase):
 
         await self._transaction(commit)
 
-    async def states(self) -> list[ProjectionState]:
-        rows = await self.fetch(
-            "SELECT name, version, position, updated_at FROM rm_projections ORDER BY name"
-        )
-        return [
-            ProjectionState(r[0], int(r[1]), int(r[2]), datetime.fromisoformat(r[3])) for r in rows
-        ]
-
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         pool = self._require_pool()
         try:
@@ -228,30 +213,6 @@ class PostgresReadModels(ReadModelDatabase):
             lambda conn: self._park(conn, consumer, event, reason)
         )
         return result
-
-    async def parked(
-        self, *, consumer: str | None = None, status: str | None = ParkedStatus.PARKED
-    ) -> list[ParkedEvent]:
-        where, params = [], []
-        if consumer is not None:
-            where.append("consumer = ?")
-            params.append(consumer)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self.fetch(
-            f"SELECT {_PARKED_COLUMNS} FROM parked_events{clause} ORDER BY id",  # noqa: S608
-            params,
-        )
-        return [parked_from_row(r) for r in rows]
-
-    async def parked_event(self, parked_id: int) -> ParkedEvent | None:
-        rows = await self.fetch(
-            f"SELECT {_PARKED_COLUMNS} FROM parked_events WHERE id = ?",  # noqa: S608
-            (parked_id,),
-        )
-        return parked_from_row(rows[0]) if rows else None
 
     async def set_parked_status(
         self, parked_id: int, status: str, reason: str | None = None

@@ -11,10 +11,8 @@ from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStoreError, StoreUnavailable
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.projections import (
-    ParkedEvent,
     ParkedStatus,
     Projection,
-    ProjectionState,
     ReadModelDatabase,
     StaleCheckpoint,
     Statement,
@@ -33,10 +31,6 @@ _DDL = (
     "CREATE INDEX IF NOT EXISTS parked_events_by_status ON parked_events (status, id)",
 )
 
-_PARKED_COLUMNS = (
-    "id, consumer, event_id, global_position, stream, type, reason, status, attempts,"
-    " parked_at, updated_at, envelope"
-)
 
 #: Errors that say the data or the statement is wrong, not that the database is unavailable.
 _DATA_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)
@@ -46,29 +40,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def parked_from_row(row: Sequence[Any]) -> ParkedEvent:
-    return ParkedEvent(
-        id=int(row[0]),
-        consumer=row[1],
-        event_id=row[2],
-        global_position=int(row[3]),
-        stream=row[4],
-        type=row[5],
-        reason=row[6],
-        status=row[7],
-        attempts=int(row[8]),
-        parked_at=datetime.fromisoformat(row[9]),
-        updated_at=datetime.fromisoformat(row[10]),
-        envelope=row[11],
-    )
-
-
 class SQLiteReadModels(ReadModelDatabase):
     dialect: ClassVar[str] = "sqlite"
 
     def __init__(self, store: SQLiteEventStore) -> None:
         self._store = store
-        self._ready = False
+        self._shared_made = False
 
     async def _write(self, work: Any) -> Any:
         try:
@@ -80,7 +57,7 @@ class SQLiteReadModels(ReadModelDatabase):
             raise StoreUnavailable(f"sqlite read models: {exc}") from exc
 
     async def _ensure_shared(self) -> None:
-        if self._ready:
+        if self._shared_made:
             return
 
         def create(conn: sqlite3.Connection) -> None:
@@ -88,7 +65,7 @@ class SQLiteReadModels(ReadModelDatabase):
                 conn.execute(sql)
 
         await self._write(create)
-        self._ready = True
+        self._shared_made = True
 
     async def prepare(self, projection: Projection) -> int:
         await self._ensure_shared()
@@ -148,14 +125,8 @@ class SQLiteReadModels(ReadModelDatabase):
 
         await self._write(commit)
 
-    async def states(self) -> list[ProjectionState]:
+    async def _ready(self) -> None:
         await self._ensure_shared()
-        rows = await self.fetch(
-            "SELECT name, version, position, updated_at FROM rm_projections ORDER BY name"
-        )
-        return [
-            ProjectionState(r[0], int(r[1]), int(r[2]), datetime.fromisoformat(r[3])) for r in rows
-        ]
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -195,32 +166,6 @@ class SQLiteReadModels(ReadModelDatabase):
         await self._ensure_shared()
         result: int = await self._write(lambda conn: self._park(conn, consumer, event, reason))
         return result
-
-    async def parked(
-        self, *, consumer: str | None = None, status: str | None = ParkedStatus.PARKED
-    ) -> list[ParkedEvent]:
-        await self._ensure_shared()
-        where, params = [], []
-        if consumer is not None:
-            where.append("consumer = ?")
-            params.append(consumer)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self.fetch(
-            f"SELECT {_PARKED_COLUMNS} FROM parked_events{clause} ORDER BY id",  # noqa: S608
-            params,
-        )
-        return [parked_from_row(r) for r in rows]
-
-    async def parked_event(self, parked_id: int) -> ParkedEvent | None:
-        await self._ensure_shared()
-        rows = await self.fetch(
-            f"SELECT {_PARKED_COLUMNS} FROM parked_events WHERE id = ?",  # noqa: S608
-            (parked_id,),
-        )
-        return parked_from_row(rows[0]) if rows else None
 
     async def set_parked_status(
         self, parked_id: int, status: str, reason: str | None = None
