@@ -5,11 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    TypeAdapter,
+    field_validator,
+)
 from pydantic_core import to_json
 
 #: Namespace for uuid5 ids derived from facts: the same fact always gets the same id,
@@ -215,6 +222,56 @@ class RecordedEvent(NewEvent):
     stream: str
     stream_position: int
     global_position: int
+    #: the data's JSON text as the ledger returned it, when read from one (a cache, not part
+    #: of the event: equality ignores it)
+    _stored_data: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def stored(
+        cls,
+        *,
+        id: uuid.UUID,
+        stream: str,
+        stream_position: int,
+        global_position: int,
+        type: str,
+        version: int,
+        data_json: str,
+        metadata: EventMetadata,
+    ) -> RecordedEvent:
+        """An event as a ledger adapter reads it: `data_json` parsed, and kept, so that a
+        reader that stores or shows the data as JSON (projections) need not encode it again."""
+        event = cls(
+            id=id,
+            stream=stream,
+            stream_position=stream_position,
+            global_position=global_position,
+            type=type,
+            version=version,
+            data=json.loads(data_json),
+            metadata=metadata,
+        )
+        event._stored_data = data_json
+        return event
+
+    def data_json(self) -> str:
+        """The data as JSON text: as the ledger stored it, or else encoded now."""
+        if self._stored_data is not None:
+            return self._stored_data
+        return to_json(self.data).decode()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        if update and "data" in update:
+            copy._stored_data = None
+        return copy
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = NewEvent.__hash__
 
     def decode(self) -> DomainEvent:
         """The typed event; raises UnknownEventType for a type this code does not know."""

@@ -57,7 +57,13 @@ def projection_status(ctx: typer.Context, fmt: FormatOption = OutputFormat.table
 @projections.command("rebuild")
 def rebuild(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="the projection, as `ispbill projections list`")],
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="the projection, as `ispbill projections list`; with --offline, every one"
+            " when omitted (the ledger is read once for all of them)"
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="follow the rebuild until it has caught up")] = True,
     offline: Annotated[
         bool,
@@ -72,8 +78,11 @@ def rebuild(
     """Drop one read model and refill it from position 0 (reads go on meanwhile)."""
     if offline:
         folded = _rebuild_offline(name, runtime.settings_from(data_dir=data_dir, ledger=ledger))
-        print(f"{name}: rebuilt from position 0, {count(folded, 'event')} folded")
+        for rebuilt, events in folded.items():
+            print(f"{rebuilt}: rebuilt from position 0, {count(events, 'event')} folded")
         return
+    if name is None:
+        raise fail("name the projection to rebuild (every one at once needs --offline)", 2)
     api = client(ctx)
     api.post(f"/api/v1/projections/{name}/rebuild", {})
     if not wait:
@@ -98,21 +107,21 @@ def rebuild(
     print(f"{name}: rebuilt, at position {row['position']}")
 
 
-def _rebuild_offline(name: str, settings: Any) -> int:
+def _rebuild_offline(name: str | None, settings: Any) -> dict[str, int]:
     import asyncio
 
     from ispbill_app.bootstrap import Services, open_ledger
 
-    async def run() -> int:
+    async def run() -> dict[str, int]:
         services = Services(settings, None)
         services.store = await open_ledger(settings)
         try:
             await services.open_read_models(run_projections=True)
             assert services.projector is not None
-            if name not in services.projector.runners:
+            if name is not None and name not in services.projector.runners:
                 known = ", ".join(sorted(services.projector.runners))
                 raise fail(f"no projection {name!r}; there are: {known}", 2)
-            return await services.projector.rebuild_now(name)
+            return await services.projector.rebuild_now(*([name] if name else []))
         finally:
             if services.read_models is not None:
                 await services.read_models.close()

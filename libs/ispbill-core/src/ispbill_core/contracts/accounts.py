@@ -140,6 +140,15 @@ class CustomerDetailsChanged(CustomerDetails):
     edit, whichever fields it touched, so a reader never merges partial updates)."""
 
 
+class CustomerRecord(CustomerDetails):
+    """A customer's details as a reader takes them back from the ledger (projections): every
+    field checked as the events' model does, except the e-mail's form, which was checked when
+    the event was recorded. email-validator costs about 90 us a call, the rest of the record
+    about 5; a rebuild folds every customer. Not an event type: never written."""
+
+    email: str
+
+
 @event_type("SubscriptionStarted", 1)
 class SubscriptionStarted(DomainEvent):
     subscription_id: str

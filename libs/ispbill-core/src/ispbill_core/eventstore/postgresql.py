@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import uuid
@@ -108,14 +107,14 @@ def _metadata_json(events: Sequence[EncodedEvent], recorded_at: datetime) -> lis
 
 def _row_to_event(row: asyncpg.Record) -> RecordedEvent:
     gp, id_, stream, sp, type_, version, data, metadata = row
-    return RecordedEvent(
+    return RecordedEvent.stored(
         id=uuid.UUID(bytes=id_.bytes),
         stream=stream,
         stream_position=sp,
         global_position=gp,
         type=type_,
         version=version,
-        data=json.loads(data),
+        data_json=data,
         metadata=EventMetadata.model_validate_json(metadata),
     )
 

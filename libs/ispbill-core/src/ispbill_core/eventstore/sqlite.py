@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import sqlite3
 import threading
 import uuid
@@ -55,14 +54,14 @@ _COLUMNS = "global_position, id, stream, stream_position, type, version, data, m
 
 def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
     gp, id_, stream, sp, type_, version, data, metadata = row
-    return RecordedEvent(
+    return RecordedEvent.stored(
         id=uuid.UUID(id_),
         stream=stream,
         stream_position=sp,
         global_position=gp,
         type=type_,
         version=version,
-        data=json.loads(data),
+        data_json=data,
         metadata=EventMetadata.model_validate_json(metadata),
     )
 

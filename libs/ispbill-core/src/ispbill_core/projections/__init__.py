@@ -139,6 +139,23 @@ def parked_from_row(row: Sequence[Any]) -> ParkedEvent:
     )
 
 
+@dataclass(frozen=True)
+class Commit:
+    """One projection's share of a transaction: its statements, the events it parked, and its
+    checkpoint moved from `from_position` to `to_position`."""
+
+    projection: Projection
+    statements: Sequence[Statement]
+    from_position: int
+    to_position: int
+    parked: Sequence[tuple[RecordedEvent, str]] = ()
+
+
+def is_index(ddl: str) -> bool:
+    """A secondary index (made after the rows when a projection is rebuilt in bulk)."""
+    return ddl.lstrip().upper().startswith(("CREATE INDEX", "CREATE UNIQUE INDEX"))
+
+
 class StaleCheckpoint(Exception):
     """Another runner moved the projection's checkpoint first: reload and go on from there."""
 
@@ -153,7 +170,6 @@ class ReadModelDatabase(abc.ABC):
         """Create the projection's tables if missing; when the stored version differs from the
         projection's, drop and recreate them at position 0. Returns the position to go on from."""
 
-    @abc.abstractmethod
     async def commit(
         self,
         projection: Projection,
@@ -166,10 +182,21 @@ class ReadModelDatabase(abc.ABC):
         """In one transaction: the statements, the events parked (consumer = projection name)
         and the checkpoint moved from `from_position` to `to_position`. StaleCheckpoint when
         the stored checkpoint is not `from_position` (another runner got there first)."""
+        await self.commit_many([Commit(projection, statements, from_position, to_position, parked)])
 
     @abc.abstractmethod
-    async def reset(self, projection: Projection) -> None:
-        """Drop the projection's tables, recreate them empty, checkpoint 0."""
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
+        """Several projections' commits in ONE transaction, all or none (a rebuild that reads
+        the ledger once for every projection). StaleCheckpoint as for `commit`."""
+
+    @abc.abstractmethod
+    async def reset(self, projection: Projection, *, indexes: bool = True) -> None:
+        """Drop the projection's tables, recreate them empty, checkpoint 0. `indexes=False`
+        leaves its secondary indexes out until `create_indexes` (a bulk rebuild)."""
+
+    @abc.abstractmethod
+    async def create_indexes(self, projection: Projection) -> None:
+        """The projection's secondary indexes, where missing."""
 
     async def states(self) -> list[ProjectionState]:
         """Every projection ever prepared here."""

@@ -32,12 +32,28 @@ def customer_of(event: RecordedEvent) -> str | None:
     return None
 
 
-def _summary(data: dict[str, Any]) -> str:
+_SECRET_PARTS = ("secret", "password", "hash")
+#: Whether a field name hides its value, by name (events have few distinct field names).
+_hidden: dict[str, bool] = {}
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _is_hidden(key: str) -> bool:
+    hidden = _hidden.get(key)
+    if hidden is None:
+        hidden = any(part in key for part in _SECRET_PARTS)
+        if len(_hidden) < 10_000:
+            _hidden[key] = hidden
+    return hidden
+
+
+def _summary(event: RecordedEvent) -> str:
     """The event's data without anything secret (sealed secrets, hashes), cut short."""
-    shown = {
-        k: v for k, v in data.items() if not any(s in k for s in ("secret", "password", "hash"))
-    }
-    text = json.dumps(shown, separators=(",", ":"), default=str)
+    data = event.data
+    if any(_is_hidden(k) for k in data):
+        text = _encode({k: v for k, v in data.items() if not _is_hidden(k)})
+    else:
+        text = event.data_json()
     return text if len(text) <= 1000 else text[:997] + "..."
 
 
@@ -85,7 +101,7 @@ class AuditTrailProjection(Projection):
             meta.actor,
             event.type,
             event.stream,
-            _summary(event.data),
+            _summary(event),
         )
         if customer_id is None and isinstance(subscription_id, str):
             statements.append(

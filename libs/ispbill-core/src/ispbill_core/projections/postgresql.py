@@ -12,12 +12,13 @@ import asyncpg
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStoreError, StoreUnavailable
 from ispbill_core.projections import (
+    Commit,
     ParkedStatus,
     Projection,
     ReadModelDatabase,
     StaleCheckpoint,
-    Statement,
     grouped,
+    is_index,
     short,
     to_pg,
 )
@@ -123,11 +124,12 @@ class PostgresReadModels(ReadModelDatabase):
         return result
 
     @staticmethod
-    async def _recreate(conn: Any, projection: Projection) -> None:
+    async def _recreate(conn: Any, projection: Projection, indexes: bool = True) -> None:
         for table in projection.tables:
             await conn.execute(f'DROP TABLE IF EXISTS "{table}"')
         for sql in projection.ddl:
-            await conn.execute(sql)
+            if indexes or not is_index(sql):
+                await conn.execute(sql)
         await conn.execute(
             "INSERT INTO rm_projections (name, version, position, updated_at)"
             " VALUES ($1, $2, 0, $3) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
@@ -137,40 +139,45 @@ class PostgresReadModels(ReadModelDatabase):
             _now(),
         )
 
-    async def reset(self, projection: Projection) -> None:
+    async def reset(self, projection: Projection, *, indexes: bool = True) -> None:
         async def reset(conn: Any) -> None:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", projection.name)
-            await self._recreate(conn, projection)
+            await self._recreate(conn, projection, indexes)
 
         await self._transaction(reset)
 
-    async def commit(
-        self,
-        projection: Projection,
-        statements: Sequence[Statement],
-        *,
-        from_position: int,
-        to_position: int,
-        parked: Sequence[tuple[RecordedEvent, str]] = (),
-    ) -> None:
+    async def create_indexes(self, projection: Projection) -> None:
+        async def create(conn: Any) -> None:
+            for sql in projection.ddl:
+                if is_index(sql):
+                    await conn.execute(sql)
+            for table in projection.tables:
+                await conn.execute(f'ANALYZE "{table}"')
+
+        await self._transaction(create)
+
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
+        now = _now()
+
         async def commit(conn: Any) -> None:
-            moved = await conn.execute(
-                "UPDATE rm_projections SET position = $1, updated_at = $2"
-                " WHERE name = $3 AND position = $4",
-                to_position,
-                _now(),
-                projection.name,
-                from_position,
-            )
-            if moved != "UPDATE 1":
-                raise StaleCheckpoint(projection.name)
-            for sql, rows in grouped(statements):
-                if len(rows) == 1:
-                    await conn.execute(to_pg(sql), *rows[0])
-                else:
-                    await conn.executemany(to_pg(sql), rows)
-            for event, reason in parked:
-                await self._park(conn, projection.name, event, reason)
+            for c in commits:
+                moved = await conn.execute(
+                    "UPDATE rm_projections SET position = $1, updated_at = $2"
+                    " WHERE name = $3 AND position = $4",
+                    c.to_position,
+                    now,
+                    c.projection.name,
+                    c.from_position,
+                )
+                if moved != "UPDATE 1":
+                    raise StaleCheckpoint(c.projection.name)
+                for sql, rows in grouped(c.statements):
+                    if len(rows) == 1:
+                        await conn.execute(to_pg(sql), *rows[0])
+                    else:
+                        await conn.executemany(to_pg(sql), rows)
+                for event, reason in c.parked:
+                    await self._park(conn, c.projection.name, event, reason)
 
         await self._transaction(commit)
 

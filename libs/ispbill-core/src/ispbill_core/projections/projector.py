@@ -17,13 +17,13 @@ from typing import Any
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStore, StoreUnavailable
 from ispbill_core.projections import (
+    Commit,
     ParkedEvent,
     ParkedStatus,
     Projection,
     ProjectionState,
     ReadModelDatabase,
     StaleCheckpoint,
-    Statement,
     failure_reason,
 )
 
@@ -276,30 +276,122 @@ class Projector:
         """Drop and refill one projection from position 0, while the others go on."""
         self.runners[name].request_rebuild()
 
-    async def rebuild_now(self, name: str) -> int:
-        """Rebuild in this task, to the current head (the CLI, tests, benchmarks); returns the
-        number of events folded. No runner of this projection may be running meanwhile."""
-        runner = ProjectionRunner(self.runners[name].projection, self.store, self.db)
-        await self.db.reset(runner.projection)
-        runner.position = runner.seen = 0
-        runner._saved_at = time.monotonic()
+    async def rebuild_now(self, *names: str) -> dict[str, int]:
+        """Rebuild the projections named (every one when none) from position 0 to the current
+        head, in this task, reading the ledger ONCE for all of them: each batch is folded by
+        every projection that folds its types, and all their rows and checkpoints commit in one
+        transaction, while the next batch is read and folded (the commit runs in the database's
+        own thread or server meanwhile). Secondary indexes are made after the last batch: a
+        bulk load sorts them once instead of growing them row by row. Returns the events
+        folded (or parked) per projection. No runner of these projections may be running
+        meanwhile (the CLI's --offline, tests, benchmarks)."""
+        chosen = [self.runners[n] for n in (names or tuple(self.runners))]
+        for runner in chosen:
+            await self.db.reset(runner.projection, indexes=False)
+            runner.position = runner.seen = 0
+            runner.handled = runner.parked = 0
+        types: frozenset[str] = frozenset().union(*(r.projection.types for r in chosen))
         head = await self.store.head_position()
-        while True:
-            before = runner.position
-            head_then = await self.store.head_position()
-            batch = await self.store.read_all(
-                after=runner.position, limit=runner.batch_size, types=runner.projection.types
-            )
-            if batch:
-                await runner._fold(batch)
-            if len(batch) < runner.batch_size:
-                end = max(runner.position, head_then, head)
-                if end > runner.position:
-                    await self.db.commit(
-                        runner.projection, (), from_position=runner.position, to_position=end
+        rebuild = _Rebuild(self.db, chosen)
+        read: asyncio.Task[list[RecordedEvent]] | None = asyncio.create_task(
+            self.store.read_all(after=0, limit=_REBUILD_BATCH, types=types)
+        )
+        try:
+            while read is not None:
+                batch = await read
+                read = (
+                    asyncio.create_task(
+                        self.store.read_all(
+                            after=batch[-1].global_position, limit=_REBUILD_BATCH, types=types
+                        )
                     )
-                return runner.handled + runner.parked
-            assert runner.position > before
+                    if len(batch) == _REBUILD_BATCH
+                    else None
+                )
+                if batch:
+                    await rebuild.fold(batch)
+            await rebuild.flush()
+        finally:
+            if read is not None:
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
+            await rebuild.cancel()
+        end = max(head, await self.store.head_position())
+        for runner in chosen:
+            if end > runner.position:
+                await self.db.commit(
+                    runner.projection, (), from_position=runner.position, to_position=end
+                )
+                runner.position = end
+            await self.db.create_indexes(runner.projection)
+            runner.seen = max(runner.seen, runner.position)
+        return {r.projection.name: r.handled + r.parked for r in chosen}
+
+
+#: Events per batch of a bulk rebuild (one transaction for every projection's rows).
+_REBUILD_BATCH = 2000
+
+
+class _Rebuild:
+    """The folding and committing half of `Projector.rebuild_now`: batch N commits (in the
+    database's thread or server) while batch N+1 is read and folded in this one."""
+
+    def __init__(self, db: ReadModelDatabase, runners: Sequence[ProjectionRunner]) -> None:
+        self.db = db
+        self.runners = runners
+        self._pending: asyncio.Task[None] | None = None
+        self._pending_work: list[tuple[ProjectionRunner, Sequence[RecordedEvent], Commit]] = []
+
+    async def fold(self, batch: Sequence[RecordedEvent]) -> None:
+        last = batch[-1].global_position
+        work: list[tuple[ProjectionRunner, Sequence[RecordedEvent], Commit]] = []
+        for runner in self.runners:
+            projection = runner.projection
+            mine = [e for e in batch if e.type in projection.types]
+            statements, parked = projection.fold(mine) if mine else ([], [])
+            work.append(
+                (runner, mine, Commit(projection, statements, runner.position, last, parked))
+            )
+        await self.flush()
+        commits = [c for _, _, c in work]
+        self._pending = asyncio.create_task(self.db.commit_many(commits))
+        self._pending_work = work
+        for runner, folded, commit in work:  # positions move on; a failed commit redoes them
+            runner.position = last
+            runner._count(len(folded), commit.parked)
+
+    async def flush(self) -> None:
+        """Wait for the commit in flight; when the database refused one of its statements,
+        commit that batch again projection by projection, one event at a time where needed
+        (the event at fault is parked)."""
+        pending, work = self._pending, self._pending_work
+        self._pending, self._pending_work = None, []
+        if pending is None:
+            return
+        try:
+            await pending
+        except (StoreUnavailable, StaleCheckpoint):
+            raise
+        except Exception:
+            for runner, mine, commit in work:
+                runner.position = commit.from_position
+                runner.handled -= len(mine) - len(commit.parked)
+                runner.parked -= len(commit.parked)
+                if mine:
+                    await runner._fold(mine)
+                if runner.position < commit.to_position:
+                    await self.db.commit(
+                        runner.projection,
+                        (),
+                        from_position=runner.position,
+                        to_position=commit.to_position,
+                    )
+                    runner.position = commit.to_position
+
+    async def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)
 
 
 class FreshReads(ReadModelDatabase):
@@ -323,25 +415,14 @@ class FreshReads(ReadModelDatabase):
     async def prepare(self, projection: Projection) -> int:
         return await self.db.prepare(projection)
 
-    async def commit(
-        self,
-        projection: Projection,
-        statements: Sequence[Statement],
-        *,
-        from_position: int,
-        to_position: int,
-        parked: Sequence[tuple[RecordedEvent, str]] = (),
-    ) -> None:
-        await self.db.commit(
-            projection,
-            statements,
-            from_position=from_position,
-            to_position=to_position,
-            parked=parked,
-        )
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
+        await self.db.commit_many(commits)
 
-    async def reset(self, projection: Projection) -> None:
-        await self.db.reset(projection)
+    async def reset(self, projection: Projection, *, indexes: bool = True) -> None:
+        await self.db.reset(projection, indexes=indexes)
+
+    async def create_indexes(self, projection: Projection) -> None:
+        await self.db.create_indexes(projection)
 
     async def states(self) -> list[ProjectionState]:
         return await self.db.states()

@@ -11,12 +11,13 @@ from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStoreError, StoreUnavailable
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.projections import (
+    Commit,
     ParkedStatus,
     Projection,
     ReadModelDatabase,
     StaleCheckpoint,
-    Statement,
     grouped,
+    is_index,
     short,
 )
 
@@ -85,11 +86,12 @@ class SQLiteReadModels(ReadModelDatabase):
         return result
 
     @staticmethod
-    def _recreate(conn: sqlite3.Connection, projection: Projection) -> None:
+    def _recreate(conn: sqlite3.Connection, projection: Projection, indexes: bool = True) -> None:
         for table in projection.tables:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
         for sql in projection.ddl:
-            conn.execute(sql)
+            if indexes or not is_index(sql):
+                conn.execute(sql)
         conn.execute(
             "INSERT INTO rm_projections (name, version, position, updated_at) VALUES (?, ?, 0, ?)"
             " ON CONFLICT (name) DO UPDATE SET version = excluded.version, position = 0,"
@@ -97,31 +99,34 @@ class SQLiteReadModels(ReadModelDatabase):
             (projection.name, projection.version, _now()),
         )
 
-    async def reset(self, projection: Projection) -> None:
+    async def reset(self, projection: Projection, *, indexes: bool = True) -> None:
         await self._ensure_shared()
-        await self._write(lambda conn: self._recreate(conn, projection))
+        await self._write(lambda conn: self._recreate(conn, projection, indexes))
 
-    async def commit(
-        self,
-        projection: Projection,
-        statements: Sequence[Statement],
-        *,
-        from_position: int,
-        to_position: int,
-        parked: Sequence[tuple[RecordedEvent, str]] = (),
-    ) -> None:
+    async def create_indexes(self, projection: Projection) -> None:
+        def create(conn: sqlite3.Connection) -> None:
+            for sql in projection.ddl:
+                if is_index(sql):
+                    conn.execute(sql)
+
+        await self._write(create)
+
+    async def commit_many(self, commits: Sequence[Commit]) -> None:
+        now = _now()
+
         def commit(conn: sqlite3.Connection) -> None:
-            moved = conn.execute(
-                "UPDATE rm_projections SET position = ?, updated_at = ?"
-                " WHERE name = ? AND position = ?",
-                (to_position, _now(), projection.name, from_position),
-            ).rowcount
-            if moved != 1:
-                raise StaleCheckpoint(projection.name)
-            for sql, rows in grouped(statements):
-                conn.executemany(sql, rows)
-            for event, reason in parked:
-                self._park(conn, projection.name, event, reason)
+            for c in commits:
+                moved = conn.execute(
+                    "UPDATE rm_projections SET position = ?, updated_at = ?"
+                    " WHERE name = ? AND position = ?",
+                    (c.to_position, now, c.projection.name, c.from_position),
+                ).rowcount
+                if moved != 1:
+                    raise StaleCheckpoint(c.projection.name)
+                for sql, rows in grouped(c.statements):
+                    conn.executemany(sql, rows)
+                for event, reason in c.parked:
+                    self._park(conn, c.projection.name, event, reason)
 
         await self._write(commit)
 

@@ -16,6 +16,7 @@ from typing import Any
 from accounts.domain.subscription import Subscription
 from ispbill_core.contracts.accounts import (
     CustomerDetailsChanged,
+    CustomerRecord,
     CustomerRegistered,
     NasRegistered,
     NasRegisteredV1,
@@ -30,13 +31,19 @@ from ispbill_core.contracts.accounts import (
     SubscriptionTerminated,
     TopUpProductDefined,
 )
-from ispbill_core.events import RecordedEvent
+from ispbill_core.events import RecordedEvent, UnknownEventType
 from ispbill_core.projections import Projection, ReadModelDatabase, Statement
 
 
 def search_text(*parts: str) -> str:
     """What a search matches against: case-folded, one space between the parts."""
     return " ".join(p.casefold() for p in parts if p)
+
+
+#: The customer events the projection folds, by (type, version) as recorded.
+_CUSTOMER_EVENTS = frozenset(
+    (c.event_type, c.event_version) for c in (CustomerRegistered, CustomerDetailsChanged)
+)
 
 
 class CustomersProjection(Projection):
@@ -58,8 +65,9 @@ class CustomersProjection(Projection):
     types = frozenset({CustomerRegistered.event_type, CustomerDetailsChanged.event_type})
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
-        customer = event.decode()
-        assert isinstance(customer, CustomerRegistered | CustomerDetailsChanged)
+        if (event.type, event.version) not in _CUSTOMER_EVENTS:
+            raise UnknownEventType(f"{event.type} v{event.version}")
+        customer = CustomerRecord.model_validate(event.data)
         return [
             (
                 "INSERT INTO rm_customers (customer_id, name, email, tax_region, account_type,"
@@ -82,7 +90,7 @@ class CustomersProjection(Projection):
                     ),
                     event.metadata.occurred_at.isoformat(),
                     event.stream_position,
-                    CustomerRegistered(**customer.model_dump()).model_dump_json(),
+                    customer.model_dump_json(),
                 ),
             )
         ]

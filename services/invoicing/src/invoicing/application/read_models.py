@@ -17,7 +17,7 @@ from typing import Any
 
 from invoicing.application.close_billing_period import BillRunCatalogue
 from invoicing.application.queries import PdfRenderer
-from ispbill_core.contracts.accounts import CustomerRegistered, SubscriptionStarted
+from ispbill_core.contracts.accounts import CustomerRecord, CustomerRegistered, SubscriptionStarted
 from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoicePaid,
@@ -85,7 +85,7 @@ class InvoicesProjection(Projection):
             try:
                 data = event.data
                 if event.type == InvoiceIssued.event_type:
-                    row = self._row(data, event.global_position)
+                    row = self._row(data, event.global_position, event.data_json())
                     inserts.setdefault(row[0], row)
                     continue
                 invoice_id = str(uuid.UUID(str(data["invoice_id"])))
@@ -108,7 +108,7 @@ class InvoicesProjection(Projection):
         return statements + updates, parked
 
     @staticmethod
-    def _row(data: dict[str, Any], position: int) -> list[Any]:
+    def _row(data: dict[str, Any], position: int, data_json: str) -> list[Any]:
         total = data["total"]
         currency = str(data["currency"])
         if total["currency"] != currency:
@@ -125,7 +125,7 @@ class InvoicesProjection(Projection):
             str(data["issued_at"])[:10],
             date.fromisoformat(str(data["due_on"])).isoformat(),
             position,
-            json.dumps(data, separators=(",", ":")),
+            data_json,
         ]
 
 
@@ -291,15 +291,20 @@ class BillingCatalogueProjection(Projection):
     )
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
-        decoded = event.decode()
-        if isinstance(decoded, CustomerRegistered):
+        if (event.type, event.version) == (
+            CustomerRegistered.event_type,
+            CustomerRegistered.event_version,
+        ):
+            # validated as recorded, the e-mail's form aside (CustomerRecord says why)
+            customer = CustomerRecord.model_validate(event.data)
             return [
                 (
                     "INSERT INTO rm_billing_customers (customer_id, data) VALUES (?, ?)"
                     " ON CONFLICT (customer_id) DO NOTHING",
-                    (decoded.customer_id, decoded.model_dump_json()),
+                    (customer.customer_id, customer.model_dump_json()),
                 )
             ]
+        decoded = event.decode()
         if isinstance(decoded, SubscriptionStarted):
             return [
                 (
