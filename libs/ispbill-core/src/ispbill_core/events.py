@@ -13,7 +13,7 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
-    PrivateAttr,
+    Field,
     TypeAdapter,
     field_validator,
 )
@@ -222,9 +222,9 @@ class RecordedEvent(NewEvent):
     stream: str
     stream_position: int
     global_position: int
-    #: the data's JSON text as the ledger returned it, when read from one (a cache, not part
-    #: of the event: equality ignores it)
-    _stored_data: str | None = PrivateAttr(default=None)
+    #: the data's JSON text as the ledger returned it, when read from one: a cache, never
+    #: serialised, and not part of the event (equality and hashing ignore it)
+    stored_data: str | None = Field(default=None, exclude=True, repr=False)
 
     @classmethod
     def stored(
@@ -241,7 +241,7 @@ class RecordedEvent(NewEvent):
     ) -> RecordedEvent:
         """An event as a ledger adapter reads it: `data_json` parsed, and kept, so that a
         reader that stores or shows the data as JSON (projections) need not encode it again."""
-        event = cls(
+        return cls(
             id=id,
             stream=stream,
             stream_position=stream_position,
@@ -250,28 +250,30 @@ class RecordedEvent(NewEvent):
             version=version,
             data=json.loads(data_json),
             metadata=metadata,
+            stored_data=data_json,
         )
-        event._stored_data = data_json
-        return event
 
     def data_json(self) -> str:
         """The data as JSON text: as the ledger stored it, or else encoded now."""
-        if self._stored_data is not None:
-            return self._stored_data
+        if self.stored_data is not None:
+            return self.stored_data
         return to_json(self.data).decode()
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        copy = super().model_copy(update=update, deep=deep)
         if update and "data" in update:
-            copy._stored_data = None
-        return copy
+            update = {**update, "stored_data": None}
+        return super().model_copy(update=update, deep=deep)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BaseModel):
+        if not isinstance(other, RecordedEvent):
             return NotImplemented
-        return type(self) is type(other) and self.__dict__ == other.__dict__
+        mine, theirs = dict(self.__dict__), dict(other.__dict__)
+        mine.pop("stored_data", None)
+        theirs.pop("stored_data", None)
+        return type(self) is type(other) and mine == theirs
 
-    __hash__ = NewEvent.__hash__
+    def __hash__(self) -> int:
+        return hash((self.id, self.global_position))
 
     def decode(self) -> DomainEvent:
         """The typed event; raises UnknownEventType for a type this code does not know."""

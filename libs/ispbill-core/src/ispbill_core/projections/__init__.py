@@ -11,6 +11,7 @@ PostgreSQL). Projections serve reads, never invariants (docs/adr/0018-projection
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import traceback
 from collections.abc import Sequence
@@ -265,6 +266,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" + (f" (at {where})" if where else "")
 
 
+@functools.lru_cache(maxsize=1024)
 def to_pg(sql: str) -> str:
     """`?` placeholders renumbered as PostgreSQL's $1, $2... (no `?` appears in our literals)."""
     parts = sql.split("?")
@@ -286,6 +288,29 @@ def grouped(statements: Sequence[Statement]) -> list[tuple[str, list[tuple[Any, 
         else:
             runs.append((sql, [params]))
     return runs
+
+
+def in_runs(
+    statements: Sequence[Statement], *, first: Sequence[str] = (), group_rest: bool = True
+) -> list[Statement]:
+    """A batch's statements reordered into runs of one SQL each (one executemany per run
+    instead of one round trip per statement), for a projection whose fold allows it: the
+    statements whose SQL is in `first` go first, in that order of SQL; then the rest, grouped
+    by SQL too when `group_rest` (statements of different SQL commute), else as they came.
+    Within one SQL the statements keep their order."""
+    firsts: dict[str, list[Statement]] = {sql: [] for sql in first}
+    rest: dict[str, list[Statement]] = {}
+    in_order: list[Statement] = []
+    for statement in statements:
+        bucket = firsts.get(statement[0])
+        if bucket is not None:
+            bucket.append(statement)
+        elif group_rest:
+            rest.setdefault(statement[0], []).append(statement)
+        else:
+            in_order.append(statement)
+    out = [s for run in firsts.values() for s in run]
+    return out + ([s for run in rest.values() for s in run] if group_rest else in_order)
 
 
 def short(text: str, limit: int = 2000) -> str:

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from ispbill_core.events import RecordedEvent, registered_event_types
-from ispbill_core.projections import Projection, ReadModelDatabase, Statement
+from ispbill_core.projections import Projection, ReadModelDatabase, Statement, in_runs
 
 #: Usage and counters arrive by the million and are made by machines, not people: they are
 #: audited through their own records (and the ledger itself), not this trail.
@@ -47,14 +47,45 @@ def _is_hidden(key: str) -> bool:
     return hidden
 
 
+#: Whether an event's data hides any field, by its tuple of field names (few distinct ones).
+_hides: dict[tuple[str, ...], bool] = {}
+
+
+def _hides_any(data: dict[str, Any]) -> bool:
+    keys = tuple(data)
+    hides = _hides.get(keys)
+    if hides is None:
+        hides = any(_is_hidden(k) for k in keys)
+        if len(_hides) < 10_000:
+            _hides[keys] = hides
+    return hides
+
+
 def _summary(event: RecordedEvent) -> str:
     """The event's data without anything secret (sealed secrets, hashes), cut short."""
     data = event.data
-    if any(_is_hidden(k) for k in data):
+    if _hides_any(data):
         text = _encode({k: v for k, v in data.items() if not _is_hidden(k)})
     else:
         text = event.data_json()
     return text if len(text) <= 1000 else text[:997] + "..."
+
+
+_INSERT_SUBSCRIPTION = (
+    "INSERT INTO rm_audit_subscriptions (subscription_id, customer_id)"
+    " VALUES (?, ?) ON CONFLICT (subscription_id) DO NOTHING"
+)
+_INSERT_ROW = (
+    "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
+    " stream, summary, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (global_position) DO NOTHING"
+)
+_INSERT_ROW_LOOKED_UP = (
+    "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
+    " stream, summary, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?,"
+    " (SELECT customer_id FROM rm_audit_subscriptions WHERE subscription_id = ?))"
+    " ON CONFLICT (global_position) DO NOTHING"
+)
 
 
 class AuditTrailProjection(Projection):
@@ -81,19 +112,22 @@ class AuditTrailProjection(Projection):
         ) - NOT_AUDITED
         self.types = frozenset(chosen)  # type: ignore[misc]
 
+    def fold(
+        self, events: Sequence[RecordedEvent]
+    ) -> tuple[list[Statement], list[tuple[RecordedEvent, str]]]:
+        """As event by event, grouped by statement (one executemany each): every
+        subscription's customer first, then the trail's rows, which are independent of each
+        other (their own key, never updated) and read only those."""
+        statements, parked = super().fold(events)
+        return in_runs(statements, first=(_INSERT_SUBSCRIPTION,)), parked
+
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
         meta = event.metadata
         customer_id = customer_of(event)
         subscription_id = event.data.get("subscription_id")
         statements: list[Statement] = []
         if customer_id is not None and isinstance(subscription_id, str):
-            statements.append(
-                (
-                    "INSERT INTO rm_audit_subscriptions (subscription_id, customer_id)"
-                    " VALUES (?, ?) ON CONFLICT (subscription_id) DO NOTHING",
-                    (subscription_id, customer_id),
-                )
-            )
+            statements.append((_INSERT_SUBSCRIPTION, (subscription_id, customer_id)))
         values = (
             event.global_position,
             meta.occurred_at.isoformat(),
@@ -104,24 +138,9 @@ class AuditTrailProjection(Projection):
             _summary(event),
         )
         if customer_id is None and isinstance(subscription_id, str):
-            statements.append(
-                (
-                    "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
-                    " stream, summary, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?,"
-                    " (SELECT customer_id FROM rm_audit_subscriptions WHERE subscription_id = ?))"
-                    " ON CONFLICT (global_position) DO NOTHING",
-                    (*values, subscription_id),
-                )
-            )
+            statements.append((_INSERT_ROW_LOOKED_UP, (*values, subscription_id)))
         else:
-            statements.append(
-                (
-                    "INSERT INTO rm_audit (global_position, occurred_at, recorded_at, actor, type,"
-                    " stream, summary, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (global_position) DO NOTHING",
-                    (*values, customer_id),
-                )
-            )
+            statements.append((_INSERT_ROW, (*values, customer_id)))
         return statements
 
 

@@ -32,7 +32,7 @@ from ispbill_core.contracts.accounts import (
     TopUpProductDefined,
 )
 from ispbill_core.events import RecordedEvent, UnknownEventType
-from ispbill_core.projections import Projection, ReadModelDatabase, Statement
+from ispbill_core.projections import Projection, ReadModelDatabase, Statement, in_runs
 
 
 def search_text(*parts: str) -> str:
@@ -137,6 +137,17 @@ SUBSCRIPTION_CHANGES = (
 )
 
 
+_INSERT_SUBSCRIPTION = (
+    "INSERT INTO rm_subscriptions (subscription_id, customer_id, plan_id,"
+    " radius_username, started_on, terminated_on, started_at, version, data)"
+    " VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?) ON CONFLICT (subscription_id) DO NOTHING"
+)
+_LOG_SUBSCRIPTION_EVENT = (
+    "INSERT INTO rm_subscription_events (subscription_id, position, type, data)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (subscription_id, position) DO NOTHING"
+)
+
+
 class SubscriptionsProjection(Projection):
     """A row per subscription with its latest plan and username, and every change in
     `rm_subscription_events`: a status is as of a day (changes take effect on their dates), so
@@ -162,11 +173,19 @@ class SubscriptionsProjection(Projection):
         {SubscriptionStarted.event_type, *(c.event_type for c in SUBSCRIPTION_CHANGES)}
     )
 
+    def fold(
+        self, events: Sequence[RecordedEvent]
+    ) -> tuple[list[Statement], list[tuple[RecordedEvent, str]]]:
+        """As event by event, in runs: the subscriptions started, then every change's log
+        row, then the updates in their order (an update follows its subscription's insert)."""
+        statements, parked = super().fold(events)
+        first = (_INSERT_SUBSCRIPTION, _LOG_SUBSCRIPTION_EVENT)
+        return in_runs(statements, first=first, group_rest=False), parked
+
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
         decoded = event.decode()
         log_it: Statement = (
-            "INSERT INTO rm_subscription_events (subscription_id, position, type, data)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (subscription_id, position) DO NOTHING",
+            _LOG_SUBSCRIPTION_EVENT,
             (
                 decoded.subscription_id,  # type: ignore[attr-defined]
                 event.stream_position,
@@ -177,10 +196,7 @@ class SubscriptionsProjection(Projection):
         if isinstance(decoded, SubscriptionStarted):
             return [
                 (
-                    "INSERT INTO rm_subscriptions (subscription_id, customer_id, plan_id,"
-                    " radius_username, started_on, terminated_on, started_at, version, data)"
-                    " VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
-                    " ON CONFLICT (subscription_id) DO NOTHING",
+                    _INSERT_SUBSCRIPTION,
                     (
                         decoded.subscription_id,
                         decoded.customer_id,

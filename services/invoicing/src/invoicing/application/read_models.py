@@ -26,7 +26,13 @@ from ispbill_core.contracts.invoicing import (
 )
 from ispbill_core.events import RecordedEvent
 from ispbill_core.money import MINOR_UNITS
-from ispbill_core.projections import Projection, ReadModelDatabase, Statement, failure_reason
+from ispbill_core.projections import (
+    Projection,
+    ReadModelDatabase,
+    Statement,
+    failure_reason,
+    in_runs,
+)
 
 
 def minor_units(amount: Decimal, currency: str) -> int:
@@ -289,6 +295,13 @@ class BillingCatalogueProjection(Projection):
             TaxRateSet.event_type,
         }
     )
+
+    def fold(
+        self, events: Sequence[RecordedEvent]
+    ) -> tuple[list[Statement], list[tuple[RecordedEvent, str]]]:
+        """As event by event, grouped by statement: rows of different tables commute."""
+        statements, parked = super().fold(events)
+        return in_runs(statements), parked
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
         if (event.type, event.version) == (
