@@ -54,6 +54,10 @@ class InvoicesProjection(Projection):
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_customer"
         " ON rm_invoices (customer_id, issued_at)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_period ON rm_invoices (period, issued_at)",
+        # a period's or a status's invoices newest first (the dashboard's "unpaid in March")
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_period_status"
+        " ON rm_invoices (period, status, issued_at)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_status_issued ON rm_invoices (status, issued_at)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_status ON rm_invoices (status, due_on)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_total ON rm_invoices (total_minor)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_issued ON rm_invoices (issued_on)",
