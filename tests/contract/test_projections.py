@@ -327,6 +327,30 @@ class TestPostgresReadModels(ProjectionContract):
             await db.close()
             await store.close()
 
+    async def test_postgresql_only_ddl_runs_and_a_failing_statement_is_skipped(
+        self, store_and_db: Any
+    ) -> None:
+        """`ddl_postgresql` (the customers' trigram index): applied after the rows on a bulk
+        rebuild; one statement that fails leaves the projection working without it."""
+        store, db = store_and_db
+
+        class Indexed(Balances):
+            ddl_postgresql = (
+                "CREATE EXTENSION IF NOT EXISTS no_such_extension_here",
+                "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+                "CREATE INDEX IF NOT EXISTS rm_test_balances_trgm"
+                " ON rm_test_balances USING gin (account gin_trgm_ops)",
+            )
+
+        await store.append("acct-a", [deposit("a", 5)], ANY)
+        projector = Projector(store, db, [Indexed()])
+        assert await projector.rebuild_now() == {"test.balances": 1}
+        assert await self.balances(db) == {"a": (5, 1)}
+        found = await db.fetch(
+            "SELECT indexname FROM pg_indexes WHERE tablename = ?", ("rm_test_balances",)
+        )
+        assert "rm_test_balances_trgm" in {r[0] for r in found}
+
 
 class TestRetryOfAParkedProjectionEvent:
     async def test_a_parked_event_marked_for_retry_is_folded_once_fixed(

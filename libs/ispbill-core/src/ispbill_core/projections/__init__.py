@@ -40,6 +40,10 @@ class Projection(abc.ABC):
     ddl: ClassVar[tuple[str, ...]]
     #: the event types `apply` folds; others are never read for it
     types: ClassVar[frozenset[str]]
+    #: PostgreSQL only, run after `ddl` like its indexes: what SQLite has no equivalent of (a
+    #: trigram index). Each runs in a savepoint; one that fails (an extension the role may not
+    #: create) is logged and skipped, and its queries are slower, never wrong.
+    ddl_postgresql: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:

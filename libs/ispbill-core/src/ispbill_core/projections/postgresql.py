@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from ispbill_core.projections import (
     short,
     to_pg,
 )
+
+log = logging.getLogger(__name__)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 
@@ -116,6 +119,7 @@ class PostgresReadModels(ReadModelDatabase):
             if row is not None and int(row[0]) == projection.version:
                 for sql in projection.ddl:
                     await conn.execute(sql)
+                await self._optional_ddl(conn, projection)
                 return int(row[1])
             await self._recreate(conn, projection)
             return 0
@@ -130,6 +134,8 @@ class PostgresReadModels(ReadModelDatabase):
         for sql in projection.ddl:
             if indexes or not is_index(sql):
                 await conn.execute(sql)
+        if indexes:
+            await PostgresReadModels._optional_ddl(conn, projection)
         await conn.execute(
             "INSERT INTO rm_projections (name, version, position, updated_at)"
             " VALUES ($1, $2, 0, $3) ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
@@ -138,6 +144,20 @@ class PostgresReadModels(ReadModelDatabase):
             projection.version,
             _now(),
         )
+
+    @staticmethod
+    async def _optional_ddl(conn: Any, projection: Projection) -> None:
+        for sql in projection.ddl_postgresql:
+            try:
+                async with conn.transaction():  # a savepoint
+                    await conn.execute(sql)
+            except asyncpg.exceptions.PostgresError as exc:
+                log.warning(
+                    "read model %s: skipped %r (%s); its queries work, more slowly",
+                    projection.name,
+                    sql,
+                    exc,
+                )
 
     async def reset(self, projection: Projection, *, indexes: bool = True) -> None:
         async def reset(conn: Any) -> None:
@@ -151,6 +171,7 @@ class PostgresReadModels(ReadModelDatabase):
             for sql in projection.ddl:
                 if is_index(sql):
                     await conn.execute(sql)
+            await self._optional_ddl(conn, projection)
             for table in projection.tables:
                 await conn.execute(f'ANALYZE "{table}"')
 

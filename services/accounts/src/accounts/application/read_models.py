@@ -62,6 +62,13 @@ class CustomersProjection(Projection):
         "CREATE INDEX IF NOT EXISTS rm_customers_by_region ON rm_customers (tax_region)",
         "CREATE INDEX IF NOT EXISTS rm_customers_by_type ON rm_customers (account_type)",
     )
+    # a search matches anywhere in the text (LIKE '%...%'): trigrams find it without reading
+    # every customer (pg_trgm ships with PostgreSQL and is a trusted extension since 13)
+    ddl_postgresql = (
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+        "CREATE INDEX IF NOT EXISTS rm_customers_search_trgm"
+        " ON rm_customers USING gin (search gin_trgm_ops)",
+    )
     types = frozenset({CustomerRegistered.event_type, CustomerDetailsChanged.event_type})
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:

@@ -57,7 +57,8 @@ class InvoicesProjection(Projection):
         # a period's or a status's invoices newest first (the dashboard's "unpaid in March")
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_period_status"
         " ON rm_invoices (period, status, issued_at)",
-        "CREATE INDEX IF NOT EXISTS rm_invoices_by_status_issued ON rm_invoices (status, issued_at)",
+        "CREATE INDEX IF NOT EXISTS rm_invoices_by_status_issued"
+        " ON rm_invoices (status, issued_at)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_status ON rm_invoices (status, due_on)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_total ON rm_invoices (total_minor)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_issued ON rm_invoices (issued_on)",
