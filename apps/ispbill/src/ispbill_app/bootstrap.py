@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -499,6 +500,11 @@ async def serve_http(
             raise RuntimeError("HTTP server stopped during start-up")
         await asyncio.sleep(0.02)
     log.info("REST API on http://%s:%d (OpenAPI at /openapi.json)", host, port)
+    # Everything made during start-up (modules, the app and its routes, pydantic's schemas)
+    # lives as long as the process: out of the collector's way, a full collection scans only
+    # what requests made. Without it, one request in ~100 paid an 80 ms pause (bench-reads).
+    gc.collect()
+    gc.freeze()
     try:
         yield server
     finally:
