@@ -559,6 +559,31 @@ class EventStoreContract:
         assert [r.data["n"] for r in await store.read_stream(first)] == [1, 2]
         assert [r.data["n"] for r in await store.read_stream(second)] == [3]
 
+    async def test_append_many_naming_a_stream_twice_appends_in_the_order_given(
+        self, store: EventStore
+    ) -> None:
+        """The second batch of a stream sees the first (its expected version, its ids), and
+        positions in the ledger follow the order given, across streams."""
+        name, other = self.stream("sess"), self.stream("sess")
+        one, two = event(n=1), event(n=2)
+        versions = await store.append_many(
+            [
+                (name, [one], NO_STREAM),
+                (other, [event(n=9)], NO_STREAM),
+                (name, [two, event(n=3)], 0),
+                (name, [one], 0),  # already in this call: an idempotent no-op
+            ]
+        )
+        assert versions == [0, 0, 2, 2]
+        recorded = await store.read_stream(name)
+        assert [r.data["n"] for r in recorded] == [1, 2, 3]
+        assert [r.stream_position for r in recorded] == [0, 1, 2]
+        [nine] = await store.read_stream(other)
+        assert recorded[0].global_position < nine.global_position < recorded[1].global_position
+        with pytest.raises(WrongExpectedVersion):
+            await store.append_many([(name, [event(n=4)], 2), (name, [event(n=5)], 2)])
+        assert len(await store.read_stream(name)) == 3 or not self.append_many_is_atomic
+
     async def test_append_many_is_all_or_nothing(self, store: EventStore) -> None:
         if not self.append_many_is_atomic:
             pytest.skip("this adapter appends stream by stream (no multi-stream transaction)")

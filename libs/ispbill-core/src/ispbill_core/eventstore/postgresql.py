@@ -23,6 +23,7 @@ from ispbill_core.events import (
     timestamp_json,
 )
 from ispbill_core.eventstore import (
+    ANY,
     AppendSignal,
     CheckpointStore,
     EventIdConflict,
@@ -158,20 +159,20 @@ class PostgresEventStore(EventStore, CheckpointStore):
         )
         self._sql_version = f"SELECT max(stream_position) FROM {t} WHERE stream = $1"  # noqa: S608
         self._sql_head = f"SELECT max(global_position) FROM {t}"  # noqa: S608
-        # The stream's version (the row without an id) and any of the batch's ids already
-        # recorded, in one round trip.
-        self._sql_check = (
-            f"SELECT NULL::uuid AS id, NULL::text AS stream, max(stream_position) AS version"  # noqa: S608
-            f" FROM {t} WHERE stream = $1"
+        # Every stream's version and any of the ids already recorded, for a whole append_many.
+        self._sql_check_many = (
+            f"SELECT NULL::uuid AS id, s.stream, (SELECT max(stream_position) FROM {t} e"  # noqa: S608
+            f" WHERE e.stream = s.stream) AS version FROM unnest($1::text[]) AS s(stream)"
             f" UNION ALL SELECT id, stream, NULL FROM {t} WHERE id = ANY($2::uuid[])"
         )
-        # One statement for the whole batch: unnest keeps a 500-event append to one round trip.
-        self._sql_insert = (
+        # Every row of an append_many in one statement, in the order given.
+        self._sql_insert_many = (
             f"WITH ins AS (INSERT INTO {t} (id, stream, stream_position, type, version, data,"  # noqa: S608
-            " metadata) SELECT u.id, $1, u.pos, u.type, u.version, u.data::json, u.metadata::json"
-            " FROM unnest($2::uuid[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[])"
-            " WITH ORDINALITY AS u(id, pos, type, version, data, metadata, n) ORDER BY u.n"
-            " RETURNING global_position)"
+            " metadata) SELECT u.id, u.stream, u.pos, u.type, u.version, u.data::json,"
+            " u.metadata::json FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[],"
+            " $5::int[], $6::text[], $7::text[])"
+            " WITH ORDINALITY AS u(id, stream, pos, type, version, data, metadata, n)"
+            " ORDER BY u.n RETURNING global_position)"
             " SELECT m, pg_notify($8, m::text) FROM (SELECT max(global_position) AS m FROM ins) s"
         )
         self._sql_read_stream = (
@@ -285,8 +286,10 @@ class PostgresEventStore(EventStore, CheckpointStore):
             raise ValueError("append needs at least one event")
         pool = self._require_pool()
         try:
-            async with pool.acquire() as conn:
-                version, head = await self._append_in(conn, stream, events, expected_version)
+            async with pool.acquire() as conn, conn.transaction():
+                [version], head = await self._append_many_in(
+                    conn, [(stream, events, expected_version)]
+                )
         except (EventStoreError, ValueError):
             raise
         except _DRIVER_ERRORS as exc:
@@ -298,20 +301,18 @@ class PostgresEventStore(EventStore, CheckpointStore):
     async def append_many(
         self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
     ) -> list[int]:
+        """One transaction, and a fixed number of round trips whatever the number of streams:
+        the lock, one query for every stream's version and the ids already recorded, the
+        rules of `append` checked here stream by stream (in the order given, a stream named
+        twice sees its first batch), then one INSERT of every row."""
         if any(not events for _, events, _ in batches):
             raise ValueError("append needs at least one event")
         if not batches:
             return []
         pool = self._require_pool()
-        versions: list[int] = []
-        head = 0
         try:
             async with pool.acquire() as conn, conn.transaction():
-                # Each _append_in is a savepoint inside this one transaction: one commit.
-                for stream, events, expected in batches:
-                    version, appended = await self._append_in(conn, stream, events, expected)
-                    versions.append(version)
-                    head = max(head, appended)
+                versions, head = await self._append_many_in(conn, batches)
         except (EventStoreError, ValueError):
             raise
         except _DRIVER_ERRORS as exc:
@@ -320,52 +321,65 @@ class PostgresEventStore(EventStore, CheckpointStore):
             await self._signal.notify(head)
         return versions
 
-    async def _append_in(
+    async def _append_many_in(
         self,
         conn: _AnyConnection,
-        stream: str,
-        events: Sequence[AnyNewEvent],
-        expected: ExpectedVersion,
-    ) -> tuple[int, int]:
-        batch = [encoded(e) for e in events]
-        ids = [uuid.UUID(e.id) for e in batch]
-        async with conn.transaction():
-            # Its own statement: in READ COMMITTED each statement takes a fresh snapshot, so
-            # the reads below see every append committed before the lock was granted.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
-            rows = await conn.fetch(self._sql_check, stream, ids)
-            current: int | None = next((r["version"] for r in rows if r["id"] is None), None)
-            recorded = [r for r in rows if r["id"] is not None]
-            if recorded:
-                streams = {r["stream"] for r in recorded}
-                if len(recorded) == len(set(ids)) and streams == {stream}:
-                    return (0 if current is None else int(current)), 0
+        batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]],
+    ) -> tuple[list[int], int]:
+        encoded_batches = [(stream, [encoded(e) for e in events]) for stream, events, _ in batches]
+        all_ids = [uuid.UUID(e.id) for _, batch in encoded_batches for e in batch]
+        streams = list(dict.fromkeys(stream for stream, _ in encoded_batches))
+        # Its own statement: in READ COMMITTED each statement takes a fresh snapshot, so the
+        # reads below see every append committed before the lock was granted.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+        current: dict[str, int | None] = {}
+        recorded: dict[uuid.UUID, str] = {}
+        for row in await conn.fetch(self._sql_check_many, streams, all_ids):
+            if row["id"] is None:
+                version = row["version"]
+                current[row["stream"]] = None if version is None else int(version)
+            else:
+                recorded[row["id"]] = row["stream"]
+        versions: list[int] = []
+        rows: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        now = datetime.now(UTC)
+        for (stream, batch), (_, _, expected) in zip(encoded_batches, batches, strict=True):
+            ids = [uuid.UUID(e.id) for e in batch]
+            version = current.get(stream)
+            already = [i for i in ids if i in recorded]
+            if already:
+                if len(already) == len(ids) and {recorded[i] for i in already} == {stream}:
+                    versions.append(0 if version is None else version)
+                    continue
                 raise EventIdConflict(
-                    f"stream {stream!r}: ids {sorted(str(r['id']) for r in recorded)} already"
+                    f"stream {stream!r}: ids {sorted(str(i) for i in already)} already"
                     " recorded elsewhere or in a different batch"
                 )
-            check_expected(stream, expected, current)
-            start = 0 if current is None else current + 1
-            now = datetime.now(UTC)
-            try:
-                row = await conn.fetchrow(
-                    self._sql_insert,
-                    stream,
-                    ids,
-                    list(range(start, start + len(events))),
-                    [e.type for e in batch],
-                    [e.version for e in batch],
-                    [e.data_json for e in batch],
-                    _metadata_json(batch, now),
-                    self._channel,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                # Only reachable if something writes without the lock, or ids repeat in a batch.
-                if "stream_position" in str(exc.constraint_name or ""):
-                    raise WrongExpectedVersion(stream, expected, current) from exc
-                raise EventIdConflict(f"stream {stream!r}: {exc}") from exc
-            assert row is not None
-            return start + len(events) - 1, int(row[0])
+            check_expected(stream, expected, version)
+            start = 0 if version is None else version + 1
+            ids_, streams_, positions, types, event_versions, data, metadata = rows
+            ids_.extend(ids)
+            streams_.extend([stream] * len(batch))
+            positions.extend(range(start, start + len(batch)))
+            types.extend(e.type for e in batch)
+            event_versions.extend(e.version for e in batch)
+            data.extend(e.data_json for e in batch)
+            metadata.extend(_metadata_json(batch, now))
+            current[stream] = start + len(batch) - 1
+            versions.append(start + len(batch) - 1)
+            for i in ids:
+                recorded[i] = stream
+        if not rows[0]:
+            return versions, 0
+        try:
+            row = await conn.fetchrow(self._sql_insert_many, *rows, self._channel)
+        except asyncpg.UniqueViolationError as exc:
+            # Only reachable if something writes without the lock, or ids repeat in a batch.
+            if "stream_position" in str(exc.constraint_name or ""):
+                raise WrongExpectedVersion(", ".join(streams)[:200], ANY, None) from exc
+            raise EventIdConflict(f"append of {len(batches)} streams: {exc}") from exc
+        assert row is not None
+        return versions, int(row[0])
 
     # -- reads ---------------------------------------------------------------------------
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
