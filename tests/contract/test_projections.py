@@ -339,7 +339,7 @@ class TestPostgresReadModels(ProjectionContract):
                 "CREATE EXTENSION IF NOT EXISTS no_such_extension_here",
                 "CREATE EXTENSION IF NOT EXISTS pg_trgm",
                 "CREATE INDEX IF NOT EXISTS rm_test_balances_trgm"
-                " ON rm_test_balances USING gin (account gin_trgm_ops)",
+                " ON rm_test_balances USING gin (account {ext:pg_trgm}.gin_trgm_ops)",
             )
 
         await store.append("acct-a", [deposit("a", 5)], ANY)

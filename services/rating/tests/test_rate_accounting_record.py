@@ -23,7 +23,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
-from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.events import deterministic_id, new_event
 from ispbill_core.eventstore import ANY, NO_STREAM, ExpectedVersion
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
@@ -38,45 +38,17 @@ from rating.application.rate_accounting_record import (
 )
 from rating.application.usage_summary import unmatched_usage, usage_summary
 from rating.domain.events import RadiusNasRebooted, RadiusSessionOpened, SessionCountersRecorded
+from tests.fixtures.radius import (
+    GIGAWORD,
+    START,
+    UTC_SETTINGS,
+    claim,
+    message,
+    nas_event,
+    record,
+)
 
 pytestmark = pytest.mark.integration
-
-UTC_SETTINGS = RatingSettings(timezone=ZoneInfo("UTC"))
-START = datetime(2026, 3, 10, 8, 0, 0, tzinfo=UTC)
-GIGAWORD = 2**32
-
-
-def record(
-    status: AcctStatus,
-    seconds: int,
-    input_octets: int,
-    output_octets: int,
-    *,
-    start: datetime = START,
-    acct_session_id: str = "s-1",
-    username: str | None = "alice",
-) -> AccountingRecordReceived:
-    event_time = start + timedelta(seconds=seconds)
-    return AccountingRecordReceived(
-        record_id=deterministic_id(
-            "test-record", acct_session_id, start, status, seconds, input_octets, output_octets
-        ),
-        nas_id="nas-1",
-        nas_ip="192.0.2.1",
-        status=status,
-        acct_session_id=acct_session_id,
-        username=username,
-        event_time=event_time,
-        received_at=event_time,
-        session_time=seconds,
-        input_octets=input_octets,
-        output_octets=output_octets,
-    )
-
-
-def message(r: AccountingRecordReceived) -> NewEvent:
-    """The record as the collector publishes it (message id = record id)."""
-    return new_event(r, id=r.record_id, occurred_at=r.received_at)
 
 
 async def assign(store: SQLiteEventStore, username: str = "alice") -> None:
@@ -396,18 +368,6 @@ async def test_a_late_jittered_record_of_the_earlier_session_is_not_counted_twic
     assert sum(u.output_octets for u in usage) == 1_300
 
 
-def nas_event(status: AcctStatus, at: datetime) -> AccountingRecordReceived:
-    return AccountingRecordReceived(
-        record_id=deterministic_id("test-nas-record", status, at),
-        nas_id="nas-1",
-        nas_ip="192.0.2.1",
-        status=status,
-        acct_session_id="",
-        event_time=at,
-        received_at=at,
-    )
-
-
 async def session_history(store, acct_session_id: str) -> list[list[SessionCountersRecorded]]:
     index = [
         e.decode() for e in await store.read_stream(session_index_stream("nas-1", acct_session_id))
@@ -498,25 +458,6 @@ def started(
         plan_id="home",
         radius_username=username,
         started_on=started_on or START.date(),
-    )
-
-
-async def claim(store: SQLiteEventStore, subscription: SubscriptionStarted) -> None:
-    """As accounts starts a subscription: the username claim, then the subscription."""
-    assigned = RadiusUsernameAssigned(
-        username=subscription.radius_username,
-        customer_id=subscription.customer_id,
-        subscription_id=subscription.subscription_id,
-    )
-    await store.append(
-        radius_user_stream(subscription.radius_username),
-        [new_event(assigned, id=deterministic_id("claim", subscription), occurred_at=START)],
-        NO_STREAM,
-    )
-    await store.append(
-        subscription_stream(subscription.subscription_id),
-        [new_event(subscription, id=deterministic_id("sub", subscription), occurred_at=START)],
-        NO_STREAM,
     )
 
 

@@ -42,7 +42,8 @@ class Projection(abc.ABC):
     types: ClassVar[frozenset[str]]
     #: PostgreSQL only, run after `ddl` like its indexes: what SQLite has no equivalent of (a
     #: trigram index). Each runs in a savepoint; one that fails (an extension the role may not
-    #: create) is logged and skipped, and its queries are slower, never wrong.
+    #: create) is logged and skipped, and its queries are slower, never wrong. `{ext:NAME}` is
+    #: replaced by the schema extension NAME lives in (for its operator classes).
     ddl_postgresql: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod

@@ -56,6 +56,24 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+_EXTENSION_SCHEMA = re.compile(r"\{ext:([a-z_][a-z0-9_]*)\}")
+
+
+async def _with_extension_schemas(conn: Any, sql: str) -> str:
+    """`{ext:NAME}` replaced by the schema extension NAME is installed in, quoted: an extension
+    lives in one schema per database (another ledger's, perhaps), and its operator classes are
+    found only there."""
+    for name in set(_EXTENSION_SCHEMA.findall(sql)):
+        schema = await conn.fetchval(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = $1", name
+        )
+        if schema is None:
+            raise LookupError(f"extension {name} is not installed")
+        quoted = schema if schema.startswith('"') else f'"{schema}"'
+        sql = sql.replace(f"{{ext:{name}}}", quoted)
+    return sql
+
+
 class PostgresReadModels(ReadModelDatabase):
     """Tables in one schema (the ledger's), reached through a pool whose search_path is it."""
 
@@ -150,7 +168,7 @@ class PostgresReadModels(ReadModelDatabase):
         for sql in projection.ddl_postgresql:
             try:
                 async with conn.transaction():  # a savepoint
-                    await conn.execute(sql)
+                    await conn.execute(await _with_extension_schemas(conn, sql))
             except asyncpg.exceptions.PostgresError as exc:
                 log.warning(
                     "read model %s: skipped %r (%s); its queries work, more slowly",

@@ -67,7 +67,7 @@ class CustomersProjection(Projection):
     ddl_postgresql = (
         "CREATE EXTENSION IF NOT EXISTS pg_trgm",
         "CREATE INDEX IF NOT EXISTS rm_customers_search_trgm"
-        " ON rm_customers USING gin (search gin_trgm_ops)",
+        " ON rm_customers USING gin (search {ext:pg_trgm}.gin_trgm_ops)",
     )
     types = frozenset({CustomerRegistered.event_type, CustomerDetailsChanged.event_type})
 

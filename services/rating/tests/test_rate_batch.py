@@ -1,0 +1,155 @@
+"""rate_accounting_batch gives the ledger exactly what rating the records one by one gives:
+the same events, in the same streams, whatever the batches, orders, duplicates and reboots."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections import defaultdict
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ispbill_core.contracts.accounts import SubscriptionStarted
+from ispbill_core.contracts.rating import UsageRated
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
+from ispbill_core.eventstore.queries import all_events_of
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from rating.application.rate_accounting_record import rate_accounting_record
+from rating.application.rate_batch import rate_accounting_batch
+from tests.fixtures.radius import GIGAWORD, START, UTC_SETTINGS, claim, message, nas_event, record
+
+pytestmark = pytest.mark.integration
+
+USERS = ("alice", "bob", None)  # alice has a subscription, bob has none (unmatched), None no name
+
+
+@st.composite
+def traffic(draw: st.DrawFn) -> list[AccountingRecordReceived]:
+    """A few sessions on one NAS, interleaved, with duplicates and maybe a reboot."""
+    records: list[AccountingRecordReceived] = []
+    for s in range(draw(st.integers(1, 3))):
+        user = draw(st.sampled_from(USERS))
+        start = START + timedelta(minutes=draw(st.integers(0, 30)))
+        session = [
+            record(AcctStatus.START, 0, 0, 0, start=start, acct_session_id=f"s-{s}", username=user)
+        ]
+        seconds = cum_in = cum_out = 0
+        for i in range(draw(st.integers(0, 4))):
+            seconds += draw(st.integers(1, 900))
+            cum_in += draw(st.integers(0, 3 * GIGAWORD))
+            cum_out += draw(st.integers(0, 1000))
+            status = AcctStatus.STOP if i == 3 else AcctStatus.INTERIM_UPDATE
+            session.append(
+                record(
+                    status,
+                    seconds,
+                    cum_in,
+                    cum_out,
+                    start=start,
+                    acct_session_id=f"s-{s}",
+                    username=user,
+                )
+            )
+        records += session
+    if draw(st.booleans()):
+        records.append(nas_event(AcctStatus.ACCOUNTING_ON, START + timedelta(minutes=45)))
+    extra = draw(st.lists(st.sampled_from(records), max_size=3))
+    return draw(st.permutations(records + extra))
+
+
+async def ledger(store: SQLiteEventStore) -> dict[str, list[tuple[Any, ...]]]:
+    """Every stream's events (id, type, data), each stream in its order."""
+    streams: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for e in await store.read_all(after=0, limit=100_000):
+        streams[e.stream].append((e.id, e.type, e.data, e.metadata.causation_id))
+    return dict(streams)
+
+
+async def fresh_store(tmp: str, name: str) -> SQLiteEventStore:
+    store = SQLiteEventStore(Path(tmp) / f"{name}.db", synchronous="OFF")
+    await claim(
+        store,
+        SubscriptionStarted(
+            subscription_id="sub-1",
+            customer_id="c-1",
+            plan_id="home",
+            radius_username="alice",
+            started_on=date(2026, 1, 1),
+        ),
+    )
+    return store
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(traffic(), st.lists(st.integers(1, 6), min_size=1, max_size=12))
+def test_a_batch_records_what_one_by_one_records(
+    delivered: list[AccountingRecordReceived], sizes: list[int]
+) -> None:
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            one_by_one = await fresh_store(tmp, "one")
+            batched = await fresh_store(tmp, "batch")
+            try:
+                for r in delivered:
+                    await rate_accounting_record(one_by_one, UTC_SETTINGS, message(r))
+                messages = [message(r) for r in delivered]
+                at, n = 0, 0
+                while at < len(messages):
+                    size = sizes[n % len(sizes)]
+                    await rate_accounting_batch(batched, UTC_SETTINGS, messages[at : at + size])
+                    at, n = at + size, n + 1
+                expected = await ledger(one_by_one)
+                assert await ledger(batched) == expected
+                # delivered again (a consumer restarting from an old offset): nothing changes
+                await rate_accounting_batch(batched, UTC_SETTINGS, messages)
+                assert await ledger(batched) == expected
+                usage = await all_events_of(batched, UsageRated)
+                assert len({u.record_id for u in usage}) == len(usage)
+            finally:
+                await one_by_one.close()
+                await batched.close()
+
+    asyncio.run(scenario())
+
+
+async def test_one_append_for_a_batch_of_many_sessions(tmp_path: Path) -> None:
+    """The point of batching: 200 records of 50 sessions are one append_many, not 600 appends."""
+    store = await fresh_store(str(tmp_path), "ledger")
+    calls = {"append": 0, "append_many": 0}
+    append, append_many = store.append, store.append_many
+
+    async def counting_append(*args: Any, **kwargs: Any) -> int:
+        calls["append"] += 1
+        return await append(*args, **kwargs)
+
+    async def counting_append_many(*args: Any, **kwargs: Any) -> list[int]:
+        calls["append_many"] += 1
+        return await append_many(*args, **kwargs)
+
+    store.append = counting_append  # type: ignore[method-assign]
+    store.append_many = counting_append_many  # type: ignore[method-assign]
+    try:
+        records = [
+            record(status, seconds, seconds * 1000, seconds * 10, acct_session_id=f"s-{s}")
+            for s in range(50)
+            for status, seconds in (
+                (AcctStatus.START, 0),
+                (AcctStatus.INTERIM_UPDATE, 300),
+                (AcctStatus.INTERIM_UPDATE, 600),
+                (AcctStatus.STOP, 900),
+            )
+        ]
+        rated = await rate_accounting_batch(store, UTC_SETTINGS, [message(r) for r in records])
+        assert calls == {"append": 0, "append_many": 1}
+        assert len(rated) == 150 and sum(u.input_octets for u in rated) == 50 * 900_000
+    finally:
+        await store.close()
