@@ -559,6 +559,23 @@ class EventStoreContract:
         assert [r.data["n"] for r in await store.read_stream(first)] == [1, 2]
         assert [r.data["n"] for r in await store.read_stream(second)] == [3]
 
+    async def test_read_streams_gives_each_stream_in_order_and_empty_ones(
+        self, store: EventStore
+    ) -> None:
+        names = [self.stream("rs") for _ in range(3)]
+        await store.append_many(
+            [(names[0], [event(n=1), event(n=2)], NO_STREAM), (names[1], [event(n=3)], NO_STREAM)]
+        )
+        await store.append(names[0], [event(n=4)], 1)
+        missing = self.stream("rs")
+        found = await store.read_streams([names[1], names[0], missing, names[0]])
+        assert list(found) == [names[1], names[0], missing]
+        assert [e.data["n"] for e in found[names[0]]] == [1, 2, 4]
+        assert [e.stream_position for e in found[names[0]]] == [0, 1, 2]
+        assert [e.data["n"] for e in found[names[1]]] == [3]
+        assert found[missing] == []
+        assert await store.read_streams([]) == {}
+
     async def test_append_many_naming_a_stream_twice_appends_in_the_order_given(
         self, store: EventStore
     ) -> None:

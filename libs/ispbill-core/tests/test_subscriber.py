@@ -317,3 +317,55 @@ async def test_a_transient_failure_is_retried_not_parked(store) -> None:
             await asyncio.sleep(0.02)
     assert calls == [0, 1, 1, 1, 2]
     assert await parking.parked() == []
+
+
+async def test_a_batch_handler_gets_whole_batches_and_a_bad_event_falls_back_to_one_by_one(
+    store: SQLiteEventStore,
+) -> None:
+    """With a batch handler, a read batch goes to it at once and the checkpoint moves once per
+    batch; a batch that fails for good is handed to the single handler event by event, so
+    that only the bad event is parked."""
+    from ispbill_core.projections.sqlite import SQLiteReadModels
+
+    await append(store, range(12))
+    batches: list[list[int]] = []
+    one_by_one = Seen()
+
+    async def batch_handler(events: list[RecordedEvent]) -> None:
+        numbers = [e.data["n"] for e in events]
+        if 7 in numbers:
+            raise ValueError("7 is bad data")
+        batches.append(numbers)
+
+    async def single(recorded: RecordedEvent) -> None:
+        if recorded.data["n"] == 7:
+            raise ValueError("7 is bad data")
+        await one_by_one(recorded)
+
+    saves: list[int] = []
+    save = store.save_checkpoint
+
+    async def counting_save(name: str, position: int) -> None:
+        saves.append(position)
+        await save(name, position)
+
+    store.save_checkpoint = counting_save  # type: ignore[method-assign]
+    parking = SQLiteReadModels(store)
+    subscriber = LedgerSubscriber(
+        "batched",
+        store,
+        store,
+        single,
+        parking=parking,
+        batch_handler=batch_handler,  # type: ignore[arg-type]
+        batch_size=5,
+    )
+    async with running(subscriber):
+        await subscriber.wait_caught_up()
+    # 0-4 in one batch; 5-9 failed for good (7) and went one by one; 10-11 in one batch
+    assert batches == [[0, 1, 2, 3, 4], [10, 11]]
+    assert one_by_one.numbers == [5, 6, 8, 9]
+    [parked] = await parking.parked(consumer="batched")
+    assert parked.event().data["n"] == 7 and "bad data" in parked.reason
+    assert len(saves) == 3 and saves == sorted(saves)
+    assert subscriber.handled == 11 and subscriber.parked == 1

@@ -20,7 +20,7 @@ from ispbill_core.contracts.usage_collector import AccountingRecordReceived, Acc
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from rating.application.rate_accounting_record import rate_accounting_record
-from rating.application.rate_batch import rate_accounting_batch
+from rating.application.rate_batch import RatingCache, rate_accounting_batch
 from tests.fixtures.radius import GIGAWORD, START, UTC_SETTINGS, claim, message, nas_event, record
 
 pytestmark = pytest.mark.integration
@@ -102,10 +102,12 @@ def test_a_batch_records_what_one_by_one_records(
                 for r in delivered:
                     await rate_accounting_record(one_by_one, UTC_SETTINGS, message(r))
                 messages = [message(r) for r in delivered]
+                cache = RatingCache()  # kept from batch to batch, as a worker keeps it
                 at, n = 0, 0
                 while at < len(messages):
                     size = sizes[n % len(sizes)]
-                    await rate_accounting_batch(batched, UTC_SETTINGS, messages[at : at + size])
+                    chunk = messages[at : at + size]
+                    await rate_accounting_batch(batched, UTC_SETTINGS, chunk, cache)
                     at, n = at + size, n + 1
                 expected = await ledger(one_by_one)
                 assert await ledger(batched) == expected
@@ -122,7 +124,8 @@ def test_a_batch_records_what_one_by_one_records(
 
 
 async def test_one_append_for_a_batch_of_many_sessions(tmp_path: Path) -> None:
-    """The point of batching: 200 records of 50 sessions are one append_many, not 600 appends."""
+    """The point of batching: 200 records of 50 sessions are one append_many, not 600 appends,
+    and a few reads of many streams each, not 400 reads."""
     store = await fresh_store(str(tmp_path), "ledger")
     calls = {"append": 0, "append_many": 0}
     append, append_many = store.append, store.append_many
@@ -135,6 +138,19 @@ async def test_one_append_for_a_batch_of_many_sessions(tmp_path: Path) -> None:
         calls["append_many"] += 1
         return await append_many(*args, **kwargs)
 
+    reads = {"read_stream": 0, "read_streams": 0}
+    read_stream, read_streams = store.read_stream, store.read_streams
+
+    async def counting_read_stream(*args: Any, **kwargs: Any) -> Any:
+        reads["read_stream"] += 1
+        return await read_stream(*args, **kwargs)
+
+    async def counting_read_streams(*args: Any, **kwargs: Any) -> Any:
+        reads["read_streams"] += 1
+        return await read_streams(*args, **kwargs)
+
+    store.read_stream = counting_read_stream  # type: ignore[method-assign]
+    store.read_streams = counting_read_streams  # type: ignore[method-assign]
     store.append = counting_append  # type: ignore[method-assign]
     store.append_many = counting_append_many  # type: ignore[method-assign]
     try:
@@ -150,6 +166,7 @@ async def test_one_append_for_a_batch_of_many_sessions(tmp_path: Path) -> None:
         ]
         rated = await rate_accounting_batch(store, UTC_SETTINGS, [message(r) for r in records])
         assert calls == {"append": 0, "append_many": 1}
+        assert reads["read_stream"] == 0 and reads["read_streams"] <= 4
         assert len(rated) == 150 and sum(u.input_octets for u in rated) == 50 * 900_000
     finally:
         await store.close()

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ from rating.application.rate_accounting_record import (
     rate_unmatched_usage,
     rate_unmatched_usage_of_new_username,
 )
+from rating.application.rate_batch import RatingCache, rate_accounting_batch
 from rating.application.read_models import UnmatchedUsageProjection
 from rating.entrypoints.http import rating_router
 from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
@@ -391,21 +392,35 @@ class Services:
         return OutboxMailer(self.settings.data_dir / "outbox")
 
     def subscriber(
-        self, name: str, types: set[str], handler: Callable[[RecordedEvent], Awaitable[Any]]
+        self,
+        name: str,
+        types: set[str],
+        handler: Callable[[RecordedEvent], Awaitable[Any]],
+        batch_handler: Callable[[Sequence[RecordedEvent]], Awaitable[Any]] | None = None,
     ) -> LedgerSubscriber:
         async def handle(event: RecordedEvent) -> None:
             await handler(event)
 
         return LedgerSubscriber(
-            name, self.store, self.store, handle, types=types, parking=self.read_models
+            name,
+            self.store,
+            self.store,
+            handle,
+            types=types,
+            parking=self.read_models,
+            batch_handler=batch_handler,
         )
 
     def rating_subscriber(self) -> LedgerSubscriber:
+        """Rates the accounting records in batches (one transaction per batch); a batch that
+        fails for good is rated record by record, so that only the bad record is parked."""
         rating = RatingSettings(timezone=self.settings.timezone)
+        cache = RatingCache()
         return self.subscriber(
             "rating",
             {AccountingRecordReceived.event_type},
             lambda e: rate_accounting_record(self.store, rating, e),
+            batch_handler=lambda batch: rate_accounting_batch(self.store, rating, batch, cache),
         )
 
     def unmatched_usage_subscriber(self) -> LedgerSubscriber:

@@ -91,6 +91,12 @@ class EventStore(abc.ABC):
     ) -> list[RecordedEvent]:
         """Events of one stream in order, from a stream position; [] when it does not exist."""
 
+    async def read_streams(self, streams: Collection[str]) -> dict[str, list[RecordedEvent]]:
+        """Every event of each stream named, each in order; [] for a stream that does not
+        exist. Adapters read them in one query per few hundred streams (rating reads the
+        sessions of a whole batch at once); this default reads one stream after another."""
+        return {stream: await self.read_stream(stream) for stream in dict.fromkeys(streams)}
+
     @abc.abstractmethod
     async def stream_version(self, stream: str) -> int | None:
         """Position of the stream's last event, or None when the stream does not exist."""

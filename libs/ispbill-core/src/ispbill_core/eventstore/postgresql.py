@@ -179,6 +179,10 @@ class PostgresEventStore(EventStore, CheckpointStore):
             f"SELECT {cols} FROM {t} WHERE stream = $1 AND stream_position >= $2"  # noqa: S608
             " ORDER BY stream_position LIMIT $3"
         )
+        self._sql_read_streams = (
+            f"SELECT {cols} FROM {t} WHERE stream = ANY($1::text[])"  # noqa: S608
+            " ORDER BY stream, stream_position"
+        )
         self._sql_read_all = (
             f"SELECT {cols} FROM {t} WHERE global_position > $1"  # noqa: S608
             " ORDER BY global_position LIMIT $2"
@@ -396,6 +400,14 @@ class PostgresEventStore(EventStore, CheckpointStore):
     ) -> list[RecordedEvent]:
         rows = await self._fetch(self._sql_read_stream, stream, from_position, limit)
         return [_row_to_event(r) for r in rows]
+
+    async def read_streams(self, streams: Collection[str]) -> dict[str, list[RecordedEvent]]:
+        names = list(dict.fromkeys(streams))
+        found: dict[str, list[RecordedEvent]] = {name: [] for name in names}
+        for at in range(0, len(names), 1000):
+            for row in await self._fetch(self._sql_read_streams, names[at : at + 1000]):
+                found[row[2]].append(_row_to_event(row))
+        return found
 
     async def stream_version(self, stream: str) -> int | None:
         rows = await self._fetch(self._sql_version, stream)

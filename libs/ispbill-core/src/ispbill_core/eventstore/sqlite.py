@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+#: Streams read by one query of read_streams (SQLite binds at most 32,766 parameters).
+_STREAMS_PER_QUERY = 500
+
 #: Page size of a new ledger file.
 PAGE_SIZE = 16384
 
@@ -311,6 +314,21 @@ class SQLiteEventStore(EventStore, CheckpointStore):
             (stream, from_position, -1 if limit is None else limit),
         )
         return [_row_to_event(r) for r in rows]
+
+    async def read_streams(self, streams: Collection[str]) -> dict[str, list[RecordedEvent]]:
+        names = list(dict.fromkeys(streams))
+        found: dict[str, list[RecordedEvent]] = {name: [] for name in names}
+        for at in range(0, len(names), _STREAMS_PER_QUERY):
+            chunk = names[at : at + _STREAMS_PER_QUERY]
+            rows = await asyncio.to_thread(
+                self._read,
+                f"SELECT {_COLUMNS} FROM events WHERE stream IN"  # noqa: S608
+                f" ({', '.join('?' * len(chunk))}) ORDER BY stream, stream_position",
+                chunk,
+            )
+            for row in rows:
+                found[row[2]].append(_row_to_event(row))
+        return found
 
     async def stream_version(self, stream: str) -> int | None:
         rows = await asyncio.to_thread(

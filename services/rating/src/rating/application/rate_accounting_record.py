@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -21,7 +22,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
-from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import context_from_traceparent, current_traceparent
@@ -126,13 +127,32 @@ class UsernameHolding:
 
 
 async def username_holdings(store: EventStore, username: str) -> list[UsernameHolding]:
-    """Every subscription that held `username`, in order: its claims and releases (accounts
-    writes a claim before the subscription event that names the username). A claim whose
-    subscription is not written yet, or does not name this username (left by a command that
-    failed halfway), gives the username to no one."""
+    """Every subscription that held `username`, in order (`holdings_from`)."""
+    claims = await store.read_stream(radius_user_stream(username))
+    return holdings_from(username, claims, await store.read_streams(claimed_streams(claims)))
+
+
+def claimed_streams(claims: Sequence[RecordedEvent]) -> list[str]:
+    """The streams of the subscriptions a username's claims name."""
+    return [
+        subscription_stream(str(c.data.get("subscription_id")))
+        for c in claims
+        if c.type == RadiusUsernameAssigned.event_type
+    ]
+
+
+def holdings_from(
+    username: str,
+    claims: Sequence[RecordedEvent],
+    subscriptions: Mapping[str, Sequence[RecordedEvent]],
+) -> list[UsernameHolding]:
+    """Every subscription that held `username`, in order, from its claims and releases and
+    the claiming subscriptions' streams (accounts writes a claim before the subscription event
+    that names the username). A claim whose subscription is not written yet, or does not name
+    this username (left by a command that failed halfway), gives the username to no one."""
     holdings: list[UsernameHolding] = []
     claims_by: dict[str, int] = {}
-    for recorded in await store.read_stream(radius_user_stream(username)):
+    for recorded in claims:
         event = recorded.decode()
         if isinstance(event, RadiusUsernameReleased):
             last = holdings[-1] if holdings else None
@@ -142,25 +162,22 @@ async def username_holdings(store: EventStore, username: str) -> list[UsernameHo
         assert isinstance(event, RadiusUsernameAssigned)
         nth = claims_by.get(event.subscription_id, 0)
         claims_by[event.subscription_id] = nth + 1
-        holding = await _holding(store, event.subscription_id, username, nth)
+        stream = subscriptions.get(subscription_stream(event.subscription_id), ())
+        holding = _holding(stream, username, nth)
         if holding is not None:
             holdings.append(holding)
     return holdings
 
 
-async def _holding(
-    store: EventStore, subscription_id: str, username: str, nth: int
-) -> UsernameHolding | None:
+def _holding(stream: Sequence[RecordedEvent], username: str, nth: int) -> UsernameHolding | None:
     """The subscription's `nth` taking of `username`: at its start, or by a username change."""
-    stream = subscription_stream(subscription_id)
-    recorded = await store.read_stream(stream, limit=1)
-    if not recorded:
+    if not stream:
         return None
-    started = recorded[0].decode()
+    started = stream[0].decode()
     assert isinstance(started, SubscriptionStarted)
     days = [started.started_on] if started.radius_username == username else []
-    if nth >= len(days):  # the common case, a username held since the start, reads no more
-        for later in await store.read_stream(stream, from_position=1):
+    if nth >= len(days):  # the common case, a username held since the start, looks no further
+        for later in stream[1:]:
             change = later.decode()
             if isinstance(change, RadiusUsernameChanged) and change.new_username == username:
                 days.append(change.effective_on)

@@ -12,16 +12,28 @@ Every event's id is deterministic (derived from the record), so a batch delivere
 retried after another worker appended to one of its sessions first, records nothing twice.
 Accounting-On/Off (a NAS restarted) is rated where it stands in the batch: what came before
 it is appended first, then the NAS's sessions are closed, then the rest of the batch follows.
+
+Reads are few too: the streams a batch needs (its sessions' indexes, the sessions, the
+usernames' claims and subscriptions) are read in a handful of `read_streams` queries, and a
+`RatingCache` keeps them across batches: a session's next interim finds its state in memory.
+The cache holds only what this worker read or committed; a conflict (another writer appended
+to a session) empties it and the batch is read again. A username's holdings are kept for
+`RatingCache.holdings_ttl` seconds; usage a stale entry would leave unmatched is looked up
+again, uncached, after the append, as rating one record does.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
 
+from opentelemetry import trace
+
+from ispbill_core.contracts.accounts import SubscriptionStarted, radius_user_stream
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import NewEvent, deterministic_id, new_event
@@ -39,12 +51,13 @@ from rating.application.rate_accounting_record import (
     NAS_REBOOT_STATUSES,
     RatingSettings,
     UsernameHolding,
+    claimed_streams,
     close_sessions_of_rebooted_nas,
+    holdings_from,
     nas_sessions_stream,
     session_index_stream,
     session_stream,
     unmatched_usage_stream,
-    username_holdings,
 )
 from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded, UsageUnmatched
 from rating.domain.sessions import (
@@ -56,24 +69,71 @@ from rating.domain.sessions import (
     session_key,
 )
 
+tracer = trace.get_tracer("ispbill.rating")
+
+
+class RatingCache:
+    """What a rating worker keeps between batches: the session indexes and session states it
+    read or committed (the least recently used dropped beyond `max_sessions`), and each
+    username's holdings for `holdings_ttl` seconds."""
+
+    def __init__(self, *, max_sessions: int = 50_000, holdings_ttl: float = 5.0) -> None:
+        self.max_sessions = max_sessions
+        self.holdings_ttl = holdings_ttl
+        self.indexes: OrderedDict[str, _Index] = OrderedDict()
+        self.sessions: OrderedDict[str, SessionState] = OrderedDict()
+        self.holdings: dict[str, tuple[float, list[UsernameHolding]]] = {}
+
+    def clear(self) -> None:
+        self.indexes.clear()
+        self.sessions.clear()
+        self.holdings.clear()
+
+    def keep(self, indexes: dict[str, _Index], sessions: dict[str, SessionState]) -> None:
+        """A committed batch's indexes and sessions (closed sessions are not kept: a late
+        record of one reads it again)."""
+        for stream, index in indexes.items():
+            self.indexes[stream] = index
+            self.indexes.move_to_end(stream)
+        for key, state in sessions.items():
+            if state.closed:
+                self.sessions.pop(key, None)
+                continue
+            self.sessions[key] = state
+            self.sessions.move_to_end(key)
+        for table in (self.indexes, self.sessions):
+            while len(table) > self.max_sessions:
+                table.popitem(last=False)
+        if len(self.holdings) > self.max_sessions:
+            self.holdings.clear()
+
 
 async def rate_accounting_batch(
-    store: EventStore, settings: RatingSettings, messages: Sequence[NewEvent]
+    store: EventStore,
+    settings: RatingSettings,
+    messages: Sequence[NewEvent],
+    cache: RatingCache | None = None,
 ) -> list[UsageRated]:
     """Rate `messages` (AccountingRecordReceived envelopes) in order; returns the usage rated.
     Idempotent, like rating each record alone. A record that does not decode raises before
-    anything is written (the caller parks it and rates the rest)."""
+    anything is written (the caller parks it and rates the rest). `cache`: a worker's
+    RatingCache, kept from batch to batch; without one, every stream is read."""
     records = [(m, AccountingRecordReceived.model_validate(m.data)) for m in messages]
+    cache = cache if cache is not None else RatingCache(holdings_ttl=0.0)
     rated: list[UsageRated] = []
     run: list[tuple[NewEvent, AccountingRecordReceived]] = []
-    for message, record in records:
-        if record.status in NAS_REBOOT_STATUSES:
-            rated += await _rate_run(store, settings, run)
-            run = []
-            await close_sessions_of_rebooted_nas(store, record)
-        elif record.status in SESSION_STATUSES:
-            run.append((message, record))
-    rated += await _rate_run(store, settings, run)
+    with tracer.start_as_current_span(
+        "rating.rate_accounting_batch", attributes={"rating.records": len(records)}
+    ):
+        for message, record in records:
+            if record.status in NAS_REBOOT_STATUSES:
+                rated += await _rate_run(store, settings, run, cache)
+                run = []
+                cache.clear()  # the reboot closes sessions behind the cache's back
+                await close_sessions_of_rebooted_nas(store, record)
+            elif record.status in SESSION_STATUSES:
+                run.append((message, record))
+        rated += await _rate_run(store, settings, run, cache)
     return rated
 
 
@@ -81,17 +141,21 @@ async def _rate_run(
     store: EventStore,
     settings: RatingSettings,
     run: Sequence[tuple[NewEvent, AccountingRecordReceived]],
+    cache: RatingCache,
 ) -> list[UsageRated]:
     if not run:
         return []
     for _ in range(MAX_CONFLICT_RETRIES):
-        batch = _Batch(store, settings)
+        batch = _Batch(store, settings, cache)
         try:
+            await batch.prefetch([record for _, record in run])
             for message, record in run:
-                await batch.rate(message, record)
+                batch.rate(message, record)
             await batch.append()
         except WrongExpectedVersion:
-            continue  # another worker appended to one of these sessions first: read again
+            cache.clear()  # another worker appended to one of these sessions: read again
+            continue
+        cache.keep(batch.indexes, batch.sessions)
         return await batch.rate_what_was_unmatched()
     raise RuntimeError(f"a batch of {len(run)} records kept conflicting")
 
@@ -127,14 +191,17 @@ class _Unmatched:
 
 
 class _Batch:
-    """One attempt at a run of records: reads cached for the run, appends collected."""
+    """One attempt at a run of records: its streams read up front (or copied from the cache),
+    folded in memory, its appends collected."""
 
-    def __init__(self, store: EventStore, settings: RatingSettings) -> None:
+    def __init__(self, store: EventStore, settings: RatingSettings, cache: RatingCache) -> None:
         self.store = store
         self.settings = settings
+        self.cache = cache
         self.indexes: dict[str, _Index] = {}
         self.sessions: dict[str, SessionState] = {}
         self.holdings: dict[str, list[UsernameHolding]] = {}
+        self.keys: dict[uuid.UUID, str] = {}
         #: stream -> events to append, in the order of first use; each kind in its own dict
         #: so that a session is listed and indexed before its counters, and those before usage
         self.listings: dict[str, _Stream] = {}
@@ -146,24 +213,38 @@ class _Batch:
         self.rated: list[UsageRated] = []
         self.unmatched: list[_Unmatched] = []
 
-    # -- reads, once per run -------------------------------------------------------------
-    async def _index(self, stream: str) -> _Index:
-        index = self.indexes.get(stream)
-        if index is None:
-            history = await self.store.read_stream(stream)
+    # -- reads, a few queries per run ----------------------------------------------------
+    async def prefetch(self, records: Sequence[AccountingRecordReceived]) -> None:
+        """Every stream the run needs, from the cache (copied: a failed attempt leaves it as
+        it was) or in a few read_streams; then each record's session, opened where new."""
+        index_streams = {session_index_stream(r.nas_id, r.acct_session_id) for r in records}
+        missing = []
+        for stream in index_streams:
+            cached = self.cache.indexes.get(stream)
+            if cached is None:
+                missing.append(stream)
+            else:
+                self.indexes[stream] = _Index(cached.version, list(cached.opened))
+        for stream, history in (await self.store.read_streams(missing)).items():
             opened = []
             for recorded in history:
                 decoded = recorded.decode()
                 assert isinstance(decoded, RadiusSessionOpened)
                 opened.append(decoded)
-            index = self.indexes[stream] = _Index(len(history) - 1 if history else None, opened)
-        return index
-
-    async def _session(self, key: str) -> SessionState:
-        state = self.sessions.get(key)
-        if state is None:
+            self.indexes[stream] = _Index(len(history) - 1 if history else None, opened)
+        for record in records:
+            if record.record_id not in self.keys:
+                self.keys[record.record_id] = self._session_for(record)
+        missing = []
+        for key in dict.fromkeys(self.keys.values()):
+            state = self.cache.sessions.get(key)
+            if state is None:
+                missing.append(session_stream(key))
+            else:
+                self.sessions[key] = replace(state, seen=dict(state.seen))
+        for stream, recorded_events in (await self.store.read_streams(missing)).items():
             state = SessionState()
-            for recorded in await self.store.read_stream(session_stream(key)):
+            for recorded in recorded_events:
                 applied = recorded.decode()
                 assert isinstance(applied, SessionCountersRecorded)
                 state.apply(
@@ -174,18 +255,34 @@ class _Batch:
                     (applied.input_delta, applied.output_delta),
                     applied.closed,
                 )
-            self.sessions[key] = state
-        return state
+            self.sessions[stream.removeprefix("session-")] = state
+        await self._prefetch_holdings({r.username for r in records if r.username})
 
-    async def _subscriber(self, username: str | None, at: datetime) -> Any:
-        """As rate_accounting_record's rule: the subscription holding `username` on that day."""
+    async def _prefetch_holdings(self, usernames: set[str], *, fresh: bool = False) -> None:
+        now = time.monotonic()
+        missing = []
+        for username in usernames:
+            cached = None if fresh else self.cache.holdings.get(username)
+            if cached is not None and now - cached[0] <= self.cache.holdings_ttl:
+                self.holdings[username] = cached[1]
+            else:
+                missing.append(username)
+        if not missing:
+            return
+        claims = await self.store.read_streams([radius_user_stream(u) for u in missing])
+        wanted = [s for events in claims.values() for s in claimed_streams(events)]
+        subscriptions = await self.store.read_streams(wanted)
+        for username in missing:
+            holdings = holdings_from(username, claims[radius_user_stream(username)], subscriptions)
+            self.holdings[username] = holdings
+            self.cache.holdings[username] = (now, holdings)
+
+    def _subscriber(self, username: str | None, at: datetime) -> SubscriptionStarted | None:
+        """As rate_accounting_record's rule: the subscription holding `username` that day."""
         if not username:
             return None
-        holdings = self.holdings.get(username)
-        if holdings is None:
-            holdings = self.holdings[username] = await username_holdings(self.store, username)
         day = at.astimezone(self.settings.timezone).date()
-        for holding in reversed(holdings):
+        for holding in reversed(self.holdings[username]):
             if holding.held_from <= day and (
                 holding.held_until is None or day <= holding.held_until
             ):
@@ -206,9 +303,9 @@ class _Batch:
         else:
             kind.setdefault(stream, _Stream(expected)).events.append(event)
 
-    async def _session_for(self, record: AccountingRecordReceived) -> str:
+    def _session_for(self, record: AccountingRecordReceived) -> str:
         stream = session_index_stream(record.nas_id, record.acct_session_id)
-        index = await self._index(stream)
+        index = self.indexes[stream]
         for opened in reversed(index.opened):
             if same_session(opened.started_at, record):
                 return opened.session_key
@@ -245,10 +342,10 @@ class _Batch:
         index.opened.append(opening)
         return key
 
-    async def rate(self, message: NewEvent, record: AccountingRecordReceived) -> None:
-        key = await self._session_for(record)
-        state = await self._session(key)
-        subscriber = await self._subscriber(record.username, record.event_time)
+    def rate(self, message: NewEvent, record: AccountingRecordReceived) -> None:
+        key = self.keys[record.record_id]
+        state = self.sessions[key]
+        subscriber = self._subscriber(record.username, record.event_time)
         traceparent = message.metadata.traceparent
         if record.record_id in state.seen:
             in_delta, out_delta = state.seen[record.record_id]
@@ -389,11 +486,13 @@ class _Batch:
         run's append. Looking again now means that one of the two rates this usage."""
         if not self.unmatched:
             return self.rated
-        self.holdings = {}
         self.usage = {}
         before = len(self.rated)
+        await self._prefetch_holdings(
+            {p.record.username for p in self.unmatched if p.record.username}, fresh=True
+        )
         for pending in self.unmatched:
-            subscriber = await self._subscriber(pending.record.username, pending.record.event_time)
+            subscriber = self._subscriber(pending.record.username, pending.record.event_time)
             if subscriber is None:
                 continue
             self._rate_usage(

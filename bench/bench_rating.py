@@ -1,0 +1,273 @@
+"""Rating throughput: accounting records rated per second, against the raw batched append rate
+of the same store measured in the same run.
+
+Run: `uv run --frozen python bench/bench_rating.py` (or `make bench-rating`).
+
+For each store (SQLite in a temp dir; PostgreSQL in a database created on
+ISPBILL_BENCH_PG_ADMIN_DSN and dropped afterwards; ISPBILL_BENCH_STORES picks) it:
+
+1. measures the raw batched append rate: `append_many` of 500 events (one per stream, the
+   shape rating appends) for a few seconds (events/s);
+2. records 100,000 accounting records (ISPBILL_BENCH_RECORDS) as the embedded collector does:
+   10,000 sessions on 20 NASes, each a Start, interims and a Stop, 4,000 of the usernames with
+   a subscription (the rest rated as unmatched usage), interleaved across sessions as a BNG
+   sends them;
+3. runs the embedded runtime's rating subscriber (batches of 500, `rate_accounting_batch`) from
+   position 0 until every record is rated, and reports records/s and the ratio against (1).
+
+The Kafka half (the faust worker, two workers on two partitions) is not measured yet.
+
+Last line: RESULT rating records_per_s=<n> ratio=<rated/raw append> store=<store>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from ispbill_core.contracts.accounts import (
+    RadiusUsernameAssigned,
+    SubscriptionStarted,
+    radius_user_stream,
+    subscription_stream,
+)
+from ispbill_core.contracts.usage_collector import (
+    AccountingRecordReceived,
+    AcctStatus,
+    accounting_stream,
+)
+from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_event
+from ispbill_core.eventstore import ANY, NO_STREAM, EventStore
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+
+PG_ADMIN_DSN = os.environ.get(
+    "ISPBILL_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+RECORDS = int(os.environ.get("ISPBILL_BENCH_RECORDS", "100000"))
+STORES = os.environ.get("ISPBILL_BENCH_STORES", "sqlite,postgresql").split(",")
+SESSIONS = max(1, RECORDS // 10)
+NASES = 20
+SUBSCRIBED = 0.4
+START = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
+RAW_SECONDS = float(os.environ.get("ISPBILL_BENCH_SECONDS", "5"))
+
+
+def accounting_records() -> list[AccountingRecordReceived]:
+    """SESSIONS sessions of 10 records (Start, 8 interims, Stop), interleaved by time."""
+    out: list[tuple[datetime, int, AccountingRecordReceived]] = []
+    for s in range(SESSIONS):
+        nas = f"nas-{s % NASES:02d}"
+        started = START + timedelta(seconds=s % 600)
+        for step in range(10):
+            seconds = step * 300
+            status = (
+                AcctStatus.START
+                if step == 0
+                else AcctStatus.STOP
+                if step == 9
+                else AcctStatus.INTERIM_UPDATE
+            )
+            at = started + timedelta(seconds=seconds)
+            record = AccountingRecordReceived(
+                record_id=deterministic_id("bench-record", s, step),
+                nas_id=nas,
+                nas_ip="192.0.2.1",
+                status=status,
+                acct_session_id=f"{s:08x}",
+                username=f"user{s:06d}",
+                event_time=at,
+                received_at=at,
+                session_time=seconds,
+                input_octets=step * 7_000_000 + s,
+                output_octets=step * 90_000_000 + s,
+            )
+            out.append((at, s, record))
+    out.sort(key=lambda t: (t[0], t[1]))
+    return [r for _, _, r in out[:RECORDS]]
+
+
+async def subscriptions(store: EventStore) -> None:
+    """A subscription for 40 % of the usernames (the rest is usage nobody has claimed)."""
+    meta_at = START - timedelta(days=30)
+    batches = []
+    for s in range(int(SESSIONS * SUBSCRIBED)):
+        username = f"user{s:06d}"
+        started = SubscriptionStarted(
+            subscription_id=f"sub-{s:06d}",
+            customer_id=f"c-{s:06d}",
+            plan_id="home",
+            radius_username=username,
+            started_on=date(2026, 1, 1),
+        )
+        claim = RadiusUsernameAssigned(
+            username=username,
+            customer_id=started.customer_id,
+            subscription_id=started.subscription_id,
+        )
+        batches.append(
+            (
+                radius_user_stream(username),
+                [new_event(claim, id=deterministic_id("claim", s), occurred_at=meta_at)],
+                NO_STREAM,
+            )
+        )
+        batches.append(
+            (
+                subscription_stream(started.subscription_id),
+                [new_event(started, id=deterministic_id("sub", s), occurred_at=meta_at)],
+                NO_STREAM,
+            )
+        )
+    for at in range(0, len(batches), 1000):
+        await store.append_many(batches[at : at + 1000])
+
+
+async def record_accounting(store: EventStore, records: list[AccountingRecordReceived]) -> None:
+    """As the embedded collector appends them: one stream per NAS, batches of 500."""
+    for at in range(0, len(records), 500):
+        chunk = records[at : at + 500]
+        by_nas: dict[str, list[NewEvent]] = {}
+        for r in chunk:
+            by_nas.setdefault(accounting_stream(r.nas_id), []).append(
+                new_event(r, id=r.record_id, occurred_at=r.received_at, actor="system:collector")
+            )
+        await store.append_many([(stream, events, ANY) for stream, events in by_nas.items()])
+
+
+async def raw_append_rate(store: EventStore) -> float:
+    """append_many of 500 single-event streams, as rating appends, for RAW_SECONDS."""
+    meta = EventMetadata(occurred_at=START, actor="bench")
+    appended, spent = 0, 0.0
+    n = 0
+    while spent < RAW_SECONDS:
+        batch = [
+            (
+                f"raw-{n}-{i}",
+                [
+                    NewEvent(
+                        id=uuid.uuid4(),
+                        type="UsageRated",
+                        version=1,
+                        data={"session_key": f"nas-1-{n}-{i}", "input_octets": i, "n": n},
+                        metadata=meta,
+                    )
+                ],
+                NO_STREAM,
+            )
+            for i in range(500)
+        ]
+        started = time.perf_counter()
+        await store.append_many(batch)
+        spent += time.perf_counter() - started
+        appended += len(batch)
+        n += 1
+    return appended / spent
+
+
+async def rate_everything(store: EventStore, records: int) -> float:
+    from ispbill_app.bootstrap import Services
+    from ispbill_app.settings import Settings
+
+    settings = Settings(timezone=ZoneInfo("UTC"))
+    services = Services(settings, None)
+    services.store = store
+    subscriber = services.rating_subscriber()
+    started = time.perf_counter()
+    task = asyncio.create_task(subscriber.run())
+    try:
+        while subscriber.handled + subscriber.parked < records:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    seconds = time.perf_counter() - started
+    if subscriber.parked:
+        print(f"    {subscriber.parked} records parked", flush=True)
+    return seconds
+
+
+@asynccontextmanager
+async def sqlite_store() -> AsyncIterator[EventStore]:
+    with tempfile.TemporaryDirectory(prefix="ispbill-bench-rating-") as tmp:
+        store = SQLiteEventStore(Path(tmp) / "ledger.db")
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@asynccontextmanager
+async def postgres_store() -> AsyncIterator[EventStore]:
+    import asyncpg
+
+    from ispbill_core.eventstore.postgresql import PostgresEventStore
+
+    database = f"ispbill_bench_rating_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    base, _, _ = PG_ADMIN_DSN.rpartition("/")
+    store = await PostgresEventStore.connect(f"{base}/{database}", schema="ispbill")
+    try:
+        yield store
+    finally:
+        await store.close()
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+async def main() -> int:
+    print(f"bench-rating on {machine()}; {RECORDS} records, {SESSIONS} sessions", flush=True)
+    records = accounting_records()
+    results = []
+    for name in STORES:
+        opener = sqlite_store if name == "sqlite" else postgres_store
+        async with opener() as store:
+            raw = await raw_append_rate(store)
+            print(f"[{name}] raw append_many (500 streams a batch): {raw:.0f} events/s", flush=True)
+            await subscriptions(store)
+            await record_accounting(store, records)
+            seconds = await rate_everything(store, len(records))
+            per_s = len(records) / seconds
+            print(
+                f"[{name}] rated {len(records)} records in {seconds:.1f}s: {per_s:.0f}/s,"
+                f" {per_s / raw:.2f} of the raw append rate",
+                flush=True,
+            )
+            results.append((name, per_s, per_s / raw))
+    for name, per_s, ratio in results:
+        print(f"RESULT rating records_per_s={per_s:.0f} ratio={ratio:.2f} store={name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
