@@ -97,7 +97,7 @@ proto-check: proto ## fail when the committed stubs differ from freshly generate
 	@untracked=$$(git ls-files --others --exclude-standard -- $(PROTO_OUT)); \
 	  if [ -n "$$untracked" ]; then echo "generated stubs not committed:"; echo "$$untracked"; exit 1; fi
 
-bench: bench-store bench-reads bench-fuzz-collector bench-collector ## every benchmark
+bench: bench-store bench-reads bench-rating bench-fuzz-collector bench-collector ## every benchmark
 
 bench-fuzz-collector: ## 1,000,000 malformed RADIUS packets through the collector's screening
 	$(RUN) python bench/fuzz_collector.py
@@ -107,6 +107,9 @@ bench-collector: install-bench ## RADIUS acks per second: ispbill's collector (e
 
 bench-reads: ## projection rebuild vs raw read rate, REST query p50/p99 at 100,000 customers (SQLite, PostgreSQL)
 	$(RUN) python bench/bench_reads.py
+
+bench-rating: ## accounting records rated per second (embedded: SQLite, PostgreSQL) vs the raw batched append rate
+	$(RUN) python bench/bench_rating.py
 
 bench-store: ## appends per second to each event store adapter (batches of 1 and 500)
 	$(RUN) python bench/bench_store.py

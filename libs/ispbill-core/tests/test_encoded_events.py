@@ -274,3 +274,30 @@ def test_message_headers_carry_the_traceparent_of_either_kind(traceparent: str |
     expected = [] if traceparent is None else [(TRACEPARENT_HEADER, traceparent.encode())]
     assert message_headers(event) == expected
     assert message_headers(event.encoded()) == expected
+
+
+def test_encoded_event_is_new_event_encoded_byte_for_byte() -> None:
+    """The fast path rating takes gives exactly the envelope new_event(...).encoded() gives."""
+    from ispbill_core.contracts.rating import UsageRated
+    from ispbill_core.events import encoded_event, new_event
+
+    record_id = uuid.UUID(int=7)
+    at = datetime(2026, 3, 10, 8, 0, 0, 500000, tzinfo=timezone(timedelta(hours=6)))
+    usage = UsageRated(
+        customer_id="c-ü",
+        subscription_id="s-1",
+        period="2026-03",
+        session_key="k",
+        record_id=record_id,
+        input_octets=1,
+        output_octets=2**40,
+        occurred_at=at,
+    )
+    for kwargs in (
+        {"actor": "system:rating", "causation_id": record_id, "traceparent": "00-abc-def-01"},
+        {"correlation_id": record_id},
+        {},
+    ):
+        fast = encoded_event(usage, id=record_id, occurred_at=at, **kwargs)  # type: ignore[arg-type]
+        slow = new_event(usage, id=record_id, occurred_at=at, **kwargs).encoded()  # type: ignore[arg-type]
+        assert fast == slow

@@ -283,6 +283,36 @@ class RecordedEvent(NewEvent):
         return cls.model_validate(self.data)
 
 
+def encoded_event(
+    event: DomainEvent,
+    *,
+    id: uuid.UUID,
+    occurred_at: datetime,
+    actor: str = "system",
+    correlation_id: uuid.UUID | None = None,
+    causation_id: uuid.UUID | None = None,
+    traceparent: str | None = None,
+) -> EncodedEvent:
+    """What `new_event(...).encoded()` gives, byte for byte, without building and validating a
+    NewEvent and its metadata (a fifth of the cost): for code that makes events by the
+    thousand (rating). The domain event itself is a validated model already."""
+    metadata = {
+        "occurred_at": timestamp_json(occurred_at),
+        "actor": actor,
+        "correlation_id": None if correlation_id is None else str(correlation_id),
+        "causation_id": None if causation_id is None else str(causation_id),
+        "traceparent": traceparent,
+    }
+    return EncodedEvent(
+        id=str(id),
+        type=event.event_type,
+        version=event.event_version,
+        data_json=event.model_dump_json(),
+        metadata_json=json.dumps(metadata, separators=(",", ":"), ensure_ascii=False),
+        traceparent=traceparent,
+    )
+
+
 def new_event(
     event: DomainEvent,
     *,

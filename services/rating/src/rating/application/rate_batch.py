@@ -36,7 +36,7 @@ from opentelemetry import trace
 from ispbill_core.contracts.accounts import SubscriptionStarted, radius_user_stream
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
-from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.events import EncodedEvent, NewEvent, deterministic_id, encoded_event
 from ispbill_core.eventstore import (
     ANY,
     NO_STREAM,
@@ -173,7 +173,7 @@ class _Stream:
     """Events for one stream, appended at `expected` (the version read)."""
 
     expected: ExpectedVersion
-    events: list[NewEvent] = field(default_factory=list)
+    events: list[EncodedEvent] = field(default_factory=list)
 
     @staticmethod
     def name(key: str) -> str:
@@ -209,7 +209,7 @@ class _Batch:
         self.counters: dict[str, _Stream] = {}
         self.usage: dict[str, _Stream] = {}
         self.unmatched_appends: dict[str, _Stream] = {}
-        self.ids: set[uuid.UUID] = set()
+        self.ids: set[str] = set()
         self.rated: list[UsageRated] = []
         self.unmatched: list[_Unmatched] = []
 
@@ -291,7 +291,7 @@ class _Batch:
 
     # -- the fold ------------------------------------------------------------------------
     def _add(
-        self, kind: dict[str, _Stream], stream: str, expected: ExpectedVersion, event: NewEvent
+        self, kind: dict[str, _Stream], stream: str, expected: ExpectedVersion, event: EncodedEvent
     ) -> None:
         if event.id in self.ids:
             return  # the same record twice in a batch: its events once
@@ -321,7 +321,7 @@ class _Batch:
             self.listings,
             nas_sessions_stream(record.nas_id),
             ANY,
-            new_event(
+            encoded_event(
                 opening,
                 id=deterministic_id("nas-session-listed", key),
                 occurred_at=started_at,
@@ -332,7 +332,7 @@ class _Batch:
             self.index_appends,
             stream,
             NO_STREAM if index.version is None else index.version,
-            new_event(
+            encoded_event(
                 opening,
                 id=deterministic_id("session-opened", key),
                 occurred_at=started_at,
@@ -372,7 +372,7 @@ class _Batch:
                 self.counters,
                 session_stream(key),
                 NO_STREAM if state.version is None else state.version,
-                new_event(
+                encoded_event(
                     counters,
                     id=deterministic_id("session-counters", record.record_id),
                     occurred_at=record.event_time,
@@ -407,7 +407,7 @@ class _Batch:
                 self.unmatched_appends,
                 unmatched_usage_stream(record.username),
                 ANY,
-                new_event(
+                encoded_event(
                     unmatched,
                     id=deterministic_id("usage-unmatched", record.record_id),
                     occurred_at=record.event_time,
@@ -452,7 +452,7 @@ class _Batch:
             output_octets=deltas[1],
             occurred_at=record.event_time,
         )
-        event = new_event(
+        event = encoded_event(
             usage,
             id=deterministic_id("usage-rated", record.record_id),
             occurred_at=record.event_time,
