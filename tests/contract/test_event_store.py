@@ -725,6 +725,31 @@ class EventStoreContract:
         reopened = checkpoints_of(await open_store())
         assert await reopened.load_checkpoint(name) == 12
 
+    async def test_append_many_moves_a_checkpoint_in_the_same_transaction(
+        self, store: EventStore
+    ) -> None:
+        checkpoints = checkpoints_of(store)
+        name = f"consumer-{uuid.uuid4().hex[:8]}"
+        first = self.stream("ck")
+        await store.append_many([(first, [event(n=1)], NO_STREAM)], checkpoint=(name, 40))
+        assert await checkpoints.load_checkpoint(name) == 40
+        assert len(await store.read_stream(first)) == 1
+        # only the checkpoint, and never backwards
+        assert await store.append_many([], checkpoint=(name, 45)) == []
+        await store.append_many([], checkpoint=(name, 41))
+        assert await checkpoints.load_checkpoint(name) == 45
+        # a retry whose events are all recorded still moves the checkpoint
+        await store.append_many([(first, [event(n=1)], ANY)], checkpoint=(name, 50))
+        assert await checkpoints.load_checkpoint(name) == 50
+        if self.append_many_is_atomic:
+            # the batch refused: the checkpoint does not move either
+            with pytest.raises(WrongExpectedVersion):
+                await store.append_many(
+                    [(self.stream("ck"), [event(n=2)], NO_STREAM), (first, [event(n=3)], 7)],
+                    checkpoint=(name, 60),
+                )
+            assert await checkpoints.load_checkpoint(name) == 50
+
     @staticmethod
     async def _head(store: EventStore) -> int:
         """The last global position so far (stores such as KurrentDB are shared by tests)."""

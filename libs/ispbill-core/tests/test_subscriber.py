@@ -331,11 +331,13 @@ async def test_a_batch_handler_gets_whole_batches_and_a_bad_event_falls_back_to_
     batches: list[list[int]] = []
     one_by_one = Seen()
 
-    async def batch_handler(events: list[RecordedEvent]) -> None:
+    async def batch_handler(events: list[RecordedEvent], checkpoint: tuple[str, int]) -> bool:
         numbers = [e.data["n"] for e in events]
         if 7 in numbers:
             raise ValueError("7 is bad data")
         batches.append(numbers)
+        assert checkpoint == ("batched", events[-1].global_position)
+        return False  # the subscriber saves it
 
     async def single(recorded: RecordedEvent) -> None:
         if recorded.data["n"] == 7:

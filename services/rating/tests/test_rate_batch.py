@@ -170,3 +170,76 @@ async def test_one_append_for_a_batch_of_many_sessions(tmp_path: Path) -> None:
         assert len(rated) == 150 and sum(u.input_octets for u in rated) == 50 * 900_000
     finally:
         await store.close()
+
+
+async def test_the_checkpoint_moves_with_the_batch(tmp_path: Path) -> None:
+    store = await fresh_store(str(tmp_path), "ledger")
+    try:
+        records = [
+            record(AcctStatus.START, 0, 0, 0),
+            record(AcctStatus.INTERIM_UPDATE, 300, 5, 5),
+            record(AcctStatus.INTERIM_UPDATE, 300, 9, 9, username="bob", acct_session_id="b"),
+        ]
+        await rate_accounting_batch(
+            store, UTC_SETTINGS, [message(r) for r in records], checkpoint=("rating", 77)
+        )
+        assert await store.load_checkpoint("rating") == 77
+        # a batch with nothing to write (all seen) still moves it
+        await rate_accounting_batch(
+            store, UTC_SETTINGS, [message(r) for r in records], checkpoint=("rating", 80)
+        )
+        assert await store.load_checkpoint("rating") == 80
+        # only a reboot: no run after it, the checkpoint still moves
+        reboot = nas_event(AcctStatus.ACCOUNTING_ON, START + timedelta(hours=2))
+        await rate_accounting_batch(
+            store, UTC_SETTINGS, [message(reboot)], checkpoint=("rating", 90)
+        )
+        assert await store.load_checkpoint("rating") == 90
+    finally:
+        await store.close()
+
+
+async def test_usage_of_a_username_claimed_during_the_batch_is_rated(tmp_path: Path) -> None:
+    """The subscription for bob is recorded after the batch read bob's claims and before its
+    append: the batch keeps the usage unmatched, looks again, and rates it (as one record
+    at a time does), and it is in the customer's usage stream, not a stream of another name."""
+    store = await fresh_store(str(tmp_path), "ledger")
+    append_many = store.append_many
+    claimed = False
+
+    async def claim_first(*args: Any, **kwargs: Any) -> list[int]:
+        nonlocal claimed
+        if not claimed:
+            claimed = True
+            await claim(
+                store,
+                SubscriptionStarted(
+                    subscription_id="sub-bob",
+                    customer_id="c-bob",
+                    plan_id="home",
+                    radius_username="bob",
+                    started_on=date(2026, 1, 1),
+                ),
+            )
+        return await append_many(*args, **kwargs)
+
+    store.append_many = claim_first  # type: ignore[method-assign]
+    try:
+        records = [
+            record(AcctStatus.START, 0, 0, 0, username="bob", acct_session_id="b"),
+            record(
+                AcctStatus.INTERIM_UPDATE, 300, 1_000, 2_000, username="bob", acct_session_id="b"
+            ),
+        ]
+        rated = await rate_accounting_batch(
+            store, UTC_SETTINGS, [message(r) for r in records], checkpoint=("rating", 5)
+        )
+        assert [(u.customer_id, u.input_octets, u.output_octets) for u in rated] == [
+            ("c-bob", 1_000, 2_000)
+        ]
+        [usage] = await store.read_stream("usage-c-bob-2026-03")
+        assert usage.data["input_octets"] == 1_000
+        assert len(await store.read_stream("unmatched-usage-bob")) == 1
+        assert await store.load_checkpoint("rating") == 5
+    finally:
+        await store.close()

@@ -65,7 +65,12 @@ from ispbill_core.projections.audit import AuditTrailProjection
 from ispbill_core.projections.projector import FreshReads, Projector, failure_reason
 from ispbill_core.projections.sqlite import SQLiteReadModels
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
-from ispbill_core.subscriber import LedgerSubscriber, is_transient, retry_parked_forever
+from ispbill_core.subscriber import (
+    BatchHandler,
+    LedgerSubscriber,
+    is_transient,
+    retry_parked_forever,
+)
 from ispbill_core.telemetry import setup_tracing
 from ispbill_core.web import problem_responses, requires
 from notifier.adapters.outbox import OutboxMailer
@@ -396,7 +401,7 @@ class Services:
         name: str,
         types: set[str],
         handler: Callable[[RecordedEvent], Awaitable[Any]],
-        batch_handler: Callable[[Sequence[RecordedEvent]], Awaitable[Any]] | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> LedgerSubscriber:
         async def handle(event: RecordedEvent) -> None:
             await handler(event)
@@ -416,11 +421,16 @@ class Services:
         fails for good is rated record by record, so that only the bad record is parked."""
         rating = RatingSettings(timezone=self.settings.timezone)
         cache = RatingCache()
+
+        async def rate_batch(batch: Sequence[RecordedEvent], checkpoint: tuple[str, int]) -> bool:
+            await rate_accounting_batch(self.store, rating, batch, cache, checkpoint=checkpoint)
+            return True  # the checkpoint moved with the batch's last write
+
         return self.subscriber(
             "rating",
             {AccountingRecordReceived.event_type},
             lambda e: rate_accounting_record(self.store, rating, e),
-            batch_handler=lambda batch: rate_accounting_batch(self.store, rating, batch, cache),
+            batch_handler=rate_batch,
         )
 
     def unmatched_usage_subscriber(self) -> LedgerSubscriber:

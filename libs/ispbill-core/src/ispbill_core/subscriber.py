@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[RecordedEvent], Awaitable[None]]
-BatchHandler = Callable[[Sequence[RecordedEvent]], Awaitable[object]]
+#: Gets a batch and the checkpoint (name, position) that handling it reaches; returns True
+#: when it moved that checkpoint itself, in the transaction of its own writes.
+BatchHandler = Callable[[Sequence[RecordedEvent], tuple[str, int]], Awaitable[bool]]
 
 #: How often a subscriber looks for parked events someone asked to retry.
 _RETRY_POLL_SECONDS = 2.0
@@ -63,10 +65,11 @@ class LedgerSubscriber:
     goes on; parked events marked for retry (`ispbill parked retry`) are handled again. Without
     `parking` every failure is retried, as before parking existed.
 
-    With a `batch_handler`, each read batch (up to `batch_size` events) goes to it at once and
-    the checkpoint is saved once per batch (rating: one transaction per batch instead of
-    several per record). A batch that fails for good is handed to `handler` event by event,
-    so that only the event at fault is parked.
+    With a `batch_handler`, each read batch (up to `batch_size` events) goes to it at once with
+    the checkpoint it reaches, which the handler may move in its own transaction (rating: the
+    batch's effects and its checkpoint commit together); otherwise it is saved after. A batch
+    that fails for good is handed to `handler` event by event, so that only the event at
+    fault is parked.
     """
 
     def __init__(
@@ -134,11 +137,14 @@ class LedgerSubscriber:
             after=self.position, limit=self._batch_size, types=self._types
         )
         if batch and self._batch_handler is not None:
-            if not await self._handle_batch(batch):
+            reached = batch[-1].global_position
+            outcome = await self._handle_batch(batch, reached)
+            if outcome is None:
                 for event in batch:
                     await self._handle(event)
-            self.position = batch[-1].global_position
-            await self._checkpoints.save_checkpoint(self.name, self.position)
+            if not outcome:
+                await self._checkpoints.save_checkpoint(self.name, reached)
+            self.position = reached
         else:
             for event in batch:
                 await self._handle(event)
@@ -176,16 +182,17 @@ class LedgerSubscriber:
             reason,
         )
 
-    async def _handle_batch(self, batch: Sequence[RecordedEvent]) -> bool:
-        """The batch handler, retried while its failure is transient; False when it failed
-        for good (the batch is then handled event by event)."""
+    async def _handle_batch(self, batch: Sequence[RecordedEvent], reached: int) -> bool | None:
+        """The batch handler, retried while its failure is transient: whether it moved the
+        checkpoint itself, or None when it failed for good (the batch is then handled event
+        by event)."""
         assert self._batch_handler is not None
         backoff = 0.1
         while True:
             try:
-                await self._batch_handler(batch)
+                saved = await self._batch_handler(batch, (self.name, reached))
                 self.handled += len(batch)
-                return True
+                return bool(saved)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -196,7 +203,7 @@ class LedgerSubscriber:
                         len(batch),
                         exc,
                     )
-                    return False
+                    return None
                 self.failures += 1
                 log.exception(
                     "subscriber %s failed on a batch of %d after position %d; retrying in %.1fs",

@@ -73,7 +73,10 @@ class EventStore(abc.ABC):
         """Append atomically; return the stream's version (position of its last event)."""
 
     async def append_many(
-        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
+        self,
+        batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]],
+        *,
+        checkpoint: tuple[str, int] | None = None,
     ) -> list[int]:
         """Append to several streams; return each stream's version, in the order given.
 
@@ -81,9 +84,17 @@ class EventStore(abc.ABC):
         nothing, one commit (one fsync) for the lot, which is what lets a collector batch from
         many NASes cost one commit instead of one per NAS. Each stream's batch follows the
         rules of `append` (expected version, idempotent when all its ids are recorded there).
-        This default appends one stream after another and is not atomic.
+        `checkpoint` (name, position): a consumer's checkpoint moved forward (never back) in
+        the same transaction, so that its effects and its progress commit together; with no
+        batches, only the checkpoint. This default appends one stream after another, is not
+        atomic, and saves the checkpoint after them when the store keeps checkpoints.
         """
-        return [await self.append(stream, events, expected) for stream, events, expected in batches]
+        versions = [
+            await self.append(stream, events, expected) for stream, events, expected in batches
+        ]
+        if checkpoint is not None and isinstance(self, CheckpointStore):
+            await self.save_checkpoint(*checkpoint)
+        return versions
 
     @abc.abstractmethod
     async def read_stream(

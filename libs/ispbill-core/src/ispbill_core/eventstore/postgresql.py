@@ -303,7 +303,10 @@ class PostgresEventStore(EventStore, CheckpointStore):
         return version
 
     async def append_many(
-        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
+        self,
+        batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]],
+        *,
+        checkpoint: tuple[str, int] | None = None,
     ) -> list[int]:
         """One transaction, and a fixed number of round trips whatever the number of streams:
         the lock, one query for every stream's version and the ids already recorded, the
@@ -311,12 +314,14 @@ class PostgresEventStore(EventStore, CheckpointStore):
         twice sees its first batch), then one INSERT of every row."""
         if any(not events for _, events, _ in batches):
             raise ValueError("append needs at least one event")
-        if not batches:
+        if not batches and checkpoint is None:
             return []
         pool = self._require_pool()
         try:
             async with pool.acquire() as conn, conn.transaction():
-                versions, head = await self._append_many_in(conn, batches)
+                versions, head = await self._append_many_in(conn, batches) if batches else ([], 0)
+                if checkpoint is not None:
+                    await conn.execute(self._sql_save_checkpoint, *checkpoint)
         except (EventStoreError, ValueError):
             raise
         except _DRIVER_ERRORS as exc:

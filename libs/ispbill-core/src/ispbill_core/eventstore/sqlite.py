@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+_SAVE_CHECKPOINT = (
+    "INSERT INTO checkpoints (name, position) VALUES (?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)"
+)
+
 #: Streams read by one query of read_streams (SQLite binds at most 32,766 parameters).
 _STREAMS_PER_QUERY = 500
 
@@ -154,16 +159,19 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         return version
 
     async def append_many(
-        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
+        self,
+        batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]],
+        *,
+        checkpoint: tuple[str, int] | None = None,
     ) -> list[int]:
         if any(not events for _, events, _ in batches):
             raise ValueError("append needs at least one event")
-        if not batches:
+        if not batches and checkpoint is None:
             return []
         if self._write_on_loop:
-            versions, head = self._append_many_sync(batches)
+            versions, head = self._append_many_sync(batches, checkpoint)
         else:
-            versions, head = await asyncio.to_thread(self._append_many_sync, batches)
+            versions, head = await asyncio.to_thread(self._append_many_sync, batches, checkpoint)
         if head:
             await self._signal.notify(head)
         return versions
@@ -175,13 +183,16 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         return versions[0], head
 
     def _append_many_sync(
-        self, batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]]
+        self,
+        batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]],
+        checkpoint: tuple[str, int] | None = None,
     ) -> tuple[list[int], int]:
-        """One transaction (one fsync) for every stream's batch: all of them or none."""
+        """One transaction (one fsync) for every stream's batch, and the checkpoint: all of
+        them or none."""
         now = datetime.now(UTC)
         with self._write_lock, self._writers_lock():
             conn = self._writer
-            stream = batches[0][0]
+            stream = batches[0][0] if batches else f"checkpoint {checkpoint}"
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -193,7 +204,9 @@ class SQLiteEventStore(EventStore, CheckpointStore):
                         )
                         versions.append(version)
                         head = max(head, appended_head)
-                    if head:
+                    if checkpoint is not None:
+                        conn.execute(_SAVE_CHECKPOINT, checkpoint)
+                    if head or checkpoint is not None:
                         conn.execute("COMMIT")
                     else:
                         conn.execute("ROLLBACK")  # every batch was a retry: nothing to write
@@ -387,12 +400,7 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         def save() -> None:
             with self._write_lock:
                 try:
-                    self._writer.execute(
-                        "INSERT INTO checkpoints (name, position) VALUES (?, ?)"
-                        " ON CONFLICT (name) DO UPDATE"
-                        " SET position = max(position, excluded.position)",
-                        (name, position),
-                    )
+                    self._writer.execute(_SAVE_CHECKPOINT, (name, position))
                 except sqlite3.Error as exc:
                     raise EventStoreError(f"sqlite save checkpoint {name!r}: {exc}") from exc
 

@@ -113,11 +113,15 @@ async def rate_accounting_batch(
     settings: RatingSettings,
     messages: Sequence[NewEvent],
     cache: RatingCache | None = None,
+    *,
+    checkpoint: tuple[str, int] | None = None,
 ) -> list[UsageRated]:
     """Rate `messages` (AccountingRecordReceived envelopes) in order; returns the usage rated.
     Idempotent, like rating each record alone. A record that does not decode raises before
     anything is written (the caller parks it and rates the rest). `cache`: a worker's
-    RatingCache, kept from batch to batch; without one, every stream is read."""
+    RatingCache, kept from batch to batch; without one, every stream is read. `checkpoint`
+    (name, position): the consumer's checkpoint, moved in the same transaction as the batch's
+    last write (or on its own when the batch wrote nothing)."""
     records = [(m, AccountingRecordReceived.model_validate(m.data)) for m in messages]
     cache = cache if cache is not None else RatingCache(holdings_ttl=0.0)
     rated: list[UsageRated] = []
@@ -127,13 +131,16 @@ async def rate_accounting_batch(
     ):
         for message, record in records:
             if record.status in NAS_REBOOT_STATUSES:
-                rated += await _rate_run(store, settings, run, cache)
+                rated += await _rate_run(store, settings, run, cache, None)
                 run = []
                 cache.clear()  # the reboot closes sessions behind the cache's back
                 await close_sessions_of_rebooted_nas(store, record)
             elif record.status in SESSION_STATUSES:
                 run.append((message, record))
-        rated += await _rate_run(store, settings, run, cache)
+        if run:
+            rated += await _rate_run(store, settings, run, cache, checkpoint)
+        elif checkpoint is not None:
+            await store.append_many([], checkpoint=checkpoint)
     return rated
 
 
@@ -142,6 +149,7 @@ async def _rate_run(
     settings: RatingSettings,
     run: Sequence[tuple[NewEvent, AccountingRecordReceived]],
     cache: RatingCache,
+    checkpoint: tuple[str, int] | None,
 ) -> list[UsageRated]:
     if not run:
         return []
@@ -151,12 +159,14 @@ async def _rate_run(
             await batch.prefetch([record for _, record in run])
             for message, record in run:
                 batch.rate(message, record)
-            await batch.append()
+            # the checkpoint goes with the run's last write: the second look at unmatched
+            # usage when there is any, else this append
+            await batch.append(None if batch.unmatched else checkpoint)
         except WrongExpectedVersion:
             cache.clear()  # another worker appended to one of these sessions: read again
             continue
         cache.keep(batch.indexes, batch.sessions)
-        return await batch.rate_what_was_unmatched()
+        return await batch.rate_what_was_unmatched(checkpoint)
     raise RuntimeError(f"a batch of {len(run)} records kept conflicting")
 
 
@@ -465,7 +475,7 @@ class _Batch:
         self._add(self.usage, usage_stream(customer_id, period), ANY, event)
 
     # -- the writes ----------------------------------------------------------------------
-    async def append(self) -> None:
+    async def append(self, checkpoint: tuple[str, int] | None) -> None:
         batches = [
             (_Stream.name(key), pending.events, pending.expected)
             for kind in (
@@ -477,17 +487,18 @@ class _Batch:
             )
             for key, pending in kind.items()
         ]
-        if batches:
-            await self.store.append_many(batches)
+        if batches or checkpoint is not None:
+            await self.store.append_many(batches, checkpoint=checkpoint)
 
-    async def rate_what_was_unmatched(self) -> list[UsageRated]:
+    async def rate_what_was_unmatched(
+        self, checkpoint: tuple[str, int] | None = None
+    ) -> list[UsageRated]:
         """A subscription may have claimed a username since this run read it; its reactor
         (rate_unmatched_usage) may then have read the username's unmatched usage before this
         run's append. Looking again now means that one of the two rates this usage."""
         if not self.unmatched:
             return self.rated
         self.usage = {}
-        before = len(self.rated)
         await self._prefetch_holdings(
             {p.record.username for p in self.unmatched if p.record.username}, fresh=True
         )
@@ -504,6 +515,9 @@ class _Batch:
                 causation_id=pending.message.id,
                 traceparent=pending.traceparent,
             )
-        if len(self.rated) > before or self.usage:
-            await self.store.append_many([(s, p.events, p.expected) for s, p in self.usage.items()])
+        if self.usage or checkpoint is not None:
+            await self.store.append_many(
+                [(_Stream.name(k), p.events, p.expected) for k, p in self.usage.items()],
+                checkpoint=checkpoint,
+            )
         return self.rated
