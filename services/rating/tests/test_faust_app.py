@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
+import faust
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -136,3 +137,75 @@ async def test_a_failed_record_stops_the_worker_and_is_delivered_again(
     assert 4 in healthy.seen and 6 in healthy.seen
     assert set(failing.seen) | set(healthy.seen) == set(range(8))
     assert not {0, 2} & set(healthy.seen), "what succeeded before the failure stays committed"
+
+
+class _Batches:
+    """A batch handler that records the batches it saw and can fail on the batch with one
+    record in it."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_on = fail_on
+        self._changed = asyncio.Event()
+
+    async def __call__(self, events: Sequence[NewEvent]) -> None:
+        numbers = [e.data["n"] for e in events]
+        if self.fail_on in numbers:
+            raise RuntimeError(f"rating failed on a batch with {self.fail_on}")
+        self.batches.append(numbers)
+        self._changed.set()
+
+    @property
+    def seen(self) -> list[int]:
+        return [n for batch in self.batches for n in batch]
+
+    async def wait_for(self, count: int) -> None:
+        async with asyncio.timeout(60):
+            while len(set(self.seen)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def _batch_worker(bootstrap: str, topic: str, app_id: str, handler: _Batches) -> faust.App:
+    async def one(event: NewEvent) -> None:  # pragma: no cover - the batch path is taken
+        raise AssertionError("the batch handler takes every record")
+
+    return create_rating_app(
+        broker=bootstrap,
+        handler=one,
+        batch_handler=handler,
+        batch_size=50,
+        app_id=app_id,
+        fast_join=True,
+        topic=topic,
+    )
+
+
+async def test_batches_are_acked_after_the_handler_and_a_failed_batch_comes_again(
+    kafka_broker: TansuBroker, topic: str
+) -> None:
+    app_id = f"rating-{uuid.uuid4().hex[:6]}"
+    await _publish(kafka_broker.bootstrap, topic, range(300))
+    failing = _Batches(fail_on=250)
+    app = await _batch_worker(kafka_broker.bootstrap, topic, app_id, failing)
+    with pytest.raises(RuntimeError, match="failed on a batch with 250"):
+        await asyncio.wait_for(run_rating_worker(app), 60)
+    assert 250 not in failing.seen
+    assert max(len(b) for b in failing.batches) > 1, "records arrive in batches"
+    assert all(len(b) <= 50 for b in failing.batches)
+
+    healthy = _Batches()
+    app = await _batch_worker(kafka_broker.bootstrap, topic, app_id, healthy)
+    task = asyncio.create_task(run_rating_worker(app))
+    try:
+        await healthy.wait_for(300 - len(set(failing.seen)))
+        await asyncio.sleep(1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert set(failing.seen) | set(healthy.seen) == set(range(300))
+    assert 250 in healthy.seen
+    for key_parity in (0, 1):  # in order per key, within each worker
+        mine = [n for n in healthy.seen if n % 2 == key_parity]
+        assert mine == sorted(mine)

@@ -888,9 +888,25 @@ async def _serve_rating(services: Services) -> None:
             await parking.park(RATING_CONSUMER, as_parked_record(message), failure_reason(exc))
             log.error("PARKED accounting record %s for rating: %s", message.id, exc)
 
+    cache = RatingCache()
+
+    async def handle_batch(messages: Sequence[Any]) -> None:
+        """A batch in one transaction; one that fails for good is rated record by record, so
+        that only the bad record is parked. A transient failure stops the worker and the
+        batch is delivered again."""
+        try:
+            await rate_accounting_batch(services.store, rating, messages, cache)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("a batch of %d records failed (%s); rating one by one", len(messages), exc)
+            for message in messages:
+                await handle(message)
+
     app = create_rating_app(
         broker=f"kafka://{bootstrap}",
         handler=handle,
+        batch_handler=handle_batch,
         data_dir=str(services.settings.data_dir / "faust"),
         fast_join=True,
     )

@@ -45,6 +45,7 @@ from ispbill_core.eventstore import (
     WrongExpectedVersion,
 )
 from ispbill_core.periods import BillingPeriod
+from ispbill_core.telemetry import context_from_traceparent, current_traceparent
 from rating.application.rate_accounting_record import (
     ACTOR,
     MAX_CONFLICT_RETRIES,
@@ -353,10 +354,29 @@ class _Batch:
         return key
 
     def rate(self, message: NewEvent, record: AccountingRecordReceived) -> None:
+        """Fold one record. A record that carries its packet's trace gets a span there
+        (`rating.rate_accounting_record`, as one record at a time), and the events it makes
+        carry that span's traceparent."""
+        if message.metadata.traceparent is None:
+            self._rate(message, record, None)
+            return
+        with tracer.start_as_current_span(
+            "rating.rate_accounting_record",
+            context=context_from_traceparent(message.metadata.traceparent),
+            attributes={
+                "radius.nas_id": record.nas_id,
+                "radius.acct_session_id": record.acct_session_id,
+                "radius.status": str(record.status),
+            },
+        ):
+            self._rate(message, record, current_traceparent())
+
+    def _rate(
+        self, message: NewEvent, record: AccountingRecordReceived, traceparent: str | None
+    ) -> None:
         key = self.keys[record.record_id]
         state = self.sessions[key]
         subscriber = self._subscriber(record.username, record.event_time)
-        traceparent = message.metadata.traceparent
         if record.record_id in state.seen:
             in_delta, out_delta = state.seen[record.record_id]
         else:

@@ -39,9 +39,10 @@ signal handlers or touch logging: that belongs to the process (``ispbill serve r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -55,6 +56,7 @@ from ispbill_core.events import NewEvent
 log = logging.getLogger(__name__)
 
 Handler = Callable[[NewEvent], Awaitable[None]]
+BatchHandler = Callable[[Sequence[NewEvent]], Awaitable[None]]
 
 #: Settings that bring the first consumer-group join down from ~30 s to a few seconds.
 FAST_JOIN_SETTINGS: dict[str, Any] = {
@@ -77,8 +79,14 @@ def create_rating_app(
     data_dir: str | None = None,
     fast_join: bool = False,
     topic: str = ACCOUNTING_TOPIC,
+    batch_handler: BatchHandler | None = None,
+    batch_size: int = 500,
 ) -> faust.App:
-    """A faust app whose single agent feeds every accounting record to `handler`.
+    """A faust app whose single agent feeds every accounting record to `handler`, or, with a
+    `batch_handler`, the records in batches of up to `batch_size`: those that have arrived
+    by the time the previous batch is done, at least one. A batch's records are acked only
+    after the batch handler returned; if it raises, the worker stops and the whole batch is
+    delivered again (handlers are idempotent). A batch waits at most 50 ms for more records.
 
     `topic` exists for tests that need a topic of their own.
     """
@@ -104,23 +112,78 @@ def create_rating_app(
     async def rate_accounting_records(stream: faust.StreamT[bytes]) -> None:
         # StreamT does not declare noack(); the stream faust passes is a Stream.
         plain = cast(faust.Stream[bytes], stream).noack()
+        if batch_handler is not None:
+            await _in_batches(plain, batch_handler, batch_size)
+            return
         async for event in plain.events():
-            value = event.value
-            try:
-                envelope = decode_message(value)
-            except UndecodableMessage as exc:
-                log.error(
-                    "skipping %s[%s]@%s: %s",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                    exc,
-                )
-            else:
+            envelope = _envelope(event)
+            if envelope is not None:
                 await handler(envelope)
             await plain.ack(event)
 
     return app
+
+
+def _envelope(event: faust.types.EventT[bytes]) -> NewEvent | None:
+    """The record's envelope; None (logged) for a value that is not one, which is skipped."""
+    try:
+        return decode_message(event.value)
+    except UndecodableMessage as exc:
+        log.error(
+            "skipping %s[%s]@%s: %s",
+            event.message.topic,
+            event.message.partition,
+            event.message.offset,
+            exc,
+        )
+        return None
+
+
+async def _in_batches(
+    plain: faust.Stream[bytes], handler: BatchHandler, size: int, linger: float = 0.05
+) -> None:
+    """The stream's events gathered by one task into a bounded queue; this one takes what
+    has arrived, waiting up to `linger` seconds for more (up to `size`), hands it to
+    `handler`, then acks it. The reading task is never
+    cancelled mid-read, so no event is lost between the two; a handler failure propagates
+    (the worker stops, nothing of the batch acked)."""
+    queue: asyncio.Queue[faust.types.EventT[bytes]] = asyncio.Queue(maxsize=2 * size)
+
+    async def pump() -> None:
+        async for event in plain.events():
+            await queue.put(event)
+
+    reader = asyncio.create_task(pump(), name="rating-batch-reader")
+    try:
+        while True:
+            getting = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getting, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getting not in done:
+                getting.cancel()
+                reader.result()  # the stream ended or failed: re-raise, or stop
+                return
+            events = [getting.result()]
+            deadline = asyncio.get_running_loop().time() + linger
+            while len(events) < size:
+                if not queue.empty():
+                    events.append(queue.get_nowait())
+                    continue
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0 or reader.done():
+                    break
+                try:  # cancelling a Queue.get loses nothing
+                    events.append(await asyncio.wait_for(queue.get(), left))
+                except TimeoutError:
+                    break
+            envelopes = [e for e in (_envelope(event) for event in events) if e is not None]
+            if envelopes:
+                await handler(envelopes)
+            for event in events:
+                await plain.ack(event)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
 
 
 class _EmbeddedWorker(faust.Worker):
