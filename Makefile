@@ -108,7 +108,7 @@ bench-collector: install-bench ## RADIUS acks per second: ispbill's collector (e
 bench-reads: ## projection rebuild vs raw read rate, REST query p50/p99 at 100,000 customers (SQLite, PostgreSQL)
 	$(RUN) python bench/bench_reads.py
 
-bench-rating: ## accounting records rated per second (embedded: SQLite, PostgreSQL) vs the raw batched append rate
+bench-rating: ## accounting records rated per second (embedded: SQLite, PostgreSQL; Kafka: one and two workers) vs the raw batched append rate
 	$(RUN) python bench/bench_rating.py
 
 bench-store: ## appends per second to each event store adapter (batches of 1 and 500)

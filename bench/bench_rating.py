@@ -15,9 +15,14 @@ ISPBILL_BENCH_PG_ADMIN_DSN and dropped afterwards; ISPBILL_BENCH_STORES picks) i
 3. runs the embedded runtime's rating subscriber (batches of 500, `rate_accounting_batch`) from
    position 0 until every record is rated, and reports records/s and the ratio against (1).
 
-The Kafka half (the faust worker, two workers on two partitions) is not measured yet.
+Then the distributed runtime's half, on PostgreSQL: the same records published to a topic of
+two partitions on a Tansu broker (loopback), rated by `serve rating`'s faust worker with its
+batch handler, first one worker process, then two (a fresh database and topic each), timed from
+the first record rated to the last (the consumer group's join is not counted).
 
-Last line: RESULT rating records_per_s=<n> ratio=<rated/raw append> store=<store>
+Last lines: RESULT rating records_per_s=<n> ratio=<rated/raw append> store=<store>, and for
+Kafka: RESULT rating records_per_s=<one worker> ratio=<..> two_workers_x=<two/one>
+store=postgresql
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -222,6 +229,7 @@ async def postgres_store() -> AsyncIterator[EventStore]:
         await admin.close()
     base, _, _ = PG_ADMIN_DSN.rpartition("/")
     store = await PostgresEventStore.connect(f"{base}/{database}", schema="ispbill")
+    store.bench_dsn = f"{base}/{database}"  # type: ignore[attr-defined]
     try:
         yield store
     finally:
@@ -245,7 +253,116 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
+async def kafka_worker(bootstrap: str, topic: str, dsn: str, app_id: str) -> None:
+    """One `serve rating`-like worker process: the faust app with the batch handler."""
+    from ispbill_core.eventstore.postgresql import PostgresEventStore
+    from rating.application.rate_accounting_record import RatingSettings
+    from rating.application.rate_batch import RatingCache, rate_accounting_batch
+    from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
+
+    store = await PostgresEventStore.connect(dsn, schema="ispbill", listen=False)
+    settings = RatingSettings(timezone=ZoneInfo("UTC"))
+    cache = RatingCache()
+
+    async def one(message: NewEvent) -> None:
+        await rate_accounting_batch(store, settings, [message], cache)
+
+    async def batch(messages: Sequence[NewEvent]) -> None:
+        await rate_accounting_batch(store, settings, messages, cache)
+
+    app = create_rating_app(
+        broker=bootstrap,
+        handler=one,
+        batch_handler=batch,
+        app_id=app_id,
+        fast_join=True,
+        topic=topic,
+        data_dir=tempfile.mkdtemp(prefix="bench-rating-faust-"),
+    )
+    try:
+        await run_rating_worker(app)
+    finally:
+        await store.close()
+
+
+async def kafka_run(bootstrap: str, records: list[AccountingRecordReceived], workers: int) -> float:
+    """Seconds from the first record rated to the last, with `workers` worker processes."""
+    from ispbill_core.bus.kafka import KafkaPublisher, ensure_topics
+    from ispbill_core.contracts.usage_collector import accounting_key
+
+    topic = f"bench.rating.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap, [topic], partitions=2)
+    async with postgres_store() as store:
+        await subscriptions(store)
+        async with KafkaPublisher(bootstrap) as publisher:
+            for at in range(0, len(records), 1000):
+                await publisher.publish(
+                    topic,
+                    [
+                        (
+                            accounting_key(r.nas_id, r.acct_session_id),
+                            new_event(r, id=r.record_id, occurred_at=r.received_at),
+                        )
+                        for r in records[at : at + 1000]
+                    ],
+                )
+        dsn = store.bench_dsn  # type: ignore[attr-defined]
+        app_id = f"bench-rating-{uuid.uuid4().hex[:6]}"
+        procs = spawn_workers(workers, bootstrap, topic, dsn, app_id)
+        try:
+            first: float | None = None
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                done = await rated_count(store)
+                now = time.perf_counter()
+                if done and first is None:
+                    first = now
+                if done >= len(records):
+                    assert first is not None
+                    return now - first
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError("a rating worker stopped")
+                await asyncio.sleep(0.2)
+            raise TimeoutError("the workers did not rate every record in 15 minutes")
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def spawn_workers(
+    workers: int, bootstrap: str, topic: str, dsn: str, app_id: str
+) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, __file__, "kafka-worker", bootstrap, topic, dsn, app_id],
+            env={**os.environ, "PYTHONPATH": REPO_ROOT},
+        )
+        for _ in range(workers)
+    ]
+
+
+async def rated_count(store: EventStore) -> int:
+    """Records rated so far: SessionCountersRecorded events (one per record here)."""
+    pool = store._pool  # type: ignore[attr-defined]
+    async with pool.acquire() as conn:
+        value = await conn.fetchval(
+            "SELECT count(*) FROM ispbill.events WHERE type = 'SessionCountersRecorded'"
+        )
+    return int(value)
+
+
 async def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "kafka-worker":
+        await kafka_worker(*sys.argv[2:6])
+        return 0
     print(f"bench-rating on {machine()}; {RECORDS} records, {SESSIONS} sessions", flush=True)
     records = accounting_records()
     results = []
@@ -264,8 +381,34 @@ async def main() -> int:
                 flush=True,
             )
             results.append((name, per_s, per_s / raw))
+    kafka = None
+    if "kafka" in STORES or os.environ.get("ISPBILL_BENCH_KAFKA", "1") == "1":
+        sys.path.insert(0, REPO_ROOT)
+        from tests.fixtures.kafka import TansuBroker
+
+        with tempfile.TemporaryDirectory(prefix="bench-rating-tansu-") as tmp:
+            broker = TansuBroker(log_path=Path(tmp) / "tansu.log")
+            broker.start()
+            try:
+                async with postgres_store() as store:
+                    raw = await raw_append_rate(store)
+                one = len(records) / await kafka_run(broker.bootstrap, records, 1)
+                print(
+                    f"[kafka] one worker: {one:.0f} records/s ({one / raw:.2f} of raw)", flush=True
+                )
+                two = len(records) / await kafka_run(broker.bootstrap, records, 2)
+                print(f"[kafka] two workers: {two:.0f} records/s ({two / one:.2f}x)", flush=True)
+                kafka = (one, one / raw, two / one)
+            finally:
+                broker.stop()
     for name, per_s, ratio in results:
         print(f"RESULT rating records_per_s={per_s:.0f} ratio={ratio:.2f} store={name}")
+    if kafka is not None:
+        one, ratio, x = kafka
+        print(
+            f"RESULT rating records_per_s={one:.0f} ratio={ratio:.2f} two_workers_x={x:.2f}"
+            " store=postgresql"
+        )
     return 0
 
 
