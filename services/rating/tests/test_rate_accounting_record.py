@@ -23,11 +23,10 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
-from ispbill_core.events import deterministic_id, new_event
-from ispbill_core.eventstore import ANY, NO_STREAM, ExpectedVersion
+from ispbill_core.events import NewEvent, deterministic_id, new_event
+from ispbill_core.eventstore import ANY, NO_STREAM
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
-from rating.application import rate_accounting_record as rating_module
 from rating.application.rate_accounting_record import (
     RatingSettings,
     nas_sessions_stream,
@@ -294,41 +293,37 @@ async def test_usage_is_attributed_to_the_period_of_its_event_time_in_the_isps_z
     assert len(await store.read_stream(usage_stream("c-1", period))) == 1
 
 
-class CrashBeforeUsage(SQLiteEventStore):
-    """The real store, with a process crash simulated just before the first usage append."""
-
-    crashes_left = 1
-
-    async def append(self, stream: str, events, expected_version: ExpectedVersion) -> int:
-        if stream.startswith("usage-") and self.crashes_left:
-            self.crashes_left -= 1
-            raise SystemExit("simulated crash between the session and the usage append")
-        return await super().append(stream, events, expected_version)
-
-
-async def test_redelivery_after_a_crash_between_session_and_usage_rates_once(tmp_path) -> None:
-    store = CrashBeforeUsage(tmp_path / "ledger.db")
+async def test_redelivery_after_a_crash_between_session_and_usage_rates_once(store) -> None:
+    """Rating once appended a record's counters and its usage in two transactions; a crash in
+    between left a ledger whose session holds the record and whose usage stream does not. A
+    record is one transaction now, but such ledgers exist: a redelivery still rates the
+    record's usage, once."""
+    await assign(store)
+    first = record(AcctStatus.INTERIM_UPDATE, 60, 1_000, 2_000)
+    second = record(AcctStatus.INTERIM_UPDATE, 120, 1_500, 2_600)
+    await rate_accounting_record(store, UTC_SETTINGS, message(first))
+    [usage_event] = await store.read_stream(usage_stream("c-1", "2026-03"))
+    # what the crash left: the same ledger without the usage event
+    crashed = SQLiteEventStore(Path(store.path).parent / "crashed.db")
     try:
-        await assign(store)
-        first = record(AcctStatus.INTERIM_UPDATE, 60, 1_000, 2_000)
-        second = record(AcctStatus.INTERIM_UPDATE, 120, 1_500, 2_600)
-        with pytest.raises(SystemExit):
-            await rate_accounting_record(store, UTC_SETTINGS, message(first))
-        # The session already holds the record's counters, the usage stream nothing yet.
-        assert await all_usage(store) == []
+        for e in await store.read_all(after=0, limit=1000):
+            if e.id != usage_event.id:
+                plain = NewEvent(**e.model_dump(include=set(NewEvent.model_fields)))
+                await crashed.append(e.stream, [plain], ANY)
+        assert await all_usage(crashed) == []
         # A later record is rated against the counters the session recorded...
-        await rate_accounting_record(store, UTC_SETTINGS, message(second))
+        await rate_accounting_record(crashed, UTC_SETTINGS, message(second))
         # ...and the redelivered one still produces its own usage, once.
-        redelivered = await rate_accounting_record(store, UTC_SETTINGS, message(first))
+        redelivered = await rate_accounting_record(crashed, UTC_SETTINGS, message(first))
         assert redelivered is not None
         assert (redelivered.input_octets, redelivered.output_octets) == (1_000, 2_000)
-        await rate_accounting_record(store, UTC_SETTINGS, message(first))
-        usage = await all_usage(store)
+        await rate_accounting_record(crashed, UTC_SETTINGS, message(first))
+        usage = await all_usage(crashed)
         assert sorted(u.record_id for u in usage) == sorted([first.record_id, second.record_id])
         assert sum(u.input_octets for u in usage) == 1_500
         assert sum(u.output_octets for u in usage) == 2_600
     finally:
-        await store.close()
+        await crashed.close()
 
 
 async def test_concurrent_records_of_one_session_count_every_byte_once(store) -> None:
@@ -504,19 +499,23 @@ async def test_usage_before_the_subscription_is_kept_and_rated_once_it_starts(st
 
 
 async def test_a_subscription_recorded_while_the_record_is_rated_does_not_lose_it(
-    store, monkeypatch
+    store,
 ) -> None:
     """The record found no subscription; the subscription's reactor then ran before the record
     kept its usage as unmatched. The record looks again after keeping it, and rates it."""
     subscription = started()
-    keep = rating_module._keep_unmatched
+    append_many = store.append_many
+    claimed = False
 
-    async def claimed_meanwhile(*args, **kwargs) -> None:
-        await claim(store, subscription)
-        assert await rate_unmatched_usage(store, UTC_SETTINGS, subscription) == []  # too early
-        await keep(*args, **kwargs)
+    async def claimed_meanwhile(*args, **kwargs) -> list[int]:
+        nonlocal claimed
+        if not claimed and any(s.startswith("unmatched-usage-") for s, _, _ in args[0]):
+            claimed = True
+            await claim(store, subscription)
+            assert await rate_unmatched_usage(store, UTC_SETTINGS, subscription) == []  # too early
+        return await append_many(*args, **kwargs)
 
-    monkeypatch.setattr(rating_module, "_keep_unmatched", claimed_meanwhile)
+    store.append_many = claimed_meanwhile
     rated = await rate_all(
         store,
         [
@@ -524,6 +523,7 @@ async def test_a_subscription_recorded_while_the_record_is_rated_does_not_lose_i
             record(AcctStatus.INTERIM_UPDATE, 60, 2_000, 500, username="mallory"),
         ],
     )
+    assert claimed
     assert [(u.customer_id, u.input_octets) for u in rated] == [("c-9", 2_000)]
     assert await unmatched_usage(store, ZoneInfo("UTC")) == []
 

@@ -23,9 +23,8 @@ from ispbill_core.contracts.accounts import (
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_event
-from ispbill_core.eventstore import ANY, NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.eventstore import ANY, EventStore, WrongExpectedVersion
 from ispbill_core.periods import BillingPeriod
-from ispbill_core.telemetry import context_from_traceparent, current_traceparent
 from rating.domain.events import (
     RadiusNasRebooted,
     RadiusSessionOpened,
@@ -33,12 +32,7 @@ from rating.domain.events import (
     UsageUnmatched,
 )
 from rating.domain.sessions import (
-    SESSION_STATUSES,
     SessionState,
-    advance,
-    derived_start,
-    same_session,
-    session_key,
 )
 
 log = logging.getLogger(__name__)
@@ -73,29 +67,13 @@ NAS_REBOOT_STATUSES = {AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF}
 async def rate_accounting_record(
     store: EventStore, settings: RatingSettings, message: NewEvent
 ) -> UsageRated | None:
-    """Idempotent: the same record delivered twice changes nothing the second time."""
-    record = AccountingRecordReceived.model_validate(message.data)
-    parent = context_from_traceparent(message.metadata.traceparent)
-    with tracer.start_as_current_span(
-        "rating.rate_accounting_record",
-        context=parent,
-        attributes={
-            "radius.nas_id": record.nas_id,
-            "radius.acct_session_id": record.acct_session_id,
-            "radius.status": str(record.status),
-        },
-    ):
-        if record.status in NAS_REBOOT_STATUSES:
-            await close_sessions_of_rebooted_nas(store, record)
-            return None
-        if record.status not in SESSION_STATUSES:
-            return None
-        for _ in range(MAX_CONFLICT_RETRIES):
-            try:
-                return await _rate(store, settings, record, message)
-            except WrongExpectedVersion:
-                continue
-        raise RuntimeError(f"session of record {record.record_id} kept conflicting")
+    """Idempotent: the same record delivered twice changes nothing the second time. One record
+    is a batch of one (`rate_batch.rate_accounting_batch`): the rules live in one place, and
+    the record's effects are appended in one transaction. Returns its usage, if any."""
+    from rating.application.rate_batch import rate_accounting_batch
+
+    rated = await rate_accounting_batch(store, settings, [message])
+    return rated[-1] if rated else None
 
 
 async def _subscriber_of(
@@ -198,53 +176,6 @@ async def subscription_with_username(
 
 def _rated_from(started: SubscriptionStarted, settings: RatingSettings, at: datetime) -> bool:
     return at.astimezone(settings.timezone).date() >= started.started_on
-
-
-async def _session_for(store: EventStore, record: AccountingRecordReceived) -> str:
-    index = session_index_stream(record.nas_id, record.acct_session_id)
-    history = await store.read_stream(index)
-    # Newest first, but not only the newest: a late record of a session whose id the NAS has
-    # since reused must find that session, or its whole counters would be counted again.
-    for recorded in reversed(history):
-        opened = recorded.decode()
-        assert isinstance(opened, RadiusSessionOpened)
-        if same_session(opened.started_at, record):
-            return opened.session_key
-    started_at = derived_start(record)
-    key = session_key(record.nas_id, record.acct_session_id, started_at)
-    opening = RadiusSessionOpened(
-        session_key=key,
-        nas_id=record.nas_id,
-        acct_session_id=record.acct_session_id,
-        started_at=started_at,
-    )
-    # Listed on the NAS first, so that a crash between the two appends leaves, at worst, a
-    # listed session that never got records (a reboot skips it), never an unlisted open one.
-    await store.append(
-        nas_sessions_stream(record.nas_id),
-        [
-            new_event(
-                opening,
-                id=deterministic_id("nas-session-listed", key),
-                occurred_at=started_at,
-                actor=ACTOR,
-            )
-        ],
-        ANY,
-    )
-    await store.append(
-        index,
-        [
-            new_event(
-                opening,
-                id=deterministic_id("session-opened", key),
-                occurred_at=started_at,
-                actor=ACTOR,
-            )
-        ],
-        len(history) - 1 if history else NO_STREAM,
-    )
-    return key
 
 
 async def close_sessions_of_rebooted_nas(
@@ -350,120 +281,6 @@ async def _close_session(store: EventStore, key: str, record: AccountingRecordRe
         state.version,
     )
     return 1
-
-
-async def _rate(
-    store: EventStore, settings: RatingSettings, record: AccountingRecordReceived, message: NewEvent
-) -> UsageRated | None:
-    key = await _session_for(store, record)
-    stream = session_stream(key)
-    state, _ = await _load_session(store, stream)
-    subscriber = await _subscriber_of(store, record.username, settings, record.event_time)
-    traceparent = current_traceparent()
-
-    if record.record_id in state.seen:
-        # Applied before; the usage append below may not have happened (crash in between),
-        # and repeating it is a no-op thanks to its deterministic id.
-        in_delta, out_delta = state.seen[record.record_id]
-    else:
-        outcome = advance(state, record)
-        if outcome is None:
-            return None
-        in_delta, out_delta = outcome.input_delta, outcome.output_delta
-        counters = SessionCountersRecorded(
-            session_key=key,
-            record_id=record.record_id,
-            status=str(record.status),
-            username=record.username,
-            customer_id=subscriber.customer_id if subscriber else None,
-            subscription_id=subscriber.subscription_id if subscriber else None,
-            event_time=record.event_time,
-            input_octets=outcome.input_octets,
-            output_octets=outcome.output_octets,
-            input_delta=in_delta,
-            output_delta=out_delta,
-            closed=outcome.closes,
-        )
-        await store.append(
-            stream,
-            [
-                new_event(
-                    counters,
-                    id=deterministic_id("session-counters", record.record_id),
-                    occurred_at=record.event_time,
-                    causation_id=message.id,
-                    traceparent=traceparent,
-                    actor=ACTOR,
-                )
-            ],
-            NO_STREAM if state.version is None else state.version,
-        )
-
-    if in_delta == 0 and out_delta == 0:
-        return None
-    if subscriber is None:
-        if not record.username:
-            return None
-        await _keep_unmatched(store, record, key, in_delta, out_delta, message, traceparent)
-        # A subscription may have claimed the username since it was looked up; its reactor
-        # (rate_unmatched_usage) may then have read the username's unmatched usage before the
-        # append above. Looking again now means that one of the two rates this usage.
-        subscriber = await _subscriber_of(store, record.username, settings, record.event_time)
-        if subscriber is None:
-            log.warning(
-                "usage of RADIUS username %r, which no subscription has (or not yet at that"
-                " date), kept unrated (GET /api/v1/usage/unmatched)",
-                record.username,
-            )
-            return None
-    return await _append_usage(
-        store,
-        settings,
-        customer_id=subscriber.customer_id,
-        subscription_id=subscriber.subscription_id,
-        session_key=key,
-        record_id=record.record_id,
-        input_octets=in_delta,
-        output_octets=out_delta,
-        occurred_at=record.event_time,
-        causation_id=message.id,
-        traceparent=traceparent,
-    )
-
-
-async def _keep_unmatched(
-    store: EventStore,
-    record: AccountingRecordReceived,
-    key: str,
-    in_delta: int,
-    out_delta: int,
-    message: NewEvent,
-    traceparent: str | None,
-) -> None:
-    assert record.username
-    unmatched = UsageUnmatched(
-        username=record.username,
-        nas_id=record.nas_id,
-        session_key=key,
-        record_id=record.record_id,
-        input_octets=in_delta,
-        output_octets=out_delta,
-        occurred_at=record.event_time,
-    )
-    await store.append(
-        unmatched_usage_stream(record.username),
-        [
-            new_event(
-                unmatched,
-                id=deterministic_id("usage-unmatched", record.record_id),
-                occurred_at=record.event_time,
-                causation_id=message.id,
-                traceparent=traceparent,
-                actor=ACTOR,
-            )
-        ],
-        ANY,
-    )
 
 
 async def _append_usage(
