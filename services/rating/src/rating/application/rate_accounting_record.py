@@ -231,9 +231,16 @@ async def _load_session(
     store: EventStore, stream: str
 ) -> tuple[SessionState, SessionCountersRecorded | None]:
     """The session folded from its stream, and the last entry (None for a new session)."""
+    return fold_session(await store.read_stream(stream))
+
+
+def fold_session(
+    history: Sequence[RecordedEvent],
+) -> tuple[SessionState, SessionCountersRecorded | None]:
+    """A session's state from its stream's events, and the last entry (None when empty)."""
     state = SessionState()
     last: SessionCountersRecorded | None = None
-    for recorded in await store.read_stream(stream):
+    for recorded in history:
         applied = recorded.decode()
         assert isinstance(applied, SessionCountersRecorded)
         state.apply(

@@ -54,6 +54,7 @@ from rating.application.rate_accounting_record import (
     UsernameHolding,
     claimed_streams,
     close_sessions_of_rebooted_nas,
+    fold_session,
     holdings_from,
     nas_sessions_stream,
     session_index_stream,
@@ -253,20 +254,8 @@ class _Batch:
                 missing.append(session_stream(key))
             else:
                 self.sessions[key] = replace(state, seen=dict(state.seen))
-        for stream, recorded_events in (await self.store.read_streams(missing)).items():
-            state = SessionState()
-            for recorded in recorded_events:
-                applied = recorded.decode()
-                assert isinstance(applied, SessionCountersRecorded)
-                state.apply(
-                    applied.input_octets,
-                    applied.output_octets,
-                    applied.event_time,
-                    applied.record_id,
-                    (applied.input_delta, applied.output_delta),
-                    applied.closed,
-                )
-            self.sessions[stream.removeprefix("session-")] = state
+        for stream, history in (await self.store.read_streams(missing)).items():
+            self.sessions[stream.removeprefix("session-")] = fold_session(history)[0]
         await self._prefetch_holdings({r.username for r in records if r.username})
 
     async def _prefetch_holdings(self, usernames: set[str], *, fresh: bool = False) -> None:
