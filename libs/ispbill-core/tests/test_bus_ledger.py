@@ -107,10 +107,10 @@ async def test_a_batch_from_many_nases_is_one_commit(store: SQLiteEventStore) ->
     commits = 0
     original = store._append_many_sync
 
-    def counting(batches):  # type: ignore[no-untyped-def]
+    def counting(batches, checkpoint=None):  # type: ignore[no-untyped-def]
         nonlocal commits
         commits += 1
-        return original(batches)
+        return original(batches, checkpoint)
 
     store._append_many_sync = counting  # type: ignore[method-assign]
     nas = [f"nas-{n % 16}" for n in range(64)]
