@@ -731,7 +731,8 @@ class EventStoreContract:
         checkpoints = checkpoints_of(store)
         name = f"consumer-{uuid.uuid4().hex[:8]}"
         first = self.stream("ck")
-        await store.append_many([(first, [event(n=1)], NO_STREAM)], checkpoint=(name, 40))
+        one = event(n=1)
+        await store.append_many([(first, [one], NO_STREAM)], checkpoint=(name, 40))
         assert await checkpoints.load_checkpoint(name) == 40
         assert len(await store.read_stream(first)) == 1
         # only the checkpoint, and never backwards
@@ -739,8 +740,9 @@ class EventStoreContract:
         await store.append_many([], checkpoint=(name, 41))
         assert await checkpoints.load_checkpoint(name) == 45
         # a retry whose events are all recorded still moves the checkpoint
-        await store.append_many([(first, [event(n=1)], ANY)], checkpoint=(name, 50))
+        await store.append_many([(first, [one], ANY)], checkpoint=(name, 50))
         assert await checkpoints.load_checkpoint(name) == 50
+        assert len(await store.read_stream(first)) == 1
         if self.append_many_is_atomic:
             # the batch refused: the checkpoint does not move either
             with pytest.raises(WrongExpectedVersion):

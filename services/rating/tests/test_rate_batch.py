@@ -19,7 +19,10 @@ from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
-from rating.application.rate_accounting_record import rate_accounting_record
+from rating.application.rate_accounting_record import (
+    rate_accounting_record,
+    session_index_stream,
+)
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
 from tests.fixtures.radius import GIGAWORD, START, UTC_SETTINGS, claim, message, nas_event, record
 
@@ -241,5 +244,55 @@ async def test_usage_of_a_username_claimed_during_the_batch_is_rated(tmp_path: P
         assert usage.data["input_octets"] == 1_000
         assert len(await store.read_stream("unmatched-usage-bob")) == 1
         assert await store.load_checkpoint("rating") == 5
+    finally:
+        await store.close()
+
+
+async def test_a_batch_whose_session_another_writer_partly_recorded_is_read_again(
+    tmp_path: Path,
+) -> None:
+    """Another worker (a Kafka redelivery after a rebalance) recorded the first of a session's
+    records while this worker's cache knew nothing of it: the batch meets its id, reads the
+    session again, and records the rest once."""
+    store = await fresh_store(str(tmp_path), "ledger")
+    try:
+        records = [
+            record(AcctStatus.START, 0, 0, 0),
+            record(AcctStatus.INTERIM_UPDATE, 300, 1_000, 2_000),
+            record(AcctStatus.INTERIM_UPDATE, 600, 1_500, 2_500),
+        ]
+        cache = RatingCache()
+        await rate_accounting_batch(store, UTC_SETTINGS, [message(records[0])], cache)
+        # the other worker, without this cache, rates the first interim
+        await rate_accounting_batch(store, UTC_SETTINGS, [message(records[1])])
+        await rate_accounting_batch(store, UTC_SETTINGS, [message(r) for r in records], cache)
+        usage = await all_events_of(store, UsageRated)
+        assert sorted((u.input_octets, u.output_octets) for u in usage) == [
+            (500, 500),
+            (1_000, 2_000),
+        ]
+        [opened] = await store.read_stream(session_index_stream("nas-1", "s-1"))
+        assert len(await store.read_stream(f"session-{opened.data['session_key']}")) == 3
+    finally:
+        await store.close()
+
+
+async def test_a_reused_session_id_after_a_cached_one_needs_no_second_read(
+    tmp_path: Path,
+) -> None:
+    """The cache keeps the index's version with the session it opened: a NAS that reuses the
+    Acct-Session-Id later opens the second session at the right version, without a conflict."""
+    store = await fresh_store(str(tmp_path), "ledger")
+    try:
+        cache = RatingCache()
+        other = record(AcctStatus.INTERIM_UPDATE, 60, 5, 5, acct_session_id="other")
+        first = record(AcctStatus.STOP, 300, 10, 10)
+        later = START + timedelta(hours=3)
+        second = record(AcctStatus.INTERIM_UPDATE, 300, 20, 20, start=later)
+        await rate_accounting_batch(store, UTC_SETTINGS, [message(other), message(first)], cache)
+        await rate_accounting_batch(store, UTC_SETTINGS, [message(second)], cache)
+        # a conflict would have emptied the cache, the other session's index with it
+        assert session_index_stream("nas-1", "other") in cache.indexes
+        assert len(await store.read_stream(session_index_stream("nas-1", "s-1"))) == 2
     finally:
         await store.close()

@@ -35,7 +35,7 @@ def customer_of(event: RecordedEvent) -> str | None:
 _SECRET_PARTS = ("secret", "password", "hash")
 #: Whether a field name hides its value, by name (events have few distinct field names).
 _hidden: dict[str, bool] = {}
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_encode = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
 
 
 def _is_hidden(key: str) -> bool:

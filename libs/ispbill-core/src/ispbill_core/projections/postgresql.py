@@ -169,7 +169,7 @@ class PostgresReadModels(ReadModelDatabase):
             try:
                 async with conn.transaction():  # a savepoint
                     await conn.execute(await _with_extension_schemas(conn, sql))
-            except asyncpg.exceptions.PostgresError as exc:
+            except (asyncpg.exceptions.PostgresError, LookupError) as exc:
                 log.warning(
                     "read model %s: skipped %r (%s); its queries work, more slowly",
                     projection.name,

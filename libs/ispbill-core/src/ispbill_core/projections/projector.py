@@ -316,7 +316,9 @@ class Projector:
                 read.cancel()
                 await asyncio.gather(read, return_exceptions=True)
             await rebuild.cancel()
-        end = max(head, await self.store.head_position())
+        # the head read before the first batch, or the last event folded: never past an
+        # event appended after the last read, which the next run folds
+        end = max([head] + [r.position for r in chosen])
         for runner in chosen:
             if end > runner.position:
                 await self.db.commit(

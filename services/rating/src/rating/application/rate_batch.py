@@ -40,6 +40,7 @@ from ispbill_core.events import EncodedEvent, NewEvent, deterministic_id, encode
 from ispbill_core.eventstore import (
     ANY,
     NO_STREAM,
+    EventIdConflict,
     EventStore,
     ExpectedVersion,
     WrongExpectedVersion,
@@ -164,7 +165,9 @@ async def _rate_run(
             # the checkpoint goes with the run's last write: the second look at unmatched
             # usage when there is any, else this append
             await batch.append(None if batch.unmatched else checkpoint)
-        except WrongExpectedVersion:
+        except (WrongExpectedVersion, EventIdConflict):
+            # another writer (a redelivery, a retried parked record) recorded some of these
+            # sessions' records first: read again, and they count as seen
             cache.clear()  # another worker appended to one of these sessions: read again
             continue
         cache.keep(batch.indexes, batch.sessions)
@@ -340,6 +343,7 @@ class _Batch:
             ),
         )
         index.opened.append(opening)
+        index.version = 0 if index.version is None else index.version + 1
         return key
 
     def rate(self, message: NewEvent, record: AccountingRecordReceived) -> None:
