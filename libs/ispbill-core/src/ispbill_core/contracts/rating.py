@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -15,7 +16,17 @@ def usage_stream(customer_id: str, period: str) -> str:
 
 @event_type("UsageRated", 1)
 class UsageRated(DomainEvent):
-    """Bytes a session used since its previous record, attributed to a billing period."""
+    """Bytes a session used since its previous record, in one bucket: the subscription, the
+    billing period (a month in the ISP's time zone), the plan version in force that day, the
+    time band of the plan, and whether the day was suspended or on hold.
+
+    A record whose usage spans a boundary (local midnight at a period's end, a plan change or
+    suspension day, a band's start or end) is rated as one UsageRated per bucket, the bytes
+    split in proportion to time (rating's README: "Buckets"). `started_at` and `occurred_at`
+    are the piece's first and last moment: a piece cut at a boundary ends 1 microsecond
+    before it, so both lie in the bucket. The fields after `occurred_at` were added with
+    defaults that describe usage rated before buckets (one piece, standard time).
+    """
 
     customer_id: str
     subscription_id: str
@@ -25,3 +36,16 @@ class UsageRated(DomainEvent):
     input_octets: int = Field(ge=0)
     output_octets: int = Field(ge=0)
     occurred_at: AwareDatetime
+    started_at: AwareDatetime | None = None
+    #: the plan's time band the piece fell in ("" outside every band, or a plan without bands)
+    band: str = ""
+    plan_id: str | None = None
+    plan_version: int | None = Field(default=None, ge=1)
+    #: the day was one the subscription was suspended or on a vacation hold
+    suspended: bool = False
+    #: what measured it: RADIUS accounting, or a router's counters (no RADIUS for the subscriber)
+    source: Literal["radius", "router"] = "radius"
+
+    @property
+    def total_octets(self) -> int:
+        return self.input_octets + self.output_octets

@@ -18,19 +18,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from invoicing.domain.errors import InvoicingError
-from ispbill_core.contracts.accounts import (
-    PlanTerms,
-    PlanVersionPublished,
-    RadiusUsernameChanged,
-    SubscriptionHoldPlaced,
-    SubscriptionPlanChanged,
-    SubscriptionResumed,
-    SubscriptionStarted,
-    SubscriptionSuspended,
-    SubscriptionTerminated,
-)
+from ispbill_core.contracts.accounts import PlanTerms, SubscriptionStarted
 from ispbill_core.events import DomainEvent
 from ispbill_core.periods import BillingPeriod
+from ispbill_core.service_history import ServiceHistory as _CoreHistory
+from ispbill_core.service_history import UnexpectedSubscriptionEvent, version_on
 
 __all__ = ["ChargedSegment", "ServiceHistory", "UnknownPlan", "charged_segments", "version_on"]
 
@@ -39,75 +31,18 @@ class UnknownPlan(InvoicingError):
     """A subscription names a plan the catalogue does not hold."""
 
 
-@dataclass(frozen=True)
-class ServiceHistory:
-    """What a subscription's stream says about its service days."""
-
-    subscription_id: str
-    started_on: date
-    plan_id: str
-    #: (effective date, plan), in the order recorded
-    plan_changes: tuple[tuple[date, str], ...] = ()
-    #: (first day suspended, first day back, or None while suspended)
-    suspensions: tuple[tuple[date, date | None], ...] = ()
-    #: (first day, last day) of each vacation hold
-    holds: tuple[tuple[date, date], ...] = ()
-    #: last day of service, charged
-    terminated_on: date | None = None
+class ServiceHistory(_CoreHistory):
+    """The shared history (ispbill_core.service_history); an event that does not belong in a
+    subscription's stream is an InvoicingError here."""
 
     @classmethod
     def of(cls, started: SubscriptionStarted, changes: Iterable[DomainEvent]) -> ServiceHistory:
-        plan_changes: list[tuple[date, str]] = []
-        suspensions: list[tuple[date, date | None]] = []
-        holds: list[tuple[date, date]] = []
-        terminated_on: date | None = None
-        for event in changes:
-            if isinstance(event, SubscriptionPlanChanged):
-                plan_changes.append((event.effective_on, event.plan_id))
-            elif isinstance(event, SubscriptionSuspended):
-                suspensions.append((event.effective_on, None))
-            elif isinstance(event, SubscriptionResumed) and suspensions:
-                suspensions[-1] = (suspensions[-1][0], event.effective_on)
-            elif isinstance(event, SubscriptionHoldPlaced):
-                holds.append((event.hold_from, event.hold_until))
-            elif isinstance(event, SubscriptionTerminated):
-                terminated_on = event.effective_on
-            elif not isinstance(event, RadiusUsernameChanged | SubscriptionResumed):
-                raise InvoicingError(f"unexpected {event.event_type} in a subscription's stream")
-        return cls(
-            subscription_id=started.subscription_id,
-            started_on=started.started_on,
-            plan_id=started.plan_id,
-            plan_changes=tuple(plan_changes),
-            suspensions=tuple(suspensions),
-            holds=tuple(holds),
-            terminated_on=terminated_on,
-        )
-
-    def charged_on(self, day: date) -> bool:
-        if day < self.started_on:
-            return False
-        if self.terminated_on is not None and day > self.terminated_on:
-            return False
-        if any(since <= day and (back is None or day < back) for since, back in self.suspensions):
-            return False
-        return not any(first <= day <= last for first, last in self.holds)
-
-    def plan_on(self, day: date) -> str:
-        plan = self.plan_id
-        for effective_on, plan_id in self.plan_changes:
-            if effective_on <= day:
-                plan = plan_id
-        return plan
-
-
-def version_on(versions: Sequence[PlanTerms], day: date) -> PlanTerms:
-    """The version in force on `day`: the latest whose effective date is not after it."""
-    current = versions[0]
-    for version in versions[1:]:
-        if isinstance(version, PlanVersionPublished) and version.effective_from <= day:
-            current = version
-    return current
+        try:
+            history = super().of(started, changes)
+        except UnexpectedSubscriptionEvent as error:
+            raise InvoicingError(str(error)) from error
+        assert isinstance(history, ServiceHistory)
+        return history
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,24 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from opentelemetry import trace
 
 from ispbill_core.access import system_actor
 from ispbill_core.contracts.accounts import (
+    PlanTerms,
     RadiusUsernameAssigned,
     RadiusUsernameChanged,
     RadiusUsernameReleased,
+    SubscriptionHoldPlaced,
+    SubscriptionPlanChanged,
+    SubscriptionResumed,
     SubscriptionStarted,
+    SubscriptionSuspended,
+    SubscriptionTerminated,
+    plan_stream,
     radius_user_stream,
     subscription_stream,
 )
@@ -24,16 +32,15 @@ from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, EventStore, WrongExpectedVersion
-from ispbill_core.periods import BillingPeriod
+from ispbill_core.service_history import ServiceHistory
+from rating.domain.buckets import split_usage
 from rating.domain.events import (
     RadiusNasRebooted,
     RadiusSessionOpened,
     SessionCountersRecorded,
     UsageUnmatched,
 )
-from rating.domain.sessions import (
-    SessionState,
-)
+from rating.domain.sessions import SessionState
 
 log = logging.getLogger(__name__)
 #: What this records on its own carries this actor in its metadata.
@@ -162,6 +169,112 @@ def _holding(stream: Sequence[RecordedEvent], username: str, nth: int) -> Userna
     if not days:
         return None
     return UsernameHolding(started, days[min(nth, len(days) - 1)])
+
+
+@dataclass(frozen=True)
+class Tariffs:
+    """What a subscription's buckets are decided by: its history and its plans' versions."""
+
+    history: ServiceHistory
+    plans: Mapping[str, Sequence[PlanTerms]]
+
+
+_LIFECYCLE = (
+    SubscriptionPlanChanged,
+    SubscriptionSuspended,
+    SubscriptionResumed,
+    SubscriptionHoldPlaced,
+    SubscriptionTerminated,
+)
+
+
+def service_history_of(stream: Sequence[RecordedEvent]) -> ServiceHistory | None:
+    """A subscription's history from its stream (None when the stream is empty). Events that
+    are not part of the lifecycle (a username change) are passed over."""
+    if not stream:
+        return None
+    started = stream[0].decode()
+    assert isinstance(started, SubscriptionStarted)
+    changes = [e for e in (r.decode() for r in stream[1:]) if isinstance(e, _LIFECYCLE)]
+    return ServiceHistory.of(started, changes)
+
+
+def plan_ids_of(history: ServiceHistory) -> set[str]:
+    return {history.plan_id, *(plan_id for _, plan_id in history.plan_changes)}
+
+
+def plan_versions_of(stream: Sequence[RecordedEvent]) -> list[PlanTerms]:
+    """A plan's versions, in order (PlanDefined first)."""
+    versions = []
+    for recorded in stream:
+        decoded = recorded.decode()
+        if isinstance(decoded, PlanTerms):
+            versions.append(decoded)
+    return versions
+
+
+async def subscription_tariffs(store: EventStore, subscription_id: str) -> Tariffs | None:
+    """The subscription's history and plans, read from the ledger."""
+    history = service_history_of(await store.read_stream(subscription_stream(subscription_id)))
+    if history is None:
+        return None
+    streams = await store.read_streams([plan_stream(p) for p in sorted(plan_ids_of(history))])
+    plans = {name.removeprefix("plan-"): plan_versions_of(ev) for name, ev in streams.items()}
+    return Tariffs(history, plans)
+
+
+def usage_pieces(
+    settings: RatingSettings,
+    tariffs: Tariffs | None,
+    *,
+    customer_id: str,
+    subscription_id: str,
+    session_key: str,
+    record_id: uuid.UUID,
+    deltas: tuple[int, int],
+    span_start: datetime,
+    occurred_at: datetime,
+    source: Literal["radius", "router"] = "radius",
+) -> list[tuple[uuid.UUID, UsageRated]]:
+    """A delta's UsageRated events, one per bucket (`rating.domain.buckets`), with their ids:
+    the record's own usage id when it fills one bucket (as before buckets), else one id per
+    piece. Every path that rates a record (live, a batch, unmatched usage rated later) goes
+    through here, so a record is split, and identified, the same way each time."""
+    pieces = split_usage(
+        span_start,
+        occurred_at,
+        deltas[0],
+        deltas[1],
+        settings.timezone,
+        tariffs.history if tariffs else None,
+        tariffs.plans if tariffs else None,
+    )
+    rated = []
+    for n, piece in enumerate(pieces):
+        bucket = piece.bucket
+        usage = UsageRated(
+            customer_id=customer_id,
+            subscription_id=subscription_id,
+            period=bucket.period,
+            session_key=session_key,
+            record_id=record_id,
+            input_octets=piece.input_octets,
+            output_octets=piece.output_octets,
+            occurred_at=piece.ended_at,
+            started_at=piece.started_at,
+            band=bucket.band,
+            plan_id=bucket.plan_id,
+            plan_version=bucket.plan_version,
+            suspended=bucket.suspended,
+            source=source,
+        )
+        usage_id = (
+            deterministic_id("usage-rated", record_id)
+            if len(pieces) == 1
+            else deterministic_id("usage-rated", record_id, n)
+        )
+        rated.append((usage_id, usage))
+    return rated
 
 
 async def subscription_with_username(
@@ -293,45 +406,47 @@ async def _close_session(store: EventStore, key: str, record: AccountingRecordRe
 async def _append_usage(
     store: EventStore,
     settings: RatingSettings,
+    unmatched: UsageUnmatched,
     *,
     customer_id: str,
     subscription_id: str,
-    session_key: str,
-    record_id: uuid.UUID,
-    input_octets: int,
-    output_octets: int,
-    occurred_at: datetime,
     causation_id: uuid.UUID,
     traceparent: str | None,
-) -> UsageRated:
-    """The usage, in the customer's stream of the period it happened in. Its id is the
-    record's, so rating the same record again, by either path, records it once."""
-    period = str(BillingPeriod.containing(occurred_at, settings.timezone))
-    usage = UsageRated(
+) -> list[UsageRated]:
+    """Usage kept unmatched, rated now: in the customer's streams of the periods it happened
+    in, split into buckets as the live path splits it (`usage_pieces`), with the same ids, so
+    rating the same record again, by either path, records it once."""
+    pieces = usage_pieces(
+        settings,
+        await subscription_tariffs(store, subscription_id),
         customer_id=customer_id,
         subscription_id=subscription_id,
-        period=period,
-        session_key=session_key,
-        record_id=record_id,
-        input_octets=input_octets,
-        output_octets=output_octets,
-        occurred_at=occurred_at,
+        session_key=unmatched.session_key,
+        record_id=unmatched.record_id,
+        deltas=(unmatched.input_octets, unmatched.output_octets),
+        span_start=unmatched.started_at or unmatched.occurred_at,
+        occurred_at=unmatched.occurred_at,
     )
-    await store.append(
-        usage_stream(customer_id, period),
+    await store.append_many(
         [
-            new_event(
-                usage,
-                id=deterministic_id("usage-rated", record_id),
-                occurred_at=occurred_at,
-                causation_id=causation_id,
-                traceparent=traceparent,
-                actor=ACTOR,
+            (
+                usage_stream(customer_id, usage.period),
+                [
+                    new_event(
+                        usage,
+                        id=usage_id,
+                        occurred_at=usage.occurred_at,
+                        causation_id=causation_id,
+                        traceparent=traceparent,
+                        actor=ACTOR,
+                    )
+                ],
+                ANY,
             )
-        ],
-        ANY,
+            for usage_id, usage in pieces
+        ]
     )
-    return usage
+    return [usage for _, usage in pieces]
 
 
 def unmatched_usage_stream(username: str) -> str:
@@ -351,20 +466,14 @@ async def rate_unmatched_usage(
         assert isinstance(unmatched, UsageUnmatched)
         if not _rated_from(started, settings, unmatched.occurred_at):
             continue
-        rated.append(
-            await _append_usage(
-                store,
-                settings,
-                customer_id=started.customer_id,
-                subscription_id=started.subscription_id,
-                session_key=unmatched.session_key,
-                record_id=unmatched.record_id,
-                input_octets=unmatched.input_octets,
-                output_octets=unmatched.output_octets,
-                occurred_at=unmatched.occurred_at,
-                causation_id=recorded.id,
-                traceparent=recorded.metadata.traceparent,
-            )
+        rated += await _append_usage(
+            store,
+            settings,
+            unmatched,
+            customer_id=started.customer_id,
+            subscription_id=started.subscription_id,
+            causation_id=recorded.id,
+            traceparent=recorded.metadata.traceparent,
         )
     if rated:
         log.info(
@@ -389,19 +498,13 @@ async def rate_unmatched_usage_of_new_username(
         holder = await _subscriber_of(store, change.new_username, settings, unmatched.occurred_at)
         if holder is None or holder.subscription_id != change.subscription_id:
             continue
-        rated.append(
-            await _append_usage(
-                store,
-                settings,
-                customer_id=holder.customer_id,
-                subscription_id=holder.subscription_id,
-                session_key=unmatched.session_key,
-                record_id=unmatched.record_id,
-                input_octets=unmatched.input_octets,
-                output_octets=unmatched.output_octets,
-                occurred_at=unmatched.occurred_at,
-                causation_id=recorded.id,
-                traceparent=recorded.metadata.traceparent,
-            )
+        rated += await _append_usage(
+            store,
+            settings,
+            unmatched,
+            customer_id=holder.customer_id,
+            subscription_id=holder.subscription_id,
+            causation_id=recorded.id,
+            traceparent=recorded.metadata.traceparent,
         )
     return rated

@@ -28,15 +28,26 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from opentelemetry import trace
 
-from ispbill_core.contracts.accounts import SubscriptionStarted, radius_user_stream
+from ispbill_core.contracts.accounts import (
+    PlanTerms,
+    SubscriptionStarted,
+    plan_stream,
+    radius_user_stream,
+)
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
-from ispbill_core.events import EncodedEvent, NewEvent, deterministic_id, encoded_event
+from ispbill_core.events import (
+    EncodedEvent,
+    NewEvent,
+    RecordedEvent,
+    deterministic_id,
+    encoded_event,
+)
 from ispbill_core.eventstore import (
     ANY,
     NO_STREAM,
@@ -45,22 +56,26 @@ from ispbill_core.eventstore import (
     ExpectedVersion,
     WrongExpectedVersion,
 )
-from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import context_from_traceparent, current_traceparent
 from rating.application.rate_accounting_record import (
     ACTOR,
     MAX_CONFLICT_RETRIES,
     NAS_REBOOT_STATUSES,
     RatingSettings,
+    Tariffs,
     UsernameHolding,
     claimed_streams,
     close_sessions_of_rebooted_nas,
     fold_session,
     holdings_from,
     nas_sessions_stream,
+    plan_ids_of,
+    plan_versions_of,
+    service_history_of,
     session_index_stream,
     session_stream,
     unmatched_usage_stream,
+    usage_pieces,
 )
 from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded, UsageUnmatched
 from rating.domain.sessions import (
@@ -86,11 +101,16 @@ class RatingCache:
         self.indexes: OrderedDict[str, _Index] = OrderedDict()
         self.sessions: OrderedDict[str, SessionState] = OrderedDict()
         self.holdings: dict[str, tuple[float, list[UsernameHolding]]] = {}
+        #: subscription id -> (read at, its history and plans), kept as long as holdings
+        self.tariffs: dict[str, tuple[float, Tariffs | None]] = {}
+        self.plans: dict[str, tuple[float, list[PlanTerms]]] = {}
 
     def clear(self) -> None:
         self.indexes.clear()
         self.sessions.clear()
         self.holdings.clear()
+        self.tariffs.clear()
+        self.plans.clear()
 
     def keep(self, indexes: dict[str, _Index], sessions: dict[str, SessionState]) -> None:
         """A committed batch's indexes and sessions (closed sessions are not kept: a late
@@ -109,6 +129,9 @@ class RatingCache:
                 table.popitem(last=False)
         if len(self.holdings) > self.max_sessions:
             self.holdings.clear()
+        if len(self.tariffs) > self.max_sessions:
+            self.tariffs.clear()
+            self.plans.clear()
 
 
 async def rate_accounting_batch(
@@ -202,6 +225,7 @@ class _Unmatched:
     message: NewEvent
     key: str
     deltas: tuple[int, int]
+    span_start: datetime
     traceparent: str | None
 
 
@@ -216,7 +240,10 @@ class _Batch:
         self.indexes: dict[str, _Index] = {}
         self.sessions: dict[str, SessionState] = {}
         self.holdings: dict[str, list[UsernameHolding]] = {}
+        self.tariffs: dict[str, Tariffs | None] = {}
         self.keys: dict[uuid.UUID, str] = {}
+        #: session key -> when the session started (the span of its first record begins there)
+        self.starts: dict[str, datetime] = {}
         #: stream -> events to append, in the order of first use; each kind in its own dict
         #: so that a session is listed and indexed before its counters, and those before usage
         self.listings: dict[str, _Stream] = {}
@@ -256,7 +283,7 @@ class _Batch:
             if state is None:
                 missing.append(session_stream(key))
             else:
-                self.sessions[key] = replace(state, seen=dict(state.seen))
+                self.sessions[key] = state.copy()
         for stream, history in (await self.store.read_streams(missing)).items():
             self.sessions[stream.removeprefix("session-")] = fold_session(history)[0]
         await self._prefetch_holdings({r.username for r in records if r.username})
@@ -268,6 +295,13 @@ class _Batch:
             cached = None if fresh else self.cache.holdings.get(username)
             if cached is not None and now - cached[0] <= self.cache.holdings_ttl:
                 self.holdings[username] = cached[1]
+                for holding in cached[1]:
+                    subscription_id = holding.started.subscription_id
+                    tariffs = self.cache.tariffs.get(subscription_id)
+                    if tariffs is None:  # dropped with a full cache: read the username again
+                        missing.append(username)
+                        break
+                    self.tariffs[subscription_id] = tariffs[1]
             else:
                 missing.append(username)
         if not missing:
@@ -279,6 +313,38 @@ class _Batch:
             holdings = holdings_from(username, claims[radius_user_stream(username)], subscriptions)
             self.holdings[username] = holdings
             self.cache.holdings[username] = (now, holdings)
+        await self._prefetch_tariffs(subscriptions, now)
+
+    async def _prefetch_tariffs(
+        self, subscriptions: dict[str, list[RecordedEvent]], now: float
+    ) -> None:
+        """Each subscription's history (from the streams just read) and its plans' versions
+        (from the cache, or one read_streams), kept with the holdings."""
+        histories = {
+            stream.removeprefix("subscription-"): service_history_of(events)
+            for stream, events in subscriptions.items()
+        }
+        wanted = {p for h in histories.values() if h is not None for p in plan_ids_of(h)}
+        plans: dict[str, list[PlanTerms]] = {}
+        missing = []
+        for plan_id in wanted:
+            cached = self.cache.plans.get(plan_id)
+            if cached is not None and now - cached[0] <= self.cache.holdings_ttl:
+                plans[plan_id] = cached[1]
+            else:
+                missing.append(plan_stream(plan_id))
+        for stream, events in (await self.store.read_streams(missing)).items():
+            plan_id = stream.removeprefix("plan-")
+            plans[plan_id] = plan_versions_of(events)
+            self.cache.plans[plan_id] = (now, plans[plan_id])
+        for subscription_id, history in histories.items():
+            tariffs = (
+                None
+                if history is None
+                else Tariffs(history, {p: plans.get(p, []) for p in plan_ids_of(history)})
+            )
+            self.tariffs[subscription_id] = tariffs
+            self.cache.tariffs[subscription_id] = (now, tariffs)
 
     def _subscriber(self, username: str | None, at: datetime) -> SubscriptionStarted | None:
         """As rate_accounting_record's rule: the subscription holding `username` that day."""
@@ -311,6 +377,7 @@ class _Batch:
         index = self.indexes[stream]
         for opened in reversed(index.opened):
             if same_session(opened.started_at, record):
+                self.starts[opened.session_key] = opened.started_at
                 return opened.session_key
         started_at = derived_start(record)
         key = session_key(record.nas_id, record.acct_session_id, started_at)
@@ -344,6 +411,7 @@ class _Batch:
         )
         index.opened.append(opening)
         index.version = 0 if index.version is None else index.version + 1
+        self.starts[key] = started_at
         return key
 
     def rate(self, message: NewEvent, record: AccountingRecordReceived) -> None:
@@ -372,7 +440,9 @@ class _Batch:
         subscriber = self._subscriber(record.username, record.event_time)
         if record.record_id in state.seen:
             in_delta, out_delta = state.seen[record.record_id]
+            span_start = state.span_starts.get(record.record_id)
         else:
+            span_start = state.last_event_time
             outcome = advance(state, record)
             if outcome is None:
                 return
@@ -414,6 +484,8 @@ class _Batch:
             )
         if in_delta == 0 and out_delta == 0:
             return
+        if span_start is None:
+            span_start = self.starts[key]
         if subscriber is None:
             if not record.username:
                 return
@@ -425,6 +497,7 @@ class _Batch:
                 input_octets=in_delta,
                 output_octets=out_delta,
                 occurred_at=record.event_time,
+                started_at=span_start,
             )
             self._add(
                 self.unmatched_appends,
@@ -440,7 +513,7 @@ class _Batch:
                 ),
             )
             self.unmatched.append(
-                _Unmatched(record, message, key, (in_delta, out_delta), traceparent)
+                _Unmatched(record, message, key, (in_delta, out_delta), span_start, traceparent)
             )
             return
         self._rate_usage(
@@ -449,6 +522,7 @@ class _Batch:
             key=key,
             record=record,
             deltas=(in_delta, out_delta),
+            span_start=span_start,
             causation_id=message.id,
             traceparent=traceparent,
         )
@@ -461,31 +535,33 @@ class _Batch:
         key: str,
         record: AccountingRecordReceived,
         deltas: tuple[int, int],
+        span_start: datetime,
         causation_id: uuid.UUID,
         traceparent: str | None,
     ) -> None:
-        period = str(BillingPeriod.containing(record.event_time, self.settings.timezone))
-        usage = UsageRated(
+        pieces = usage_pieces(
+            self.settings,
+            self.tariffs.get(subscription_id),
             customer_id=customer_id,
             subscription_id=subscription_id,
-            period=period,
             session_key=key,
             record_id=record.record_id,
-            input_octets=deltas[0],
-            output_octets=deltas[1],
+            deltas=deltas,
+            span_start=span_start,
             occurred_at=record.event_time,
         )
-        event = encoded_event(
-            usage,
-            id=deterministic_id("usage-rated", record.record_id),
-            occurred_at=record.event_time,
-            causation_id=causation_id,
-            traceparent=traceparent,
-            actor=ACTOR,
-        )
-        if event.id not in self.ids:
-            self.rated.append(usage)
-        self._add(self.usage, usage_stream(customer_id, period), ANY, event)
+        for usage_id, usage in pieces:
+            event = encoded_event(
+                usage,
+                id=usage_id,
+                occurred_at=usage.occurred_at,
+                causation_id=causation_id,
+                traceparent=traceparent,
+                actor=ACTOR,
+            )
+            if event.id not in self.ids:
+                self.rated.append(usage)
+            self._add(self.usage, usage_stream(customer_id, usage.period), ANY, event)
 
     # -- the writes ----------------------------------------------------------------------
     async def append(self, checkpoint: tuple[str, int] | None) -> None:
@@ -525,6 +601,7 @@ class _Batch:
                 key=pending.key,
                 record=pending.record,
                 deltas=pending.deltas,
+                span_start=pending.span_start,
                 causation_id=pending.message.id,
                 traceparent=pending.traceparent,
             )

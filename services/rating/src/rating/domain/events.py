@@ -65,3 +65,5 @@ class UsageUnmatched(DomainEvent):
     input_octets: int = Field(ge=0)
     output_octets: int = Field(ge=0)
     occurred_at: AwareDatetime
+    #: the start of the time the usage covers (the session's previous record), when known
+    started_at: AwareDatetime | None = None

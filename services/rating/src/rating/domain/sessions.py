@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
@@ -37,6 +37,10 @@ class SessionState:
     last_event_time: datetime | None = None
     closed: bool = False
     seen: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
+    #: per record applied, where its delta's time span began: the session's last event time
+    #: before it (None for the session's first record, whose span begins at the session's
+    #: start). A record redelivered is split into the same buckets as the first time.
+    span_starts: dict[uuid.UUID, datetime | None] = field(default_factory=dict)
 
     def apply(
         self,
@@ -48,12 +52,17 @@ class SessionState:
         closed: bool,
     ) -> None:
         self.version = 0 if self.version is None else self.version + 1
+        self.span_starts[record_id] = self.last_event_time
         self.input_octets = max(self.input_octets, recorded_input)
         self.output_octets = max(self.output_octets, recorded_output)
         if self.last_event_time is None or event_time > self.last_event_time:
             self.last_event_time = event_time
         self.closed = self.closed or closed
         self.seen[record_id] = deltas
+
+    def copy(self) -> SessionState:
+        """A copy whose record maps can change without changing this one."""
+        return replace(self, seen=dict(self.seen), span_starts=dict(self.span_starts))
 
 
 @dataclass(frozen=True)
