@@ -4,7 +4,7 @@ composition root wires it: status codes, problem details, views with versions an
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +218,33 @@ async def test_plan_versions_and_top_ups(api) -> None:
     assert (await api.call("POST", "/topups", topup | {"price": "4.00"})).status_code == 409
     [listed] = await api.ok("GET", "/topups")
     assert listed["price"] == {"amount": "3.00", "currency": "USD"}
+
+
+async def test_a_top_up_bought_twice_with_one_purchase_id_is_recorded_once(api) -> None:
+    product = {
+        "product_id": "5gb",
+        "name": "5 GB",
+        "currency": "USD",
+        "price": "3.00",
+        "bytes": 5 * 10**9,
+        "validity_days": 7,
+    }
+    await api.ok("POST", "/topups", product, 201)
+    purchase = {"product_id": "5gb", "purchase_id": "order-1"}
+    bought = await api.ok("POST", "/subscriptions/s-1/topups", purchase, 201)
+    again = await api.ok("POST", "/subscriptions/s-1/topups", purchase, 201)
+    assert again == bought and bought["bytes"] == 5 * 10**9
+    assert bought["price"] == {"amount": "3.00", "currency": "USD"}
+    valid_from = datetime.fromisoformat(bought["valid_from"])
+    assert datetime.fromisoformat(bought["valid_until"]) - valid_from == timedelta(days=7)
+    assert await api.ok("GET", "/subscriptions/s-1/topups") == [bought]
+    cases = [
+        ("/subscriptions/s-1/topups", {"product_id": "none", "purchase_id": "order-2"}, 404),
+        ("/subscriptions/none/topups", purchase, 404),
+        ("/subscriptions/s-1/topups", {"product_id": "5gb", "purchase_id": "a b"}, 422),
+        ("/subscriptions/s-1/topups", {"product_id": "5gb"}, 422),
+    ]
+    for path, body, status in cases:
+        response = await api.call("POST", path, body)
+        assert response.status_code == status, (path, body, response.text)
+    assert len(await api.ok("GET", "/subscriptions/s-1/topups")) == 1

@@ -15,55 +15,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ispbill_core.contracts.accounts import (
-    PlanDefined,
     PlanVersionPublished,
     SubscriptionPlanChanged,
     SubscriptionResumed,
-    SubscriptionStarted,
     SubscriptionSuspended,
     TimeBand,
     plan_stream,
-    subscription_stream,
 )
 from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.contracts.usage_collector import AcctStatus
 from ispbill_core.events import deterministic_id, new_event
-from ispbill_core.eventstore import ANY, EventStore
+from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
-from ispbill_core.money import Money
 from ispbill_core.service_history import ServiceHistory
 from ispbill_core.time_bands import band_at, counted_octets
 from rating.application.rate_accounting_record import RatingSettings
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
 from rating.domain.buckets import MAX_SPAN, Bucket, split_usage
-from tests.fixtures.radius import GIGAWORD, START, claim, message, record
+from tests.fixtures.radius import (
+    GIGAWORD,
+    NIGHT,
+    START,
+    STARTED,
+    message,
+    plan,
+    record,
+    subscribed,
+)
 
 NEW_YORK = ZoneInfo("America/New_York")
 DHAKA = ZoneInfo("Asia/Dhaka")
-NIGHT = TimeBand(name="night", start="22:00", end="06:00", multiplier="free")
-
-
-def plan(
-    plan_id: str = "home", bands: tuple[TimeBand, ...] = (), included: int = 10**9
-) -> PlanDefined:
-    return PlanDefined(
-        plan_id=plan_id,
-        name=plan_id,
-        monthly_fee=Money.of("20.00", "USD"),
-        included_bytes=included,
-        overage_price=Money.of("1.00", "USD"),
-        time_bands=bands,
-    )
-
-
-STARTED = SubscriptionStarted(
-    subscription_id="sub-1",
-    customer_id="c-1",
-    plan_id="home",
-    radius_username="alice",
-    started_on=date(2024, 1, 1),
-)
 
 
 # -- the split, pure ------------------------------------------------------------------------
@@ -238,21 +220,6 @@ def test_pieces_add_up_to_the_delta_and_each_lies_in_its_bucket(
 
 
 # -- golden cases on the ledger -------------------------------------------------------------
-async def subscribed(store: EventStore, plan_terms: PlanDefined, *changes: object) -> None:
-    await store.append(
-        plan_stream(plan_terms.plan_id),
-        [new_event(plan_terms, id=deterministic_id("plan", plan_terms.plan_id), occurred_at=START)],
-        ANY,
-    )
-    await claim(store, STARTED)
-    for n, change in enumerate(changes):
-        await store.append(
-            subscription_stream("sub-1"),
-            [new_event(change, id=deterministic_id("change", n), occurred_at=START)],  # type: ignore[arg-type]
-            ANY,
-        )
-
-
 @pytest.fixture
 async def store(tmp_path):
     s = SQLiteEventStore(tmp_path / "ledger.db")

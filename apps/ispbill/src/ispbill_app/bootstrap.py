@@ -89,6 +89,7 @@ from rating.application.rate_accounting_record import (
 )
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
 from rating.application.read_models import UnmatchedUsageProjection
+from rating.application.track_tariff import TARIFF_TYPES, TariffTracker
 from rating.entrypoints.http import rating_router
 from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
@@ -433,6 +434,17 @@ class Services:
             batch_handler=rate_batch,
         )
 
+    def tariff_subscriber(self) -> LedgerSubscriber:
+        """Follows rated usage in ledger order and emits the quota and fair-usage thresholds
+        it reaches (one subscriber: the log's order decides what was used first)."""
+        tracker = TariffTracker(self.store)
+        return self.subscriber(
+            "rating.tariff",
+            set(TARIFF_TYPES),
+            tracker.handle,
+            batch_handler=tracker.handle_batch,
+        )
+
     def unmatched_usage_subscriber(self) -> LedgerSubscriber:
         """Usage of a username from before its subscription (or the change of username that
         gave it the username) was recorded, rated once it is."""
@@ -602,6 +614,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     subscribers = [
         services.rating_subscriber(),
         services.unmatched_usage_subscriber(),
+        services.tariff_subscriber(),
         services.allocation_subscriber(),
         services.notifier_subscriber(),
     ]
@@ -916,6 +929,7 @@ async def _serve_rating(services: Services) -> None:
     # rates the usage a username had before its subscription was recorded.
     async with background(
         services.unmatched_usage_subscriber().run,
+        services.tariff_subscriber().run,
         lambda: retry_parked_forever(parking, RATING_CONSUMER, rate),
     ):
         done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)

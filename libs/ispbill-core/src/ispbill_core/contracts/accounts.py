@@ -6,7 +6,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
 
 from ispbill_core.events import DomainEvent, event_type
 from ispbill_core.money import Money
@@ -39,6 +39,11 @@ def nas_stream(nas_id: str) -> str:
 
 def topup_product_stream(product_id: str) -> str:
     return f"topup-product-{product_id}"
+
+
+def subscription_topups_stream(subscription_id: str) -> str:
+    """A subscription's data top-ups, kept apart from its lifecycle stream."""
+    return f"subscription-topups-{subscription_id}"
 
 
 class TimeBand(BaseModel):
@@ -109,6 +114,22 @@ class TopUpProductDefined(DomainEvent):
     price: Money
     bytes: int = Field(gt=0)
     validity_days: int = Field(ge=1, le=366)
+
+
+@event_type("TopUpPurchased", 1)
+class TopUpPurchased(DomainEvent):
+    """A data top-up bought for a subscription: `bytes` more data usable from `valid_from`
+    until `valid_until` (exclusive), after the plan's included data. `purchase_id` is the
+    buyer's idempotency key: the same purchase sent twice is recorded, and charged, once."""
+
+    purchase_id: str
+    subscription_id: str
+    customer_id: str
+    product_id: str
+    price: Money
+    bytes: int = Field(gt=0)
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
 
 
 AccountType = Literal["home", "business", "corporate"]

@@ -49,3 +49,43 @@ class UsageRated(DomainEvent):
     @property
     def total_octets(self) -> int:
         return self.input_octets + self.output_octets
+
+
+def tariff_stream(subscription_id: str, period: str) -> str:
+    """A subscription's tariff events of one billing period (thresholds reached)."""
+    return f"tariff-{subscription_id}-{period}"
+
+
+@event_type("QuotaThresholdReached", 1)
+class QuotaThresholdReached(DomainEvent):
+    """A subscription's counted usage in a period reached `percent` (80 or 100) of its
+    allowance: the plan version's included data plus the data of the top-ups valid at that
+    moment. Emitted once per subscription, period and percent, however often the usage is
+    replayed; a top-up bought later does not emit it again. For the notifier and the network."""
+
+    subscription_id: str
+    customer_id: str
+    period: str
+    percent: int = Field(ge=1, le=100)
+    used_octets: int = Field(ge=0)
+    allowance_octets: int = Field(ge=0)
+    reached_at: AwareDatetime
+
+
+@event_type("FairUsageLimitReached", 1)
+class FairUsageLimitReached(DomainEvent):
+    """A subscription's counted usage in a period passed a fair-usage limit of its plan
+    version (`limit_octets`; `after_octets` is that limit raised by the data of the top-ups
+    valid then): from
+    `reached_at` until the period ends, the network throttles it to `rate_limit`. Once per
+    subscription, period and limit."""
+
+    subscription_id: str
+    customer_id: str
+    period: str
+    #: the plan version's limit (`FairUsageThreshold.after_bytes`)
+    limit_octets: int = Field(ge=0)
+    after_octets: int = Field(ge=0)
+    rate_limit: str
+    used_octets: int = Field(ge=0)
+    reached_at: AwareDatetime

@@ -11,7 +11,7 @@ recorded already finds its event at that place and is answered as the first time
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from accounts.domain.commands import (
@@ -21,6 +21,7 @@ from accounts.domain.commands import (
     DefineTopUpProduct,
     PlaceHold,
     PublishPlanVersion,
+    PurchaseTopUp,
     ResumeSubscription,
     SuspendSubscription,
     TerminateSubscription,
@@ -31,6 +32,7 @@ from accounts.domain.errors import (
     InvalidPlanVersion,
     NoTaxRule,
     NotFound,
+    SubscriptionIsTerminated,
     UsernameTaken,
 )
 from accounts.domain.events import RadiusUsernameReserved
@@ -47,10 +49,12 @@ from ispbill_core.contracts.accounts import (
     RadiusUsernameReleased,
     SubscriptionChange,
     TopUpProductDefined,
+    TopUpPurchased,
     customer_stream,
     plan_stream,
     radius_user_stream,
     subscription_stream,
+    subscription_topups_stream,
     topup_product_stream,
 )
 from ispbill_core.contracts.invoicing import tax_region_stream
@@ -554,3 +558,75 @@ async def define_topup_product(
         return event
     await _append_after(store, stream, None, event, clock.now(), actor, stream)
     return event
+
+
+async def purchase_topup(
+    store: EventStore,
+    clock: Clock,
+    timezone: ZoneInfo,
+    subscription_id: str,
+    cmd: PurchaseTopUp,
+    actor: str,
+) -> TopUpPurchased:
+    """A top-up bought now: its data is usable from now for the product's validity days.
+    The same `purchase_id` again returns the purchase recorded (another product under the
+    same id is refused). A terminated subscription buys nothing."""
+    subscription = await load_subscription(store, subscription_id)
+    products = await store.read_stream(topup_product_stream(cmd.product_id), limit=1)
+    if not products:
+        raise NotFound(f"top-up product {cmd.product_id!r} does not exist")
+    product = products[0].decode()
+    assert isinstance(product, TopUpProductDefined)
+    stream = subscription_topups_stream(subscription_id)
+    for _ in range(20):
+        history = await store.read_stream(stream)
+        for recorded in history:
+            bought = recorded.decode()
+            assert isinstance(bought, TopUpPurchased)
+            if bought.purchase_id == cmd.purchase_id:
+                if bought.product_id != cmd.product_id:
+                    raise AlreadyExists(
+                        f"purchase {cmd.purchase_id!r} was of top-up {bought.product_id!r}"
+                    )
+                return bought
+        now = clock.now()
+        terminated_on = subscription.terminated_on
+        if terminated_on is not None and today_in(clock, timezone) > terminated_on:
+            raise SubscriptionIsTerminated(
+                f"subscription {subscription_id!r} ended on {terminated_on}"
+            )
+        event = TopUpPurchased(
+            purchase_id=cmd.purchase_id,
+            subscription_id=subscription_id,
+            customer_id=subscription.started.customer_id,
+            product_id=product.product_id,
+            price=product.price,
+            bytes=product.bytes,
+            valid_from=now,
+            valid_until=now + timedelta(days=product.validity_days),
+        )
+        try:
+            await store.append(
+                stream,
+                [
+                    new_event(
+                        event,
+                        id=deterministic_id("topup-purchased", subscription_id, cmd.purchase_id),
+                        occurred_at=now,
+                        actor=actor,
+                    )
+                ],
+                history[-1].stream_position if history else NO_STREAM,
+            )
+        except WrongExpectedVersion:
+            continue  # another purchase (or this one, sent twice at once) came first
+        return event
+    raise Conflict(f"the top-ups of subscription {subscription_id!r} kept changing")
+
+
+async def purchased_topups(store: EventStore, subscription_id: str) -> list[TopUpPurchased]:
+    await load_subscription(store, subscription_id)  # NotFound
+    bought = [
+        r.decode() for r in await store.read_stream(subscription_topups_stream(subscription_id))
+    ]
+    return [b for b in bought if isinstance(b, TopUpPurchased)]

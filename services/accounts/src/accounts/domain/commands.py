@@ -274,6 +274,16 @@ class DefineTopUpProduct(BaseModel):
         )
 
 
+class PurchaseTopUp(BaseModel):
+    """Buy a data top-up for a subscription. `purchase_id` is the caller's idempotency key:
+    the same purchase sent again (a retry, a double click) is recorded, and charged, once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str = Field(pattern=_ID)
+    purchase_id: str = Field(pattern=_ID)
+
+
 class _Versioned(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

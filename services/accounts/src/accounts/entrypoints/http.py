@@ -19,6 +19,7 @@ from accounts.domain.commands import (
     DefineTopUpProduct,
     PlaceHold,
     PublishPlanVersion,
+    PurchaseTopUp,
     RegisterCustomer,
     RegisterNas,
     ResumeSubscription,
@@ -50,6 +51,7 @@ from ispbill_core.contracts.accounts import (
     PlanVersionPublished,
     SubscriptionStarted,
     TopUpProductDefined,
+    TopUpPurchased,
     nas_secret_context,
 )
 from ispbill_core.eventstore import EventStore
@@ -311,6 +313,21 @@ def accounts_router(
     @router.get("/topups", dependencies=[requires(PLANS_READ)])
     async def list_topups() -> list[TopUpProductDefined]:
         return [TopUpProductDefined.model_validate(t) for t in await queries.topups()]
+
+    @router.post("/subscriptions/{subscription_id}/topups", status_code=status.HTTP_201_CREATED)
+    async def purchase_topup(
+        subscription_id: str, cmd: PurchaseTopUp, who: Principal = requires(SUBSCRIPTIONS_WRITE)
+    ) -> TopUpPurchased:
+        """A data top-up bought now, valid for the product's days. Send the same `purchase_id`
+        again and the purchase already recorded comes back: it is recorded, and charged, once."""
+        return await lifecycle.purchase_topup(store, clock, tz, subscription_id, cmd, who.actor)
+
+    @router.get(
+        "/subscriptions/{subscription_id}/topups", dependencies=[requires(SUBSCRIPTIONS_READ)]
+    )
+    async def list_purchased_topups(subscription_id: str) -> list[TopUpPurchased]:
+        """The top-ups bought for the subscription, oldest first."""
+        return await lifecycle.purchased_topups(store, subscription_id)
 
     async def nas_views() -> dict[str, dict[str, Any]]:
         """Every NAS in service with its current details, in the order registered."""
