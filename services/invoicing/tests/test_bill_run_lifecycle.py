@@ -25,6 +25,7 @@ from ispbill_core.contracts.accounts import (
     SubscriptionStarted,
     SubscriptionSuspended,
     SubscriptionTerminated,
+    TimeBand,
     customer_stream,
     plan_stream,
     subscription_stream,
@@ -247,6 +248,44 @@ async def test_a_price_change_applies_from_its_effective_date_and_prices_the_ove
     # version 2 in force at the month's end: 1 GB included, 1.2 GB over, per started 0.5 GB
     assert usage.quantity == Decimal("1.5") and usage.amount == usd("4.50")
     assert invoice.total == usd("51.50")
+
+
+async def test_usage_in_a_free_band_is_not_billed_and_a_multiplier_counts(store) -> None:
+    bands = (
+        TimeBand(name="night", start="01:00", end="07:00", multiplier="free"),
+        TimeBand(name="peak", start="19:00", end="23:00", multiplier=Decimal("1.5")),
+    )
+    await put(
+        store,
+        plan_stream("banded"),
+        plan("banded", "31.00", included_gb=1).model_copy(
+            update={"plan_id": "banded", "time_bands": bands}
+        ),
+    )
+    await start(store, plan_id="banded")
+    for n, (band, gigabytes) in enumerate((("night", 5), ("peak", 2), ("", 1))):
+        await put(
+            store,
+            usage_stream("c-1", MARCH),
+            UsageRated(
+                customer_id="c-1",
+                subscription_id="s-1",
+                period=MARCH,
+                session_key="k",
+                record_id=deterministic_id("r", n),
+                input_octets=gigabytes * GIGABYTE,
+                output_octets=0,
+                occurred_at=datetime(2026, 3, 20, tzinfo=UTC),
+                band=band,
+                plan_id="banded",
+                plan_version=1,
+            ),
+        )
+    invoice = await bill(store)
+    assert invoice is not None
+    [usage] = [line for line in invoice.lines if line.kind is LineKind.USAGE]
+    # night 5 GB free, peak 2 GB count 3, standard 1: 4 GB counted, 1 included, 3 over
+    assert usage.quantity == Decimal(3) and usage.amount == usd("6.00")
 
 
 async def test_several_subscriptions_of_one_customer_share_one_invoice(store) -> None:

@@ -49,6 +49,7 @@ from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.money import Money
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import links_from_traceparents, trace_id_of
+from ispbill_core.time_bands import STANDARD, counted_octets
 
 #: The actor of a bill run no one asked for (a scheduled one, later); a clerk's carries theirs.
 SCHEDULED_ACTOR = system_actor("invoicing.bill-run")
@@ -192,23 +193,44 @@ def _merge(drafts: list[InvoiceDraft]) -> InvoiceDraft:
     )
 
 
-async def _usage(store: EventStore, customer_id: str, period: str) -> dict[str, UsageTotals]:
-    per_subscription: dict[str, tuple[int, int, list[str]]] = {}
+async def _usage(
+    store: EventStore, catalogue: BillRunCatalogue, customer_id: str, period: str
+) -> dict[str, UsageTotals]:
+    """Per subscription, the period's usage from rating's buckets: the octets, and the octets
+    as they count on the plan version each bucket was rated on (its time band's multiplier;
+    usage rated before buckets counts whole)."""
+    per_subscription: dict[str, tuple[int, int, int, list[str]]] = {}
     for recorded in await store.read_stream(usage_stream(customer_id, period)):
         usage = recorded.decode()
         assert isinstance(usage, UsageRated)
-        i, o, tps = per_subscription.get(usage.subscription_id, (0, 0, []))
+        i, o, c, tps = per_subscription.get(usage.subscription_id, (0, 0, 0, []))
         if recorded.metadata.traceparent:
             tps.append(recorded.metadata.traceparent)
         per_subscription[usage.subscription_id] = (
             i + usage.input_octets,
             o + usage.output_octets,
+            c + await _counted(store, catalogue, usage),
             tps,
         )
     return {
-        sub: UsageTotals(input_octets=i, output_octets=o, trace_ids=tuple(dict.fromkeys(tps)))
-        for sub, (i, o, tps) in per_subscription.items()
+        sub: UsageTotals(
+            input_octets=i,
+            output_octets=o,
+            trace_ids=tuple(dict.fromkeys(tps)),
+            counted_octets=c,
+        )
+        for sub, (i, o, c, tps) in per_subscription.items()
     }
+
+
+async def _counted(store: EventStore, catalogue: BillRunCatalogue, usage: UsageRated) -> int:
+    if usage.band == STANDARD or usage.plan_id is None or usage.plan_version is None:
+        return usage.total_octets
+    versions = await catalogue.versions_of(store, usage.plan_id)
+    if len(versions) < usage.plan_version:
+        return usage.total_octets
+    bands = versions[usage.plan_version - 1].time_bands
+    return counted_octets(bands, usage.band, usage.total_octets)
 
 
 async def _current_details(
@@ -299,7 +321,7 @@ async def _close_for_customer(
     active = [s for s in subs if s.started_on < period.next.first_day]
     if not active:
         return None
-    usage = await _usage(store, customer_id, str(period))
+    usage = await _usage(store, catalogue, customer_id, str(period))
     tax = catalogue.taxes.get(customer.tax_region)
     drafts = []
     for sub in active:

@@ -53,10 +53,17 @@ class UsageTotals:
     input_octets: int
     output_octets: int
     trace_ids: tuple[str, ...] = ()
+    #: the octets as they count against included data and overage (a plan's time bands: a
+    #: free night band counts nothing); None: all of them count
+    counted_octets: int | None = None
 
     @property
     def total_octets(self) -> int:
         return self.input_octets + self.output_octets
+
+    @property
+    def billable_octets(self) -> int:
+        return self.total_octets if self.counted_octets is None else self.counted_octets
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ def draft_invoice(
             f"plan {plan.plan_id}: monthly fee in {currency}, "
             f"overage price in {plan.overage_price.currency}"
         )
-    if usage.input_octets < 0 or usage.output_octets < 0:
+    if usage.input_octets < 0 or usage.output_octets < 0 or usage.billable_octets < 0:
         raise InvalidUsage(
             f"negative usage: input {usage.input_octets}, output {usage.output_octets}"
         )
@@ -150,7 +157,7 @@ def draft_subscription_invoice(
                     f"plan {plan.plan_id}: {price.currency} where the subscription bills in"
                     f" {currency}"
                 )
-    if usage.input_octets < 0 or usage.output_octets < 0:
+    if usage.input_octets < 0 or usage.output_octets < 0 or usage.billable_octets < 0:
         raise InvalidUsage(
             f"negative usage: input {usage.input_octets}, output {usage.output_octets}"
         )
@@ -259,7 +266,7 @@ def _recurring_line(
     fee = plan.monthly_fee
     description = f"Plan {plan.name} — {period}{span}"
     if plan.included_bytes > 0 and show_included:
-        used = min(usage.total_octets, plan.included_bytes)
+        used = min(usage.billable_octets, plan.included_bytes)
         description += (
             f" ({format_bytes(used)} of {format_bytes(plan.included_bytes)} included used)"
         )
@@ -283,7 +290,7 @@ def _recurring_line(
 
 
 def _usage_line(plan: PlanTerms, usage: UsageTotals, rounding: Rounding) -> InvoiceLine | None:
-    over = usage.total_octets - plan.included_bytes
+    over = usage.billable_octets - plan.included_bytes
     if over <= 0:
         return None
     unit_bytes = plan.overage_unit_bytes
