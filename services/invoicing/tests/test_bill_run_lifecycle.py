@@ -247,6 +247,8 @@ async def test_a_price_change_applies_from_its_effective_date_and_prices_the_ove
     [usage] = [line for line in invoice.lines if line.kind is LineKind.USAGE]
     # version 2 in force at the month's end: 1 GB included, 1.2 GB over, per started 0.5 GB
     assert usage.quantity == Decimal("1.5") and usage.amount == usd("4.50")
+    # the usage billed: the stream's first (and only) event; later usage would be late
+    assert invoice.usage_through == 0
     assert invoice.total == usd("51.50")
 
 

@@ -22,6 +22,7 @@ from ispbill_core.contracts.accounts import (
     TimeBand,
     plan_stream,
 )
+from ispbill_core.contracts.invoicing import invoice_stream
 from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.contracts.usage_collector import AcctStatus
 from ispbill_core.events import deterministic_id, new_event
@@ -38,6 +39,7 @@ from tests.fixtures.radius import (
     NIGHT,
     START,
     STARTED,
+    UTC_SETTINGS,
     message,
     plan,
     record,
@@ -352,3 +354,24 @@ def test_buckets_add_up_to_the_stop_in_any_order_with_duplicates_and_dropped_int
                 await store.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.integration
+async def test_usage_rated_into_an_invoiced_period_is_marked_late(store) -> None:
+    await subscribed(store, plan())
+    start = datetime(2026, 3, 31, 23, tzinfo=UTC)
+    first = [record(AcctStatus.START, 0, 0, 0, start=start)]
+    await rate_accounting_batch(store, UTC_SETTINGS, [message(r) for r in first])
+    await store.append(
+        invoice_stream("c-1", "2026-03"),
+        [new_event(STARTED, id=deterministic_id("invoice"), occurred_at=START)],  # any event
+        ANY,
+    )
+    # 23:00-01:00: half in the invoiced March, half in April
+    late = [record(AcctStatus.STOP, 7200, 1_000, 0, start=start)]
+    await rate_accounting_batch(store, UTC_SETTINGS, [message(r) for r in late])
+    usage = await all_events_of(store, UsageRated)
+    assert sorted((u.period, u.input_octets, u.late) for u in usage) == [
+        ("2026-03", 500, True),
+        ("2026-04", 500, False),
+    ]

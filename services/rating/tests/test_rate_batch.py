@@ -169,8 +169,8 @@ async def test_one_append_for_a_batch_of_many_sessions(tmp_path: Path) -> None:
         ]
         rated = await rate_accounting_batch(store, UTC_SETTINGS, [message(r) for r in records])
         assert calls == {"append": 0, "append_many": 1}
-        # indexes, sessions, claims, subscriptions, plans: one query each
-        assert reads["read_stream"] == 0 and reads["read_streams"] <= 5
+        # indexes, sessions, claims, subscriptions, plans, invoices: one query each
+        assert reads["read_stream"] == 0 and reads["read_streams"] <= 6
         assert len(rated) == 150 and sum(u.input_octets for u in rated) == 50 * 900_000
     finally:
         await store.close()

@@ -87,6 +87,10 @@ class InvoiceIssued(DomainEvent):
     taxes: tuple[TaxLine, ...]
     tax_total: Money
     total: Money
+    #: the last position of the period's usage stream (`usage-<customer>-<period>`) this
+    #: invoice billed; usage after it was rated late and is billed as an adjustment, never
+    #: here. None: no usage was billed (or the invoice predates this field).
+    usage_through: int | None = Field(default=None, ge=0)
 
 
 @event_type("InvoicePaid", 1)

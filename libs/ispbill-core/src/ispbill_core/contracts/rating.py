@@ -45,6 +45,9 @@ class UsageRated(DomainEvent):
     suspended: bool = False
     #: what measured it: RADIUS accounting, or a router's counters (no RADIUS for the subscriber)
     source: Literal["radius", "router"] = "radius"
+    #: the period was invoiced already when this was rated: it is billed as an adjustment.
+    #: Invoicing decides by position, not by this mark (`InvoiceIssued.usage_through`).
+    late: bool = False
 
     @property
     def total_octets(self) -> int:

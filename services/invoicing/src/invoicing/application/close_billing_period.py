@@ -195,12 +195,15 @@ def _merge(drafts: list[InvoiceDraft]) -> InvoiceDraft:
 
 async def _usage(
     store: EventStore, catalogue: BillRunCatalogue, customer_id: str, period: str
-) -> dict[str, UsageTotals]:
+) -> tuple[dict[str, UsageTotals], int | None]:
     """Per subscription, the period's usage from rating's buckets: the octets, and the octets
     as they count on the plan version each bucket was rated on (its time band's multiplier;
-    usage rated before buckets counts whole)."""
+    usage rated before buckets counts whole). And the usage stream's last position read
+    (None: no usage): usage rated into the period after it is late."""
     per_subscription: dict[str, tuple[int, int, int, list[str]]] = {}
-    for recorded in await store.read_stream(usage_stream(customer_id, period)):
+    recorded_usage = await store.read_stream(usage_stream(customer_id, period))
+    through = recorded_usage[-1].stream_position if recorded_usage else None
+    for recorded in recorded_usage:
         usage = recorded.decode()
         assert isinstance(usage, UsageRated)
         i, o, c, tps = per_subscription.get(usage.subscription_id, (0, 0, 0, []))
@@ -212,7 +215,7 @@ async def _usage(
             c + await _counted(store, catalogue, usage),
             tps,
         )
-    return {
+    totals = {
         sub: UsageTotals(
             input_octets=i,
             output_octets=o,
@@ -221,6 +224,7 @@ async def _usage(
         )
         for sub, (i, o, c, tps) in per_subscription.items()
     }
+    return totals, through
 
 
 async def _counted(store: EventStore, catalogue: BillRunCatalogue, usage: UsageRated) -> int:
@@ -321,7 +325,7 @@ async def _close_for_customer(
     active = [s for s in subs if s.started_on < period.next.first_day]
     if not active:
         return None
-    usage = await _usage(store, catalogue, customer_id, str(period))
+    usage, usage_through = await _usage(store, catalogue, customer_id, str(period))
     tax = catalogue.taxes.get(customer.tax_region)
     drafts = []
     for sub in active:
@@ -377,6 +381,7 @@ async def _close_for_customer(
             taxes=draft.taxes,
             tax_total=draft.tax_total,
             total=draft.total,
+            usage_through=usage_through,
         )
         for index, line in enumerate(invoice.lines):
             # One span per line, linked to the trace of every RADIUS packet it bills.

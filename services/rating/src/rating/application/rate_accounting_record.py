@@ -416,6 +416,8 @@ async def _append_usage(
     """Usage kept unmatched, rated now: in the customer's streams of the periods it happened
     in, split into buckets as the live path splits it (`usage_pieces`), with the same ids, so
     rating the same record again, by either path, records it once."""
+    from rating.application.rate_batch import invoiced_periods
+
     pieces = usage_pieces(
         settings,
         await subscription_tariffs(store, subscription_id),
@@ -427,6 +429,11 @@ async def _append_usage(
         span_start=unmatched.started_at or unmatched.occurred_at,
         occurred_at=unmatched.occurred_at,
     )
+    late = await invoiced_periods(store, {(customer_id, u.period) for _, u in pieces})
+    pieces = [
+        (i, u.model_copy(update={"late": True}) if (customer_id, u.period) in late else u)
+        for i, u in pieces
+    ]
     await store.append_many(
         [
             (

@@ -39,6 +39,7 @@ from ispbill_core.contracts.accounts import (
     plan_stream,
     radius_user_stream,
 )
+from ispbill_core.contracts.invoicing import invoice_stream
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import (
@@ -104,6 +105,8 @@ class RatingCache:
         #: subscription id -> (read at, its history and plans), kept as long as holdings
         self.tariffs: dict[str, tuple[float, Tariffs | None]] = {}
         self.plans: dict[str, tuple[float, list[PlanTerms]]] = {}
+        #: (customer, period) -> True once invoiced (for good), else when it was seen not to be
+        self.invoiced: dict[tuple[str, str], bool | float] = {}
 
     def clear(self) -> None:
         self.indexes.clear()
@@ -111,6 +114,7 @@ class RatingCache:
         self.holdings.clear()
         self.tariffs.clear()
         self.plans.clear()
+        self.invoiced.clear()
 
     def keep(self, indexes: dict[str, _Index], sessions: dict[str, SessionState]) -> None:
         """A committed batch's indexes and sessions (closed sessions are not kept: a late
@@ -129,9 +133,39 @@ class RatingCache:
                 table.popitem(last=False)
         if len(self.holdings) > self.max_sessions:
             self.holdings.clear()
+        if len(self.invoiced) > self.max_sessions:
+            self.invoiced.clear()
         if len(self.tariffs) > self.max_sessions:
             self.tariffs.clear()
             self.plans.clear()
+
+
+async def invoiced_periods(
+    store: EventStore, pairs: set[tuple[str, str]], cache: RatingCache | None = None
+) -> set[tuple[str, str]]:
+    """Which (customer, period) pairs have an invoice: their usage rated now is late. An
+    invoiced period stays invoiced; one that was not is looked at again after the cache's
+    `holdings_ttl`. The mark is for people (read models, the clerk); what invoicing relies on
+    is the usage stream position each invoice records (`InvoiceIssued.usage_through`), which
+    no race between a bill run and rating can blur."""
+    now = time.monotonic()
+    found: set[tuple[str, str]] = set()
+    missing = []
+    for pair in pairs:
+        known = cache.invoiced.get(pair) if cache is not None else None
+        if known is True:
+            found.add(pair)
+        elif known is None or cache is None or now - known > cache.holdings_ttl:
+            missing.append(pair)
+    if missing:
+        streams = await store.read_streams([invoice_stream(c, p) for c, p in missing])
+        for pair in missing:
+            invoiced = bool(streams.get(invoice_stream(*pair)))
+            if invoiced:
+                found.add(pair)
+            if cache is not None:
+                cache.invoiced[pair] = True if invoiced else now
+    return found
 
 
 async def rate_accounting_batch(
@@ -219,6 +253,14 @@ class _Stream:
         return key.partition("\n")[0]
 
 
+@dataclass(frozen=True)
+class _Usage:
+    id: uuid.UUID
+    usage: UsageRated
+    causation_id: uuid.UUID
+    traceparent: str | None
+
+
 @dataclass
 class _Unmatched:
     record: AccountingRecordReceived
@@ -249,7 +291,8 @@ class _Batch:
         self.listings: dict[str, _Stream] = {}
         self.index_appends: dict[str, _Stream] = {}
         self.counters: dict[str, _Stream] = {}
-        self.usage: dict[str, _Stream] = {}
+        self.pending_usage: list[_Usage] = []
+        self.usage_ids: set[uuid.UUID] = set()
         self.unmatched_appends: dict[str, _Stream] = {}
         self.ids: set[str] = set()
         self.rated: list[UsageRated] = []
@@ -551,17 +594,34 @@ class _Batch:
             occurred_at=record.event_time,
         )
         for usage_id, usage in pieces:
+            if usage_id in self.usage_ids:
+                continue  # the same record twice in the batch
+            self.usage_ids.add(usage_id)
+            self.pending_usage.append(_Usage(usage_id, usage, causation_id, traceparent))
+
+    async def _usage_batches(self) -> list[tuple[str, list[EncodedEvent], ExpectedVersion]]:
+        """The usage folded so far, marked late where its period is invoiced already, each
+        event appended on its own (ANY): one recorded by an earlier delivery is a no-op."""
+        pending, self.pending_usage = self.pending_usage, []
+        invoiced = await invoiced_periods(
+            self.store, {(u.usage.customer_id, u.usage.period) for u in pending}, self.cache
+        )
+        batches: list[tuple[str, list[EncodedEvent], ExpectedVersion]] = []
+        for u in pending:
+            usage = u.usage
+            if (usage.customer_id, usage.period) in invoiced:
+                usage = usage.model_copy(update={"late": True})
+            self.rated.append(usage)
             event = encoded_event(
                 usage,
-                id=usage_id,
+                id=u.id,
                 occurred_at=usage.occurred_at,
-                causation_id=causation_id,
-                traceparent=traceparent,
+                causation_id=u.causation_id,
+                traceparent=u.traceparent,
                 actor=ACTOR,
             )
-            if event.id not in self.ids:
-                self.rated.append(usage)
-            self._add(self.usage, usage_stream(customer_id, usage.period), ANY, event)
+            batches.append((usage_stream(usage.customer_id, usage.period), [event], ANY))
+        return batches
 
     # -- the writes ----------------------------------------------------------------------
     async def append(self, checkpoint: tuple[str, int] | None) -> None:
@@ -572,10 +632,10 @@ class _Batch:
                 self.index_appends,
                 self.counters,
                 self.unmatched_appends,
-                self.usage,
             )
             for key, pending in kind.items()
         ]
+        batches += await self._usage_batches()
         if batches or checkpoint is not None:
             await self.store.append_many(batches, checkpoint=checkpoint)
 
@@ -587,7 +647,6 @@ class _Batch:
         run's append. Looking again now means that one of the two rates this usage."""
         if not self.unmatched:
             return self.rated
-        self.usage = {}
         await self._prefetch_holdings(
             {p.record.username for p in self.unmatched if p.record.username}, fresh=True
         )
@@ -605,9 +664,7 @@ class _Batch:
                 causation_id=pending.message.id,
                 traceparent=pending.traceparent,
             )
-        if self.usage or checkpoint is not None:
-            await self.store.append_many(
-                [(_Stream.name(k), p.events, p.expected) for k, p in self.usage.items()],
-                checkpoint=checkpoint,
-            )
+        batches = await self._usage_batches()
+        if batches or checkpoint is not None:
+            await self.store.append_many(batches, checkpoint=checkpoint)
         return self.rated
