@@ -88,7 +88,7 @@ from rating.application.rate_accounting_record import (
     rate_unmatched_usage_of_new_username,
 )
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
-from rating.application.read_models import UnmatchedUsageProjection
+from rating.application.read_models import rating_projections
 from rating.entrypoints.http import rating_router
 from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
@@ -153,7 +153,7 @@ def all_projections(settings: Settings) -> list[Projection]:
         InvoicesProjection(),
         BillingCatalogueProjection(),
         PaymentsProjection(),
-        UnmatchedUsageProjection(settings.timezone),
+        *rating_projections(settings.timezone),
         AuditTrailProjection(),
     ]
 
