@@ -176,7 +176,7 @@ async def table_contents(db: ReadModelDatabase, projector: Projector) -> dict[st
     contents = {}
     for runner in projector.runners.values():
         for table in runner.projection.tables:
-            rows = await db.fetch(f"SELECT * FROM {table}")  # noqa: S608
+            rows = await db.fetch(f"SELECT * FROM {table}")
             contents[table] = sorted(tuple(str(v) for v in row) for row in rows)
     return contents
 

@@ -33,6 +33,11 @@ from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded
 
 #: The most sessions one page holds.
 MAX_SESSIONS_PAGE = 500
+#: A RADIUS User-Name to filter by: printable, no spaces, 1-253 characters (as accounts
+#: accepts one).
+USERNAME_PATTERN = (
+    r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028-\u202f\u205f\u2066-\u2069\u3000\ufeff]+$"
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -423,6 +428,12 @@ def _logged(row: Sequence[Any]) -> LoggedSession:
     )
 
 
+def _check_limit(limit: int) -> None:
+    # a page, and one more that tells whether another page follows
+    if not 1 <= limit <= MAX_SESSIONS_PAGE + 1:
+        raise ValueError(f"limit is 1 to {MAX_SESSIONS_PAGE}")
+
+
 class SessionQueries:
     """Sessions as the REST API and gRPC UsageService answer them, from the projections."""
 
@@ -440,8 +451,7 @@ class SessionQueries:
     ) -> list[LiveSession]:
         """Open sessions, the most recently opened first, on one NAS and/or of one username;
         `before` (a session's `cursor`) pages on."""
-        if not 1 <= limit <= MAX_SESSIONS_PAGE:
-            raise ValueError(f"limit is 1 to {MAX_SESSIONS_PAGE}")
+        _check_limit(limit)
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("nas_id", nas_id), ("username", username)):
@@ -475,8 +485,7 @@ class SessionQueries:
         """A customer's sessions (of one subscription, when given) that started from `first`
         to `last` (local days in the ISP's time zone, both included), newest start first;
         `before` (a session's `cursor`) pages on."""
-        if not 1 <= limit <= MAX_SESSIONS_PAGE:
-            raise ValueError(f"limit is 1 to {MAX_SESSIONS_PAGE}")
+        _check_limit(limit)
         if first is not None and last is not None and last < first:
             raise ValueError("the range ends before it starts")
         where = ["customer_id = ?"]
