@@ -126,6 +126,7 @@ async def test_the_matrix_covers_every_route_the_app_serves(api: Api) -> None:
         ("POST", "/api/v1/payments/manual"),
         ("POST", "/api/v1/bill-runs"),
         ("GET", "/api/v1/usage/unmatched"),
+        ("GET", "/api/v1/sessions/live"),
         ("POST", "/api/v1/collector/imports/radius-detail"),
         ("GET", "/api/v1/collector/drops"),
         ("DELETE", "/api/v1/tokens/{token_id}"),

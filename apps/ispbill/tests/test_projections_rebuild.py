@@ -1,12 +1,13 @@
 """Every projection rebuilt from position 0 equals the one kept live while the API was used:
 customers and their changes, plans, subscriptions through their lifecycle, NASes, invoices,
-payments, unmatched usage and the audit trail; on SQLite and on PostgreSQL."""
+payments, unmatched and rated usage, sessions and the audit trail; on SQLite and on
+PostgreSQL."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from ispbill_app.bootstrap import Services, open_ledger, projections_running
 from ispbill_app.settings import Settings
 from ispbill_core.clock import FixedClock
-from ispbill_core.contracts.usage_collector import AccountingRecordReceived
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.projections import ReadModelDatabase
 from ispbill_core.sealing import KEY_ENV
 from tests.fixtures.staff import staff_token
@@ -117,11 +118,35 @@ async def use_the_api(client: httpx.AsyncClient, services: Services) -> None:
     from ispbill_core.events import new_event
     from rating.application.rate_accounting_record import RatingSettings, rate_accounting_record
 
+    rating = RatingSettings(timezone=services.settings.timezone)
     await rate_accounting_record(
-        services.store,
-        RatingSettings(timezone=services.settings.timezone),
-        new_event(record, id=record.record_id, occurred_at=NOW),
+        services.store, rating, new_event(record, id=record.record_id, occurred_at=NOW)
     )
+    # usage of user0 (s-0): one session stopped, one still open
+    for session, status, seconds, octets in (
+        ("sess-2", AcctStatus.START, 0, 0),
+        ("sess-2", AcctStatus.INTERIM_UPDATE, 600, 5000),
+        ("sess-2", AcctStatus.STOP, 900, 8000),
+        ("sess-3", AcctStatus.INTERIM_UPDATE, 300, 700),
+    ):
+        rated = record.model_copy(
+            update={
+                "record_id": uuid.uuid4(),
+                "acct_session_id": session,
+                "status": status,
+                "username": "user0",
+                "session_time": seconds,
+                "event_time": NOW + timedelta(seconds=seconds),
+                "received_at": NOW + timedelta(seconds=seconds),
+                "input_octets": octets,
+                "output_octets": octets,
+                "framed_ip_address": "100.64.0.1",
+                "terminate_cause": "User-Request" if status is AcctStatus.STOP else None,
+            }
+        )
+        await rate_accounting_record(
+            services.store, rating, new_event(rated, id=rated.record_id, occurred_at=NOW)
+        )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -196,6 +221,10 @@ async def test_every_projection_rebuilt_from_zero_equals_the_live_one(services: 
     assert len(live["payments.payments"]["rm_payments"]) == 1
     assert len(live["rating.unmatched-usage"]["rm_unmatched_usage"]) == 1
     assert len(live["accounts.nas"]["rm_nas"]) == 1
+    assert len(live["rating.usage-daily"]["rm_usage_daily"]) == 1
+    assert len(live["rating.usage-top"]["rm_usage_top"]) == 1
+    assert len(live["rating.session-log"]["rm_session_log"]) == 3  # stranger's too
+    assert len(live["rating.live-sessions"]["rm_live_sessions"]) == 2
     assert any(
         row[3] == "staff:admin" and row[4] == "CustomerDetailsChanged"
         for row in live["core.audit-trail"]["rm_audit"]

@@ -88,8 +88,10 @@ from rating.application.rate_accounting_record import (
     rate_unmatched_usage_of_new_username,
 )
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
-from rating.application.read_models import UnmatchedUsageProjection
+from rating.application.read_models import rating_projections
+from rating.application.session_read_models import SessionQueries
 from rating.application.track_tariff import TARIFF_TYPES, TariffTracker
+from rating.application.usage_read_models import UsageQueries
 from rating.entrypoints.http import rating_router
 from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
@@ -154,7 +156,7 @@ def all_projections(settings: Settings) -> list[Projection]:
         InvoicesProjection(),
         BillingCatalogueProjection(),
         PaymentsProjection(),
-        UnmatchedUsageProjection(settings.timezone),
+        *rating_projections(settings.timezone),
         AuditTrailProjection(),
     ]
 
@@ -638,14 +640,14 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         await store.close()
 
 
-async def start_grpc(services: Services) -> tuple[Any, int]:
-    """One gRPC server for InvoiceService and AccountsService, with health checks and
-    reflection, on settings.grpc_port (0: a free port); returns the server and its port."""
+def grpc_services(services: Services) -> list[Any]:
+    """The gRPC services a process serves (`GrpcService`s): InvoiceService, AccountsService and
+    UsageService, each answered from the read models."""
     from accounts.entrypoints.grpc_server import accounts_grpc_service
     from invoicing.entrypoints.grpc_server import invoice_grpc_service
-    from ispbill_core.grpc_server import serve_grpc
+    from rating.entrypoints.grpc_server import usage_grpc_service
 
-    served = [
+    return [
         invoice_grpc_service(services.invoice_queries),
         accounts_grpc_service(
             AccountsQueries(services.reads),
@@ -653,7 +655,18 @@ async def start_grpc(services: Services) -> tuple[Any, int]:
             services.clock,
             services.settings.timezone,
         ),
+        usage_grpc_service(
+            UsageQueries(services.reads), SessionQueries(services.reads, services.settings.timezone)
+        ),
     ]
+
+
+async def start_grpc(services: Services) -> tuple[Any, int]:
+    """One gRPC server for every service of `grpc_services`, with health checks and
+    reflection, on settings.grpc_port (0: a free port); returns the server and its port."""
+    from ispbill_core.grpc_server import serve_grpc
+
+    served = grpc_services(services)
     server, port = await serve_grpc(
         served,
         authenticator=services.authenticator,

@@ -503,6 +503,8 @@ class _Batch:
                 input_delta=in_delta,
                 output_delta=out_delta,
                 closed=outcome.closes,
+                framed_ip_address=record.framed_ip_address,
+                terminate_cause=record.terminate_cause,
             )
             self._add(
                 self.counters,

@@ -1,5 +1,6 @@
-"""Read model of rating: usage kept unmatched, per username, and which subscription (if any)
-has the username now, so that the clerk's list of unbilled usage is one indexed query."""
+"""Read models of rating: usage kept unmatched, per username, and which subscription (if any)
+has the username now, so that the clerk's list of unbilled usage is one indexed query; and
+(`rating_projections`) every projection rating declares, for the composition root."""
 
 from __future__ import annotations
 
@@ -10,8 +11,21 @@ from zoneinfo import ZoneInfo
 from ispbill_core.contracts.accounts import SubscriptionStarted
 from ispbill_core.events import RecordedEvent
 from ispbill_core.projections import Projection, ReadModelDatabase, Statement
+from rating.application.session_read_models import LiveSessionsProjection, SessionLogProjection
+from rating.application.usage_read_models import DailyUsageProjection, TopUsersProjection
 from rating.application.usage_summary import UnmatchedUsage
 from rating.domain.events import UsageUnmatched
+
+
+def rating_projections(timezone: ZoneInfo) -> list[Projection]:
+    """Rating's read models; `timezone` is the ISP's (the local day of usage)."""
+    return [
+        UnmatchedUsageProjection(timezone),
+        DailyUsageProjection(timezone),
+        TopUsersProjection(),
+        LiveSessionsProjection(),
+        SessionLogProjection(),
+    ]
 
 
 class UnmatchedUsageProjection(Projection):

@@ -21,7 +21,12 @@ class RadiusSessionOpened(DomainEvent):
 
 @event_type("SessionCountersRecorded", 1)
 class SessionCountersRecorded(DomainEvent):
-    """One accounting record applied to its session: cumulative counters and the delta."""
+    """One accounting record applied to its session: cumulative counters and the delta.
+
+    `framed_ip_address` and `terminate_cause` are the record's own (Framed-IP-Address,
+    Acct-Terminate-Cause), kept for the session log; added later with defaults, so entries
+    recorded before them have neither, and an entry that closes a session because its NAS
+    rebooted has no terminate cause (its `status` says why)."""
 
     session_key: str
     record_id: uuid.UUID
@@ -35,6 +40,8 @@ class SessionCountersRecorded(DomainEvent):
     input_delta: int = Field(ge=0)
     output_delta: int = Field(ge=0)
     closed: bool = False
+    framed_ip_address: str | None = None
+    terminate_cause: str | None = None
 
 
 @event_type("RadiusNasRebooted", 1)
