@@ -14,9 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ispbill_core.contracts.accounts import SubscriptionStarted
+from ispbill_core.contracts.accounts import (
+    RadiusUsernameAssigned,
+    RadiusUsernameReleased,
+    SubscriptionStarted,
+    radius_user_stream,
+    subscription_stream,
+)
 from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
+from ispbill_core.events import deterministic_id, new_event
+from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from rating.application.rate_accounting_record import (
@@ -295,5 +303,56 @@ async def test_a_reused_session_id_after_a_cached_one_needs_no_second_read(
         # a conflict would have emptied the cache, the other session's index with it
         assert session_index_stream("nas-1", "other") in cache.indexes
         assert len(await store.read_stream(session_index_stream("nas-1", "s-1"))) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_username_given_to_another_subscription_rates_to_it_from_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    """The cache follows the ledger's changes: no stale holder after a username moves."""
+    store = await fresh_store(str(tmp_path), "ledger")
+    try:
+        await claim(
+            store,
+            SubscriptionStarted(
+                subscription_id="sub-1",
+                customer_id="c-1",
+                plan_id="home",
+                radius_username="alice",
+                started_on=date(2026, 1, 1),
+            ),
+        )
+        cache = RatingCache()
+        first = record(AcctStatus.INTERIM_UPDATE, 60, 100, 0, acct_session_id="a")
+        await rate_accounting_batch(store, UTC_SETTINGS, [message(first)], cache)
+        released = RadiusUsernameReleased(
+            username="alice", subscription_id="sub-1", released_on=date(2026, 3, 9)
+        )
+        second = SubscriptionStarted(
+            subscription_id="sub-2",
+            customer_id="c-2",
+            plan_id="home",
+            radius_username="alice",
+            started_on=date(2026, 3, 10),
+        )
+        assigned = RadiusUsernameAssigned(
+            username="alice", customer_id="c-2", subscription_id="sub-2"
+        )
+        for stream, event in (
+            (radius_user_stream("alice"), released),
+            (radius_user_stream("alice"), assigned),
+            (subscription_stream("sub-2"), second),
+        ):
+            await store.append(
+                stream, [new_event(event, id=deterministic_id(event), occurred_at=START)], ANY
+            )
+        later = record(AcctStatus.INTERIM_UPDATE, 60, 50, 0, acct_session_id="b")
+        await rate_accounting_batch(store, UTC_SETTINGS, [message(later)], cache)
+        usage = await all_events_of(store, UsageRated)
+        assert sorted((u.customer_id, u.input_octets) for u in usage) == [
+            ("c-1", 100),
+            ("c-2", 50),
+        ]
     finally:
         await store.close()

@@ -34,12 +34,22 @@ from datetime import datetime
 from opentelemetry import trace
 
 from ispbill_core.contracts.accounts import (
+    PlanDefined,
     PlanTerms,
+    PlanVersionPublished,
+    RadiusUsernameAssigned,
+    RadiusUsernameChanged,
+    RadiusUsernameReleased,
+    SubscriptionHoldPlaced,
+    SubscriptionPlanChanged,
+    SubscriptionResumed,
     SubscriptionStarted,
+    SubscriptionSuspended,
+    SubscriptionTerminated,
     plan_stream,
     radius_user_stream,
 )
-from ispbill_core.contracts.invoicing import invoice_stream
+from ispbill_core.contracts.invoicing import InvoiceIssued, invoice_stream
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import (
@@ -91,14 +101,43 @@ from rating.domain.sessions import (
 tracer = trace.get_tracer("ispbill.rating")
 
 
+#: What can change a cached username's holdings, a subscription's history, a plan or whether a
+#: period is invoiced: a cache that follows these in the ledger drops exactly what they touch.
+WATCHED_TYPES = frozenset(
+    {
+        RadiusUsernameAssigned.event_type,
+        RadiusUsernameReleased.event_type,
+        RadiusUsernameChanged.event_type,
+        SubscriptionStarted.event_type,
+        SubscriptionPlanChanged.event_type,
+        SubscriptionSuspended.event_type,
+        SubscriptionResumed.event_type,
+        SubscriptionHoldPlaced.event_type,
+        SubscriptionTerminated.event_type,
+        PlanDefined.event_type,
+        PlanVersionPublished.event_type,
+        InvoiceIssued.event_type,
+    }
+)
+_FOLLOW_PAGE = 1000
+
+
 class RatingCache:
     """What a rating worker keeps between batches: the session indexes and session states it
-    read or committed (the least recently used dropped beyond `max_sessions`), and each
-    username's holdings for `holdings_ttl` seconds."""
+    read or committed (the least recently used dropped beyond `max_sessions`), each username's
+    holdings, each subscription's history and plans, and which periods are invoiced.
 
-    def __init__(self, *, max_sessions: int = 50_000, holdings_ttl: float = 5.0) -> None:
+    Before each batch the cache reads the ledger's changes since the last batch
+    (`WATCHED_TYPES`, an indexed read by type) and drops what they touch: a username claimed,
+    released or changed, a subscription's lifecycle, a plan's versions. So a username given to
+    another subscription is rated to it from the next batch on. `holdings_ttl` (seconds) is a
+    safety net on top; 0 caches nothing across batches."""
+
+    def __init__(self, *, max_sessions: int = 50_000, holdings_ttl: float = 600.0) -> None:
         self.max_sessions = max_sessions
         self.holdings_ttl = holdings_ttl
+        #: the ledger position up to which changes were followed (None: not started)
+        self.watermark: int | None = None
         self.indexes: OrderedDict[str, _Index] = OrderedDict()
         self.sessions: OrderedDict[str, SessionState] = OrderedDict()
         self.holdings: dict[str, tuple[float, list[UsernameHolding]]] = {}
@@ -107,6 +146,39 @@ class RatingCache:
         self.plans: dict[str, tuple[float, list[PlanTerms]]] = {}
         #: (customer, period) -> True once invoiced (for good), else when it was seen not to be
         self.invoiced: dict[tuple[str, str], bool | float] = {}
+
+    async def follow_changes(self, store: EventStore) -> None:
+        """Drop what the changes recorded since the last call touch (see the class)."""
+        if self.holdings_ttl <= 0:
+            return
+        if self.watermark is None:
+            self.watermark = await store.head_position()  # everything read later is newer
+            return
+        while True:
+            changes = await store.read_all(
+                after=self.watermark, limit=_FOLLOW_PAGE, types=WATCHED_TYPES
+            )
+            for change in changes:
+                self._forget(change)
+            if changes:
+                self.watermark = changes[-1].global_position
+            if len(changes) < _FOLLOW_PAGE:
+                return
+
+    def _forget(self, change: RecordedEvent) -> None:
+        data = change.data
+        if change.type == InvoiceIssued.event_type:
+            self.invoiced[(str(data.get("customer_id")), str(data.get("period")))] = True
+            return
+        if change.type in (PlanDefined.event_type, PlanVersionPublished.event_type):
+            self.plans.pop(str(data.get("plan_id")), None)
+            self.tariffs.clear()  # each holds its plans' versions
+            return
+        for field_name in ("username", "radius_username", "old_username", "new_username"):
+            if field_name in data:
+                self.holdings.pop(str(data[field_name]), None)
+        if "subscription_id" in data:
+            self.tariffs.pop(str(data["subscription_id"]), None)
 
     def clear(self) -> None:
         self.indexes.clear()
@@ -227,6 +299,11 @@ async def _rate_run(
             # sessions' records first: read again, and they count as seen
             cache.clear()  # another worker appended to one of these sessions: read again
             continue
+        except BaseException:
+            # the fold works on the cached sessions themselves (copying them cost a fifth of
+            # a record's rating): a failed attempt may have changed them, so they go
+            cache.clear()
+            raise
         cache.keep(batch.indexes, batch.sessions)
         return await batch.rate_what_was_unmatched(checkpoint)
     raise RuntimeError(f"a batch of {len(run)} records kept conflicting")
@@ -300,8 +377,9 @@ class _Batch:
 
     # -- reads, a few queries per run ----------------------------------------------------
     async def prefetch(self, records: Sequence[AccountingRecordReceived]) -> None:
-        """Every stream the run needs, from the cache (copied: a failed attempt leaves it as
-        it was) or in a few read_streams; then each record's session, opened where new."""
+        """Every stream the run needs, from the cache (used in place: a failed attempt clears
+        it) or in a few read_streams; then each record's session, opened where new."""
+        await self.cache.follow_changes(self.store)
         index_streams = {session_index_stream(r.nas_id, r.acct_session_id) for r in records}
         missing = []
         for stream in index_streams:
@@ -309,7 +387,7 @@ class _Batch:
             if cached is None:
                 missing.append(stream)
             else:
-                self.indexes[stream] = _Index(cached.version, list(cached.opened))
+                self.indexes[stream] = cached  # in place, as the sessions
         for stream, history in (await self.store.read_streams(missing)).items():
             opened = []
             for recorded in history:
@@ -326,7 +404,7 @@ class _Batch:
             if state is None:
                 missing.append(session_stream(key))
             else:
-                self.sessions[key] = state.copy()
+                self.sessions[key] = state  # changed in place: a failed attempt clears it
         for stream, history in (await self.store.read_streams(missing)).items():
             self.sessions[stream.removeprefix("session-")] = fold_session(history)[0]
         await self._prefetch_holdings({r.username for r in records if r.username})
