@@ -147,25 +147,27 @@ class RatingCache:
         #: (customer, period) -> True once invoiced (for good), else when it was seen not to be
         self.invoiced: dict[tuple[str, str], bool | float] = {}
 
-    async def follow_changes(self, store: EventStore) -> None:
-        """Drop what the changes recorded since the last call touch (see the class)."""
+    async def follow_changes(self, store: EventStore) -> set[str] | None:
+        """Drop what the changes recorded since the last call touch (see the class); return
+        the usernames they touched (None: this cache follows nothing, anything may have)."""
         if self.holdings_ttl <= 0:
-            return
+            return None
+        touched: set[str] = set()
         if self.watermark is None:
             self.watermark = await store.head_position()  # everything read later is newer
-            return
+            return touched
         while True:
             changes = await store.read_all(
                 after=self.watermark, limit=_FOLLOW_PAGE, types=WATCHED_TYPES
             )
             for change in changes:
-                self._forget(change)
+                self._forget(change, touched)
             if changes:
                 self.watermark = changes[-1].global_position
             if len(changes) < _FOLLOW_PAGE:
-                return
+                return touched
 
-    def _forget(self, change: RecordedEvent) -> None:
+    def _forget(self, change: RecordedEvent, touched: set[str]) -> None:
         data = change.data
         if change.type == InvoiceIssued.event_type:
             self.invoiced[(str(data.get("customer_id")), str(data.get("period")))] = True
@@ -177,6 +179,7 @@ class RatingCache:
         for field_name in ("username", "radius_username", "old_username", "new_username"):
             if field_name in data:
                 self.holdings.pop(str(data[field_name]), None)
+                touched.add(str(data[field_name]))
         if "subscription_id" in data:
             self.tariffs.pop(str(data["subscription_id"]), None)
 
@@ -727,10 +730,14 @@ class _Batch:
         run's append. Looking again now means that one of the two rates this usage."""
         if not self.unmatched:
             return self.rated
-        await self._prefetch_holdings(
-            {p.record.username for p in self.unmatched if p.record.username}, fresh=True
-        )
+        usernames = {p.record.username for p in self.unmatched if p.record.username}
+        touched = await self.cache.follow_changes(self.store)
+        if touched is not None:  # only a username some change touched since the prefetch
+            usernames &= touched
+        await self._prefetch_holdings(usernames, fresh=True)
         for pending in self.unmatched:
+            if pending.record.username not in usernames:
+                continue
             subscriber = self._subscriber(pending.record.username, pending.record.event_time)
             if subscriber is None:
                 continue
