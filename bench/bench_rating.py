@@ -43,8 +43,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from ispbill_core.contracts.accounts import (
+    PlanDefined,
     RadiusUsernameAssigned,
     SubscriptionStarted,
+    TimeBand,
+    plan_stream,
     radius_user_stream,
     subscription_stream,
 )
@@ -56,6 +59,7 @@ from ispbill_core.contracts.usage_collector import (
 from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, NO_STREAM, EventStore
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.money import Money
 
 PG_ADMIN_DSN = os.environ.get(
     "ISPBILL_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -65,7 +69,8 @@ STORES = os.environ.get("ISPBILL_BENCH_STORES", "sqlite,postgresql").split(",")
 SESSIONS = max(1, RECORDS // 10)
 NASES = 20
 SUBSCRIBED = 0.4
-START = datetime(2026, 3, 10, 8, 0, tzinfo=UTC)
+#: sessions start from 21:45 and cross the plan's night band at 22:00: their deltas are split
+START = datetime(2026, 3, 10, 21, 45, tzinfo=UTC)
 RAW_SECONDS = float(os.environ.get("ISPBILL_BENCH_SECONDS", "5"))
 
 
@@ -135,6 +140,23 @@ async def subscriptions(store: EventStore) -> None:
                 NO_STREAM,
             )
         )
+    # the plan, with a free night band: each delta is split into buckets (period, band)
+    night = TimeBand(name="night", start="22:00", end="06:00", multiplier="free")
+    home = PlanDefined(
+        plan_id="home",
+        name="Home",
+        monthly_fee=Money.of("10.00", "USD"),
+        included_bytes=50 * 10**9,
+        overage_price=Money.of("1.00", "USD"),
+        time_bands=(night,),
+    )
+    batches.append(
+        (
+            plan_stream("home"),
+            [new_event(home, id=deterministic_id("plan", "home"), occurred_at=meta_at)],
+            NO_STREAM,
+        )
+    )
     for at in range(0, len(batches), 1000):
         await store.append_many(batches[at : at + 1000])
 
