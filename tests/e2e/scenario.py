@@ -6,7 +6,7 @@ import io
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +250,90 @@ def assert_usage_before_a_subscription_is_rated_once_it_starts(
         lambda: usage_of(api, customer, period) == before + 3 * GB, what="dave's usage rated"
     )
     assert api.get("/api/v1/usage/unmatched") == []
+
+
+def assert_a_session_is_split_by_band_and_reaches_its_thresholds(
+    api: Ispbill, radius_port: int, customer: str = "C1003"
+) -> None:
+    """A plan with 1 GB included and an evening band from the next full hour (the server's
+    time zone is UTC): erin's session crosses the band's start, so its first delta is split
+    in two buckets by time, and 1.8 GB used passes 80 % and 100 % of the quota, each once."""
+    started = int(time.time()) - 2 * 3600
+    when = datetime.fromtimestamp(started, UTC)
+    period = when.strftime("%Y-%m")
+    edge = (when + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    api.post(
+        "/api/v1/plans",
+        {
+            "plan_id": "e2e-bands",
+            "name": "E2E bands",
+            "currency": "USD",
+            "monthly_fee": "10.00",
+            "included_gb": 1,
+            "overage_per_gb": "1.00",
+        },
+    )
+    api.post(
+        "/api/v1/plans/e2e-bands/versions",
+        {
+            "effective_from": when.date().replace(day=1).isoformat(),
+            "name": "E2E bands",
+            "currency": "USD",
+            "monthly_fee": "10.00",
+            "included_units": 1,
+            "overage_price": "1.00",
+            "time_bands": [
+                {
+                    "name": "evening",
+                    "start": edge.strftime("%H:%M"),
+                    "end": (edge + timedelta(hours=6)).strftime("%H:%M"),
+                    "multiplier": "1",
+                }
+            ],
+        },
+    )
+    api.post(
+        "/api/v1/subscriptions",
+        {
+            "subscription_id": "S3001",
+            "customer_id": customer,
+            "plan_id": "e2e-bands",
+            "radius_username": "erin",
+            "started_on": when.date().replace(day=1).isoformat(),
+        },
+    )
+    first = (600_000_000, 100_000_000)  # (down, up) in the first hour: crosses the band's start
+    total = (1_500_000_000, 300_000_000)
+    packets = session_packets("erin", "e2e-erin", [first, total], started_at=started, step=3600)
+    radclient(radius_port, DEMO_NAS_SECRET, packets)
+
+    def erins() -> dict[str, Any] | None:
+        usage = api.get(f"/api/v1/usage/{customer}/{period}/buckets")
+        found = [s for s in usage["subscriptions"] if s["subscription_id"] == "S3001"]
+        return found[0] if found and found[0]["total_octets"] == sum(total) else None
+
+    subscription = wait_until(erins, what="erin's usage in its buckets")
+    bands = {b["band"]: b for b in subscription["buckets"]}
+    assert set(bands) == {"", "evening"}, bands
+    # the first delta is shared by time: (edge - start) of its hour before the band
+    before = int((edge - when).total_seconds())
+    # down is the NAS's output to the subscriber, up its input
+    assert bands[""]["output_octets"] == first[0] * before // 3600, bands
+    assert bands[""]["input_octets"] == first[1] * before // 3600, bands
+    assert bands[""]["output_octets"] + bands["evening"]["output_octets"] == total[0]
+    assert all(b["plan_version"] == 2 for b in bands.values())
+    reached = wait_until(
+        lambda: (
+            r
+            if len(r := api.get(f"/api/v1/subscriptions/S3001/thresholds/{period}")) == 2
+            else None
+        ),
+        what="erin's quota thresholds",
+    )
+    assert [(r["percent"], r["allowance_octets"]) for r in reached] == [
+        (80, 10**9),
+        (100, 10**9),
+    ]
 
 
 def assert_a_clerks_changes_are_read_back_and_audited(api: Ispbill) -> None:

@@ -21,6 +21,7 @@ from tests.e2e.harness import ISPBILL, Ispbill, Process, create_admin, free_port
 from tests.e2e.scenario import (
     assert_a_clerks_changes_are_read_back_and_audited,
     assert_a_nas_secret_change_takes_effect,
+    assert_a_session_is_split_by_band_and_reaches_its_thresholds,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
     assert_usage_before_a_subscription_is_rated_once_it_starts,
@@ -177,6 +178,8 @@ def test_distributed_thin_path(cluster, smtp_server):
 
     # Usage from before its subscription: kept by rating (faust), rated by its ledger reactor.
     assert_usage_before_a_subscription_is_rated_once_it_starts(api, radius_port)
+    # A session split across a band's start, and the quota thresholds it reaches.
+    assert_a_session_is_split_by_band_and_reaches_its_thresholds(api, radius_port)
 
     # The API seals a new NAS secret; the collector, another process given the same key,
     # opens it from the ledger and answers with it.

@@ -22,6 +22,7 @@ from tests.e2e.scenario import (
     assert_a_clerks_changes_are_read_back_and_audited,
     assert_a_nas_secret_change_takes_effect,
     assert_a_removed_nas_is_refused,
+    assert_a_session_is_split_by_band_and_reaches_its_thresholds,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
     assert_usage_before_a_subscription_is_rated_once_it_starts,
@@ -149,3 +150,8 @@ def test_a_network_engineer_manages_nases_from_the_command_line(all_in_one, tmp_
 def test_usage_before_a_subscription_is_listed_then_rated_once_it_starts(all_in_one):
     api, radius_port, *_ = all_in_one
     assert_usage_before_a_subscription_is_rated_once_it_starts(api, radius_port)
+
+
+def test_a_session_across_a_band_edge_is_split_and_the_quota_thresholds_are_emitted(all_in_one):
+    api, radius_port, *_ = all_in_one
+    assert_a_session_is_split_by_band_and_reaches_its_thresholds(api, radius_port)

@@ -11,6 +11,11 @@ from fastapi import APIRouter, Path, Query
 from fastapi.exceptions import RequestValidationError
 
 from ispbill_core.access import USAGE_READ
+from ispbill_core.contracts.rating import (
+    FairUsageLimitReached,
+    QuotaThresholdReached,
+    tariff_stream,
+)
 from ispbill_core.eventstore import EventStore
 from ispbill_core.input_policy import ID_PATTERN, MAX_CURSOR, PERIOD_PATTERN, BillingDate
 from ispbill_core.projections import ReadModelDatabase
@@ -90,6 +95,21 @@ def rating_router(
         """The subscriptions that used the most bytes (in and out) in a billing period, most
         first, at most 100."""
         return await usage_reads.top(period, limit)
+
+    @router.get(
+        "/subscriptions/{subscription_id}/thresholds/{period}",
+        dependencies=[requires(USAGE_READ)],
+    )
+    async def thresholds(
+        subscription_id: str = Path(pattern=ID_PATTERN),
+        period: str = Path(pattern=PERIOD_PATTERN),
+    ) -> list[QuotaThresholdReached | FairUsageLimitReached]:
+        """The quota thresholds (80 %, 100 %) and fair-usage limits the subscription reached
+        in the period, in the order reached (from its tariff stream: one indexed read)."""
+        reached = [
+            r.decode() for r in await store.read_stream(tariff_stream(subscription_id, period))
+        ]
+        return [e for e in reached if isinstance(e, QuotaThresholdReached | FairUsageLimitReached)]
 
     @router.get("/usage/{customer_id}/{period}", dependencies=[requires(USAGE_READ)])
     async def usage(
