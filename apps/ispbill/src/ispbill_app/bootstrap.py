@@ -851,16 +851,11 @@ async def _serve_collector(services: Services) -> None:
 
 
 async def _serve_rating(services: Services) -> None:
-    from ispbill_core.bus.kafka import ensure_topics
     from ispbill_core.bus.kafka_dead_letters import KafkaDeadLetters, dead_letter_topic
     from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
-    from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
+    from rating.entrypoints.faust_app import create_rating_app, run_rating_worker_recovering
 
     bootstrap = _require_kafka(services.settings)
-    await ensure_topics(
-        bootstrap, [ACCOUNTING_TOPIC], partitions=services.settings.kafka_partitions
-    )
-    await ensure_topics(bootstrap, [dead_letter_topic(ACCOUNTING_TOPIC)], partitions=1)
     rating = RatingSettings(timezone=services.settings.timezone)
     parking = services.require_read_models()
     cache = RatingCache()
@@ -886,7 +881,18 @@ async def _serve_rating(services: Services) -> None:
             dead_letters=dead_letters,
         )
 
-    worker = asyncio.create_task(run_rating_worker(rating_app()), name="rating-worker")
+    # A new app, after the topics are created again, whenever the broker loses them.
+    worker = asyncio.create_task(
+        run_rating_worker_recovering(
+            rating_app,
+            broker=bootstrap,
+            topics={
+                ACCOUNTING_TOPIC: services.settings.kafka_partitions,
+                dead_letter_topic(ACCOUNTING_TOPIC): 1,
+            },
+        ),
+        name="rating-worker",
+    )
     signalled = asyncio.create_task(_until_signalled(), name="signals")
     # Subscriptions come from the ledger, not the topic: a ledger subscriber beside the worker
     # rates the usage a username had before its subscription was recorded. Records parked by

@@ -30,6 +30,13 @@ What faust does and what this module does about it (faust-streaming 0.15):
   new consumer group has no committed offsets, and acking an event of the lost topic would
   commit its offset into the new group, skipping as many records of the new topic. The old
   copies are still rated (idempotent; and they may exist nowhere else any more).
+* A broker that lost its state (Tansu with memory storage restarted; topics deleted by hand)
+  leaves faust stuck: the group rejoins, but on partitions of a topic that does not exist yet
+  and nothing is fetched once it does. ``run_rating_worker_recovering`` watches the broker's
+  metadata; when a topic the worker needs is missing, it stops the app, creates the topics
+  again and starts a new app, which joins the new group and reads the topic from its start
+  (``consumer_auto_offset_reset=earliest``). The ledger, not Kafka, says what was rated:
+  every id is derived from the record, so whatever is read twice is rated once.
 * The first consumer-group join takes ~30 s with faust's defaults; ``fast_join`` lowers the
   rebalance and session timeouts for tests and small installations (~4 s against Tansu).
 * Faust's internal leader topic and web server are off: nothing here needs them, and Tansu
@@ -396,3 +403,103 @@ async def run_rating_worker(app: faust.App, *, ready: asyncio.Event | None = Non
         await worker.stop()
     if app.crash_reason is not None:
         raise app.crash_reason
+
+
+async def run_rating_worker_recovering(
+    make_app: Callable[[], faust.App],
+    *,
+    broker: str,
+    topics: Mapping[str, int],
+    check_every: float = 2.0,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run apps made by `make_app` one after the other: create `topics` (name: partitions)
+    when missing, run an app, and when the broker no longer has one of the topics (it lost
+    its state, or someone deleted it), stop that app and start over with a new one.
+
+    Runs until cancelled; the crash of an app (a handler failure without a dead-letter sink)
+    is raised from here. `ready` is set once the first app has started.
+    """
+    runs = 0
+    while True:
+        await _create_topics(broker, topics)
+        runs += 1
+        worker = asyncio.create_task(
+            run_rating_worker(make_app(), ready=ready), name=f"rating-worker-{runs}"
+        )
+        watch = asyncio.create_task(
+            _topics_lost(broker, list(topics), check_every), name="rating-broker-watch"
+        )
+        try:
+            done, _ = await asyncio.wait({worker, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({watch})
+            if not worker.done():
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+        if worker in done:
+            worker.result()  # a crash is raised
+            return
+        log.warning(
+            "the broker lost %s (restarted without its data?): creating the topics again and"
+            " joining the consumer group anew",
+            ", ".join(watch.result()),
+        )
+
+
+async def _create_topics(broker: str, topics: Mapping[str, int]) -> None:
+    """`topics` (name: partitions) that are missing, created; retried while the broker is
+    down or refuses."""
+    from ispbill_core.bus.kafka import ensure_topics
+
+    backoff = 0.5
+    while True:
+        try:
+            for count in sorted(set(topics.values())):
+                names = [name for name, n in topics.items() if n == count]
+                await ensure_topics(broker, names, partitions=count, request_timeout=10.0)
+            return
+        except Exception as exc:
+            log.warning("cannot create topics %s yet (%r); retrying", list(topics), exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+async def _topics_lost(broker: str, topics: Sequence[str], every: float) -> list[str]:
+    """Returns, once the broker has answered metadata without some of `topics` twice in a row,
+    which ones (twice: a topic in the middle of being created is left out once). A broker that
+    does not answer has not lost anything yet: that is waited out."""
+    from aiokafka import AIOKafkaClient
+
+    client: AIOKafkaClient | None = None
+    missing_before: set[str] = set()
+    try:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if client is None:
+                    client = AIOKafkaClient(bootstrap_servers=broker, request_timeout_ms=5000)
+                    await asyncio.wait_for(client.bootstrap(), 10)
+                # Every topic's metadata: asking for these by name would make a broker that
+                # creates topics on demand (Tansu does) create them with its defaults.
+                metadata = await asyncio.wait_for(client.fetch_all_metadata(), 10)
+            except Exception as exc:
+                log.debug("broker metadata unavailable: %r", exc)
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                client = None
+                continue
+            if not metadata.brokers():
+                continue
+            missing = {t for t in topics if t not in metadata.topics()}
+            if missing and missing & missing_before:
+                return sorted(missing)
+            missing_before = missing
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
