@@ -62,13 +62,12 @@ from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.files import private_directory
 from ispbill_core.projections import Projection, ReadModelDatabase
 from ispbill_core.projections.audit import AuditTrailProjection
-from ispbill_core.projections.projector import FreshReads, Projector, failure_reason
+from ispbill_core.projections.projector import FreshReads, Projector
 from ispbill_core.projections.sqlite import SQLiteReadModels
 from ispbill_core.sealing import Keyring, SealingError, sealed_with
 from ispbill_core.subscriber import (
     BatchHandler,
     LedgerSubscriber,
-    is_transient,
     retry_parked_forever,
 )
 from ispbill_core.telemetry import setup_tracing
@@ -97,18 +96,8 @@ from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
 log = logging.getLogger("ispbill")
 
-#: The Kafka rating worker's name for its parked records.
+#: The Kafka rating worker's name for the records it parked before it had a dead-letter topic.
 RATING_CONSUMER = "rating.kafka"
-
-
-def as_parked_record(message: Any) -> RecordedEvent:
-    """A Kafka message (a NewEvent envelope, not in the ledger) in the form parked events keep:
-    no ledger positions (0), the topic as its stream."""
-    if isinstance(message, RecordedEvent):
-        return message
-    return RecordedEvent(
-        **message.model_dump(), stream="kafka:accounting", stream_position=0, global_position=0
-    )
 
 
 async def key_ids_missing_from(store: Any, keyring: Keyring) -> set[str]:
@@ -888,68 +877,65 @@ async def _serve_collector(services: Services) -> None:
 
 
 async def _serve_rating(services: Services) -> None:
-    from ispbill_core.bus.kafka import ensure_topics
+    from ispbill_core.bus.kafka_dead_letters import KafkaDeadLetters, dead_letter_topic
     from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
-    from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
+    from rating.entrypoints.faust_app import create_rating_app, run_rating_worker_recovering
 
     bootstrap = _require_kafka(services.settings)
-    await ensure_topics(
-        bootstrap, [ACCOUNTING_TOPIC], partitions=services.settings.kafka_partitions
-    )
     rating = RatingSettings(timezone=services.settings.timezone)
     parking = services.require_read_models()
+    cache = RatingCache()
 
     async def rate(message: Any) -> None:
         await rate_accounting_record(services.store, rating, message)
 
-    async def handle(message: Any) -> None:
-        """A record that can never be rated (bad data, a bug) is parked, as ledger consumers
-        park theirs, and its partition goes on; a transient failure (the ledger down) stops
-        the worker, and the supervisor's restart delivers the record again."""
-        try:
-            await rate(message)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            await parking.park(RATING_CONSUMER, as_parked_record(message), failure_reason(exc))
-            log.error("PARKED accounting record %s for rating: %s", message.id, exc)
+    async def rate_batch(messages: Sequence[Any]) -> None:
+        await rate_accounting_batch(services.store, rating, messages, cache)
 
-    cache = RatingCache()
+    # A record that can never be rated (bad data, a bug) goes to the dead-letter topic with
+    # its reason and its partition goes on; a transient failure (the ledger down) is retried
+    # (ADR 0026). The batch that held it is rated record by record to find it.
+    dead_letters = KafkaDeadLetters(bootstrap, client_id="ispbill-rating-dead-letters")
 
-    async def handle_batch(messages: Sequence[Any]) -> None:
-        """A batch in one transaction; one that fails for good is rated record by record, so
-        that only the bad record is parked. A transient failure stops the worker and the
-        batch is delivered again."""
-        try:
-            await rate_accounting_batch(services.store, rating, messages, cache)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.warning("a batch of %d records failed (%s); rating one by one", len(messages), exc)
-            for message in messages:
-                await handle(message)
+    def rating_app() -> Any:
+        return create_rating_app(
+            broker=f"kafka://{bootstrap}",
+            handler=rate,
+            batch_handler=rate_batch,
+            data_dir=str(services.settings.data_dir / "faust"),
+            fast_join=True,
+            dead_letters=dead_letters,
+        )
 
-    app = create_rating_app(
-        broker=f"kafka://{bootstrap}",
-        handler=handle,
-        batch_handler=handle_batch,
-        data_dir=str(services.settings.data_dir / "faust"),
-        fast_join=True,
+    # A new app, after the topics are created again, whenever the broker loses them.
+    worker = asyncio.create_task(
+        run_rating_worker_recovering(
+            rating_app,
+            broker=bootstrap,
+            topics={
+                ACCOUNTING_TOPIC: services.settings.kafka_partitions,
+                dead_letter_topic(ACCOUNTING_TOPIC): 1,
+            },
+        ),
+        name="rating-worker",
     )
-    worker = asyncio.create_task(run_rating_worker(app), name="rating-worker")
     signalled = asyncio.create_task(_until_signalled(), name="signals")
     # Subscriptions come from the ledger, not the topic: a ledger subscriber beside the worker
-    # rates the usage a username had before its subscription was recorded.
-    async with background(
-        services.unmatched_usage_subscriber().run,
-        services.tariff_subscriber().run,
-        lambda: retry_parked_forever(parking, RATING_CONSUMER, rate),
-    ):
-        done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
-        if worker in done:
-            signalled.cancel()
-            worker.result()  # a crashed worker exits the process non-zero; a supervisor restarts
-            return
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
+    # rates the usage a username had before its subscription was recorded. Records parked by
+    # versions before the dead-letter topic can still be retried (`ispbill parked retry`).
+    try:
+        async with background(
+            services.unmatched_usage_subscriber().run,
+            services.tariff_subscriber().run,
+            lambda: retry_parked_forever(parking, RATING_CONSUMER, rate),
+        ):
+            done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if worker in done:
+                signalled.cancel()
+                worker.result()  # a crashed worker exits the process non-zero
+                return
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+    finally:
+        await dead_letters.stop()

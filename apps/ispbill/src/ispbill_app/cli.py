@@ -15,6 +15,7 @@ from ispbill_app.commands import (
     bill_run,
     collector,
     customers,
+    dead_letters,
     demo,
     imports,
     invoices,
@@ -83,6 +84,7 @@ app.add_typer(subscriptions.app, name="subscriptions")
 app.add_typer(staff.app, name="staff")
 app.add_typer(operations.projections, name="projections")
 app.add_typer(operations.parked, name="parked")
+app.add_typer(dead_letters.app, name="dead-letters")
 app.add_typer(operations.audit, name="audit")
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
+from ispbill_core.bus import BusUnavailable
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import (
     CheckpointStore,
@@ -51,7 +52,13 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, EventIdConflict):
         return False
     return isinstance(
-        exc, TransientError | WrongExpectedVersion | EventStoreError | OSError | TimeoutError
+        exc,
+        TransientError
+        | WrongExpectedVersion
+        | EventStoreError
+        | BusUnavailable
+        | OSError
+        | TimeoutError,
     )
 
 
