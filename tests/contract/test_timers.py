@@ -218,6 +218,16 @@ class TimersContract:
         assert second.attempts == 2
         assert await timers.postpone(first, T0) is False  # an old claim moves nothing
 
+    async def test_postpone_can_give_the_timer_a_new_payload(self, timers: Timers) -> None:
+        await timers.schedule("t-1", T0, "test.kind", {"heard": 1, "keep": "x"})
+        [first] = await self.claim(timers, T0)
+        assert await timers.postpone(first, T0 + MINUTE, payload={"heard": 2}) is True
+        [second] = await self.claim(timers, T0 + MINUTE)
+        assert dict(second.payload) == {"heard": 2}
+        assert await timers.postpone(second, T0 + 2 * MINUTE) is True  # payload kept
+        stored = await timers.get("t-1")
+        assert stored is not None and dict(stored.payload) == {"heard": 2}
+
     async def test_timers_outlive_the_handle_that_scheduled_them(
         self, timers: Timers, open_timers: TimersFactory
     ) -> None:

@@ -18,7 +18,7 @@ from ispbill_core.eventstore import StoreUnavailable
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.projections import ParkedStatus
 from ispbill_core.projections.sqlite import SQLiteReadModels
-from ispbill_core.timers import DueTimer
+from ispbill_core.timers import DueTimer, FireAgain
 from ispbill_core.timers.runner import TimerRunner, parked_consumer, timer_from_parked
 from ispbill_core.timers.sqlite import SQLiteTimers
 
@@ -104,6 +104,14 @@ async def test_a_handler_that_names_a_time_postpones_its_timer_there(rig: Rig) -
     await runner.run_once()
     assert [t for t, _ in rig.handler.fired] == ["t-1", "t-1"]
     assert await rig.timers.get("t-1") is None
+
+
+async def test_a_handler_can_fire_again_with_a_new_payload(rig: Rig) -> None:
+    await rig.timers.schedule("t-1", T0, "test.kind", {"v": 1})
+    rig.handler.again = FireAgain(T0 + MINUTE, {"v": 2})  # type: ignore[assignment]
+    await rig.runner().run_once()
+    stored = await rig.timers.get("t-1")
+    assert stored is not None and (stored.due_at, dict(stored.payload)) == (T0 + MINUTE, {"v": 2})
 
 
 async def test_a_transient_failure_fires_again_after_a_backoff_that_grows(rig: Rig) -> None:

@@ -311,6 +311,11 @@ async def test_a_stale_deadline_finds_a_newer_record_and_watches_again(rig: Rig)
     assert not any(e.closed for e in history)
     again = await rig.timers.get(silence_timer_id("nas-1", "s-1"))
     assert again is not None and again.due_at == START + 2 * SILENT_AFTER
+    # watched again for the newest record: silent since, it is closed the next time
+    assert again.payload["heard_until"] == (START + timedelta(seconds=600)).isoformat()
+    assert await rig.fire_at(START + 2 * SILENT_AFTER) == 1
+    [history] = await rig.history()
+    assert [e.status for e in history][-1] == SILENT_TIMEOUT
 
 
 @pytest.mark.integration

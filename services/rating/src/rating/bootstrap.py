@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,7 +11,7 @@ from datetime import datetime
 from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.events import NewEvent
 from ispbill_core.eventstore import EventStore
-from ispbill_core.timers import DueTimer, Timers
+from ispbill_core.timers import DueTimer, FireAgain, Timers
 from ispbill_core.timers.runner import TimerHandler
 from rating.application.rate_accounting_record import RatingSettings, rate_accounting_record
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
@@ -42,11 +44,30 @@ class Rating:
         *,
         checkpoint: tuple[str, int] | None = None,
     ) -> list[UsageRated]:
-        if self.timers is not None:
+        """The batch's deadlines written, and the batch rated. With a `checkpoint` (the
+        embedded subscriber's), the batch's progress commits with its append, so the deadlines
+        go first: a crash between the two leaves deadlines whose records come again, never
+        records that will not come again without deadlines. Without one, the caller
+        acknowledges the batch after this returns (Kafka), and the two writes overlap."""
+        if self.timers is None:
+            return await rate_accounting_batch(
+                self.store, self.settings, messages, cache, checkpoint=checkpoint
+            )
+        if checkpoint is not None:
             await watch_for_silence(self.timers, self.silent, messages)
-        return await rate_accounting_batch(
-            self.store, self.settings, messages, cache, checkpoint=checkpoint
-        )
+            return await rate_accounting_batch(
+                self.store, self.settings, messages, cache, checkpoint=checkpoint
+            )
+        watching = asyncio.create_task(watch_for_silence(self.timers, self.silent, messages))
+        try:
+            rated = await rate_accounting_batch(self.store, self.settings, messages, cache)
+        except BaseException:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watching
+            raise
+        await watching
+        return rated
 
     async def rate_record(self, message: NewEvent) -> UsageRated | None:
         if self.timers is not None:
@@ -57,7 +78,7 @@ class Rating:
         """Rating's timer kinds and their handlers. With silence switched off, deadlines left
         from before are dropped when due, closing nothing."""
 
-        async def silent_session(timer: DueTimer, now: datetime) -> datetime | None:
+        async def silent_session(timer: DueTimer, now: datetime) -> datetime | FireAgain | None:
             if not self.silent.enabled:
                 return None
             return await close_silent_sessions(

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic_core import to_json
+
 from ispbill_core.events import utc
 
 #: How long a claim keeps other runners off a timer: longer than any handler should take.
@@ -40,7 +42,17 @@ class Timer:
         object.__setattr__(self, "due_at", utc(self.due_at))
 
     def payload_json(self) -> str:
-        return json.dumps(dict(self.payload), separators=(",", ":"), sort_keys=True)
+        # pydantic-core's encoder: a fifth of json.dumps' time, and rating writes a timer
+        # per session per batch
+        return to_json(dict(self.payload)).decode()
+
+
+@dataclass(frozen=True)
+class FireAgain:
+    """What a handler returns to be fired again at `at`, with a new payload when given."""
+
+    at: datetime
+    payload: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,9 +103,12 @@ class Timers(abc.ABC):
         reclaimed after its lease ran out). Whether it was removed."""
 
     @abc.abstractmethod
-    async def postpone(self, timer: DueTimer, until: datetime) -> bool:
-        """Move a fired timer to `until` and release it, if it is still under this claim
-        (attempts are kept: a backoff can grow with them). Whether it was moved."""
+    async def postpone(
+        self, timer: DueTimer, until: datetime, *, payload: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Move a fired timer to `until` (with a new `payload`, when given) and release it, if
+        it is still under this claim (attempts are kept: a backoff can grow with them).
+        Whether it was moved."""
 
     @abc.abstractmethod
     async def get(self, timer_id: str) -> DueTimer | None:

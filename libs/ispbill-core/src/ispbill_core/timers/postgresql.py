@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -178,12 +179,17 @@ class PostgresTimers(Timers):
         result: bool = await self._run(delete)
         return result
 
-    async def postpone(self, timer: DueTimer, until: datetime) -> bool:
+    async def postpone(
+        self, timer: DueTimer, until: datetime, *, payload: Mapping[str, Any] | None = None
+    ) -> bool:
+        moved = timer if payload is None else replace(timer, payload=payload)
+
         async def move(conn: Any) -> bool:
             done = await conn.execute(
-                "UPDATE timers SET due_at = $1, claim = NULL, lease_until = NULL"
-                " WHERE timer_id = $2 AND claim = $3",
+                "UPDATE timers SET due_at = $1, payload = $2, claim = NULL, lease_until = NULL"
+                " WHERE timer_id = $3 AND claim = $4",
                 until,
+                moved.payload_json(),
                 timer.timer_id,
                 timer.claim,
             )

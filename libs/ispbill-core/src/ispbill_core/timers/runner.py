@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ispbill_core.clock import Clock
 from ispbill_core.events import EventMetadata, RecordedEvent, deterministic_id, timestamp_json
 from ispbill_core.subscriber import is_transient, retry_parked
-from ispbill_core.timers import DEFAULT_LEASE, DueTimer, Timer, Timers
+from ispbill_core.timers import DEFAULT_LEASE, DueTimer, FireAgain, Timer, Timers
 
 if TYPE_CHECKING:
     from ispbill_core.projections import ReadModelDatabase
@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Fires one timer at `now` (the runner's clock): returns None when it is done with it (the
-#: timer is removed), or when to fire it again. Raising a transient error (`is_transient`)
-#: fires it again after a backoff; any other error parks it.
-TimerHandler = Callable[[DueTimer, datetime], Awaitable[datetime | None]]
+#: timer is removed), or when to fire it again (a time; or FireAgain, to change its payload
+#: too). Raising a transient error (`is_transient`) fires it again after a backoff; any other
+#: error parks it.
+TimerHandler = Callable[[DueTimer, datetime], Awaitable[datetime | FireAgain | None]]
 
 #: What a parked timer is kept as in parked_events: an envelope that is not in the ledger.
 PARKED_TIMER_TYPE = "TimerDue"
@@ -73,8 +74,8 @@ class TimerRunner:
     """Forever: every `poll_interval` seconds, claim the due timers of the handled kinds (up
     to `batch_size` at a time, leased for `lease`) and fire them one by one.
 
-    A handler that returns None completes its timer; one that returns a time postpones it
-    there. A transient failure (the ledger down, a concurrent writer) postpones it by a
+    A handler that returns None completes its timer; one that returns a time (or FireAgain)
+    postpones it there. A transient failure (the ledger down, a concurrent writer) postpones it by a
     backoff that doubles with its attempts, up to `max_backoff`. Any other failure parks it in
     `parking` (consumer `timer:<kind>`, an ERROR log line `PARKED timer`) and removes it; a
     parked timer marked for retry (`ispbill parked retry`) is fired again, and scheduled again
@@ -149,6 +150,9 @@ class TimerRunner:
         self.fired += 1
         if again is None:
             await self.timers.complete(timer)
+        elif isinstance(again, FireAgain):
+            self.postponed += 1
+            await self.timers.postpone(timer, again.at, payload=again.payload)
         else:
             self.postponed += 1
             await self.timers.postpone(timer, again)
@@ -192,5 +196,10 @@ class TimerRunner:
         timer = timer_from_parked(event)
         again = await self.handlers[timer.kind](timer, self.clock.now())
         # scheduled again unless a newer deadline of the same id was scheduled meanwhile
-        if again is not None and await self.timers.get(timer.timer_id) is None:
+        if again is None or await self.timers.get(timer.timer_id) is not None:
+            return
+        if isinstance(again, FireAgain):
+            payload = timer.payload if again.payload is None else again.payload
+            await self.timers.schedule(timer.timer_id, again.at, timer.kind, payload)
+        else:
             await self.timers.schedule(timer.timer_id, again, timer.kind, timer.payload)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -153,13 +154,17 @@ class SQLiteTimers(Timers):
         done: bool = await self._write(delete)
         return done
 
-    async def postpone(self, timer: DueTimer, until: datetime) -> bool:
+    async def postpone(
+        self, timer: DueTimer, until: datetime, *, payload: Mapping[str, Any] | None = None
+    ) -> bool:
+        moved = timer if payload is None else replace(timer, payload=payload)
+
         def move(conn: sqlite3.Connection) -> bool:
             return bool(
                 conn.execute(
-                    "UPDATE timers SET due_at = ?, claim = NULL, lease_until = NULL"
+                    "UPDATE timers SET due_at = ?, payload = ?, claim = NULL, lease_until = NULL"
                     " WHERE timer_id = ? AND claim = ?",
-                    (micros(until), timer.timer_id, timer.claim),
+                    (micros(until), moved.payload_json(), timer.timer_id, timer.claim),
                 ).rowcount
             )
 

@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
-from ispbill_core.events import NewEvent, new_event, timestamp_json
+from ispbill_core.events import NewEvent, new_event
 from ispbill_core.eventstore import CheckpointStore, EventStore
-from ispbill_core.timers import DueTimer, Timer, Timers
+from ispbill_core.timers import DueTimer, FireAgain, Timer, Timers
 from rating.application.rate_accounting_record import (
     ACTOR,
     fold_session,
@@ -94,7 +94,7 @@ async def watch_for_silence(
                 {
                     "nas_id": w.nas_id,
                     "acct_session_id": w.acct_session_id,
-                    "heard_until": timestamp_json(w.heard_until),
+                    "heard_until": w.heard_until.isoformat(),
                 },
             )
             for w in watches
@@ -110,11 +110,13 @@ async def close_silent_sessions(
     now: datetime,
     *,
     backlog: Backlog | None = None,
-) -> datetime | None:
+) -> datetime | FireAgain | None:
     """The silence deadline of one NAS session id, at `now`: close its silent sessions at their
-    last totals. Returns when to look again (a session was heard from since, or records from
-    before the deadline are still waiting to be rated), or None. Idempotent: the closing entry's
-    id derives from the session and its last record, and it is appended at the version read."""
+    last totals. Returns when to look again, or None. A session heard from since is watched
+    again `silent_after` from now (when its record was heard is not in the ledger: later rather
+    than early), for records up to its newest; records from before the deadline still waiting
+    to be rated hold it back a little. Idempotent: the closing entry's id derives from the
+    session and its last record, and it is appended at the version read."""
     if backlog is not None and await backlog(timer.due_at):
         return now + BACKLOG_RECHECK
     nas_id = str(timer.payload["nas_id"])
@@ -126,11 +128,12 @@ async def close_silent_sessions(
         assert isinstance(opened, RadiusSessionOpened)
         keys.append(opened.session_key)
     histories = await store.read_streams([session_stream(k) for k in keys])
-    heard_since = False
+    newest: datetime | None = None
     for key in keys:
         state, last = fold_session(histories[session_stream(key)])
         silence = judge_silence(key, state, last, heard_until=heard_until)
-        heard_since = heard_since or silence.heard_since
+        if silence.heard_since and state.last_event_time is not None:
+            newest = max(newest or state.last_event_time, state.last_event_time)
         if silence.closing is None or last is None:
             continue
         assert state.version is not None
@@ -153,7 +156,11 @@ async def close_silent_sessions(
             silence.closing.input_octets,
             silence.closing.output_octets,
         )
-    return now + settings.silent_after if heard_since else None
+    if newest is None:
+        return None
+    return FireAgain(
+        now + settings.silent_after, {**timer.payload, "heard_until": newest.isoformat()}
+    )
 
 
 def ledger_backlog(store: EventStore, checkpoints: CheckpointStore, consumer: str) -> Backlog:

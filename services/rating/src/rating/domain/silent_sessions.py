@@ -104,6 +104,7 @@ def silence_watches(
                 max(before[1], s.event_time),
                 s.status == AcctStatus.STOP,
             )
+    silent_after = settings.silent_after
     watches = []
     stopped = []
     for (nas_id, acct_session_id), (received, event_time, stop) in heard.items():
@@ -111,7 +112,7 @@ def silence_watches(
             stopped.append((nas_id, acct_session_id))
         else:
             watches.append(
-                SilenceWatch(nas_id, acct_session_id, received + settings.silent_after, event_time)
+                SilenceWatch(nas_id, acct_session_id, received + silent_after, event_time)
             )
     return watches, stopped
 
