@@ -780,6 +780,15 @@ def test_autoscalers_own_the_replica_count(everything: list[dict[str, Any]]) -> 
     assert config["ISPBILL_KAFKA_PARTITIONS"] == "24"
 
 
+def test_silent_sessions_are_configured_for_rating_in_both_modes(
+    defaults: list[dict[str, Any]], all_in_one: list[dict[str, Any]]
+) -> None:
+    for docs in (defaults, all_in_one):
+        config = one(docs, "ConfigMap", FULLNAME)["data"]
+        assert config["ISPBILL_RATING_INTERIM_INTERVAL"] == "300"
+        assert config["ISPBILL_RATING_SILENT_SESSION_INTERVALS"] == "3"
+
+
 def test_ingress_routes_to_the_api_service(everything: list[dict[str, Any]]) -> None:
     ingress = one(everything, "Ingress", f"{FULLNAME}-api")
     (rule,) = ingress["spec"]["rules"]

@@ -7,8 +7,9 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ from ispbill_core.subscriber import (
     retry_parked_forever,
 )
 from ispbill_core.telemetry import setup_tracing
+from ispbill_core.timers import Timers
+from ispbill_core.timers.runner import TimerHandler, TimerRunner
+from ispbill_core.timers.sqlite import SQLiteTimers
 from ispbill_core.web import problem_responses, requires
 from notifier.adapters.outbox import OutboxMailer
 from notifier.adapters.smtp import SmtpMailer, SmtpSettings
@@ -82,15 +86,17 @@ from portal.entrypoints.app import create_app
 from portal.entrypoints.operations import operations_router
 from rating.application.rate_accounting_record import (
     RatingSettings,
-    rate_accounting_record,
     rate_unmatched_usage,
     rate_unmatched_usage_of_new_username,
 )
-from rating.application.rate_batch import RatingCache, rate_accounting_batch
+from rating.application.rate_batch import RatingCache
 from rating.application.read_models import rating_projections
 from rating.application.session_read_models import SessionQueries
+from rating.application.silent_sessions import Backlog, ledger_backlog
 from rating.application.track_tariff import TARIFF_TYPES, TariffTracker
 from rating.application.usage_read_models import UsageQueries
+from rating.bootstrap import Rating
+from rating.domain.silent_sessions import SilentSessionSettings
 from rating.entrypoints.http import rating_router
 from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
@@ -98,6 +104,8 @@ log = logging.getLogger("ispbill")
 
 #: The Kafka rating worker's name for the records it parked before it had a dead-letter topic.
 RATING_CONSUMER = "rating.kafka"
+#: The embedded runtime's rating subscriber (its checkpoint name).
+RATING_SUBSCRIBER = "rating"
 
 
 async def key_ids_missing_from(store: Any, keyring: Keyring) -> set[str]:
@@ -136,6 +144,30 @@ async def open_read_models(settings: Settings, store: Any) -> ReadModelDatabase:
             " a postgresql:// DSN"
         )
     return await PostgresReadModels.connect(dsn, schema=settings.ledger_schema)
+
+
+async def open_timers(settings: Settings, store: Any) -> Timers:
+    """Timers live where the projections do: in the ledger's own database (the SQLite file, the
+    PostgreSQL schema), beside a KurrentDB ledger in the PostgreSQL database ISPBILL_READ_MODELS
+    names."""
+    if isinstance(store, SQLiteEventStore):
+        return SQLiteTimers(store)
+    from ispbill_core.timers.postgresql import PostgresTimers
+
+    dsn = settings.read_models or settings.ledger
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise SystemExit(
+            "a KurrentDB ledger keeps its timers in PostgreSQL: set ISPBILL_READ_MODELS to"
+            " a postgresql:// DSN"
+        )
+    return await PostgresTimers.connect(dsn, schema=settings.ledger_schema)
+
+
+def silent_session_settings(settings: Settings) -> SilentSessionSettings:
+    return SilentSessionSettings(
+        interim_interval=timedelta(seconds=settings.rating_interim_interval),
+        intervals=settings.rating_silent_session_intervals,
+    )
 
 
 def all_projections(settings: Settings) -> list[Projection]:
@@ -189,6 +221,43 @@ class Services:
     read_models: ReadModelDatabase | None = None
     #: keeps this process's projections up to date, when it serves reads
     projector: Projector | None = None
+    #: durable deadlines (the ledger's own database), when this process schedules or fires them
+    timers: Timers | None = None
+
+    async def open_timers(self) -> Timers:
+        if self.timers is None:
+            self.timers = await open_timers(self.settings, self.store)
+        return self.timers
+
+    def rating(self, *, backlog: Backlog | None = None) -> Rating:
+        """Rating, moving its sessions' silence deadlines when this process has timers open."""
+        return Rating(
+            self.store,
+            RatingSettings(timezone=self.settings.timezone),
+            silent_session_settings(self.settings),
+            self.timers,
+            backlog,
+        )
+
+    def embedded_rating(self) -> Rating:
+        """Rating in the embedded runtime: records rated from the ledger by the `rating`
+        subscriber, whose backlog holds silence deadlines back."""
+        return self.rating(backlog=ledger_backlog(self.store, self.store, RATING_SUBSCRIBER))
+
+    def require_timers(self) -> Timers:
+        if self.timers is None:
+            raise RuntimeError("timers not opened: await services.open_timers()")
+        return self.timers
+
+    def timer_runner(self, handlers: Mapping[str, TimerHandler]) -> TimerRunner:
+        """Fires the due timers of `handlers`' kinds; what fails for good is parked."""
+        return TimerRunner(
+            self.require_timers(),
+            handlers,
+            self.clock,
+            parking=self.read_models,
+            poll_interval=self.settings.timer_poll_interval,
+        )
 
     async def open_read_models(self, *, run_projections: bool) -> None:
         self.read_models = await open_read_models(self.settings, self.store)
@@ -411,17 +480,17 @@ class Services:
     def rating_subscriber(self) -> LedgerSubscriber:
         """Rates the accounting records in batches (one transaction per batch); a batch that
         fails for good is rated record by record, so that only the bad record is parked."""
-        rating = RatingSettings(timezone=self.settings.timezone)
+        rating = self.embedded_rating()
         cache = RatingCache()
 
         async def rate_batch(batch: Sequence[RecordedEvent], checkpoint: tuple[str, int]) -> bool:
-            await rate_accounting_batch(self.store, rating, batch, cache, checkpoint=checkpoint)
+            await rating.rate_batch(batch, cache, checkpoint=checkpoint)
             return True  # the checkpoint moved with the batch's last write
 
         return self.subscriber(
-            "rating",
+            RATING_SUBSCRIBER,
             {AccountingRecordReceived.event_type},
-            lambda e: rate_accounting_record(self.store, rating, e),
+            rating.rate_record,
             batch_handler=rate_batch,
         )
 
@@ -576,6 +645,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     try:
         await services.check_keyring_opens_the_ledger()
         await services.open_read_models(run_projections=True)
+        await services.open_timers()
     except BaseException:
         await store.close()
         raise
@@ -609,9 +679,16 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         services.allocation_subscriber(),
         services.notifier_subscriber(),
     ]
+    # every service's timers, fired by one runner (each service's bootstrap names its kinds)
+    timer_runner = services.timer_runner(services.embedded_rating().timer_handlers())
     try:
         async with (
-            background(*(s.run for s in subscribers), pollers.run, services.projector.run),
+            background(
+                *(s.run for s in subscribers),
+                pollers.run,
+                services.projector.run,
+                timer_runner.run,
+            ),
             serve_http(
                 services.http_app(), settings.host, settings.http_port, settings.http_timeouts
             ),
@@ -625,6 +702,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         await collector.stop()
         if grpc_server is not None:
             await grpc_server.stop(grace=2)
+        await services.require_timers().close()
         await services.require_read_models().close()
         await store.close()
 
@@ -779,6 +857,8 @@ async def run_component(component: str, settings: Settings) -> None:
         else:
             raise SystemExit(f"unknown component {component!r}")
     finally:
+        if services.timers is not None:
+            await services.timers.close()
         if services.read_models is not None:
             await services.read_models.close()
         await store.close()
@@ -882,15 +962,19 @@ async def _serve_rating(services: Services) -> None:
     from rating.entrypoints.faust_app import create_rating_app, run_rating_worker_recovering
 
     bootstrap = _require_kafka(services.settings)
-    rating = RatingSettings(timezone=services.settings.timezone)
+    # Records move their sessions' silence deadlines before they are rated; this process
+    # fires rating's timers (several replicas share them: each due timer goes to one).
+    await services.open_timers()
+    rating = services.rating()
+    timer_runner = services.timer_runner(rating.timer_handlers())
     parking = services.require_read_models()
     cache = RatingCache()
 
     async def rate(message: Any) -> None:
-        await rate_accounting_record(services.store, rating, message)
+        await rating.rate_record(message)
 
     async def rate_batch(messages: Sequence[Any]) -> None:
-        await rate_accounting_batch(services.store, rating, messages, cache)
+        await rating.rate_batch(messages, cache)
 
     # A record that can never be rated (bad data, a bug) goes to the dead-letter topic with
     # its reason and its partition goes on; a transient failure (the ledger down) is retried
@@ -928,6 +1012,7 @@ async def _serve_rating(services: Services) -> None:
             services.unmatched_usage_subscriber().run,
             services.tariff_subscriber().run,
             lambda: retry_parked_forever(parking, RATING_CONSUMER, rate),
+            timer_runner.run,
         ):
             done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
             if worker in done:

@@ -64,6 +64,21 @@ class Settings:
     #: POST /api/v1/tokens as a staff user whose role has what the calls need
     service_token: str = field(default_factory=lambda: env("SERVICE_TOKEN", ""), repr=False)
 
+    #: seconds between the Interim-Updates the ISP's RADIUS server asks its NASes for
+    #: (Acct-Interim-Interval in the Access-Accept; accounting records do not carry it)
+    rating_interim_interval: float = field(
+        default_factory=lambda: float(env("RATING_INTERIM_INTERVAL", "300"))
+    )
+    #: a session with no record for this many interim intervals is closed at its last totals
+    #: (status silent-timeout); 0: never
+    rating_silent_session_intervals: int = field(
+        default_factory=lambda: int(env("RATING_SILENT_SESSION_INTERVALS", "3"))
+    )
+    #: seconds between two looks for due timers (silent sessions and later deadlines)
+    timer_poll_interval: float = field(
+        default_factory=lambda: float(env("TIMER_POLL_INTERVAL", "1"))
+    )
+
     #: largest request body, bytes (413 above it, before it is read)
     max_body_bytes: int = field(default_factory=lambda: int(env("MAX_BODY_BYTES", str(1 << 20))))
     #: largest body of POST /api/v1/collector/imports/radius-detail: up to 10,000 records a call
