@@ -39,7 +39,7 @@ from ispbill_core.contracts.accounts import (
     plan_stream,
     radius_user_stream,
 )
-from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import (
     EncodedEvent,
@@ -77,6 +77,7 @@ from rating.application.rate_accounting_record import (
     unmatched_usage_stream,
     usage_pieces,
 )
+from rating.application.usage_sources import billed_or_measured
 from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded, UsageUnmatched
 from rating.domain.sessions import (
     SESSION_STATUSES,
@@ -539,9 +540,10 @@ class _Batch:
         causation_id: uuid.UUID,
         traceparent: str | None,
     ) -> None:
+        tariffs = self.tariffs.get(subscription_id)
         pieces = usage_pieces(
             self.settings,
-            self.tariffs.get(subscription_id),
+            tariffs,
             customer_id=customer_id,
             subscription_id=subscription_id,
             session_key=key,
@@ -550,7 +552,8 @@ class _Batch:
             span_start=span_start,
             occurred_at=record.event_time,
         )
-        for usage_id, usage in pieces:
+        # a subscription billed by router counters: its RADIUS usage is only compared
+        for stream, usage_id, usage in billed_or_measured(tariffs, pieces):
             event = encoded_event(
                 usage,
                 id=usage_id,
@@ -559,9 +562,9 @@ class _Batch:
                 traceparent=traceparent,
                 actor=ACTOR,
             )
-            if event.id not in self.ids:
+            if event.id not in self.ids and isinstance(usage, UsageRated):
                 self.rated.append(usage)
-            self._add(self.usage, usage_stream(customer_id, usage.period), ANY, event)
+            self._add(self.usage, stream, ANY, event)
 
     # -- the writes ----------------------------------------------------------------------
     async def append(self, checkpoint: tuple[str, int] | None) -> None:
