@@ -56,7 +56,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
-from ispbill_core.contracts.usage_collector import AccountingRecordReceived
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived, RouterCountersSampled
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.files import private_directory
@@ -88,7 +88,10 @@ from rating.application.rate_accounting_record import (
     rate_unmatched_usage_of_new_username,
 )
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
+from rating.application.rate_router_counters import rate_router_counters
 from rating.application.read_models import UnmatchedUsageProjection
+from rating.application.usage_discrepancies import UsageBySourceProjection
+from rating.entrypoints.discrepancies_http import discrepancies_router
 from rating.entrypoints.http import rating_router
 from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
@@ -96,6 +99,8 @@ log = logging.getLogger("ispbill")
 
 #: The Kafka rating worker's name for its parked records.
 RATING_CONSUMER = "rating.kafka"
+#: ... and for its parked router counter samples.
+ROUTER_COUNTERS_CONSUMER = "rating.kafka.router-counters"
 
 
 def as_parked_record(message: Any) -> RecordedEvent:
@@ -154,6 +159,7 @@ def all_projections(settings: Settings) -> list[Projection]:
         BillingCatalogueProjection(),
         PaymentsProjection(),
         UnmatchedUsageProjection(settings.timezone),
+        UsageBySourceProjection(),
         AuditTrailProjection(),
     ]
 
@@ -280,6 +286,9 @@ class Services:
                 ),
                 imports_router(self.store, self.clock),
                 rating_router(self.store, self.settings.timezone, self.reads),
+                discrepancies_router(
+                    self.reads, default_threshold_pct=self.settings.usage_discrepancy_pct
+                ),
                 invoicing_router(
                     self.store,
                     self.clock,
@@ -430,6 +439,22 @@ class Services:
             "rating",
             {AccountingRecordReceived.event_type},
             lambda e: rate_accounting_record(self.store, rating, e),
+            batch_handler=rate_batch,
+        )
+
+    def router_counters_subscriber(self) -> LedgerSubscriber:
+        """Rates router counter samples (subscribers measured by routers, not RADIUS) in
+        batches, each with its checkpoint in one transaction."""
+        rating = RatingSettings(timezone=self.settings.timezone)
+
+        async def rate_batch(batch: Sequence[RecordedEvent], checkpoint: tuple[str, int]) -> bool:
+            await rate_router_counters(self.store, rating, batch, checkpoint=checkpoint)
+            return True
+
+        return self.subscriber(
+            "rating.router-counters",
+            {RouterCountersSampled.event_type},
+            lambda e: rate_router_counters(self.store, rating, [e]),
             batch_handler=rate_batch,
         )
 
@@ -601,6 +626,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     grpc_server, _ = await start_grpc(services)
     subscribers = [
         services.rating_subscriber(),
+        services.router_counters_subscriber(),
         services.unmatched_usage_subscriber(),
         services.allocation_subscriber(),
         services.notifier_subscriber(),
@@ -863,12 +889,14 @@ async def _serve_collector(services: Services) -> None:
 
 async def _serve_rating(services: Services) -> None:
     from ispbill_core.bus.kafka import ensure_topics
-    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC
     from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
 
     bootstrap = _require_kafka(services.settings)
     await ensure_topics(
-        bootstrap, [ACCOUNTING_TOPIC], partitions=services.settings.kafka_partitions
+        bootstrap,
+        [ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC],
+        partitions=services.settings.kafka_partitions,
     )
     rating = RatingSettings(timezone=services.settings.timezone)
     parking = services.require_read_models()
@@ -903,10 +931,37 @@ async def _serve_rating(services: Services) -> None:
             for message in messages:
                 await handle(message)
 
+    async def rate_samples(message: Any) -> None:
+        await rate_router_counters(services.store, rating, [message])
+
+    async def handle_samples(messages: Sequence[Any]) -> None:
+        """Router counter samples as records: a batch in one transaction, one by one when it
+        fails for good (the bad one parked), a transient failure stops the worker."""
+        try:
+            await rate_router_counters(services.store, rating, messages)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            for message in messages:
+                try:
+                    await rate_samples(message)
+                except Exception as one:
+                    if is_transient(one):
+                        raise
+                    parked = RecordedEvent(
+                        **message.model_dump(),
+                        stream="kafka:router-counters",
+                        stream_position=0,
+                        global_position=0,
+                    )
+                    await parking.park(ROUTER_COUNTERS_CONSUMER, parked, failure_reason(one))
+                    log.error("PARKED router counters %s for rating: %s", message.id, one)
+
     app = create_rating_app(
         broker=f"kafka://{bootstrap}",
         handler=handle,
         batch_handler=handle_batch,
+        counters_handler=handle_samples,
         data_dir=str(services.settings.data_dir / "faust"),
         fast_join=True,
     )
@@ -917,6 +972,7 @@ async def _serve_rating(services: Services) -> None:
     async with background(
         services.unmatched_usage_subscriber().run,
         lambda: retry_parked_forever(parking, RATING_CONSUMER, rate),
+        lambda: retry_parked_forever(parking, ROUTER_COUNTERS_CONSUMER, rate_samples),
     ):
         done, _ = await asyncio.wait({worker, signalled}, return_when=asyncio.FIRST_COMPLETED)
         if worker in done:

@@ -1,6 +1,8 @@
-"""The rating worker of the distributed runtime: a faust app consuming the accounting topic.
+"""The rating worker of the distributed runtime: a faust app consuming the accounting topic
+(and, when given a handler for them, the router-counters topic).
 
-The app has one agent on ACCOUNTING_TOPIC. Each message is decoded into its NewEvent envelope
+The app has one agent on ACCOUNTING_TOPIC, and one on ROUTER_COUNTERS_TOPIC when the
+composition root passes `counters_handler`. Each message is decoded into its NewEvent envelope
 and handed to the injected handler (the rating use case, wired by the composition root); the
 handler is idempotent by event id, so at-least-once delivery is enough.
 
@@ -50,7 +52,7 @@ import mode
 
 from ispbill_core.bus import UndecodableMessage, decode_message
 from ispbill_core.bus.kafka_compat import install_kafka_compat
-from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC
 from ispbill_core.events import NewEvent
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ def create_rating_app(
     topic: str = ACCOUNTING_TOPIC,
     batch_handler: BatchHandler | None = None,
     batch_size: int = 500,
+    counters_handler: BatchHandler | None = None,
+    counters_topic: str = ROUTER_COUNTERS_TOPIC,
 ) -> faust.App:
     """A faust app whose single agent feeds every accounting record to `handler`, or, with a
     `batch_handler`, the records in batches of up to `batch_size`: those that have arrived
@@ -88,7 +92,10 @@ def create_rating_app(
     after the batch handler returned; if it raises, the worker stops and the whole batch is
     delivered again (handlers are idempotent). A batch waits at most 50 ms for more records.
 
-    `topic` exists for tests that need a topic of their own.
+    With a `counters_handler`, a second agent feeds the router-counters topic's samples to it
+    in batches the same way (it must exist too).
+
+    `topic` and `counters_topic` exist for tests that need topics of their own.
     """
     settings: dict[str, Any] = {
         "broker": _broker_urls(broker),
@@ -120,6 +127,17 @@ def create_rating_app(
             if envelope is not None:
                 await handler(envelope)
             await plain.ack(event)
+
+    if counters_handler is not None:
+        samples = app.topic(counters_topic, key_type=bytes, value_type=bytes)
+
+        @app.agent(
+            samples, name="rate-router-counters", supervisor_strategy=mode.CrashingSupervisor
+        )
+        async def rate_router_counters(stream: faust.StreamT[bytes]) -> None:
+            await _in_batches(
+                cast(faust.Stream[bytes], stream).noack(), counters_handler, batch_size
+            )
 
     return app
 
