@@ -19,9 +19,10 @@ from ispbill_core.contracts.usage_collector import (
     RouterCountersSampled,
 )
 from ispbill_core.events import NewEvent, deterministic_id, new_event
-from ispbill_core.eventstore import ANY
+from ispbill_core.eventstore import ANY, EventStore
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.projections import ReadModelDatabase
 from ispbill_core.projections.projector import Projector
 from ispbill_core.projections.sqlite import SQLiteReadModels
 from rating.application.rate_accounting_record import (
@@ -308,6 +309,24 @@ def test_a_discrepancy_shows_both_figures_the_difference_and_its_percentage() ->
 
 @pytest.mark.integration
 async def test_the_report_reads_the_projection_per_subscription_and_period(store) -> None:
+    await report_of_two_subscribers(store, SQLiteReadModels(store))
+
+
+@pytest.mark.integration
+async def test_the_report_on_postgresql(postgres_dsn: str, postgres_schema: str) -> None:
+    from ispbill_core.eventstore.postgresql import PostgresEventStore
+    from ispbill_core.projections.postgresql import PostgresReadModels
+
+    store = await PostgresEventStore.connect(postgres_dsn, schema=postgres_schema)
+    db = await PostgresReadModels.connect(postgres_dsn, schema=postgres_schema)
+    try:
+        await report_of_two_subscribers(store, db)
+    finally:
+        await db.close()
+        await store.close()
+
+
+async def report_of_two_subscribers(store: EventStore, db: ReadModelDatabase) -> None:
     await claim(store, subscription("radius", username="alice"))
     await claim(
         store,
@@ -331,7 +350,6 @@ async def test_the_report_reads_the_projection_per_subscription_and_period(store
             await rate_accounting_record(store, UTC_SETTINGS, message(r))
         await rate(store, sampled(at, *router, username=username, interface=f"<pppoe-{username}>"))
 
-    db = SQLiteReadModels(store)
     await Projector(store, db, [UsageBySourceProjection()]).rebuild_now()
     report = await usage_discrepancies(db, period="2026-03")
     assert (report.compared, report.flagged) == (2, 1)
