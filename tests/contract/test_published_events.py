@@ -59,6 +59,10 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
         ("AccountingRecordReceived", 1): {"record_id", "nas_id", "status", "acct_session_id",
                                           "username", "event_time", "session_time",
                                           "input_octets", "output_octets"},
+        # ... and the routers' byte counters (subscribers without RADIUS)
+        ("RouterCountersSampled", 1): {"router_id", "interface_key", "subscriber_hint",
+                                       "username", "delta_in", "delta_out", "sampled_at",
+                                       "previous_sampled_at"},
         # rating reads the username claims of accounts, their releases and username changes
         ("RadiusUsernameAssigned", 1): {"username", "customer_id", "subscription_id"},
         ("RadiusUsernameReleased", 1): {"username", "subscription_id", "released_on"},
@@ -73,7 +77,9 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
                              "overage_unit_bytes"},
         ("CustomerRegistered", 1): {"customer_id", "name", "email", "tax_region",
                                     "billing_address"},
-        ("SubscriptionStarted", 1): {"subscription_id", "customer_id", "plan_id", "started_on"},
+        # (rating too, and which source bills the subscription's usage)
+        ("SubscriptionStarted", 1): {"subscription_id", "customer_id", "plan_id", "started_on",
+                                     "radius_username", "usage_source"},
         # ... and the lifecycle, the plan versions and the customers' changed details
         ("SubscriptionPlanChanged", 1): {"plan_id", "effective_on"},
         ("SubscriptionSuspended", 1): {"effective_on"},
@@ -96,6 +102,24 @@ def test_consumers_fields_exist_in_the_producers_events() -> None:
     for key, fields in consumed.items():
         declared = set(PUBLISHED[key].model_fields)
         assert fields <= declared, f"{key}: consumers read {sorted(fields - declared)}"
+
+
+def test_subscriptions_and_samples_recorded_before_the_router_fields_still_decode() -> None:
+    """SubscriptionStarted gained `usage_source`, RouterCountersSampled `previous_sampled_at`:
+    what the ledger holds from before decodes as billed by RADIUS, and as a point in time."""
+    from ispbill_core.contracts.accounts import SubscriptionStarted
+    from ispbill_core.contracts.usage_collector import RouterCountersSampled
+
+    started = SubscriptionStarted.model_validate_json(
+        '{"subscription_id": "s-1", "customer_id": "c-1", "plan_id": "home",'
+        ' "radius_username": "alice", "started_on": "2026-01-01"}'
+    )
+    assert started.usage_source == "radius"
+    sample = RouterCountersSampled.model_validate_json(
+        '{"router_id": "core-1", "interface_key": "ether5", "octets_in": 5, "octets_out": 6,'
+        ' "delta_in": 1, "delta_out": 2, "sampled_at": "2026-03-01T12:00:00Z"}'
+    )
+    assert sample.previous_sampled_at is None
 
 
 def test_events_recorded_before_the_optional_fields_still_decode() -> None:

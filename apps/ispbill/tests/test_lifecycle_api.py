@@ -248,3 +248,34 @@ async def test_a_top_up_bought_twice_with_one_purchase_id_is_recorded_once(api) 
         response = await api.call("POST", path, body)
         assert response.status_code == status, (path, body, response.text)
     assert len(await api.ok("GET", "/subscriptions/s-1/topups")) == 1
+
+
+async def test_a_subscription_says_which_source_bills_its_usage(api) -> None:
+    assert (await api.ok("GET", "/subscriptions/s-1"))["usage_source"] == "radius"
+    body = {
+        "subscription_id": "s-2",
+        "customer_id": "c-1",
+        "plan_id": "home",
+        "radius_username": "alice-static",
+        "started_on": "2026-03-01",
+        "usage_source": "router",
+    }
+    assert (await api.ok("POST", "/subscriptions", body, 201))["usage_source"] == "router"
+    assert (await api.ok("GET", "/subscriptions/s-2"))["usage_source"] == "router"
+    wrong = {**body, "subscription_id": "s-3", "radius_username": "x", "usage_source": "snmp"}
+    assert (await api.call("POST", "/subscriptions", wrong)).status_code == 422
+
+
+async def test_the_usage_discrepancy_report_answers_with_its_threshold(api) -> None:
+    report = await api.ok("GET", "/usage/discrepancies")
+    assert report == {
+        "period": None,
+        "threshold_pct": 5.0,
+        "compared": 0,
+        "flagged": 0,
+        "discrepancies": [],
+    }
+    report = await api.ok("GET", "/usage/discrepancies?period=2026-03&threshold=2.5&all=true")
+    assert (report["period"], report["threshold_pct"]) == ("2026-03", 2.5)
+    for bad in ("period=2026-13", "threshold=-1", "threshold=1001"):
+        assert (await api.call("GET", f"/usage/discrepancies?{bad}")).status_code == 422

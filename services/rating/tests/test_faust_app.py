@@ -209,3 +209,37 @@ async def test_batches_are_acked_after_the_handler_and_a_failed_batch_comes_agai
     for key_parity in (0, 1):  # in order per key, within each worker
         mine = [n for n in healthy.seen if n % 2 == key_parity]
         assert mine == sorted(mine)
+
+
+async def test_router_counter_samples_reach_their_own_agent_beside_the_records(
+    kafka_broker: TansuBroker, topic: str
+) -> None:
+    counters_topic = f"{topic}.counters"
+    await ensure_topics(kafka_broker.bootstrap, [counters_topic], 2)
+    records, samples = _Handled(), _Handled()
+
+    async def sample_batch(batch: Sequence[NewEvent]) -> None:
+        for event in batch:
+            await samples(event)
+
+    app = create_rating_app(
+        broker=kafka_broker.bootstrap,
+        handler=records,
+        app_id=f"rating-{uuid.uuid4().hex[:6]}",
+        fast_join=True,
+        topic=topic,
+        counters_handler=sample_batch,
+        counters_topic=counters_topic,
+    )
+    task = asyncio.create_task(run_rating_worker(app))
+    try:
+        await _publish(kafka_broker.bootstrap, topic, range(3))
+        await _publish(kafka_broker.bootstrap, counters_topic, range(100, 104))
+        await records.wait_for(3)
+        await samples.wait_for(4)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sorted(records.seen) == [0, 1, 2]
+    assert sorted(samples.seen) == [100, 101, 102, 103]

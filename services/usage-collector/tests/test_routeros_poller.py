@@ -417,7 +417,9 @@ async def test_scripted_polls_publish_deltas_and_survive_a_failed_publish():
     publisher.fail = False
     clock.advance(timedelta(minutes=1))
     # measured from the last published sample (100/1000): the failed poll's bytes are not lost
-    assert by_key(await poller.poll_once()) == {"<pppoe-a>": (400, 2500, False)}
+    [third] = await poller.poll_once()
+    assert by_key([third]) == {"<pppoe-a>": (400, 2500, False)}
+    assert third.previous_sampled_at == T0  # and over the time since it
     assert poller.counters.publish_failures == 1
     assert poller.counters.polls == 3 and poller.counters.polls_failed == 1
 
@@ -435,10 +437,16 @@ async def test_a_session_that_vanishes_and_comes_back_counts_from_zero():
             reading(1120, _row(2000, 3000)),  # same .id reused: still a new item
         ),
     )
-    await poller.poll_once()
+    [first] = await poller.poll_once()
+    assert first.previous_sampled_at is None
+    clock.advance(timedelta(minutes=1))
     assert await poller.poll_once() == []
-    assert by_key(await poller.poll_once()) == {"<pppoe-a>": (2000, 3000, True)}
+    clock.advance(timedelta(minutes=1))
+    [back] = await poller.poll_once()
+    assert by_key([back]) == {"<pppoe-a>": (2000, 3000, True)}
     assert poller.counters.counter_resets == 1
+    # it came back after the poll that did not see it: its bytes are from that time on
+    assert back.previous_sampled_at == T0 + timedelta(minutes=1)
 
 
 # --- librouteros against the stand-in over TCP (integration) --------------------------------

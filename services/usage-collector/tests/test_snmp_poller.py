@@ -90,6 +90,7 @@ async def test_first_sample_has_zero_delta_then_differences():
     event = second[0]
     assert (event.router_id, event.subscriber_hint, event.counter_bits) == ("core-1", "sub-42", 64)
     assert (event.octets_in, event.octets_out) == (4000, 900)
+    assert (first[0].previous_sampled_at, event.previous_sampled_at) == (None, T0)
 
     assert [topic for topic, _ in publisher.calls] == [ROUTER_COUNTERS_TOPIC] * 2
     key, envelope = publisher.calls[1][1][0]

@@ -57,7 +57,7 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.contracts.payments import PaymentReceived
-from ispbill_core.contracts.usage_collector import AccountingRecordReceived
+from ispbill_core.contracts.usage_collector import AccountingRecordReceived, RouterCountersSampled
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.files import private_directory
@@ -90,13 +90,16 @@ from rating.application.rate_accounting_record import (
     rate_unmatched_usage_of_new_username,
 )
 from rating.application.rate_batch import RatingCache
+from rating.application.rate_router_counters import rate_router_counters
 from rating.application.read_models import rating_projections
 from rating.application.session_read_models import SessionQueries
 from rating.application.silent_sessions import Backlog, ledger_backlog
 from rating.application.track_tariff import TARIFF_TYPES, TariffTracker
+from rating.application.usage_discrepancies import UsageBySourceProjection
 from rating.application.usage_read_models import UsageQueries
 from rating.bootstrap import Rating
 from rating.domain.silent_sessions import SilentSessionSettings
+from rating.entrypoints.discrepancies_http import discrepancies_router
 from rating.entrypoints.http import rating_router
 from usage_collector.entrypoints.http import RADIUS_DETAIL_IMPORT_PATH
 
@@ -178,6 +181,7 @@ def all_projections(settings: Settings) -> list[Projection]:
         BillingCatalogueProjection(),
         PaymentsProjection(),
         *rating_projections(settings.timezone),
+        UsageBySourceProjection(),
         AuditTrailProjection(),
     ]
 
@@ -341,6 +345,9 @@ class Services:
                 ),
                 imports_router(self.store, self.clock),
                 rating_router(self.store, self.settings.timezone, self.reads),
+                discrepancies_router(
+                    self.reads, default_threshold_pct=self.settings.usage_discrepancy_pct
+                ),
                 invoicing_router(
                     self.store,
                     self.clock,
@@ -503,6 +510,22 @@ class Services:
             set(TARIFF_TYPES),
             tracker.handle,
             batch_handler=tracker.handle_batch,
+        )
+
+    def router_counters_subscriber(self) -> LedgerSubscriber:
+        """Rates router counter samples (subscribers measured by routers, not RADIUS) in
+        batches, each with its checkpoint in one transaction."""
+        rating = RatingSettings(timezone=self.settings.timezone)
+
+        async def rate_batch(batch: Sequence[RecordedEvent], checkpoint: tuple[str, int]) -> bool:
+            await rate_router_counters(self.store, rating, batch, checkpoint=checkpoint)
+            return True
+
+        return self.subscriber(
+            "rating.router-counters",
+            {RouterCountersSampled.event_type},
+            lambda e: rate_router_counters(self.store, rating, [e]),
+            batch_handler=rate_batch,
         )
 
     def unmatched_usage_subscriber(self) -> LedgerSubscriber:
@@ -674,6 +697,7 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
     grpc_server, _ = await start_grpc(services)
     subscribers = [
         services.rating_subscriber(),
+        services.router_counters_subscriber(),
         services.unmatched_usage_subscriber(),
         services.tariff_subscriber(),
         services.allocation_subscriber(),
@@ -958,7 +982,7 @@ async def _serve_collector(services: Services) -> None:
 
 async def _serve_rating(services: Services) -> None:
     from ispbill_core.bus.kafka_dead_letters import KafkaDeadLetters, dead_letter_topic
-    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+    from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC
     from rating.entrypoints.faust_app import create_rating_app, run_rating_worker_recovering
 
     bootstrap = _require_kafka(services.settings)
@@ -981,6 +1005,13 @@ async def _serve_rating(services: Services) -> None:
     # (ADR 0026). The batch that held it is rated record by record to find it.
     dead_letters = KafkaDeadLetters(bootstrap, client_id="ispbill-rating-dead-letters")
 
+    counters = RatingSettings(timezone=services.settings.timezone)
+
+    async def rate_samples(messages: Sequence[Any]) -> None:
+        """Router counter samples (subscribers measured by routers), in one transaction; a
+        batch that fails for good is rated sample by sample, the bad one dead-lettered."""
+        await rate_router_counters(services.store, counters, messages)
+
     def rating_app() -> Any:
         return create_rating_app(
             broker=f"kafka://{bootstrap}",
@@ -989,6 +1020,7 @@ async def _serve_rating(services: Services) -> None:
             data_dir=str(services.settings.data_dir / "faust"),
             fast_join=True,
             dead_letters=dead_letters,
+            counters_handler=rate_samples,
         )
 
     # A new app, after the topics are created again, whenever the broker loses them.
@@ -999,6 +1031,8 @@ async def _serve_rating(services: Services) -> None:
             topics={
                 ACCOUNTING_TOPIC: services.settings.kafka_partitions,
                 dead_letter_topic(ACCOUNTING_TOPIC): 1,
+                ROUTER_COUNTERS_TOPIC: services.settings.kafka_partitions,
+                dead_letter_topic(ROUTER_COUNTERS_TOPIC): 1,
             },
         ),
         name="rating-worker",

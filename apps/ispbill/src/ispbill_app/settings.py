@@ -57,6 +57,10 @@ class Settings:
     pollers: str = field(default_factory=lambda: env("POLLERS", ""))
     #: when set, only the process on this host name polls (one of several collector replicas)
     pollers_host: str = field(default_factory=lambda: env("POLLERS_HOST", ""))
+    #: the usage discrepancy report flags a RADIUS/router difference above this percentage
+    usage_discrepancy_pct: float = field(
+        default_factory=lambda: float(env("USAGE_DISCREPANCY_PCT", "5"))
+    )
     #: where the invoicing gRPC service is, for the notifier in distributed mode
     invoicing_grpc: str = field(default_factory=lambda: env("INVOICING_GRPC", ""))
     #: the API token a component sends when it calls another one (gRPC metadata

@@ -43,6 +43,8 @@ class ServiceHistory:
     holds: tuple[tuple[date, date], ...] = ()
     #: last day of service, charged
     terminated_on: date | None = None
+    #: what measures its usage for billing: "radius" or "router" (SubscriptionStarted)
+    usage_source: str = "radius"
 
     @classmethod
     def of(cls, started: SubscriptionStarted, changes: Iterable[DomainEvent]) -> ServiceHistory:
@@ -73,6 +75,7 @@ class ServiceHistory:
             suspensions=tuple(suspensions),
             holds=tuple(holds),
             terminated_on=terminated_on,
+            usage_source=started.usage_source,
         )
 
     def charged_on(self, day: date) -> bool:

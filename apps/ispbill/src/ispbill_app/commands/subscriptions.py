@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -36,11 +37,19 @@ SUBSCRIPTION_FIELDS = [
     ("plan", "plan_id"),
     ("RADIUS username", "radius_username"),
     ("started on", "started_on"),
+    ("usage billed from", "usage_source"),
     ("status", "status"),
     ("version", "version"),
 ]
 
 SubscriptionId = Annotated[str, typer.Argument(help="the subscription")]
+
+
+class UsageSourceChoice(StrEnum):
+    radius = "radius"
+    router = "router"
+
+
 Reason = Annotated[str, typer.Option(help="why; kept in its history")]
 ExpectedVersion = Annotated[
     int | None,
@@ -104,6 +113,13 @@ def create(
     plan: Annotated[str, typer.Option(help="the plan's id")],
     username: Annotated[str, typer.Option(help="its RADIUS username (unique)")],
     started_on: Annotated[str, typer.Option(help="YYYY-MM-DD")],
+    usage_source: Annotated[
+        UsageSourceChoice,
+        typer.Option(
+            help="what bills its usage: radius (accounting from a NAS) or router (a router's"
+            " byte counters, for static-IP and queue customers)"
+        ),
+    ] = UsageSourceChoice.radius,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Start a subscription (the same command twice records one subscription)."""
@@ -114,6 +130,8 @@ def create(
         "radius_username": username,
         "started_on": _iso(started_on, "--started-on"),
     }
+    if usage_source is not UsageSourceChoice.radius:  # the default: an older server knows it
+        body["usage_source"] = usage_source.value
     print_data(client(ctx).post("/api/v1/subscriptions", body), fmt, SUBSCRIPTION_COLUMNS)
 
 

@@ -170,6 +170,11 @@ class CustomerRecord(CustomerDetails):
     email: str
 
 
+#: What measures a subscription's usage for billing: RADIUS accounting (PPPoE, hotspot, any
+#: NAS session), or a router's byte counters (static-IP and queue customers without RADIUS).
+UsageSource = Literal["radius", "router"]
+
+
 @event_type("SubscriptionStarted", 1)
 class SubscriptionStarted(DomainEvent):
     subscription_id: str
@@ -177,6 +182,9 @@ class SubscriptionStarted(DomainEvent):
     plan_id: str
     radius_username: str
     started_on: date
+    #: which source's usage is billed; the other, when it reports the subscriber too, is only
+    #: compared (rating's discrepancy report). Added later: earlier subscriptions are "radius".
+    usage_source: UsageSource = "radius"
 
 
 @event_type("RadiusUsernameAssigned", 1)

@@ -111,3 +111,7 @@ class RouterCountersSampled(DomainEvent):
     counter_reset: bool = False
     source: CounterSource = CounterSource.SNMP_INTERFACE
     username: str | None = None
+    #: when the sample the delta is measured from was taken (a counter that appeared since
+    #: the previous poll: that poll's time); None for a first sample, and in samples of
+    #: collectors older than this field. Rating spreads the delta over this span.
+    previous_sampled_at: AwareDatetime | None = None

@@ -14,7 +14,13 @@ from ispbill_core.projections import Projection, ReadModelDatabase, Statement, i
 #: Usage and counters arrive by the million and are made by machines, not people: they are
 #: audited through their own records (and the ledger itself), not this trail.
 NOT_AUDITED = frozenset(
-    {"AccountingRecordReceived", "RouterCountersSampled", "UsageRated", "UsageUnmatched"}
+    {
+        "AccountingRecordReceived",
+        "RouterCountersSampled",
+        "UsageRated",
+        "UsageMeasured",
+        "UsageUnmatched",
+    }
 )
 
 _CUSTOMER_STREAM_PREFIXES = ("customer-",)

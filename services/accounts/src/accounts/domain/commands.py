@@ -337,6 +337,11 @@ class StartSubscription(BaseModel):
     plan_id: str = Field(pattern=_ID)
     radius_username: RadiusUsername
     started_on: BillingDate
+    usage_source: Literal["radius", "router"] = Field(
+        default="radius",
+        description='what measures its usage for billing: "radius" (accounting from a NAS) or'
+        ' "router" (a router\'s byte counters: static-IP and queue customers without RADIUS)',
+    )
 
     def to_event(self) -> SubscriptionStarted:
         return SubscriptionStarted(**self.model_dump())

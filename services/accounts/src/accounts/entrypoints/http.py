@@ -99,6 +99,7 @@ def subscription_view(sub: Subscription, today: Any) -> dict[str, Any]:
         "scheduled_plan_id": sub.latest_plan if sub.latest_plan != sub.plan_on(today) else None,
         "radius_username": sub.radius_username,
         "started_on": sub.started.started_on.isoformat(),
+        "usage_source": sub.started.usage_source,
         "status": sub.status_on(today),
         "terminated_on": sub.terminated_on.isoformat() if sub.terminated_on else None,
         "version": sub.version,

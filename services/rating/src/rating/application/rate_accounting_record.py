@@ -28,11 +28,12 @@ from ispbill_core.contracts.accounts import (
     radius_user_stream,
     subscription_stream,
 )
-from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived, AcctStatus
 from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, EventStore, WrongExpectedVersion
 from ispbill_core.service_history import ServiceHistory
+from rating.application.usage_sources import billed_or_measured
 from rating.domain.buckets import split_usage
 from rating.domain.events import (
     RadiusNasRebooted,
@@ -418,9 +419,10 @@ async def _append_usage(
     rating the same record again, by either path, records it once."""
     from rating.application.rate_batch import invoiced_periods
 
+    tariffs = await subscription_tariffs(store, subscription_id)
     pieces = usage_pieces(
         settings,
-        await subscription_tariffs(store, subscription_id),
+        tariffs,
         customer_id=customer_id,
         subscription_id=subscription_id,
         session_key=unmatched.session_key,
@@ -428,16 +430,18 @@ async def _append_usage(
         deltas=(unmatched.input_octets, unmatched.output_octets),
         span_start=unmatched.started_at or unmatched.occurred_at,
         occurred_at=unmatched.occurred_at,
+        source=unmatched.source,
     )
     late = await invoiced_periods(store, {(customer_id, u.period) for _, u in pieces})
     pieces = [
         (i, u.model_copy(update={"late": True}) if (customer_id, u.period) in late else u)
         for i, u in pieces
     ]
+    kept = billed_or_measured(tariffs, pieces)  # billed by its usage_source, else compared
     await store.append_many(
         [
             (
-                usage_stream(customer_id, usage.period),
+                stream,
                 [
                     new_event(
                         usage,
@@ -450,10 +454,10 @@ async def _append_usage(
                 ],
                 ANY,
             )
-            for usage_id, usage in pieces
+            for stream, usage_id, usage in kept
         ]
     )
-    return [usage for _, usage in pieces]
+    return [usage for _, _, usage in kept if isinstance(usage, UsageRated)]
 
 
 def unmatched_usage_stream(username: str) -> str:

@@ -50,7 +50,7 @@ from ispbill_core.contracts.accounts import (
     radius_user_stream,
 )
 from ispbill_core.contracts.invoicing import InvoiceIssued, invoice_stream
-from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.contracts.usage_collector import AccountingRecordReceived
 from ispbill_core.events import (
     EncodedEvent,
@@ -88,7 +88,13 @@ from rating.application.rate_accounting_record import (
     unmatched_usage_stream,
     usage_pieces,
 )
-from rating.domain.events import RadiusSessionOpened, SessionCountersRecorded, UsageUnmatched
+from rating.application.usage_sources import billed_or_measured
+from rating.domain.events import (
+    RadiusSessionOpened,
+    SessionCountersRecorded,
+    UsageMeasured,
+    UsageUnmatched,
+)
 from rating.domain.sessions import (
     SESSION_STATUSES,
     SessionState,
@@ -336,7 +342,8 @@ class _Stream:
 @dataclass(frozen=True)
 class _Usage:
     id: uuid.UUID
-    usage: UsageRated
+    stream: str
+    usage: UsageRated | UsageMeasured
     causation_id: uuid.UUID
     traceparent: str | None
 
@@ -665,9 +672,10 @@ class _Batch:
         causation_id: uuid.UUID,
         traceparent: str | None,
     ) -> None:
+        tariffs = self.tariffs.get(subscription_id)
         pieces = usage_pieces(
             self.settings,
-            self.tariffs.get(subscription_id),
+            tariffs,
             customer_id=customer_id,
             subscription_id=subscription_id,
             session_key=key,
@@ -676,25 +684,33 @@ class _Batch:
             span_start=span_start,
             occurred_at=record.event_time,
         )
-        for usage_id, usage in pieces:
+        # a subscription billed by router counters: its RADIUS usage is only compared
+        for stream, usage_id, usage in billed_or_measured(tariffs, pieces):
             if usage_id in self.usage_ids:
                 continue  # the same record twice in the batch
             self.usage_ids.add(usage_id)
-            self.pending_usage.append(_Usage(usage_id, usage, causation_id, traceparent))
+            self.pending_usage.append(_Usage(usage_id, stream, usage, causation_id, traceparent))
 
     async def _usage_batches(self) -> list[tuple[str, list[EncodedEvent], ExpectedVersion]]:
         """The usage folded so far, marked late where its period is invoiced already, each
         event appended on its own (ANY): one recorded by an earlier delivery is a no-op."""
         pending, self.pending_usage = self.pending_usage, []
         invoiced = await invoiced_periods(
-            self.store, {(u.usage.customer_id, u.usage.period) for u in pending}, self.cache
+            self.store,
+            {
+                (u.usage.customer_id, u.usage.period)
+                for u in pending
+                if isinstance(u.usage, UsageRated)
+            },
+            self.cache,
         )
         batches: list[tuple[str, list[EncodedEvent], ExpectedVersion]] = []
         for u in pending:
             usage = u.usage
-            if (usage.customer_id, usage.period) in invoiced:
-                usage = usage.model_copy(update={"late": True})
-            self.rated.append(usage)
+            if isinstance(usage, UsageRated):
+                if (usage.customer_id, usage.period) in invoiced:
+                    usage = usage.model_copy(update={"late": True})
+                self.rated.append(usage)
             event = encoded_event(
                 usage,
                 id=u.id,
@@ -703,7 +719,7 @@ class _Batch:
                 traceparent=u.traceparent,
                 actor=ACTOR,
             )
-            batches.append((usage_stream(usage.customer_id, usage.period), [event], ANY))
+            batches.append((u.stream, [event], ANY))
         return batches
 
     # -- the writes ----------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Events rating keeps to itself: the session index and each session's counter history."""
+"""Events rating keeps to itself: the session index, each session's counter history, usage
+kept unmatched, and usage measured by the source that does not bill it."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
@@ -74,3 +76,27 @@ class UsageUnmatched(DomainEvent):
     occurred_at: AwareDatetime
     #: the start of the time the usage covers (the session's previous record), when known
     started_at: AwareDatetime | None = None
+    #: what measured it: RADIUS accounting, or a router's counters (`nas_id` is then the
+    #: router's id, `session_key` "router:<router_id>/<interface_key>")
+    source: Literal["radius", "router"] = "radius"
+
+
+@event_type("UsageMeasured", 1)
+class UsageMeasured(DomainEvent):
+    """Usage of a subscription measured by the source that does NOT bill it (its
+    `usage_source` names the other one): kept beside the billed usage, never invoiced, so that
+    the two sources can be compared (the discrepancy report). One per bucket, as UsageRated:
+    the same fields, split the same way, in `measured-usage-<customer_id>-<period>`."""
+
+    customer_id: str
+    subscription_id: str
+    period: str
+    session_key: str
+    record_id: uuid.UUID
+    input_octets: int = Field(ge=0)
+    output_octets: int = Field(ge=0)
+    occurred_at: AwareDatetime
+    started_at: AwareDatetime | None = None
+    source: Literal["radius", "router"]
+    #: the source that bills the subscription
+    billed_by: Literal["radius", "router"]

@@ -1,6 +1,8 @@
-"""The rating worker of the distributed runtime: a faust app consuming the accounting topic.
+"""The rating worker of the distributed runtime: a faust app consuming the accounting topic
+(and, when given a handler for them, the router-counters topic).
 
-The app has one agent on ACCOUNTING_TOPIC. Each message is decoded into its NewEvent envelope
+The app has one agent on ACCOUNTING_TOPIC, and one on ROUTER_COUNTERS_TOPIC when the
+composition root passes `counters_handler`. Each message is decoded into its NewEvent envelope
 and handed to the injected handler (the rating use case, wired by the composition root); the
 handler is idempotent by event id, so at-least-once delivery is enough.
 
@@ -71,7 +73,7 @@ import mode
 from ispbill_core.bus import UndecodableMessage, decode_message
 from ispbill_core.bus.kafka_compat import install_kafka_compat
 from ispbill_core.bus.kafka_dead_letters import DeadLetter
-from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC
+from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC
 from ispbill_core.events import NewEvent
 from ispbill_core.projections import failure_reason
 from ispbill_core.subscriber import is_transient as _is_transient
@@ -117,6 +119,8 @@ def create_rating_app(
     is_transient: Callable[[BaseException], bool] = _is_transient,
     max_backoff: float = 30.0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    counters_handler: BatchHandler | None = None,
+    counters_topic: str = ROUTER_COUNTERS_TOPIC,
 ) -> faust.App:
     """A faust app whose single agent feeds every accounting record to `handler`, or, with a
     `batch_handler`, the records in batches of up to `batch_size`: those that have arrived
@@ -127,7 +131,10 @@ def create_rating_app(
     transient failure is retried (module docstring); without, any failure stops the worker and
     the whole batch is delivered again (handlers are idempotent).
 
-    `topic` exists for tests that need a topic of their own.
+    With a `counters_handler`, a second agent feeds the router-counters topic's samples to it
+    in batches the same way (it must exist too).
+
+    `topic` and `counters_topic` exist for tests that need topics of their own.
     """
     settings: dict[str, Any] = {
         "broker": _broker_urls(broker),
@@ -164,6 +171,30 @@ def create_rating_app(
         await _in_batches(plain, rater, batch_size if batch_handler is not None else 1)
 
     app.rating = rater  # type: ignore[attr-defined] # counters, for tests and the process
+    if counters_handler is not None:
+        samples = app.topic(counters_topic, key_type=bytes, value_type=bytes)
+        batches = counters_handler
+
+        async def one_sample(message: NewEvent) -> None:
+            await batches([message])
+
+        sampler = _Rater(
+            handler=one_sample,
+            batch_handler=batches,
+            dead_letters=dead_letters,
+            is_transient=is_transient,
+            max_backoff=max_backoff,
+            clock=clock,
+            consumer=f"{app_id}.router-counters",
+        )
+        app.on_partitions_assigned.connect(sampler.on_partitions_assigned)
+
+        @app.agent(
+            samples, name="rate-router-counters", supervisor_strategy=mode.CrashingSupervisor
+        )
+        async def rate_router_counters(stream: faust.StreamT[bytes]) -> None:
+            await _in_batches(cast(faust.Stream[bytes], stream).noack(), sampler, batch_size)
+
     return app
 
 

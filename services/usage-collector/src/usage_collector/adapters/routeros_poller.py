@@ -423,6 +423,7 @@ class RouterOsCounterPoller:
         self._previous: dict[str, PreviousSample] = {}
         self._previous_uptime: tuple[int, datetime] | None = None
         self._baseline_taken = False
+        self._last_poll_at: datetime | None = None
 
     @property
     def router_id(self) -> str:
@@ -450,8 +451,9 @@ class RouterOsCounterPoller:
             if row.key in updates:
                 continue  # RouterOS names are unique per menu; keep the first if not
             sample = CounterSample(row.key, row.octets_in, row.octets_out, sampled_at)
+            previous = self._previous.get(row.key)
             delta_in, delta_out, reset = row_delta(
-                self._previous.get(row.key),
+                previous,
                 row,
                 sample,
                 baseline=not self._baseline_taken,
@@ -470,6 +472,10 @@ class RouterOsCounterPoller:
                     counter_reset=reset,
                     source=row.source,
                     username=row.username,
+                    # an item new since the last poll (a PPPoE session) counted from then on
+                    previous_sampled_at=(
+                        previous.sample.sampled_at if previous is not None else self._last_poll_at
+                    ),
                 )
             )
             updates[row.key] = PreviousSample(row.item_id, sample)
@@ -486,6 +492,7 @@ class RouterOsCounterPoller:
         if reading.uptime_seconds is not None:
             self._previous_uptime = (reading.uptime_seconds, sampled_at)
         self._baseline_taken = True
+        self._last_poll_at = sampled_at
         self.counters.samples_published += len(events)
         self.counters.counter_resets += sum(e.counter_reset for e in events)
         self.counters.unmapped_samples += sum(e.username is None for e in events)

@@ -137,6 +137,7 @@ class SnmpCounterPoller:
                     sampled_at=sampled_at,
                     counter_bits=row.bits,
                     counter_reset=reset,
+                    previous_sampled_at=previous[0].sampled_at if previous is not None else None,
                 )
             )
             updates[key] = (sample, row.bits)
