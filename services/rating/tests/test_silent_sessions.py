@@ -157,6 +157,8 @@ def test_a_silent_session_closes_at_its_last_totals_with_no_usage() -> None:
         "input_delta": 0,
         "output_delta": 0,
         "closed": True,
+        "framed_ip_address": None,
+        "terminate_cause": None,
     }
 
 
