@@ -107,6 +107,8 @@ log = logging.getLogger("ispbill")
 
 #: The Kafka rating worker's name for the records it parked before it had a dead-letter topic.
 RATING_CONSUMER = "rating.kafka"
+#: the rating workers' Kafka consumer group (the faust app's id)
+RATING_GROUP = "ispbill-rating"
 #: The embedded runtime's rating subscriber (its checkpoint name).
 RATING_SUBSCRIBER = "rating"
 
@@ -985,11 +987,16 @@ async def _serve_rating(services: Services) -> None:
     from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC
     from rating.entrypoints.faust_app import create_rating_app, run_rating_worker_recovering
 
+    from ispbill_core.bus.kafka_backlog import KafkaBacklog
+
     bootstrap = _require_kafka(services.settings)
     # Records move their sessions' silence deadlines before they are rated; this process
-    # fires rating's timers (several replicas share them: each due timer goes to one).
+    # fires rating's timers (several replicas share them: each due timer goes to one). A
+    # deadline waits while the group has not consumed records received before it (a replay,
+    # a worker that was down): one of them may be the session's.
     await services.open_timers()
-    rating = services.rating()
+    backlog = KafkaBacklog(bootstrap, RATING_GROUP, ACCOUNTING_TOPIC)
+    rating = services.rating(backlog=backlog)
     timer_runner = services.timer_runner(rating.timer_handlers())
     parking = services.require_read_models()
     cache = RatingCache()
@@ -1021,6 +1028,7 @@ async def _serve_rating(services: Services) -> None:
             fast_join=True,
             dead_letters=dead_letters,
             counters_handler=rate_samples,
+            app_id=RATING_GROUP,
         )
 
     # A new app, after the topics are created again, whenever the broker loses them.
@@ -1058,3 +1066,4 @@ async def _serve_rating(services: Services) -> None:
                 await worker
     finally:
         await dead_letters.stop()
+        await backlog.close()
