@@ -983,11 +983,10 @@ async def _serve_collector(services: Services) -> None:
 
 
 async def _serve_rating(services: Services) -> None:
+    from ispbill_core.bus.kafka_backlog import KafkaBacklog
     from ispbill_core.bus.kafka_dead_letters import KafkaDeadLetters, dead_letter_topic
     from ispbill_core.contracts.usage_collector import ACCOUNTING_TOPIC, ROUTER_COUNTERS_TOPIC
     from rating.entrypoints.faust_app import create_rating_app, run_rating_worker_recovering
-
-    from ispbill_core.bus.kafka_backlog import KafkaBacklog
 
     bootstrap = _require_kafka(services.settings)
     # Records move their sessions' silence deadlines before they are rated; this process

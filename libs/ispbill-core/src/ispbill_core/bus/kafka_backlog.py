@@ -19,6 +19,7 @@ The committed offsets trail what the group has processed by up to its commit int
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,10 +49,8 @@ def received_at(event: NewEvent) -> datetime:
     value = event.data.get("received_at")
     when = event.metadata.occurred_at
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             when = datetime.fromisoformat(value)
-        except ValueError:
-            pass
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
