@@ -18,6 +18,7 @@ from ispbill_core.events import (
     EncodedEvent,
     EventMetadata,
     NewEvent,
+    deterministic_id,
     encoded,
     ordered_deterministic_id,
     timestamp_json,
@@ -301,3 +302,16 @@ def test_encoded_event_is_new_event_encoded_byte_for_byte() -> None:
         fast = encoded_event(usage, id=record_id, occurred_at=at, **kwargs)  # type: ignore[arg-type]
         slow = new_event(usage, id=record_id, occurred_at=at, **kwargs).encoded()  # type: ignore[arg-type]
         assert fast == slow
+
+
+@given(
+    st.lists(
+        st.one_of(st.text(), st.integers(), st.uuids(), st.dates()), min_size=1, max_size=4
+    )
+)
+def test_deterministic_id_is_uuid5_of_the_joined_parts(parts: list[object]) -> None:
+    """The namespace is hashed once (a copy per id): still exactly uuid.uuid5, ids already in
+    ledgers stay what they were."""
+    expected = uuid.uuid5(ISPBILL_NAMESPACE, "\x1f".join(str(p) for p in parts))
+    assert deterministic_id(*parts) == expected
+    assert deterministic_id(*parts).version == 5

@@ -33,7 +33,7 @@ from ispbill_core.service_history import ServiceHistory
 from ispbill_core.time_bands import band_at, counted_octets
 from rating.application.rate_accounting_record import RatingSettings
 from rating.application.rate_batch import RatingCache, rate_accounting_batch
-from rating.domain.buckets import MAX_SPAN, Bucket, split_usage
+from rating.domain.buckets import MAX_SPAN, Bucket, DayMemo, split_usage
 from tests.fixtures.radius import (
     GIGAWORD,
     NIGHT,
@@ -183,6 +183,7 @@ def test_band_edges_wrap_past_midnight_and_the_first_listed_band_wins() -> None:
     assert counted_octets(bands, "peak", 3) == 4  # 4.5 rounded down
 
 
+_MEMOS: dict[tuple[str, bool], DayMemo] = {}
 zones = st.sampled_from([ZoneInfo("UTC"), NEW_YORK, DHAKA, ZoneInfo("Australia/Lord_Howe")])
 moments = st.datetimes(
     min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
@@ -210,11 +211,17 @@ def test_pieces_add_up_to_the_delta_and_each_lies_in_its_bucket(
     assert sum(p.input_octets for p in pieces) == i
     assert sum(p.output_octets for p in pieces) == o
     assert pieces == split_usage(start, end, i, o, tz, history, plans)  # deterministic
+    # the days a caller keeps from earlier calls (rating keeps them per subscription) change
+    # nothing
+    memo = _MEMOS.setdefault((tz.key, banded), {})
+    assert pieces == split_usage(start, end, i, o, tz, history, plans, memo=memo)
     for p in pieces:
         assert start <= p.started_at <= p.ended_at <= end
         for moment in (p.started_at, p.ended_at):
             local = moment.astimezone(tz)
             assert f"{local.year:04d}-{local.month:02d}" == p.bucket.period
+            if p.started_at < p.ended_at:
+                assert p.bucket.band == band_at(bands if banded else (), local.time())
     for a, b in pairwise(pieces):
         assert a.ended_at < b.started_at
         # the same bucket twice only with a piece of no bytes (dropped) between them

@@ -25,8 +25,18 @@ ISPBILL_NAMESPACE = uuid.UUID("6f1c2a52-5b0e-4f0c-9d8e-1b7a0c6a9e31")
 
 
 def deterministic_id(*parts: object) -> uuid.UUID:
-    """A uuid5 of a fact's natural key; parts are joined with a separator no id contains."""
-    return uuid.uuid5(ISPBILL_NAMESPACE, "\x1f".join(str(p) for p in parts))
+    """A uuid5 of a fact's natural key; parts are joined with a separator no id contains.
+    (uuid.uuid5, with the namespace hashed once: rating makes several ids per record.)"""
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update("\x1f".join(str(p) for p in parts).encode())
+    raw = int.from_bytes(digest.digest()[:16])
+    return uuid.UUID(int=(raw & _UUID5_CLEAR) | _UUID5_SET)
+
+
+_NAMESPACE_SHA1 = hashlib.sha1(ISPBILL_NAMESPACE.bytes, usedforsecurity=False)
+#: version 5 and the RFC 4122 variant, as uuid.UUID(bytes=..., version=5) sets them
+_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID5_SET = (5 << 76) | (0x8000 << 48)
 
 
 #: The namespace as the bytes SHA-1 is fed with, for ordered_deterministic_id.
@@ -283,6 +293,10 @@ class RecordedEvent(NewEvent):
         return cls.model_validate(self.data)
 
 
+#: json.dumps(..., separators=(",", ":"), ensure_ascii=False) without a new encoder per call
+_METADATA_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encoded_event(
     event: DomainEvent,
     *,
@@ -308,7 +322,7 @@ def encoded_event(
         type=event.event_type,
         version=event.event_version,
         data_json=event.model_dump_json(),
-        metadata_json=json.dumps(metadata, separators=(",", ":"), ensure_ascii=False),
+        metadata_json=_METADATA_JSON(metadata),
         traceparent=traceparent,
     )
 

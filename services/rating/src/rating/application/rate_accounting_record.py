@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -34,7 +34,7 @@ from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_e
 from ispbill_core.eventstore import ANY, EventStore, WrongExpectedVersion
 from ispbill_core.service_history import ServiceHistory
 from rating.application.usage_sources import billed_or_measured
-from rating.domain.buckets import split_usage
+from rating.domain.buckets import DayMemo, split_usage
 from rating.domain.events import (
     RadiusNasRebooted,
     RadiusSessionOpened,
@@ -174,10 +174,15 @@ def _holding(stream: Sequence[RecordedEvent], username: str, nth: int) -> Userna
 
 @dataclass(frozen=True)
 class Tariffs:
-    """What a subscription's buckets are decided by: its history and its plans' versions."""
+    """What a subscription's buckets are decided by: its history and its plans' versions;
+    `days`, per time zone, the local days worked out from them so far (`split_usage`)."""
 
     history: ServiceHistory
     plans: Mapping[str, Sequence[PlanTerms]]
+    days: dict[str, DayMemo] = field(default_factory=dict, compare=False, repr=False)
+
+    def memo(self, tz: ZoneInfo) -> DayMemo:
+        return self.days.setdefault(tz.key, {})
 
 
 _LIFECYCLE = (
@@ -249,6 +254,7 @@ def usage_pieces(
         settings.timezone,
         tariffs.history if tariffs else None,
         tariffs.plans if tariffs else None,
+        memo=tariffs.memo(settings.timezone) if tariffs else None,
     )
     rated = []
     for n, piece in enumerate(pieces):

@@ -20,6 +20,7 @@ The rules (rating's README, "Buckets"):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -28,9 +29,9 @@ from zoneinfo import ZoneInfo
 
 from ispbill_core.contracts.accounts import PlanTerms, PlanVersionPublished
 from ispbill_core.service_history import ServiceHistory, version_on
-from ispbill_core.time_bands import STANDARD, band_at, band_edges
+from ispbill_core.time_bands import STANDARD, band_edges
 
-__all__ = ["MAX_SPAN", "Bucket", "Piece", "split_usage"]
+__all__ = ["MAX_SPAN", "Bucket", "DayMemo", "Piece", "split_usage"]
 
 MAX_SPAN = timedelta(days=366)
 _MICROSECOND = timedelta(microseconds=1)
@@ -65,6 +66,33 @@ class _Tariff:
     suspended: bool
 
 
+@dataclass(frozen=True)
+class _Day:
+    """A local day's tariff and where a delta must be cut on it: its midnight and its band
+    edges as UTC instants, sorted; the plan's bands as minutes of the day."""
+
+    tariff: _Tariff
+    cuts: tuple[datetime, ...]
+    bands: tuple[tuple[int, int, str], ...]
+    version: int | None
+
+    def band(self, local: datetime) -> str:
+        """As `time_bands.band_at`, on minutes parsed once."""
+        minute = local.hour * 60 + local.minute
+        for start, end, name in self.bands:
+            if start == end or (
+                start <= minute < end if start < end else (minute >= start or minute < end)
+            ):
+                return name
+        return STANDARD
+
+
+#: What a caller keeps between calls for one subscription's history and plans (and one time
+#: zone): each local day's tariff and cuts, worked out once. `Tariffs` carries one.
+DayMemo = dict[date, _Day]
+_NO_HISTORY: dict[str, DayMemo] = {}
+
+
 def split_usage(
     start: datetime,
     end: datetime,
@@ -73,27 +101,35 @@ def split_usage(
     tz: ZoneInfo,
     history: ServiceHistory | None = None,
     plans: Mapping[str, Sequence[PlanTerms]] | None = None,
+    *,
+    memo: DayMemo | None = None,
 ) -> list[Piece]:
-    """The delta (input_octets, output_octets) used over [start, end], in buckets."""
+    """The delta (input_octets, output_octets) used over [start, end], in buckets. `memo`:
+    the days already worked out for this `history`, `plans` and `tz` (kept by the caller
+    beside them, dropped with them); without one, the days are worked out for this call."""
     plans = plans or {}
-    days: dict[date, _Tariff] = {}
+    if memo is None:
+        memo = _NO_HISTORY.setdefault(tz.key, {}) if history is None else {}
 
-    def tariff(day: date) -> _Tariff:
-        found = days.get(day)
+    def on(day: date) -> _Day:
+        found = memo.get(day)
         if found is None:
-            found = days[day] = _tariff_on(day, history, plans)
+            found = memo[day] = _day(day, tz, history, plans)
+            if history is None and len(memo) > 4096:
+                memo.clear()
+                memo[day] = found
         return found
 
     def bucket_at(moment: datetime) -> Bucket:
         local = moment.astimezone(tz)
-        on = tariff(local.date())
-        plan = on.plan
+        d = on(local.date())
+        tariff = d.tariff
         return Bucket(
             period=f"{local.year:04d}-{local.month:02d}",
-            band=band_at(plan.time_bands, local.time()) if plan is not None else STANDARD,
-            plan_id=on.plan_id,
-            plan_version=_version_number(plan),
-            suspended=on.suspended,
+            band=d.band(local),
+            plan_id=tariff.plan_id,
+            plan_version=d.version,
+            suspended=tariff.suspended,
         )
 
     if end - start > MAX_SPAN:
@@ -102,15 +138,19 @@ def split_usage(
         return [Piece(bucket_at(end), end, end, input_octets, output_octets)]
     first_day = start.astimezone(tz).date()
     last_day = end.astimezone(tz).date()
-    cuts: set[datetime] = set()
-    day = first_day
-    while day <= last_day:
-        cuts.add(_utc(day, time(0), tz))
-        plan = tariff(day).plan
-        if plan is not None and plan.time_bands:
-            cuts.update(_utc(day, edge, tz) for edge in band_edges(plan.time_bands))
-        day += timedelta(days=1)
-    points = [start, *sorted(c for c in cuts if start < c < end), end]
+    if first_day == last_day:
+        cuts = on(first_day).cuts
+        inside = [c for c in cuts[bisect_right(cuts, start) :] if c < end]
+        if not inside:  # the usual interim: one piece
+            return [Piece(bucket_at(start), start, end, input_octets, output_octets)]
+        points = [start, *inside, end]
+    else:
+        found: set[datetime] = set()
+        day = first_day
+        while day <= last_day:
+            found.update(on(day).cuts)
+            day += timedelta(days=1)
+        points = [start, *sorted(c for c in found if start < c < end), end]
     span = (end - start) // _MICROSECOND
     pieces: list[Piece] = []
     taken_in = taken_out = 0
@@ -134,6 +174,27 @@ def split_usage(
             pieces.append(Piece(bucket, a, last_moment, piece_in, piece_out))
     kept = [p for p in pieces if p.input_octets or p.output_octets]
     return kept or pieces[-1:]
+
+
+def _day(
+    day: date,
+    tz: ZoneInfo,
+    history: ServiceHistory | None,
+    plans: Mapping[str, Sequence[PlanTerms]],
+) -> _Day:
+    tariff = _tariff_on(day, history, plans)
+    plan = tariff.plan
+    cuts = {_utc(day, time(0), tz)}
+    bands: tuple[tuple[int, int, str], ...] = ()
+    if plan is not None and plan.time_bands:
+        cuts.update(_utc(day, edge, tz) for edge in band_edges(plan.time_bands))
+        bands = tuple((_minutes(b.start), _minutes(b.end), b.name) for b in plan.time_bands)
+    return _Day(tariff, tuple(sorted(cuts)), bands, _version_number(plan))
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
 
 
 def _utc(day: date, at: time, tz: ZoneInfo) -> datetime:
