@@ -305,9 +305,50 @@ def test_encoded_event_is_new_event_encoded_byte_for_byte() -> None:
 
 
 @given(
-    st.lists(
-        st.one_of(st.text(), st.integers(), st.uuids(), st.dates()), min_size=1, max_size=4
+    actor=st.text(min_size=1),
+    correlation=st.none() | st.uuids(),
+    causation=st.none() | st.uuids(),
+    traceparent=st.none() | st.text(),
+    at=st.datetimes(
+        min_value=datetime(1, 1, 2), timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5))])
+    ),
+)
+def test_encoded_event_metadata_is_the_envelopes_for_any_values(
+    actor: str,
+    correlation: uuid.UUID | None,
+    causation: uuid.UUID | None,
+    traceparent: str | None,
+    at: datetime,
+) -> None:
+    """The metadata written out by hand (quotes, control characters, non-ASCII actors and
+    traceparents, any time) is byte for byte what EventMetadata serialises."""
+    from ispbill_core.contracts.rating import UsageRated
+    from ispbill_core.events import encoded_event, new_event
+
+    usage = UsageRated(
+        customer_id="c",
+        subscription_id="s",
+        period="2026-03",
+        session_key="k",
+        record_id=uuid.UUID(int=1),
+        input_octets=1,
+        output_octets=2,
+        occurred_at=datetime(2026, 3, 10, tzinfo=UTC),
     )
+    kwargs = {
+        "actor": actor,
+        "correlation_id": correlation,
+        "causation_id": causation,
+        "traceparent": traceparent,
+    }
+    fast = encoded_event(usage, id=uuid.UUID(int=2), occurred_at=at, **kwargs)  # type: ignore[arg-type]
+    slow = new_event(usage, id=uuid.UUID(int=2), occurred_at=at, **kwargs).encoded()  # type: ignore[arg-type]
+    assert fast == slow
+    assert json.loads(fast.metadata_json)["actor"] == actor
+
+
+@given(
+    st.lists(st.one_of(st.text(), st.integers(), st.uuids(), st.dates()), min_size=1, max_size=4)
 )
 def test_deterministic_id_is_uuid5_of_the_joined_parts(parts: list[object]) -> None:
     """The namespace is hashed once (a copy per id): still exactly uuid.uuid5, ids already in
