@@ -167,7 +167,11 @@ class CheckpointStore(abc.ABC):
 
     @abc.abstractmethod
     async def save_checkpoint(self, name: str, position: int) -> None:
-        """Save the position; never moves a checkpoint backwards."""
+        """Save the position; never moves a checkpoint backwards. The SQLite and PostgreSQL
+        adapters do not wait for a checkpoint saved alone (here, or by `append_many` with no
+        batches) to reach the disk: the next durable commit takes it there, and a crash before
+        then finds it at an earlier position, so its consumer handles those events again.
+        Consumers are idempotent; a checkpoint saved with events is as durable as they are."""
 
 
 class AppendSignal:

@@ -89,6 +89,7 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         GIL back and forth per row (14.4 us of lock time per row under load, against 8.7 us)."""
         self.path = str(path)
         self._write_on_loop = write_on_loop
+        self._synchronous = synchronous.upper()
         if self.path != ":memory:":
             # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database
             # file's mode, so the whole ledger stays its owner's whatever the umask.
@@ -193,17 +194,17 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         with self._write_lock, self._writers_lock():
             conn = self._writer
             stream = batches[0][0] if batches else f"checkpoint {checkpoint}"
+            if not batches and checkpoint is not None:
+                with self._relaxed(conn):
+                    try:
+                        conn.execute(_SAVE_CHECKPOINT, checkpoint)
+                    except sqlite3.Error as exc:
+                        raise EventStoreError(f"sqlite save checkpoint: {exc}") from exc
+                return [], 0
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    versions: list[int] = []
-                    head = 0
-                    for stream, events, expected in batches:
-                        version, appended_head = self._append_rows(
-                            conn, stream, events, expected, now
-                        )
-                        versions.append(version)
-                        head = max(head, appended_head)
+                    versions, head = self._append_all(conn, batches, now)
                     if checkpoint is not None:
                         conn.execute(_SAVE_CHECKPOINT, checkpoint)
                     if head or checkpoint is not None:
@@ -218,51 +219,79 @@ class SQLiteEventStore(EventStore, CheckpointStore):
             except sqlite3.Error as exc:
                 raise EventStoreError(f"sqlite append to {stream!r} failed: {exc}") from exc
 
-    def _append_rows(
+    @contextlib.contextmanager
+    def _relaxed(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """A commit that only moves a checkpoint, without its own fsync (WAL with
+        synchronous=NORMAL): the next durable commit syncs it, and a power cut before that
+        finds the checkpoint where it was before, so the consumer handles those events again
+        (consumers are idempotent). Half of rating's commits were only its checkpoint."""
+        if self._synchronous not in ("FULL", "EXTRA", "2", "3") or self.path == ":memory:":
+            yield
+            return
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def _append_all(
         self,
         conn: sqlite3.Connection,
-        stream: str,
-        events: Sequence[AnyNewEvent],
-        expected: ExpectedVersion,
+        batches: Sequence[tuple[str, Sequence[AnyNewEvent], ExpectedVersion]],
         now: datetime,
-    ) -> tuple[int, int]:
-        """Inside an open transaction: (the stream's version, the last global position written,
-        0 when the batch was recorded before)."""
-        batch = [encoded(e) for e in events]
-        ids = [e.id for e in batch]
-        recorded = self._recorded_ids(conn, ids)
-        if recorded:
-            if len(recorded) == len(set(ids)) and set(recorded.values()) == {stream}:
-                return self._version(conn, stream) or 0, 0
-            raise EventIdConflict(
-                f"stream {stream!r}: ids {sorted(recorded)} already recorded elsewhere"
-                " or in a different batch"
-            )
-        current = self._version(conn, stream)
-        check_expected(stream, expected, current)
-        position = -1 if current is None else current
+    ) -> tuple[list[int], int]:
+        """Inside an open transaction: each stream's version after its batch, and the last
+        global position written (0 when every batch was recorded before). The ids and the
+        streams' versions are looked up for all the batches at once, and all the rows go in
+        one executemany: rating appends a thousand one-event batches at a time, and four
+        statements per batch cost more than the rows (bench/RESULTS.md). A batch sees the
+        batches before it in the call, as if each were appended in turn."""
+        encoded_batches = [(stream, [encoded(e) for e in events]) for stream, events, _ in batches]
+        recorded = self._recorded_ids(conn, [e.id for _, batch in encoded_batches for e in batch])
+        current = self._versions(conn, list(dict.fromkeys(s for s, _ in encoded_batches)))
         recorded_at = timestamp_json(now)
-        rows = []
-        for event in batch:
-            position += 1
-            rows.append(
-                (
-                    event.id,
-                    stream,
-                    position,
-                    event.type,
-                    event.version,
-                    event.data_json,
-                    event.stamped_metadata(recorded_at),
+        rows: list[tuple[str, str, int, str, int, str, str]] = []
+        versions: list[int] = []
+        for (stream, batch), (_, _, expected) in zip(encoded_batches, batches, strict=True):
+            ids = [e.id for e in batch]
+            version = current.get(stream)
+            already = {recorded[i] for i in ids if i in recorded}
+            if already:
+                if len([i for i in ids if i in recorded]) == len(set(ids)) and already == {stream}:
+                    versions.append(version or 0)
+                    continue
+                raise EventIdConflict(
+                    f"stream {stream!r}: ids {sorted(i for i in ids if i in recorded)} already"
+                    " recorded elsewhere or in a different batch"
                 )
-            )
+            check_expected(stream, expected, version)
+            position = -1 if version is None else version
+            for event in batch:
+                position += 1
+                rows.append(
+                    (
+                        event.id,
+                        stream,
+                        position,
+                        event.type,
+                        event.version,
+                        event.data_json,
+                        event.stamped_metadata(recorded_at),
+                    )
+                )
+            current[stream] = position
+            versions.append(position)
+            for i in ids:
+                recorded[i] = stream
+        if not rows:
+            return versions, 0
         conn.executemany(
             "INSERT INTO events (id, stream, stream_position, type, version, data,"
             " metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         head: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        return position, head
+        return versions, head
 
     @staticmethod
     def _recorded_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
@@ -278,11 +307,21 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         return found
 
     @staticmethod
-    def _version(conn: sqlite3.Connection, stream: str) -> int | None:
-        row = conn.execute(
-            "SELECT max(stream_position) FROM events WHERE stream = ?", (stream,)
-        ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+    def _versions(conn: sqlite3.Connection, streams: list[str]) -> dict[str, int | None]:
+        """Each stream's version (None: no such stream). A subquery per stream, so that each
+        is the index's min/max lookup, not a scan of the stream's entries."""
+        found: dict[str, int | None] = {}
+        for start in range(0, len(streams), _STREAMS_PER_QUERY):
+            chunk = streams[start : start + _STREAMS_PER_QUERY]
+            values = ",".join(["(?)"] * len(chunk))
+            for stream, version in conn.execute(
+                f"WITH wanted(name) AS (VALUES {values}) SELECT name,"  # noqa: S608 - placeholders only
+                " (SELECT max(stream_position) FROM events WHERE stream = wanted.name)"
+                " FROM wanted",
+                chunk,
+            ):
+                found[stream] = None if version is None else int(version)
+        return found
 
     # -- other tables in the ledger's file (read models, parked events) -------------------
     async def run_write(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -398,7 +437,7 @@ class SQLiteEventStore(EventStore, CheckpointStore):
 
     async def save_checkpoint(self, name: str, position: int) -> None:
         def save() -> None:
-            with self._write_lock:
+            with self._write_lock, self._relaxed(self._writer):
                 try:
                     self._writer.execute(_SAVE_CHECKPOINT, (name, position))
                 except sqlite3.Error as exc:
