@@ -206,9 +206,18 @@ class PostgresEventStore(EventStore, CheckpointStore):
             f"SELECT {cols} FROM {t} WHERE global_position > $1"  # noqa: S608
             " ORDER BY global_position LIMIT $2"
         )
+        # Each type read on its own from events_by_type (type, global_position), then merged:
+        # `type = ANY(...) ORDER BY global_position LIMIT n` was planned as a walk of the
+        # primary key from `after` that filters by type, so a reader of rare types (rating
+        # following plan and subscription changes) scanned everything appended since its
+        # position on every call: 30-60 ms per call at 250,000 events, and growing.
+        lateral_cols = ", ".join(f"e.{c.strip()}" for c in cols.split(","))
         self._sql_read_all_types = (
-            f"SELECT {cols} FROM {t} WHERE global_position > $1 AND type = ANY($2::text[])"  # noqa: S608
-            " ORDER BY global_position LIMIT $3"
+            f"SELECT {lateral_cols} FROM unnest($2::text[]) AS wanted(type)"  # noqa: S608
+            f" CROSS JOIN LATERAL (SELECT {cols} FROM {t}"
+            "   WHERE type = wanted.type AND global_position > $1"
+            "   ORDER BY global_position LIMIT $3) e"
+            " ORDER BY e.global_position LIMIT $3"
         )
         c = f'"{schema}".checkpoints'
         self._sql_load_checkpoint = f"SELECT position FROM {c} WHERE name = $1"  # noqa: S608
