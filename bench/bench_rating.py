@@ -60,6 +60,7 @@ from ispbill_core.events import EventMetadata, NewEvent, deterministic_id, new_e
 from ispbill_core.eventstore import ANY, NO_STREAM, EventStore
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.money import Money
+from ispbill_core.timers import Timers
 
 PG_ADMIN_DSN = os.environ.get(
     "ISPBILL_BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -210,6 +211,8 @@ async def rate_everything(store: EventStore, records: int) -> float:
     settings = Settings(timezone=ZoneInfo("UTC"))
     services = Services(settings, None)
     services.store = store
+    # As `serve`: each batch moves its sessions' silence deadlines too (durable timers).
+    services.timers = await bench_timers(store)
     subscriber = services.rating_subscriber()
     started = time.perf_counter()
     task = asyncio.create_task(subscriber.run())
@@ -221,10 +224,22 @@ async def rate_everything(store: EventStore, records: int) -> float:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await services.timers.close()
     seconds = time.perf_counter() - started
     if subscriber.parked:
         print(f"    {subscriber.parked} records parked", flush=True)
     return seconds
+
+
+async def bench_timers(store: EventStore) -> Timers:
+    """The timers `serve` keeps beside this ledger (its SQLite file, its PostgreSQL schema)."""
+    if isinstance(store, SQLiteEventStore):
+        from ispbill_core.timers.sqlite import SQLiteTimers
+
+        return SQLiteTimers(store)
+    from ispbill_core.timers.postgresql import PostgresTimers
+
+    return await PostgresTimers.connect(store.bench_dsn, schema="ispbill")  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
@@ -279,18 +294,25 @@ async def kafka_worker(bootstrap: str, topic: str, dsn: str, app_id: str) -> Non
     """One `serve rating`-like worker process: the faust app with the batch handler."""
     from ispbill_core.eventstore.postgresql import PostgresEventStore
     from rating.application.rate_accounting_record import RatingSettings
-    from rating.application.rate_batch import RatingCache, rate_accounting_batch
+    from rating.application.rate_batch import RatingCache
+    from rating.bootstrap import Rating
+    from rating.domain.silent_sessions import SilentSessionSettings
     from rating.entrypoints.faust_app import create_rating_app, run_rating_worker
 
     store = await PostgresEventStore.connect(dsn, schema="ispbill", listen=False)
-    settings = RatingSettings(timezone=ZoneInfo("UTC"))
+    store.bench_dsn = dsn  # type: ignore[attr-defined]
+    timers = await bench_timers(store)
+    # As `serve rating`: each batch moves its sessions' silence deadlines while it is rated.
+    rating = Rating(
+        store, RatingSettings(timezone=ZoneInfo("UTC")), SilentSessionSettings(), timers
+    )
     cache = RatingCache()
 
     async def one(message: NewEvent) -> None:
-        await rate_accounting_batch(store, settings, [message], cache)
+        await rating.rate_batch([message], cache)
 
     async def batch(messages: Sequence[NewEvent]) -> None:
-        await rate_accounting_batch(store, settings, messages, cache)
+        await rating.rate_batch(messages, cache)
 
     app = create_rating_app(
         broker=bootstrap,
@@ -304,6 +326,7 @@ async def kafka_worker(bootstrap: str, topic: str, dsn: str, app_id: str) -> Non
     try:
         await run_rating_worker(app)
     finally:
+        await timers.close()
         await store.close()
 
 
