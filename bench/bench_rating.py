@@ -42,6 +42,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from ispbill_core import gc_tuning
 from ispbill_core.contracts.accounts import (
     PlanDefined,
     RadiusUsernameAssigned,
@@ -405,6 +406,9 @@ async def rated_count(store: EventStore) -> int:
 
 
 async def main() -> int:
+    # As `ispbill run` and `ispbill serve` set the collector (ADR 0028), here and in each
+    # Kafka worker process.
+    gc_tuning.tune()
     if len(sys.argv) > 1 and sys.argv[1] == "kafka-worker":
         await kafka_worker(*sys.argv[2:6])
         return 0

@@ -78,6 +78,9 @@ class Settings:
     rating_silent_session_intervals: int = field(
         default_factory=lambda: int(env("RATING_SILENT_SESSION_INTERVALS", "3"))
     )
+    #: the garbage collector's thresholds in a server process, "gen0,gen1,gen2", or "python"
+    #: for CPython's own (ispbill_core.gc_tuning, ADR 0028)
+    gc_thresholds: str = field(default_factory=lambda: env("GC_THRESHOLDS", "50000,20,100"))
     #: seconds between two looks for due timers (silent sessions and later deadlines)
     timer_poll_interval: float = field(
         default_factory=lambda: float(env("TIMER_POLL_INTERVAL", "1"))

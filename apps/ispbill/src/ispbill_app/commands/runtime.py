@@ -51,9 +51,17 @@ def settings_from(timezone: str | None = None, **given: Any) -> Any:
 
 def _start(command: str, component: str | None, settings: Any, with_demo: bool) -> None:
     from ispbill_app import bootstrap
+    from ispbill_core import gc_tuning
     from ispbill_core.sealing import SealingError
     from ispbill_core.telemetry import TelemetryError
 
+    try:
+        thresholds = gc_tuning.parse_thresholds(settings.gc_thresholds)
+    except ValueError as exc:
+        print(f"ispbill: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    # After the imports above and before the loop: a server's heap is mostly what it keeps.
+    gc_tuning.tune(thresholds)
     try:
         if command == "run":
             asyncio.run(bootstrap.run_embedded(settings, with_demo=with_demo))
