@@ -559,6 +559,19 @@ class EventStoreContract:
         assert [r.data["n"] for r in await store.read_stream(first)] == [1, 2]
         assert [r.data["n"] for r in await store.read_stream(second)] == [3]
 
+    async def test_a_batch_part_recorded_is_a_conflict_even_with_an_id_repeated(
+        self, store: EventStore
+    ) -> None:
+        """A batch whose recorded ids are all there, in its stream, is a retry; one that also
+        holds a new event is not, however often the recorded id is repeated in it: the new
+        event is never dropped silently."""
+        name = self.stream("dup")
+        x = event(n=1)
+        await store.append_many([(name, [x], NO_STREAM)])
+        with pytest.raises(EventIdConflict):
+            await store.append_many([(name, [x, x, event(n=2)], ANY)])
+        assert [r.data["n"] for r in await store.read_stream(name)] == [1]
+
     async def test_read_streams_gives_each_stream_in_order_and_empty_ones(
         self, store: EventStore
     ) -> None:

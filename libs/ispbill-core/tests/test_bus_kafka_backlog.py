@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from ispbill_core.bus import encode_message
@@ -136,5 +137,28 @@ async def test_a_broker_out_of_reach_holds_deadlines_back() -> None:
     )
     try:
         assert await backlog(T0)
+    finally:
+        await backlog.close()
+
+
+async def test_a_failed_measure_holds_for_the_refresh_without_asking_again() -> None:
+    """Every due timer asking an unreachable broker again, each waiting out the request
+    timeout, would stall the timer runner: the failure stands for `refresh` seconds."""
+    now = [0.0]
+    backlog = KafkaBacklog(
+        f"127.0.0.1:{free_port()}",
+        "group",
+        "topic",
+        refresh=5.0,
+        request_timeout=1.0,
+        clock=lambda: now[0],
+    )
+    try:
+        assert await backlog(T0)
+        # no broker call: the held answer, as the oldest there is
+        assert await backlog.oldest_waiting() == datetime.min.replace(tzinfo=UTC)
+        now[0] = 5.0
+        with pytest.raises((OSError, TimeoutError, KafkaError)):
+            await backlog.oldest_waiting()  # measured again, and still out of reach
     finally:
         await backlog.close()

@@ -368,6 +368,34 @@ async def test_a_deadline_waits_while_records_heard_before_it_are_not_rated(rig:
 
 
 @pytest.mark.integration
+async def test_a_held_deadline_asks_about_its_first_time_not_its_recheck(rig: Rig) -> None:
+    """Rating a little behind all the time (a record received after the deadline always
+    waiting) must not hold a deadline back for ever: once what was received before the
+    deadline is rated, the session is closed at the recheck."""
+    backlogged = dataclasses.replace(
+        rig.rating, backlog=ledger_backlog(rig.store, rig.store, "rating")
+    )
+    runner = TimerRunner(rig.timers, backlogged.timer_handlers(), rig.clock)
+    await rig.rate(record(AcctStatus.START, 0, 0, 0))
+    deadline = START + SILENT_AFTER
+    before = record(AcctStatus.START, 0, 0, 0, acct_session_id="other")
+    await rig.store.append(accounting_stream("nas-1"), [message(before)], ANY)
+    rig.clock.set(deadline)
+    assert await runner.run_once() == 1  # held: `before` was received before the deadline
+    await rig.rate(before)
+    await rig.store.save_checkpoint("rating", await rig.store.head_position())
+    # another record, received after the deadline, waits as the recheck comes
+    after = record(
+        AcctStatus.START, 0, 0, 0, acct_session_id="third", start=deadline + timedelta(seconds=5)
+    )
+    await rig.store.append(accounting_stream("nas-1"), [message(after)], ANY)
+    rig.clock.set(deadline + BACKLOG_RECHECK)
+    assert await runner.run_once() >= 1
+    [history] = await rig.history()
+    assert [e.status for e in history][-1] == SILENT_TIMEOUT
+
+
+@pytest.mark.integration
 async def test_accounting_on_closes_first_and_the_deadline_then_closes_nothing(rig: Rig) -> None:
     await rig.rate(record(AcctStatus.START, 0, 0, 0))
     await rig.rate(nas_event(AcctStatus.ACCOUNTING_ON, START + timedelta(minutes=5)))

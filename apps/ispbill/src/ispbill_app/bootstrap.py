@@ -1064,5 +1064,7 @@ async def _serve_rating(services: Services) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
     finally:
-        await dead_letters.stop()
-        await backlog.close()
+        try:
+            await dead_letters.stop()
+        finally:
+            await backlog.close()

@@ -8,9 +8,11 @@ its cache: at 100,000 records, bench-rating measured 6,880 collections taking 10
 
 `tune()` first freezes what the process holds after its imports (modules, classes, settings:
 never garbage, now never scanned), then raises the thresholds: the youngest generation is
-collected every 50,000 allocations (a pause of a few ms), the older ones as often as before
-relative to it. Reference counting still frees everything that is not in a cycle at once;
-only cycles wait longer, and memory grows by at most the young objects between collections.
+collected every 50,000 allocations (a pause of a few ms), the middle one every 20 of those and
+the oldest every 100 of those (at most; CPython also waits until enough objects survived).
+Reference counting still frees everything that is not in a cycle at once; only garbage in
+cycles waits longer: young cycles up to 50,000 allocations, cycles that survived into the
+older generations up to about a million or a hundred million.
 """
 
 from __future__ import annotations

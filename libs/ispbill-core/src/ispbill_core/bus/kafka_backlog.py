@@ -13,7 +13,14 @@ offset (its envelope's `data.received_at`, else the event's `occurred_at`); at m
 asked, it answers True: a deadline waits rather than fires on records not yet seen.
 
 The committed offsets trail what the group has processed by up to its commit interval (faust:
-`broker_commit_interval`), so a deadline is held back that much longer at most.
+`broker_commit_interval`), and a measure is reused for `refresh` seconds; a deadline held back
+is asked about again after `BACKLOG_RECHECK` (rating: 10 s), about its first time.
+
+Only the record at each committed offset is read: records on a partition are taken to be in
+receive order. Two paths publish older records behind newer ones: a collector draining its
+spool after a Kafka outage while another collector publishes live, and `ispbill import
+detail`. A deadline can then fire before such an older record is rated; the session is closed
+at its last totals, and the older record's bytes still count when it is rated.
 """
 
 from __future__ import annotations
@@ -89,6 +96,9 @@ class KafkaBacklog:
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("cannot measure the backlog of %s (%r): holding back", self._topic, exc)
             await self.close()  # a new connection next time
+            # Held for `refresh` seconds like a measure: every due timer asking again, each
+            # waiting out the request timeout, would stall the timer runner past its lease.
+            self._measured = (self._clock(), datetime.min.replace(tzinfo=UTC))
             return True
         return oldest is not None and oldest < at
 
@@ -184,6 +194,7 @@ class KafkaBacklog:
                 left.discard(tp)
                 when = self._time_of(messages[0].value)
                 oldest = when if oldest is None else min(oldest, when)
+        consumer.pause(*positions)  # no fetching in the background until the next measure
         return oldest
 
     def _time_of(self, value: bytes | None) -> datetime:

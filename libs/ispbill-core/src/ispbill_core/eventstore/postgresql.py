@@ -458,7 +458,7 @@ class PostgresEventStore(EventStore, CheckpointStore):
         if types is None:
             rows = await self._fetch(self._sql_read_all, after, limit)
         else:
-            rows = await self._fetch(self._sql_read_all_types, after, sorted(types), limit)
+            rows = await self._fetch(self._sql_read_all_types, after, sorted(set(types)), limit)
         return [_row_to_event(r) for r in rows]
 
     async def head_position(self) -> int:

@@ -225,14 +225,28 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         synchronous=NORMAL): the next durable commit syncs it, and a power cut before that
         finds the checkpoint where it was before, so the consumer handles those events again
         (consumers are idempotent). Half of rating's commits were only its checkpoint."""
-        if self._synchronous not in ("FULL", "EXTRA", "2", "3") or self.path == ":memory:":
+        if (
+            self._synchronous not in ("FULL", "EXTRA", "2", "3")
+            or self.path == ":memory:"
+            or conn.in_transaction
+        ):
             yield
             return
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise EventStoreError(f"sqlite: cannot relax a checkpoint's commit: {exc}") from exc
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            try:
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            except sqlite3.Error as exc:  # never go on appending events without their fsync
+                conn.close()
+                raise EventStoreError(
+                    f"sqlite: cannot restore synchronous={self._synchronous}; the writer"
+                    f" connection is closed: {exc}"
+                ) from exc
 
     def _append_all(
         self,
@@ -255,9 +269,11 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         for (stream, batch), (_, _, expected) in zip(encoded_batches, batches, strict=True):
             ids = [e.id for e in batch]
             version = current.get(stream)
-            already = {recorded[i] for i in ids if i in recorded}
+            found = {i for i in ids if i in recorded}
+            already = {recorded[i] for i in found}
             if already:
-                if len([i for i in ids if i in recorded]) == len(set(ids)) and already == {stream}:
+                # every distinct id recorded, all in this stream: a retry (as `append` was)
+                if len(found) == len(set(ids)) and already == {stream}:
                     versions.append(version or 0)
                     continue
                 raise EventIdConflict(

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SILENT_SESSION_TIMER = "rating.silent-session"
 
 #: How long a deadline waits while records received before it are still waiting to be rated.
-BACKLOG_RECHECK = timedelta(seconds=30)
+BACKLOG_RECHECK = timedelta(seconds=10)
 
 #: Whether a record received before the given time is still waiting to be rated.
 Backlog = Callable[[datetime], Awaitable[bool]]
@@ -117,8 +117,15 @@ async def close_silent_sessions(
     than early), for records up to its newest; records from before the deadline still waiting
     to be rated hold it back a little. Idempotent: the closing entry's id derives from the
     session and its last record, and it is appended at the version read."""
-    if backlog is not None and await backlog(timer.due_at):
-        return now + BACKLOG_RECHECK
+    # Held back, a timer fires again later: the backlog is asked about the deadline it first
+    # had, not about its new due time (asking "anything queued from before now?" would hold
+    # it back for as long as rating runs a little behind).
+    deadline = timer.payload.get("deadline")
+    deadline_at = datetime.fromisoformat(str(deadline)) if deadline else timer.due_at
+    if backlog is not None and await backlog(deadline_at):
+        return FireAgain(
+            now + BACKLOG_RECHECK, {**timer.payload, "deadline": deadline_at.isoformat()}
+        )
     nas_id = str(timer.payload["nas_id"])
     acct_session_id = str(timer.payload["acct_session_id"])
     heard_until = datetime.fromisoformat(str(timer.payload["heard_until"]))
@@ -158,9 +165,8 @@ async def close_silent_sessions(
         )
     if newest is None:
         return None
-    return FireAgain(
-        now + settings.silent_after, {**timer.payload, "heard_until": newest.isoformat()}
-    )
+    payload = {k: v for k, v in timer.payload.items() if k != "deadline"}
+    return FireAgain(now + settings.silent_after, {**payload, "heard_until": newest.isoformat()})
 
 
 def ledger_backlog(store: EventStore, checkpoints: CheckpointStore, consumer: str) -> Backlog:
