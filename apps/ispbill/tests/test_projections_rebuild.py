@@ -78,6 +78,20 @@ async def use_the_api(client: httpx.AsyncClient, services: Services) -> None:
             },
         )
     await ok("PATCH", "/customers/c-1", {"name": "Customer One", "tags": ["vip"]})
+    # tax rules of several levels, one ended, and an exemption (the billing catalogue's)
+    for region, code, rate in (("metro", "SD", "0.05"), ("metro.north", "SD", "0.02")):
+        rule = {"region": region, "tax_code": code, "name": code, "rate": rate}
+        await ok("POST", "/tax-rules", {**rule, "effective_from": "2026-03-01"})
+    await ok(
+        "POST",
+        "/tax-rules/end",
+        {"region": "metro", "tax_code": "SD", "effective_from": "2026-04-01"},
+    )
+    await ok(
+        "POST",
+        "/customers/c-1/tax-exemptions",
+        {"certificate": "EX/1", "tax_codes": ["VAT"], "valid_from": "2026-01-01"},
+    )
     await ok("POST", "/subscriptions/s-2/plan-change", {"plan_id": "fast", "effective": "now"})
     await ok("POST", "/subscriptions/s-3/suspend", {"reason": "asked to"})
     await ok(

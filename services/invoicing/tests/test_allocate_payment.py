@@ -22,7 +22,13 @@ from ispbill_core.contracts.accounts import (
     plan_stream,
     subscription_stream,
 )
-from ispbill_core.contracts.invoicing import InvoiceIssued, InvoicePaid, invoice_stream
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    InvoicePaid,
+    TaxRateSet,
+    invoice_stream,
+    tax_region_stream,
+)
 from ispbill_core.contracts.payments import PaymentReceived, payment_stream
 from ispbill_core.events import DomainEvent, RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY, NO_STREAM, WrongExpectedVersion
@@ -54,7 +60,8 @@ async def store(tmp_path):
 
 @pytest.fixture
 async def invoice(store) -> InvoiceIssued:
-    """One issued invoice of 30.00 USD (no tax region set, no usage)."""
+    """One issued invoice of 30.00 USD (an untaxed region, no usage)."""
+    await put(store, tax_region_stream("X"), TaxRateSet(region="X", tax_name="untaxed", rate=0))
     await put(
         store,
         plan_stream("home"),

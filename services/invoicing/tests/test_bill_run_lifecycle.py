@@ -30,7 +30,13 @@ from ispbill_core.contracts.accounts import (
     plan_stream,
     subscription_stream,
 )
-from ispbill_core.contracts.invoicing import InvoiceIssued, LineKind, invoice_stream
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    LineKind,
+    TaxRateSet,
+    invoice_stream,
+    tax_region_stream,
+)
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY
@@ -67,6 +73,8 @@ async def store(tmp_path):
     s = SQLiteEventStore(tmp_path / "ledger.db")
     await put(s, plan_stream("home"), plan("home", "31.00"))
     await put(s, plan_stream("fast"), plan("fast", "62.00"))
+    # the region's explicit rule that it pays no tax (a region without one is not billed)
+    await put(s, tax_region_stream("XX"), TaxRateSet(region="XX", tax_name="untaxed", rate=0))
     await put(
         s,
         customer_stream("c-1"),

@@ -43,7 +43,7 @@ from invoicing.application.read_models import (
     ProjectedInvoiceQueries,
 )
 from invoicing.application.settings import BillingSettings
-from invoicing.domain.errors import InvoicingError
+from invoicing.domain.errors import InvoicingError, InvoicingNotFound
 from invoicing.domain.generator import TaxRounding
 from invoicing.entrypoints.http import invoicing_router
 from ispbill_app.http_server import HttpTimeouts, protocol_with
@@ -374,6 +374,7 @@ class Services:
                 RuleViolated: 422,
                 NoTaxRule: 422,
                 InvalidPayment: 422,
+                InvoicingNotFound: 404,
                 InvoicingError: 422,
                 InvalidStaffCommand: 422,
                 TooManyAttempts: 429,

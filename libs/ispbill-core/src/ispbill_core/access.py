@@ -28,6 +28,7 @@ USAGE_IMPORT = "usage:import"
 COLLECTOR_READ = "collector:read"
 INVOICES_READ = "invoices:read"
 BILL_RUNS_RUN = "bill-runs:run"
+TAX_RATES_READ = "tax-rates:read"
 TAX_RATES_WRITE = "tax-rates:write"
 PAYMENTS_READ = "payments:read"
 PAYMENTS_WRITE = "payments:write"
@@ -58,6 +59,7 @@ PERMISSIONS: frozenset[str] = frozenset(
         COLLECTOR_READ,
         INVOICES_READ,
         BILL_RUNS_RUN,
+        TAX_RATES_READ,
         TAX_RATES_WRITE,
         PAYMENTS_READ,
         PAYMENTS_WRITE,
@@ -86,6 +88,7 @@ ROLES: dict[str, frozenset[str]] = {
         {
             INVOICES_READ,
             BILL_RUNS_RUN,
+            TAX_RATES_READ,
             TAX_RATES_WRITE,
             PAYMENTS_READ,
             PAYMENTS_WRITE,

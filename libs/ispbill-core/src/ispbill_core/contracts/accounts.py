@@ -88,6 +88,9 @@ class PlanTerms(DomainEvent):
     fair_usage: tuple[FairUsageThreshold, ...] = ()
     download_bps: int | None = Field(default=None, gt=0)
     upload_bps: int | None = Field(default=None, gt=0)
+    #: the prices include tax: invoicing takes the tax out of them instead of adding it
+    #: (ADR 0029); the customer pays the price whatever their region's rates
+    prices_include_tax: bool = False
 
 
 @event_type("PlanDefined", 1)

@@ -1,4 +1,5 @@
-"""Events invoicing publishes: tax rates, invoice numbers, issued and paid invoices."""
+"""Events invoicing publishes: tax rules and exemptions, invoice numbers, issued and paid
+invoices."""
 
 from __future__ import annotations
 
@@ -26,11 +27,89 @@ def tax_region_stream(region: str) -> str:
     return f"tax-region-{region}"
 
 
+#: Separates a tax region's levels: "BD", "BD.dhaka", "BD.dhaka.gulshan" (country, state,
+#: district). A rule set on a level applies to every region under it (ADR 0029).
+REGION_LEVEL_SEPARATOR = "."
+
+
+def tax_region_levels(region: str) -> list[str]:
+    """The region and every level above it, broadest first: "BD.dhaka.gulshan" gives
+    ["BD", "BD.dhaka", "BD.dhaka.gulshan"]. Empty levels ("BD..x") are not levels."""
+    parts = region.split(REGION_LEVEL_SEPARATOR)
+    levels: list[str] = []
+    for index, part in enumerate(parts):
+        if not part:
+            break
+        levels.append(REGION_LEVEL_SEPARATOR.join(parts[: index + 1]))
+    return levels or [region]
+
+
+def tax_exemption_stream(customer_id: str) -> str:
+    return f"tax-exemption-{customer_id}"
+
+
 @event_type("TaxRateSet", 1)
 class TaxRateSet(DomainEvent):
+    """The simple form of a rule (`POST /api/v1/tax-rates`): one rate for the region, in force
+    from the beginning, replaced by the region's next `TaxRateSet`. Read as a `TaxRuleSet`
+    with tax code "rate" effective from the beginning (ADR 0029)."""
+
     region: str
     tax_name: str
     rate: Decimal = Field(ge=0, le=1)
+
+
+@event_type("TaxRuleSet", 1)
+class TaxRuleSet(DomainEvent):
+    """A tax of a region level, in force from `effective_from` (a day in the ISP's time zone)
+    until the same level's next rule or end for the same `tax_code`. It applies to every
+    customer whose region is this level or under it; a deeper level's rule with the same code
+    replaces it there (ADR 0029). Taxes are computed in `sequence` order; a `compound` tax is
+    charged on the taxable value plus the taxes computed before it (VAT on a supplementary
+    duty)."""
+
+    region: str
+    tax_code: str
+    #: what the invoice calls it: "VAT", "Supplementary duty"
+    name: str
+    rate: Decimal = Field(ge=0, le=1)
+    effective_from: date
+    compound: bool = False
+    sequence: int = Field(default=0, ge=0, le=1000)
+
+
+@event_type("TaxRuleEnded", 1)
+class TaxRuleEnded(DomainEvent):
+    """From `effective_from` on, the level's rule for `tax_code` no longer applies (a broader
+    level's rule for the code, if any, applies again)."""
+
+    region: str
+    tax_code: str
+    effective_from: date
+
+
+@event_type("TaxExemptionGranted", 1)
+class TaxExemptionGranted(DomainEvent):
+    """A customer exempt from some taxes (`tax_codes`; empty: from every tax) on the days
+    from `valid_from` to `valid_until` (inclusive; None: open), on the strength of
+    `certificate`, which every invoice it applies to prints. A grant with the same certificate
+    replaces the earlier one."""
+
+    customer_id: str
+    certificate: str
+    tax_codes: tuple[str, ...] = ()
+    valid_from: date
+    valid_until: date | None = None
+    reason: str = ""
+
+
+@event_type("TaxExemptionRevoked", 1)
+class TaxExemptionRevoked(DomainEvent):
+    """The exemption of `certificate` no longer applies from `effective_from` on."""
+
+    customer_id: str
+    certificate: str
+    effective_from: date
 
 
 class LineKind(StrEnum):
@@ -46,18 +125,34 @@ class InvoiceLine(BaseModel):
     quantity: Decimal
     unit: str
     unit_price: Money
+    #: the taxable value (net of tax); on a tax-inclusive line, what is left of
+    #: `gross_amount` once the line's taxes are taken out
     amount: Money
+    #: the plan's prices include tax: `unit_price` and `gross_amount` include it (ADR 0029)
+    tax_inclusive: bool = False
+    gross_amount: Money | None = None
     #: W3C traceparents of the RADIUS packets whose usage this line bills (audit and tracing)
     source_trace_ids: tuple[str, ...] = ()
 
 
 class TaxLine(BaseModel):
+    """The invoice's summary of one tax at one rate: its taxable value and amount. Fields
+    after `amount` were added with defaults that describe an invoice issued before them."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tax_name: str
     rate: Decimal
     taxable: Money
     amount: Money
+    tax_code: str = ""
+    #: the region level whose rule this is, and the rule's `effective_from` (the version an
+    #: auditor re-derives the tax with)
+    region: str = ""
+    effective_from: date | None = None
+    compound: bool = False
+    #: exempt: `amount` is zero by this certificate (TaxExemptionGranted)
+    exemption_certificate: str | None = None
 
 
 @event_type("InvoiceNumberAssigned", 1)

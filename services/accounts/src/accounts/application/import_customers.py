@@ -29,7 +29,7 @@ from ispbill_core.contracts.accounts import (
     radius_user_stream,
     subscription_stream,
 )
-from ispbill_core.contracts.invoicing import tax_region_stream
+from ispbill_core.contracts.invoicing import tax_region_levels, tax_region_stream
 from ispbill_core.events import DomainEvent, NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventIdConflict, EventStore, WrongExpectedVersion
 from ispbill_core.input_policy import radius_username_key
@@ -183,7 +183,12 @@ async def _check(
     if checked.errors:
         return checked
     assert customer is not None
-    if not await ledger.exists(tax_region_stream(customer.tax_region)):
+    if not any(
+        [
+            await ledger.exists(tax_region_stream(level))
+            for level in tax_region_levels(customer.tax_region)
+        ]
+    ):
         checked.errors.append(f"unknown region {customer.tax_region!r} (no tax rule for it)")
     if subscription is not None and not await ledger.exists(plan_stream(subscription.plan_id)):
         checked.errors.append(f"unknown plan {subscription.plan_id!r}")

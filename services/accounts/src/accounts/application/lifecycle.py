@@ -57,7 +57,7 @@ from ispbill_core.contracts.accounts import (
     subscription_topups_stream,
     topup_product_stream,
 )
-from ispbill_core.contracts.invoicing import tax_region_stream
+from ispbill_core.contracts.invoicing import tax_region_levels, tax_region_stream
 from ispbill_core.events import DomainEvent, RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.input_policy import radius_username_key
@@ -468,8 +468,8 @@ async def change_customer(
     current = history[base].decode()
     assert isinstance(current, CustomerRegistered | CustomerDetailsChanged)
     changed = cmd.applied_to(current)
-    if changed.tax_region != current.tax_region and (
-        await store.stream_version(tax_region_stream(changed.tax_region)) is None
+    if changed.tax_region != current.tax_region and not await region_has_tax_rules(
+        store, changed.tax_region
     ):
         raise NoTaxRule(
             f"tax region {changed.tax_region!r} has no tax rule: set its rate first"
@@ -630,3 +630,13 @@ async def purchased_topups(store: EventStore, subscription_id: str) -> list[TopU
         r.decode() for r in await store.read_stream(subscription_topups_stream(subscription_id))
     ]
     return [b for b in bought if isinstance(b, TopUpPurchased)]
+
+
+async def region_has_tax_rules(store: EventStore, region: str) -> bool:
+    """Whether the region or a level above it ("BD" for "BD.dhaka") has had a tax rule:
+    read from the levels' own streams, which invoicing writes. Whether one is in force on a
+    given day is the bill run's question (it reports a customer without one)."""
+    for level in tax_region_levels(region):
+        if await store.stream_version(tax_region_stream(level)) is not None:
+            return True
+    return False

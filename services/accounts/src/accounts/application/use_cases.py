@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from accounts.application.lifecycle import claim_username, radius_username_key_stream  # noqa: F401 - re-exported
+from accounts.application.lifecycle import (  # noqa: F401 - re-exported
+    claim_username,
+    radius_username_key_stream,
+    region_has_tax_rules,
+)
 from accounts.domain.commands import (
     ChangeNas,
     DefinePlan,
@@ -36,7 +40,6 @@ from ispbill_core.contracts.accounts import (
     plan_stream,
     subscription_stream,
 )
-from ispbill_core.contracts.invoicing import tax_region_stream
 from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
 from ispbill_core.eventstore.queries import recorded_of_types
@@ -75,9 +78,9 @@ async def register_customer(
 
 
 async def require_tax_rule(store: EventStore, region: str) -> None:
-    """A customer's region must have a tax rule, or the explicit "untaxed" one (a rate of 0):
-    read from the region's own stream, which invoicing writes (POST /api/v1/tax-rates)."""
-    if await store.stream_version(tax_region_stream(region)) is None:
+    """A customer's region must have a tax rule, or the explicit "untaxed" one (a rate of 0),
+    set on it or on a level above it (POST /api/v1/tax-rules or /tax-rates)."""
+    if not await region_has_tax_rules(store, region):
         raise NoTaxRule(
             f"tax region {region!r} has no tax rule: set its rate first (POST /api/v1/tax-rates;"
             ' rate "0" with tax_name "untaxed" for a region that pays no tax)'

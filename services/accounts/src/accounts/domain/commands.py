@@ -127,6 +127,10 @@ class DefinePlan(BaseModel):
     overage_per_gb: MoneyText = Field(
         description="price of each started GB beyond the included data"
     )
+    prices_include_tax: StrictBool = Field(
+        default=False,
+        description="the prices include tax: invoices take the tax out of them (ADR 0029)",
+    )
 
     def to_event(self) -> PlanDefined:
         try:
@@ -143,6 +147,7 @@ class DefinePlan(BaseModel):
             included_bytes=self.included_gb * GIGABYTE,
             overage_price=overage,
             overage_unit_bytes=GIGABYTE,
+            prices_include_tax=self.prices_include_tax,
         )
 
 
@@ -209,6 +214,10 @@ class PublishPlanVersion(BaseModel):
     fair_usage: list[FairUsageThreshold] = Field(default_factory=list, max_length=10)
     download_bps: int | None = Field(default=None, gt=0, le=10**12)
     upload_bps: int | None = Field(default=None, gt=0, le=10**12)
+    prices_include_tax: StrictBool = Field(
+        default=False,
+        description="the prices include tax: invoices take the tax out of them (ADR 0029)",
+    )
 
     def to_event(self, plan_id: str, version: int) -> PlanVersionPublished:
         try:
@@ -245,6 +254,7 @@ class PublishPlanVersion(BaseModel):
             fair_usage=tuple(self.fair_usage),
             download_bps=self.download_bps,
             upload_bps=self.upload_bps,
+            prices_include_tax=self.prices_include_tax,
         )
 
 

@@ -238,9 +238,12 @@ def _lines_table(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> None:
             ("Description", "Qty", "Unit", f"Unit price ({currency})", f"Amount ({currency})")
         )
         for line in invoice.lines:
+            description = line.description
+            if line.tax_inclusive and line.gross_amount is not None:
+                description += f" (price incl. tax {_amount(line.gross_amount)})"
             table.row(
                 (
-                    line.description,
+                    description,
                     _quantity(line.quantity),
                     line.unit,
                     _amount(line.unit_price),
@@ -261,8 +264,11 @@ def _totals(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> float:
     top = pdf.get_y()
     rows = [("Subtotal", _amount(invoice.subtotal))]
     for tax in invoice.taxes:
-        rows.append((f"{tax.tax_name} ({_percent(tax.rate)}% of {_amount(tax.taxable)})",
-                     _amount(tax.amount)))  # fmt: skip
+        if tax.exemption_certificate is not None:
+            label = f"{tax.tax_name} exempt, cert. {tax.exemption_certificate}"
+        else:
+            label = f"{tax.tax_name} ({_percent(tax.rate)}% of {_amount(tax.taxable)})"
+        rows.append((label, _amount(tax.amount)))
     pdf.set_text_color(*_INK)
     for label, value in rows:
         pdf.set_x(x)

@@ -14,12 +14,23 @@ from opentelemetry import trace
 
 from invoicing.application.settings import BillingSettings
 from invoicing.domain.errors import InvoicingError
-from invoicing.domain.generator import InvoiceDraft, UsageTotals, draft_subscription_invoice
+from invoicing.domain.generator import (
+    InvoiceDraft,
+    UsageTotals,
+    draft_subscription_invoice,
+    taxed_draft,
+)
 from invoicing.domain.service_days import (
     ServiceHistory,
     UnknownPlan,
     charged_segments,
     last_plan_in,
+)
+from invoicing.domain.tax import (
+    AnyExemptionEvent,
+    AnyRuleEvent,
+    exemptions_in_force,
+    rules_in_force,
 )
 from ispbill_core.access import system_actor
 from ispbill_core.clock import Clock
@@ -36,17 +47,20 @@ from ispbill_core.contracts.accounts import (
 )
 from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
+    InvoiceLine,
     InvoiceNumberAssigned,
-    TaxLine,
+    TaxExemptionGranted,
+    TaxExemptionRevoked,
     TaxRateSet,
+    TaxRuleEnded,
+    TaxRuleSet,
     invoice_series_stream,
     invoice_stream,
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.events import deterministic_id, new_event
 from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
-from ispbill_core.eventstore.queries import all_events_of
-from ispbill_core.money import Money
+from ispbill_core.eventstore.queries import all_events_of, recorded_of_types
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import links_from_traceparents, trace_id_of
 from ispbill_core.time_bands import STANDARD, counted_octets
@@ -72,8 +86,11 @@ class BillRunReport:
 @dataclass
 class BillRunCatalogue:
     customers: dict[str, CustomerRegistered]
-    taxes: dict[str, TaxRateSet]
+    #: each region level's tax rule events in ledger order (invoicing.domain.tax)
+    tax_rules: dict[str, list[AnyRuleEvent]]
     subscriptions: dict[str, list[SubscriptionStarted]]
+    #: each customer's tax exemption events in ledger order
+    exemptions: dict[str, list[AnyExemptionEvent]] = field(default_factory=dict)
     #: every version of each plan, read from the plan's stream when a subscription needs it
     plan_versions: dict[str, list[PlanTerms]] = field(default_factory=dict)
 
@@ -95,13 +112,24 @@ async def scanned_catalogue(store: EventStore) -> BillRunCatalogue:
     subscriptions: dict[str, list[SubscriptionStarted]] = defaultdict(list)
     for sub in await all_events_of(store, SubscriptionStarted):
         subscriptions[sub.customer_id].append(sub)
-    taxes: dict[str, TaxRateSet] = {}
-    for rate in await all_events_of(store, TaxRateSet):
-        taxes[rate.region] = rate  # the latest rate set for a region wins
+    rules: dict[str, list[AnyRuleEvent]] = defaultdict(list)
+    kinds = (TaxRateSet, TaxRuleSet, TaxRuleEnded)
+    for recorded in await recorded_of_types(store, *(k.event_type for k in kinds)):
+        rule = recorded.decode()
+        assert isinstance(rule, TaxRateSet | TaxRuleSet | TaxRuleEnded)
+        rules[rule.region].append(rule)
+    exemptions: dict[str, list[AnyExemptionEvent]] = defaultdict(list)
+    for recorded in await recorded_of_types(
+        store, TaxExemptionGranted.event_type, TaxExemptionRevoked.event_type
+    ):
+        exemption = recorded.decode()
+        assert isinstance(exemption, TaxExemptionGranted | TaxExemptionRevoked)
+        exemptions[exemption.customer_id].append(exemption)
     return BillRunCatalogue(
         customers={c.customer_id: c for c in await all_events_of(store, CustomerRegistered)},
-        taxes=taxes,
+        tax_rules=dict(rules),
         subscriptions=dict(subscriptions),
+        exemptions=dict(exemptions),
     )
 
 
@@ -159,38 +187,12 @@ class _Series:
             await self.refresh()
 
 
-def _merge(drafts: list[InvoiceDraft]) -> InvoiceDraft:
-    if len(drafts) == 1:
-        return drafts[0]
+def _merged_lines(drafts: list[InvoiceDraft]) -> list[InvoiceLine]:
+    """The lines of a customer's subscriptions, untaxed: the invoice is taxed as one."""
     currency = drafts[0].currency
     if any(d.currency != currency for d in drafts):
         raise InvoicingError("subscriptions of one customer bill in different currencies")
-    taxes: dict[tuple[str, str], TaxLine] = {}
-    for draft in drafts:
-        for t in draft.taxes:
-            key = (t.tax_name, str(t.rate))
-            prior = taxes.get(key)
-            taxes[key] = (
-                t
-                if prior is None
-                else TaxLine(
-                    tax_name=t.tax_name,
-                    rate=t.rate,
-                    taxable=prior.taxable + t.taxable,
-                    amount=prior.amount + t.amount,
-                )
-            )
-    zero = Money.zero(currency)
-    subtotal = sum((d.subtotal for d in drafts), zero)
-    tax_total = sum((d.tax_total for d in drafts), zero)
-    return InvoiceDraft(
-        currency=currency,
-        lines=tuple(line for d in drafts for line in d.lines),
-        subtotal=subtotal,
-        taxes=tuple(taxes.values()),
-        tax_total=tax_total,
-        total=subtotal + tax_total,
-    )
+    return [line for d in drafts for line in d.lines]
 
 
 async def _usage(
@@ -326,7 +328,10 @@ async def _close_for_customer(
     if not active:
         return None
     usage, usage_through = await _usage(store, catalogue, customer_id, str(period))
-    tax = catalogue.taxes.get(customer.tax_region)
+    # The tax point is the period's last day (ADR 0029): the rules and exemptions in force then.
+    tax_point = period.next.first_day - timedelta(days=1)
+    rules = rules_in_force(catalogue.tax_rules, customer.tax_region, tax_point)
+    exemptions = exemptions_in_force(catalogue.exemptions.get(customer_id, ()), tax_point)
     drafts = []
     for sub in active:
         history = await _service_history(store, sub)
@@ -347,15 +352,16 @@ async def _close_for_customer(
             usage_plan=usage_plan,
             period=period,
             usage=usage.get(sub.subscription_id, UsageTotals(0, 0)),
-            tax=tax,
-            tax_rounding=settings.tax_rounding,
+            tax=None,  # taxed below, the customer's invoice as one
             rounding=settings.rounding,
         )
         if sub_draft is not None:
             drafts.append(sub_draft)
     if not drafts:
         return None  # every day of the period suspended, on hold or after termination
-    draft = _merge(drafts)
+    draft = taxed_draft(
+        _merged_lines(drafts), rules, exemptions, settings.tax_rounding, settings.rounding
+    )
     now = clock.now()
     invoice_id = invoice_id_for(customer_id, str(period))
     with tracer.start_as_current_span(

@@ -17,12 +17,17 @@ from typing import Any
 
 from invoicing.application.close_billing_period import BillRunCatalogue
 from invoicing.application.queries import PdfRenderer
+from invoicing.domain.tax import AnyExemptionEvent, AnyRuleEvent
 from ispbill_core.contracts.accounts import CustomerRecord, CustomerRegistered, SubscriptionStarted
 from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoicePaid,
     PaymentAllocated,
+    TaxExemptionGranted,
+    TaxExemptionRevoked,
     TaxRateSet,
+    TaxRuleEnded,
+    TaxRuleSet,
 )
 from ispbill_core.events import RecordedEvent
 from ispbill_core.money import MINOR_UNITS
@@ -276,28 +281,49 @@ class ProjectedInvoiceQueries:
         return self._render_pdf(invoice, status.upper())
 
 
+_RULE_KINDS: tuple[type[TaxRateSet | TaxRuleSet | TaxRuleEnded], ...] = (
+    TaxRateSet,
+    TaxRuleSet,
+    TaxRuleEnded,
+)
+_EXEMPTION_KINDS: tuple[type[TaxExemptionGranted | TaxExemptionRevoked], ...] = (
+    TaxExemptionGranted,
+    TaxExemptionRevoked,
+)
+
+
 class BillingCatalogueProjection(Projection):
     """What a bill run needs to know about every customer: their subscriptions (as started;
     each one's changes are read from its own stream when billed), that they are registered,
-    and each region's tax rate. Folded by invoicing from the published events, so the bill
-    run reads its own tables, not another service's."""
+    each region level's tax rules and each customer's tax exemptions (in ledger order: which
+    is in force is decided on the tax point, invoicing.domain.tax). Folded by invoicing from
+    the published events, so the bill run reads its own tables, not another service's."""
 
     name = "invoicing.catalogue"
-    version = 1
-    tables = ("rm_billing_customers", "rm_billing_subscriptions", "rm_billing_tax_rates")
+    version = 2
+    tables = (
+        "rm_billing_customers",
+        "rm_billing_subscriptions",
+        "rm_billing_tax_rules",
+        "rm_billing_tax_exemptions",
+    )
     ddl = (
+        "DROP TABLE IF EXISTS rm_billing_tax_rates",  # version 1's, replaced by the rules
         "CREATE TABLE IF NOT EXISTS rm_billing_customers (customer_id TEXT PRIMARY KEY,"
         " data TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS rm_billing_subscriptions (subscription_id TEXT PRIMARY KEY,"
         " customer_id TEXT NOT NULL, position BIGINT NOT NULL, data TEXT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS rm_billing_tax_rates (region TEXT PRIMARY KEY,"
-        " data TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS rm_billing_tax_rules (position BIGINT PRIMARY KEY,"
+        " region TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS rm_billing_tax_exemptions (position BIGINT PRIMARY KEY,"
+        " customer_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL)",
     )
     types = frozenset(
         {
             CustomerRegistered.event_type,
             SubscriptionStarted.event_type,
-            TaxRateSet.event_type,
+            *(kind.event_type for kind in _RULE_KINDS),
+            *(kind.event_type for kind in _EXEMPTION_KINDS),
         }
     )
 
@@ -336,13 +362,25 @@ class BillingCatalogueProjection(Projection):
                     ),
                 )
             ]
-        assert isinstance(decoded, TaxRateSet)
-        # the latest rate set for a region wins, as the bill run has always read it
+        if isinstance(decoded, TaxExemptionGranted | TaxExemptionRevoked):
+            return [
+                (
+                    "INSERT INTO rm_billing_tax_exemptions (position, customer_id, type, data)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
+                    (
+                        event.global_position,
+                        decoded.customer_id,
+                        event.type,
+                        decoded.model_dump_json(),
+                    ),
+                )
+            ]
+        assert isinstance(decoded, TaxRateSet | TaxRuleSet | TaxRuleEnded)
         return [
             (
-                "INSERT INTO rm_billing_tax_rates (region, data) VALUES (?, ?)"
-                " ON CONFLICT (region) DO UPDATE SET data = excluded.data",
-                (decoded.region, decoded.model_dump_json()),
+                "INSERT INTO rm_billing_tax_rules (position, region, type, data)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (position) DO NOTHING",
+                (event.global_position, decoded.region, event.type, decoded.model_dump_json()),
             )
         ]
 
@@ -366,10 +404,23 @@ class ProjectedCatalogue:
         ):
             started = SubscriptionStarted.model_validate_json(data)
             subscriptions.setdefault(started.customer_id, []).append(started)
-        taxes = {
-            region: TaxRateSet.model_validate_json(data)
-            for region, data in await self._db.fetch(
-                "SELECT region, data FROM rm_billing_tax_rates"
+        rules: dict[str, list[AnyRuleEvent]] = {}
+        kinds = {kind.event_type: kind for kind in _RULE_KINDS}
+        for region, type_, data in await self._db.fetch(
+            "SELECT region, type, data FROM rm_billing_tax_rules ORDER BY position"
+        ):
+            rules.setdefault(region, []).append(kinds[type_].model_validate_json(data))
+        exemptions: dict[str, list[AnyExemptionEvent]] = {}
+        exemption_kinds = {kind.event_type: kind for kind in _EXEMPTION_KINDS}
+        for customer_id, type_, data in await self._db.fetch(
+            "SELECT customer_id, type, data FROM rm_billing_tax_exemptions ORDER BY position"
+        ):
+            exemptions.setdefault(customer_id, []).append(
+                exemption_kinds[type_].model_validate_json(data)
             )
-        }
-        return BillRunCatalogue(customers=customers, taxes=taxes, subscriptions=subscriptions)
+        return BillRunCatalogue(
+            customers=customers,
+            tax_rules=rules,
+            subscriptions=subscriptions,
+            exemptions=exemptions,
+        )

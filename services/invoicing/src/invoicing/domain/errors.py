@@ -21,3 +21,12 @@ class InvalidSubscriptionDates(InvoicingError):
 
 class InvalidUsage(InvoicingError):
     """Usage totals that cannot come from cumulative counters (negative octets)."""
+
+
+class InvoicingNotFound(InvoicingError):
+    """What a request names does not exist (a customer, an exemption)."""
+
+
+class InvalidTaxRule(InvoicingError):
+    """A tax rule or exemption that cannot be recorded (a date in the past, an end of what
+    was never set)."""

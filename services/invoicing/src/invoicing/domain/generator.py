@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, localcontext
-from enum import StrEnum
 
 from invoicing.domain.errors import (
     CurrencyMismatchInPlan,
@@ -15,6 +14,7 @@ from invoicing.domain.errors import (
     NotBillableInPeriod,
 )
 from invoicing.domain.service_days import ChargedSegment
+from invoicing.domain.tax import Exemption, TaxRounding, TaxRule, apply_taxes, rule_of_rate
 from ispbill_core.contracts.accounts import GIBIBYTE, PlanTerms
 from ispbill_core.contracts.invoicing import InvoiceLine, LineKind, TaxLine, TaxRateSet
 from ispbill_core.money import Money, Rounding
@@ -29,6 +29,7 @@ __all__ = [
     "draft_subscription_invoice",
     "format_bytes",
     "tax_on",
+    "taxed_draft",
 ]
 
 #: Digits kept while prorating, before the single rounding to the currency's minor unit.
@@ -37,13 +38,6 @@ _PRECISION = 50
 
 #: How many decimal places a prorated quantity (fraction of a month) shows on the invoice.
 _QUANTITY_PLACES = Decimal("0.0001")
-
-
-class TaxRounding(StrEnum):
-    """Where tax is rounded: on every line then summed, or once on the invoice subtotal."""
-
-    PER_LINE = "per_line"
-    PER_INVOICE = "per_invoice"
 
 
 @dataclass(frozen=True)
@@ -84,15 +78,17 @@ def draft_invoice(
     subscription_started_on: date,
     period: BillingPeriod,
     usage: UsageTotals,
-    tax: TaxRateSet | None,
+    tax: TaxRateSet | Sequence[TaxRule] | None,
     tax_rounding: TaxRounding = TaxRounding.PER_INVOICE,
     rounding: Rounding = Rounding.HALF_UP,
     subscription_ended_on: date | None = None,
+    exemptions: Sequence[Exemption] = (),
 ) -> InvoiceDraft:
     """Draft one period's invoice for one subscription.
 
     ``subscription_ended_on`` is the last day of service, inclusive: a subscription that
-    ends on the 15th is billed for the 15th.
+    ends on the 15th is billed for the 15th. ``tax``: the rules in force (invoicing.domain.tax),
+    a single region rate, or None (untaxed: lines priced tax-inclusive stay at their price).
     """
     currency = plan.monthly_fee.currency
     if plan.overage_price.currency != currency:
@@ -113,20 +109,7 @@ def draft_invoice(
         overage = _usage_line(plan, usage, rounding)
         if overage is not None:
             lines.append(overage)
-        subtotal = _sum((line.amount for line in lines), currency)
-        taxes: tuple[TaxLine, ...] = ()
-        if tax is not None:
-            taxes = (tax_on([line.amount for line in lines], tax, tax_rounding, rounding),)
-        tax_total = _sum((t.amount for t in taxes), currency)
-        total = subtotal + tax_total
-    return InvoiceDraft(
-        currency=currency,
-        lines=tuple(lines),
-        subtotal=subtotal,
-        taxes=taxes,
-        tax_total=tax_total,
-        total=total,
-    )
+    return taxed_draft(lines, _rules(tax), exemptions, tax_rounding, rounding)
 
 
 def draft_subscription_invoice(
@@ -135,9 +118,10 @@ def draft_subscription_invoice(
     usage_plan: PlanTerms | None,
     period: BillingPeriod,
     usage: UsageTotals,
-    tax: TaxRateSet | None,
+    tax: TaxRateSet | Sequence[TaxRule] | None,
     tax_rounding: TaxRounding = TaxRounding.PER_INVOICE,
     rounding: Rounding = Rounding.HALF_UP,
+    exemptions: Sequence[Exemption] = (),
 ) -> InvoiceDraft | None:
     """Draft one period's invoice for one subscription from its charged segments (see
     invoicing.domain.service_days): one recurring line per segment, each its plan version's
@@ -186,10 +170,29 @@ def draft_subscription_invoice(
             lines.append(overage)
         if not lines:
             return None
+    return taxed_draft(lines, _rules(tax), exemptions, tax_rounding, rounding)
+
+
+def taxed_draft(
+    lines: Sequence[InvoiceLine],
+    rules: Sequence[TaxRule] | None,
+    exemptions: Sequence[Exemption] = (),
+    tax_rounding: TaxRounding = TaxRounding.PER_INVOICE,
+    rounding: Rounding = Rounding.HALF_UP,
+) -> InvoiceDraft:
+    """An invoice's money from its lines (one currency; a tax-inclusive line at its price):
+    the taxes of `rules` (None: untaxed), then subtotal = the lines' taxable values and
+    total = subtotal + taxes, exactly."""
+    if not lines:
+        raise ValueError("an invoice needs at least one line")
+    currency = lines[0].amount.currency
+    taxes: tuple[TaxLine, ...] = ()
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        if rules is not None:
+            taxed = apply_taxes(lines, rules, exemptions, tax_rounding, rounding)
+            lines, taxes = taxed.lines, taxed.taxes
         subtotal = _sum((line.amount for line in lines), currency)
-        taxes: tuple[TaxLine, ...] = ()
-        if tax is not None:
-            taxes = (tax_on([line.amount for line in lines], tax, tax_rounding, rounding),)
         tax_total = _sum((t.amount for t in taxes), currency)
         total = subtotal + tax_total
     return InvoiceDraft(
@@ -200,6 +203,14 @@ def draft_subscription_invoice(
         tax_total=tax_total,
         total=total,
     )
+
+
+def _rules(tax: TaxRateSet | Sequence[TaxRule] | None) -> Sequence[TaxRule] | None:
+    if tax is None:
+        return None
+    if isinstance(tax, TaxRateSet):
+        return [rule_of_rate(tax)]
+    return tax
 
 
 def days_active(period: BillingPeriod, started_on: date, ended_on: date | None = None) -> int:
@@ -286,6 +297,7 @@ def _recurring_line(
         unit="month",
         unit_price=fee,
         amount=amount,
+        tax_inclusive=plan.prices_include_tax,
     )
 
 
@@ -316,6 +328,7 @@ def _usage_line(plan: PlanTerms, usage: UsageTotals, rounding: Rounding) -> Invo
         unit=unit_name,
         unit_price=price,
         amount=Money.rounded(price.amount * units, price.currency, rounding),
+        tax_inclusive=plan.prices_include_tax,
         source_trace_ids=usage.trace_ids,
     )
 

@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
 from invoicing.application.read_models import InvoiceFilter, ProjectedInvoiceQueries
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
-from ispbill_core.access import BILL_RUNS_RUN, INVOICES_READ, TAX_RATES_WRITE, Principal
+from invoicing.application.tax_rules import (
+    end_tax_rule,
+    grant_tax_exemption,
+    revoke_tax_exemption,
+    set_tax_rule,
+    tax_exemptions_on,
+    tax_rules_on,
+)
+from invoicing.domain.tax import NoTaxRuleInForce
+from ispbill_core.access import (
+    BILL_RUNS_RUN,
+    INVOICES_READ,
+    TAX_RATES_READ,
+    TAX_RATES_WRITE,
+    Principal,
+)
 from ispbill_core.clock import Clock
-from ispbill_core.contracts.invoicing import InvoiceIssued, TaxRateSet
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    TaxExemptionGranted,
+    TaxExemptionRevoked,
+    TaxRateSet,
+    TaxRuleEnded,
+    TaxRuleSet,
+)
 from ispbill_core.eventstore import EventStore
 from ispbill_core.input_policy import (
     ID_PATTERN,
@@ -23,6 +46,8 @@ from ispbill_core.input_policy import (
     PERIOD_PATTERN,
     BillingDate,
     Currency,
+    JsonInt,
+    Label,
     MoneyText,
     Period,
     Rate,
@@ -46,14 +71,100 @@ class BillRunResponse(BaseModel):
     skipped: dict[str, str]
 
 
+_TaxName = text(40)
+#: an exemption certificate's reference, as printed on it
+_Certificate = text(100)
+_OptionalReason = text(500, min_length=0)
+
+
 class TaxRateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     region: str = Field(pattern=ID_PATTERN, description="the tax region customers name")
-    tax_name: Annotated[str, text(40)] = Field(
+    tax_name: _TaxName = Field(
         description='"VAT", "GST"...; "untaxed" with rate "0" is the explicit rule that a'
         " region's customers pay no tax"
     )
     rate: Rate = Field(description='"0.15" for 15 %')
+
+
+#: A tax region or a level of one: "BD", "BD.dhaka", "BD.dhaka.gulshan" (ADR 0029).
+TaxRegion = Annotated[
+    str,
+    Field(
+        pattern=ID_PATTERN,
+        description='a region or a level of one, levels joined by ".": "BD", "BD.dhaka"',
+    ),
+]
+#: A tax's code: one rule per code and level at a time.
+TaxCode = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$",
+        description='"VAT", "SD": a deeper level\'s rule replaces a broader one\'s with the'
+        " same code",
+    ),
+]
+
+
+class TaxRuleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    region: TaxRegion
+    tax_code: TaxCode
+    name: Label = Field(description="what invoices call it")
+    rate: Rate = Field(description='"0.15" for 15 %; "0" for a region that pays no tax')
+    effective_from: BillingDate = Field(
+        description="in force from this day (ISP's time zone); not before the current month,"
+        " except a level's first rule"
+    )
+    compound: StrictBool = Field(
+        default=False, description="charged on the taxable value plus the taxes before it"
+    )
+    sequence: JsonInt = Field(default=0, ge=0, le=1000, description="computing order, lowest first")
+
+
+class TaxRuleEndRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    region: TaxRegion
+    tax_code: TaxCode
+    effective_from: BillingDate = Field(description="the first day the rule no longer applies")
+
+
+class TaxExemptionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    certificate: _Certificate = Field(
+        description="the exemption certificate's reference, printed on every invoice it exempts"
+    )
+    tax_codes: list[TaxCode] = Field(
+        default_factory=list, max_length=20, description="the taxes it exempts; empty: all"
+    )
+    valid_from: BillingDate
+    valid_until: BillingDate | None = Field(default=None, description="inclusive; none: open")
+    reason: _OptionalReason = ""
+
+
+class TaxExemptionRevokeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    certificate: _Certificate
+    effective_from: BillingDate = Field(description="the first day it no longer applies")
+
+
+class TaxRuleView(BaseModel):
+    tax_code: str
+    name: str
+    rate: Decimal
+    region: str = Field(description="the level the rule was set on")
+    effective_from: date | None = Field(description="none: a rate set with /tax-rates")
+    compound: bool
+    sequence: int
+
+
+class TaxRulesInForce(BaseModel):
+    region: str
+    on: date
+    rules: list[TaxRuleView] = Field(
+        description="computing order; empty: no rule in force (the bill run reports the"
+        " region's customers)"
+    )
 
 
 def invoice_view(invoice: InvoiceIssued, status_: str) -> dict[str, Any]:
@@ -90,6 +201,99 @@ def invoicing_router(
         req: TaxRateRequest, who: Principal = requires(TAX_RATES_WRITE)
     ) -> TaxRateSet:
         return await set_tax_rate(store, clock, req.region, req.tax_name, req.rate, actor=who.actor)
+
+    @router.post("/tax-rules", status_code=status.HTTP_201_CREATED)
+    async def tax_rule(
+        req: TaxRuleRequest, who: Principal = requires(TAX_RATES_WRITE)
+    ) -> TaxRuleSet:
+        """Set a tax of a region level from a day (ADR 0029); repeating it changes nothing."""
+        rule = TaxRuleSet(**req.model_dump())
+        return await set_tax_rule(store, clock, settings.timezone, rule, actor=who.actor)
+
+    @router.post("/tax-rules/end", status_code=status.HTTP_201_CREATED)
+    async def end_rule(
+        req: TaxRuleEndRequest, who: Principal = requires(TAX_RATES_WRITE)
+    ) -> TaxRuleEnded:
+        """End a level's rule for a tax code from a day (a broader level's applies again)."""
+        end = TaxRuleEnded(**req.model_dump())
+        return await end_tax_rule(store, clock, settings.timezone, end, actor=who.actor)
+
+    @router.get("/tax-rules", dependencies=[requires(TAX_RATES_READ)])
+    async def rules_in_force(
+        region: str = Query(pattern=ID_PATTERN),
+        on: Annotated[
+            BillingDate | None, Query(description="default: today in the ISP's time zone")
+        ] = None,
+    ) -> TaxRulesInForce:
+        """The taxes a customer of `region` pays on a day, from every level of the region."""
+        day = on or clock.now().astimezone(settings.timezone).date()
+        try:
+            rules = await tax_rules_on(store, region, day)
+        except NoTaxRuleInForce:
+            rules = []
+        return TaxRulesInForce(
+            region=region,
+            on=day,
+            rules=[
+                TaxRuleView(
+                    tax_code=r.tax_code,
+                    name=r.name,
+                    rate=r.rate,
+                    region=r.region,
+                    effective_from=r.effective_from,
+                    compound=r.compound,
+                    sequence=r.sequence,
+                )
+                for r in rules
+            ],
+        )
+
+    @router.post("/customers/{customer_id}/tax-exemptions", status_code=status.HTTP_201_CREATED)
+    async def grant_exemption(
+        req: TaxExemptionRequest,
+        customer_id: str = Path(pattern=ID_PATTERN),
+        who: Principal = requires(TAX_RATES_WRITE),
+    ) -> TaxExemptionGranted:
+        """Exempt a customer from some or all taxes, on a certificate's strength."""
+        grant = TaxExemptionGranted(
+            customer_id=customer_id,
+            certificate=req.certificate,
+            tax_codes=tuple(dict.fromkeys(req.tax_codes)),
+            valid_from=req.valid_from,
+            valid_until=req.valid_until,
+            reason=req.reason,
+        )
+        return await grant_tax_exemption(store, clock, grant, actor=who.actor)
+
+    @router.post(
+        "/customers/{customer_id}/tax-exemptions/revoke", status_code=status.HTTP_201_CREATED
+    )
+    async def revoke_exemption(
+        req: TaxExemptionRevokeRequest,
+        customer_id: str = Path(pattern=ID_PATTERN),
+        who: Principal = requires(TAX_RATES_WRITE),
+    ) -> TaxExemptionRevoked:
+        revoke = TaxExemptionRevoked(
+            customer_id=customer_id,
+            certificate=req.certificate,
+            effective_from=req.effective_from,
+        )
+        return await revoke_tax_exemption(store, clock, revoke, actor=who.actor)
+
+    @router.get("/customers/{customer_id}/tax-exemptions", dependencies=[requires(TAX_RATES_READ)])
+    async def exemptions_in_force(
+        customer_id: str = Path(pattern=ID_PATTERN),
+        on: Annotated[
+            BillingDate | None, Query(description="default: today in the ISP's time zone")
+        ] = None,
+    ) -> list[TaxExemptionGranted]:
+        """The customer's exemptions in force on a day."""
+        day = on or clock.now().astimezone(settings.timezone).date()
+        return [
+            e
+            for e in await tax_exemptions_on(store, customer_id, day)
+            if isinstance(e, TaxExemptionGranted)
+        ]
 
     @router.get("/invoices", dependencies=[requires(INVOICES_READ)])
     async def list_invoices(
