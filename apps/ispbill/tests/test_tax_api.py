@@ -186,6 +186,37 @@ async def test_rules_of_every_level_exemptions_and_inclusive_prices_in_a_bill_ru
     pdf = await api.get(f"/api/v1/invoices/{invoices['c-4']['number']}/pdf")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
 
+    # the period's tax per customer region, jurisdiction and rate
+    rows = await call(api, "GET", "/reports/tax?period=2026-02")
+    assert [
+        (
+            r["customer_region"],
+            r["jurisdiction"],
+            r["tax_code"],
+            r["rate"],
+            r["invoices"],
+            r["taxable"],
+            r["tax"],
+            r["exempt_taxable"],
+        )
+        for r in rows
+    ] == [
+        ("BD.ctg", "BD.ctg", "VAT", "0.075", 1, "1000.00", "75.00", "0.00"),
+        ("BD.dhaka", "BD", "VAT", "0.15", 2, "1100.00", "165.00", "1100.00"),
+        ("BD.dhaka", "BD.dhaka", "SD", "0.10", 2, "2000.00", "200.00", "0.00"),
+        ("BD.dhaka.gulshan", "BD", "VAT", "0.15", 1, "1100.00", "165.00", "0.00"),
+        ("BD.dhaka.gulshan", "BD.dhaka", "SD", "0.10", 1, "1000.00", "100.00", "0.00"),
+    ]
+    csv_ = await api.get("/api/v1/reports/tax", params={"period": "2026-02", "format": "csv"})
+    assert csv_.headers["content-type"].startswith("text/csv")
+    lines = csv_.text.split("\r\n")
+    assert lines[0] == (
+        "period,currency,customer_region,jurisdiction,tax_code,tax_name,rate,invoices,taxable,"
+        "tax,exempt_taxable"
+    )
+    assert lines[1] == "2026-02,BDT,BD.ctg,BD.ctg,VAT,VAT,0.075,1,1000.00,75.00,0.00"
+    assert len(lines) == 7 and lines[-1] == ""
+
 
 async def test_rule_writes_are_idempotent_dated_and_checked(
     services: Services, api: httpx.AsyncClient

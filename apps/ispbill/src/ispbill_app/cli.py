@@ -24,6 +24,7 @@ from ispbill_app.commands import (
     operations,
     payments,
     plans,
+    reports,
     runtime,
     secrets,
     staff,
@@ -86,6 +87,7 @@ app.add_typer(operations.projections, name="projections")
 app.add_typer(operations.parked, name="parked")
 app.add_typer(dead_letters.app, name="dead-letters")
 app.add_typer(operations.audit, name="audit")
+app.add_typer(reports.app, name="reports")
 
 
 def main(argv: list[str] | None = None) -> int:

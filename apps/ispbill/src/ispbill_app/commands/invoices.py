@@ -97,6 +97,8 @@ def show_invoice(invoice: dict[str, Any], fmt: OutputFormat) -> None:
         # The rate is a decimal string: shown as a percentage without float rounding.
         percent = (Decimal(str(tax["rate"])) * 100).normalize()
         label = f"{tax['tax_name']} {percent:f}% on {tax['taxable']['amount']}"
+        if tax.get("exemption_certificate"):
+            label = f"{tax['tax_name']} exempt (certificate {tax['exemption_certificate']})"
         table.add_row(Text(label), Text(""), Text(""), cell(tax["amount"]["amount"]))
     table.add_row(
         Text(f"TOTAL {invoice['currency']}", style="bold"),

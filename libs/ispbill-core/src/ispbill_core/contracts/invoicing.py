@@ -182,6 +182,8 @@ class InvoiceIssued(DomainEvent):
     taxes: tuple[TaxLine, ...]
     tax_total: Money
     total: Money
+    #: the customer's tax region when the invoice was issued ("": issued before this field)
+    tax_region: str = ""
     #: the last position of the period's usage stream (`usage-<customer>-<period>`) this
     #: invoice billed; usage after it was rated late and is billed as an adjustment, never
     #: here. None: no usage was billed (or the invoice predates this field).

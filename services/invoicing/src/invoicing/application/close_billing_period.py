@@ -378,6 +378,7 @@ async def _close_for_customer(
             customer_name=customer.name,
             customer_email=customer.email,
             billing_address=customer.billing_address,
+            tax_region=customer.tax_region,
             period=str(period),
             issued_at=now,
             due_on=issued_on + timedelta(days=settings.payment_terms_days),

@@ -14,6 +14,7 @@ from invoicing.application.close_billing_period import BillRunCatalogue, close_b
 from invoicing.application.read_models import InvoiceFilter, ProjectedInvoiceQueries
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
+from invoicing.application.tax_report import tax_report, tax_report_csv
 from invoicing.application.tax_rules import (
     end_tax_rule,
     grant_tax_exemption,
@@ -294,6 +295,34 @@ def invoicing_router(
             for e in await tax_exemptions_on(store, customer_id, day)
             if isinstance(e, TaxExemptionGranted)
         ]
+
+    @router.get(
+        "/reports/tax",
+        dependencies=[requires(INVOICES_READ)],
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    async def tax_report_of(
+        period: str = Query(pattern=PERIOD_PATTERN),
+        format_: Literal["json", "csv"] = Query(default="json", alias="format"),
+    ) -> Any:
+        """The period's tax per customer region, tax and rate, from the issued invoices: JSON
+        rows, or CSV (`format=csv`) for the accountant."""
+        invoices: list[InvoiceIssued] = []
+        before: int | None = None
+        while True:
+            page = await queries.search(InvoiceFilter(period=period), limit=1000, before=before)
+            invoices.extend(invoice for invoice, _, _ in page)
+            if len(page) < 1000:
+                break
+            before = page[-1][2]
+        rows = tax_report(period, invoices)
+        if format_ == "csv":
+            return Response(
+                tax_report_csv(rows),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="tax-{period}.csv"'},
+            )
+        return [row.as_text() for row in rows]
 
     @router.get("/invoices", dependencies=[requires(INVOICES_READ)])
     async def list_invoices(

@@ -1,0 +1,117 @@
+"""Use case: the tax report of a billing period, per region and rate (`ispbill reports tax`).
+
+One row per (currency, customer region, tax code, rate, jurisdiction): how many invoices, the
+taxable value and the tax charged, and the taxable value exempted (by certificate). The
+jurisdiction is the region level whose rule the tax is ("BD" for a national VAT), what an ISP
+files per authority; the customer region is where its customers are. Figures are the invoices'
+own tax summaries, to the minor unit, never recomputed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from ispbill_core.contracts.invoicing import InvoiceIssued
+from ispbill_core.money import quantize
+
+CSV_COLUMNS = (
+    "period",
+    "currency",
+    "customer_region",
+    "jurisdiction",
+    "tax_code",
+    "tax_name",
+    "rate",
+    "invoices",
+    "taxable",
+    "tax",
+    "exempt_taxable",
+)
+
+
+@dataclass
+class TaxReportRow:
+    period: str
+    currency: str
+    customer_region: str
+    jurisdiction: str
+    tax_code: str
+    tax_name: str
+    rate: Decimal
+    invoices: int = 0
+    taxable: Decimal = Decimal(0)
+    tax: Decimal = Decimal(0)
+    exempt_taxable: Decimal = Decimal(0)
+
+    def as_text(self) -> dict[str, str | int]:
+        """The row with amounts in the currency's minor units ("0.00", not "0") and the rate
+        as written ("0.15")."""
+        return {
+            "period": self.period,
+            "currency": self.currency,
+            "customer_region": self.customer_region,
+            "jurisdiction": self.jurisdiction,
+            "tax_code": self.tax_code,
+            "tax_name": self.tax_name,
+            "rate": f"{self.rate:f}",
+            "invoices": self.invoices,
+            "taxable": f"{quantize(self.taxable, self.currency):f}",
+            "tax": f"{quantize(self.tax, self.currency):f}",
+            "exempt_taxable": f"{quantize(self.exempt_taxable, self.currency):f}",
+        }
+
+
+def tax_report(period: str, invoices: Iterable[InvoiceIssued]) -> list[TaxReportRow]:
+    """The rows of `period`'s invoices, sorted by currency, region, jurisdiction, code, rate."""
+    rows: dict[tuple[str, str, str, str, str, Decimal], TaxReportRow] = {}
+    for invoice in invoices:
+        if invoice.period != period:
+            continue
+        for tax in invoice.taxes:
+            key = (
+                invoice.currency,
+                invoice.tax_region,
+                tax.region,
+                tax.tax_code,
+                tax.tax_name,
+                tax.rate,
+            )
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = TaxReportRow(
+                    period=period,
+                    currency=invoice.currency,
+                    customer_region=invoice.tax_region,
+                    jurisdiction=tax.region,
+                    tax_code=tax.tax_code,
+                    tax_name=tax.tax_name,
+                    rate=tax.rate,
+                )
+            row.invoices += 1
+            if tax.exemption_certificate is not None:
+                row.exempt_taxable += tax.taxable.amount
+            else:
+                row.taxable += tax.taxable.amount
+                row.tax += tax.amount.amount
+    return [rows[k] for k in sorted(rows, key=lambda k: (*k[:5], str(k[5])))]
+
+
+def tax_report_csv(rows: Iterable[TaxReportRow]) -> str:
+    """RFC 4180 CSV (CRLF line ends), a header row first; amounts as plain decimals."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        cells = row.as_text()
+        cells["tax_name"] = _cell(row.tax_name)
+        writer.writerow([cells[column] for column in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def _cell(text: str) -> str:
+    """A name as a spreadsheet cannot run it: a leading =, +, - or @ is quoted (CSV injection)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
