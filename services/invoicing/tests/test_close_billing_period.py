@@ -296,3 +296,74 @@ async def test_concurrent_bill_runs_of_two_periods_share_one_gapless_series(stor
     numbers = await series_numbers(store)
     assert [n.sequence for n in numbers] == list(range(1, len(invoices) + 1))
     assert sorted(i.number for i in invoices) == sorted(n.number for n in numbers)
+
+
+async def test_a_dry_run_previews_every_invoice_and_writes_nothing(store, clock) -> None:
+    for customer_id in ("c-1", "c-2"):
+        await seed_customer(store, customer_id)
+    head = await store.head_position()
+    report = await close_billing_period(store, clock, SETTINGS, PERIOD, dry_run=True)
+    assert report.dry_run and report.issued == [] and report.already_issued == []
+    # 30.00 + VAT 15 % each
+    assert [(p.customer_id, p.subtotal, p.tax_total, p.total) for p in report.previews] == [
+        ("c-1", "30.00", "4.50", "34.50"),
+        ("c-2", "30.00", "4.50", "34.50"),
+    ]
+    assert await store.head_position() == head  # no number taken, no invoice
+    real = await close_billing_period(store, clock, SETTINGS, PERIOD)
+    assert real.issued == ["INV-000001", "INV-000002"]
+    assert [i.total.amount for i in await issued(store)] == [Decimal("34.50")] * 2
+
+
+async def test_one_customers_unexpected_failure_is_reported_and_the_run_goes_on(
+    store, clock
+) -> None:
+    for customer_id in ("c-1", "c-2", "c-3"):
+        await seed_customer(store, customer_id)
+    # c-2's stream ends with an event that is no customer detail: drafting it fails
+    await put(
+        store,
+        customer_stream("c-2"),
+        PlanDefined(
+            plan_id="stray",
+            name="Stray",
+            monthly_fee=Money.of("1.00", "USD"),
+            included_bytes=0,
+            overage_price=Money.of("1.00", "USD"),
+        ),
+    )
+    report = await close_billing_period(store, clock, SETTINGS, PERIOD)
+    assert list(report.failed) == ["c-2"]
+    assert report.failed["c-2"].startswith("AssertionError")
+    assert report.issued == ["INV-000001", "INV-000002"]
+    assert sorted(i.customer_id for i in await issued(store)) == ["c-1", "c-3"]
+    # numbers stay gapless: the failed customer took none
+    assert [n.sequence for n in await series_numbers(store)] == [1, 2]
+
+
+async def test_a_customer_whose_region_has_no_rule_in_force_is_skipped_with_the_reason(
+    store, clock
+) -> None:
+    await seed_customer(store, "c-1")
+    await put(
+        store,
+        customer_stream("c-2"),
+        CustomerRegistered(customer_id="c-2", name="B", email="b@example.com", tax_region="XX"),
+    )
+    await put(
+        store,
+        subscription_stream("sub-c-2"),
+        SubscriptionStarted(
+            subscription_id="sub-c-2",
+            customer_id="c-2",
+            plan_id="home",
+            radius_username="c-2",
+            started_on=date(2026, 1, 1),
+        ),
+    )
+    report = await close_billing_period(store, clock, SETTINGS, PERIOD)
+    assert report.skipped == {
+        "c-2": "no tax rule in force for region 'XX' on 2026-03-31: set one for it or a level"
+        ' above it (a rate of "0" for a region that pays no tax)'
+    }
+    assert report.issued == ["INV-000001"]

@@ -59,7 +59,12 @@ from ispbill_core.contracts.invoicing import (
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.events import deterministic_id, new_event
-from ispbill_core.eventstore import NO_STREAM, EventStore, WrongExpectedVersion
+from ispbill_core.eventstore import (
+    NO_STREAM,
+    EventStore,
+    EventStoreError,
+    WrongExpectedVersion,
+)
 from ispbill_core.eventstore.queries import all_events_of, recorded_of_types
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import links_from_traceparents, trace_id_of
@@ -75,12 +80,32 @@ def invoice_id_for(customer_id: str, period: str) -> uuid.UUID:
     return deterministic_id("invoice", customer_id, period)
 
 
+@dataclass(frozen=True)
+class InvoicePreview:
+    """What a dry run would issue to a customer (no number is taken, nothing is written)."""
+
+    customer_id: str
+    currency: str
+    subtotal: str
+    tax_total: str
+    total: str
+    lines: int
+
+
 @dataclass
 class BillRunReport:
+    """Numbers issued by this run, issued before (by an earlier or a concurrent run), and the
+    customers not invoiced: `skipped` by a billing rule (no tax rule in force, an unknown
+    plan...) and `failed` on an unexpected error (logged with its traceback); each with the
+    reason. A dry run fills `previews` instead of issuing."""
+
     period: str
     issued: list[str] = field(default_factory=list)
     already_issued: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    previews: list[InvoicePreview] = field(default_factory=list)
 
 
 @dataclass
@@ -263,14 +288,18 @@ async def close_billing_period(
     catalogue_source: Callable[[], Awaitable[BillRunCatalogue]] | None = None,
     *,
     actor: str = SCHEDULED_ACTOR,
+    dry_run: bool = False,
 ) -> BillRunReport:
     """Issue one invoice per customer with a subscription active in the period.
 
     Safe to run twice, or twice at once: the invoice stream is created with NO_STREAM, and the
     number is assigned with an id derived from the invoice, so a rerun issues nothing new.
+    One customer's failure never stops the run: it is reported (`skipped` or `failed`) and the
+    run goes on; only the ledger failing (EventStoreError) stops it, and a rerun resumes.
+    `dry_run`: draft every invoice and report them, without taking a number or writing.
     """
     period = BillingPeriod.parse(period_text)
-    report = BillRunReport(period=str(period))
+    report = BillRunReport(period=str(period), dry_run=dry_run)
     run_id = uuid.uuid4()  # tells this run's appends from a concurrent run's identical ones
     with tracer.start_as_current_span(
         "invoicing.bill_run", attributes={"billing.period": str(period)}
@@ -291,11 +320,21 @@ async def close_billing_period(
                     subs,
                     run_id,
                     actor,
+                    dry_run,
                 )
             except InvoicingError as exc:
                 report.skipped[customer_id] = str(exc)
                 continue
+            except EventStoreError:
+                raise  # the ledger itself: every customer after would fail too; rerun later
+            except Exception as exc:
+                log.exception("bill run %s: customer %s failed", period, customer_id)
+                report.failed[customer_id] = f"{type(exc).__name__}: {exc}"
+                continue
             if outcome is None:
+                continue
+            if isinstance(outcome, InvoicePreview):
+                report.previews.append(outcome)
                 continue
             number, fresh = outcome
             (report.issued if fresh else report.already_issued).append(number)
@@ -313,7 +352,8 @@ async def _close_for_customer(
     subs: list[SubscriptionStarted],
     run_id: uuid.UUID,
     actor: str,
-) -> tuple[str, bool] | None:
+    dry_run: bool = False,
+) -> tuple[str, bool] | InvoicePreview | None:
     stream = invoice_stream(customer_id, str(period))
     existing = await store.read_stream(stream, limit=1)
     if existing:
@@ -362,6 +402,15 @@ async def _close_for_customer(
     draft = taxed_draft(
         _merged_lines(drafts), rules, exemptions, settings.tax_rounding, settings.rounding
     )
+    if dry_run:
+        return InvoicePreview(
+            customer_id=customer_id,
+            currency=draft.currency,
+            subtotal=f"{draft.subtotal.amount:f}",
+            tax_total=f"{draft.tax_total.amount:f}",
+            total=f"{draft.total.amount:f}",
+            lines=len(draft.lines),
+        )
     now = clock.now()
     invoice_id = invoice_id_for(customer_id, str(period))
     with tracer.start_as_current_span(

@@ -63,13 +63,30 @@ InvoiceRef = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")
 class BillRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     period: Period
+    dry_run: StrictBool = Field(
+        default=False,
+        description="draft every invoice and report them (`previews`); take no number, write"
+        " nothing",
+    )
+
+
+class InvoicePreviewView(BaseModel):
+    customer_id: str
+    currency: str
+    subtotal: str
+    tax_total: str
+    total: str
+    lines: int
 
 
 class BillRunResponse(BaseModel):
     period: str
     issued: list[str]
     already_issued: list[str]
-    skipped: dict[str, str]
+    skipped: dict[str, str] = Field(description="customer -> why a billing rule left it out")
+    failed: dict[str, str] = Field(description="customer -> the unexpected error (logged)")
+    dry_run: bool
+    previews: list[InvoicePreviewView]
 
 
 _TaxName = text(40)
@@ -188,13 +205,16 @@ def invoicing_router(
         req: BillRunRequest, who: Principal = requires(BILL_RUNS_RUN)
     ) -> BillRunResponse:
         report = await close_billing_period(
-            store, clock, settings, req.period, catalogue, actor=who.actor
+            store, clock, settings, req.period, catalogue, actor=who.actor, dry_run=req.dry_run
         )
         return BillRunResponse(
             period=report.period,
             issued=report.issued,
             already_issued=report.already_issued,
             skipped=report.skipped,
+            failed=report.failed,
+            dry_run=report.dry_run,
+            previews=[InvoicePreviewView(**vars(p)) for p in report.previews],
         )
 
     @router.post("/tax-rates", status_code=status.HTTP_201_CREATED)
