@@ -244,3 +244,74 @@ async def test_payments_of_other_invoices_do_not_count(store, invoice) -> None:
     part = await pay(store, "r-3", "29.00", invoice_id=invoice.invoice_id)
     assert await allocate_payment(store, part) is None
     assert await paid_events(store) == []
+
+
+async def test_a_payment_of_the_total_less_its_credit_notes_marks_it_paid(store, invoice) -> None:
+    from invoicing.application.corrections import issue_credit_note
+
+    settings = BillingSettings(ZoneInfo("UTC"))
+    await issue_credit_note(
+        store,
+        FixedClock(AT),
+        settings,
+        invoice,
+        amount=Money.of("10.00", "USD"),
+        reason="outage",
+        reference="T-1",
+        actor="staff:clerk",
+    )
+    assert (
+        await allocate_payment(
+            store, await pay(store, "r-1", "15.00", invoice_id=invoice.invoice_id)
+        )
+        is None
+    )
+    paid = await allocate_payment(
+        store, await pay(store, "r-2", "5.00", invoice_id=invoice.invoice_id, minutes=1)
+    )
+    assert paid is not None and paid.amount_paid == Money.of("20.00", "USD")
+
+
+async def test_a_credit_note_that_leaves_nothing_owed_settles_a_part_paid_invoice(
+    store, invoice
+) -> None:
+    from invoicing.application.corrections import issue_credit_note
+
+    await allocate_payment(store, await pay(store, "r-1", "25.00", invoice_id=invoice.invoice_id))
+    await issue_credit_note(
+        store,
+        FixedClock(AT),
+        BillingSettings(ZoneInfo("UTC")),
+        invoice,
+        amount=Money.of("5.00", "USD"),
+        reason="outage",
+        reference="T-1",
+        actor="staff:clerk",
+    )
+    [paid] = await paid_events(store)
+    assert paid.amount_paid == Money.of("25.00", "USD")
+
+
+async def test_a_void_invoice_takes_no_payment_and_a_paid_one_cannot_be_voided(
+    store, invoice
+) -> None:
+    from invoicing.application.corrections import void_invoice
+    from invoicing.domain.corrections import CorrectionRefused
+
+    await void_invoice(store, FixedClock(AT), invoice, reason="wrong", actor="staff:clerk")
+    assert (
+        await allocate_payment(
+            store, await pay(store, "r-1", "30.00", invoice_id=invoice.invoice_id)
+        )
+        is None
+    )
+    events = await store.read_stream(invoice_stream("c-1", PERIOD))
+    assert [e.type for e in events] == ["InvoiceIssued", "InvoiceVoided"]
+    # another period's invoice, paid: voiding it is refused
+    await close_billing_period(store, FixedClock(AT), BillingSettings(ZoneInfo("UTC")), "2026-04")
+    april = next(i for i in await all_events_of(store, InvoiceIssued) if i.period == "2026-04")
+    await allocate_payment(
+        store, await pay(store, "r-2", "1.00", invoice_id=april.invoice_id, period="2026-04")
+    )
+    with pytest.raises(CorrectionRefused, match="payments"):
+        await void_invoice(store, FixedClock(AT), april, reason="x", actor="staff:clerk")

@@ -352,4 +352,9 @@ def test_service_name_is_the_proto_full_name() -> None:
 
 def test_unknown_status_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown invoice status"):
-        invoice_to_proto(JANUARY, "void")
+        invoice_to_proto(JANUARY, "lost")
+
+
+def test_credited_and_void_invoices_have_their_own_status() -> None:
+    assert invoice_to_proto(JANUARY, "credited").status == invoices_pb2.INVOICE_STATUS_CREDITED
+    assert invoice_to_proto(JANUARY, "void").status == invoices_pb2.INVOICE_STATUS_VOID

@@ -36,10 +36,13 @@ from accounts.entrypoints.imports_http import imports_router
 from accounts.entrypoints.staff_http import staff_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
+from invoicing.application.corrections import CreditNoteConflict
 from invoicing.application.read_models import (
     BillingCatalogueProjection,
+    CreditNotesProjection,
     InvoicesProjection,
     ProjectedCatalogue,
+    ProjectedCreditNotes,
     ProjectedInvoiceQueries,
 )
 from invoicing.application.settings import BillingSettings
@@ -180,6 +183,7 @@ def all_projections(settings: Settings) -> list[Projection]:
     return [
         *accounts_projections(),
         InvoicesProjection(),
+        CreditNotesProjection(),
         BillingCatalogueProjection(),
         PaymentsProjection(),
         *rating_projections(settings.timezone),
@@ -192,6 +196,7 @@ def billing_settings(settings: Settings) -> BillingSettings:
     return BillingSettings(
         timezone=settings.timezone,
         series=settings.invoice_series,
+        credit_note_series=settings.credit_note_series,
         payment_terms_days=settings.payment_terms_days,
         tax_rounding=TaxRounding(settings.tax_rounding),
     )
@@ -356,6 +361,7 @@ class Services:
                     billing_settings(self.settings),
                     self.invoice_queries,
                     ProjectedCatalogue(self.reads),
+                    ProjectedCreditNotes(self.reads),
                 ),
                 payments_router(
                     self.store, self.clock, self.invoice_queries, PaymentQueries(self.reads)
@@ -375,6 +381,7 @@ class Services:
                 NoTaxRule: 422,
                 InvalidPayment: 422,
                 InvoicingNotFound: 404,
+                CreditNoteConflict: 409,
                 InvoicingError: 422,
                 InvalidStaffCommand: 422,
                 TooManyAttempts: 429,

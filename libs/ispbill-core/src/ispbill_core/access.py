@@ -27,6 +27,8 @@ USAGE_READ = "usage:read"
 USAGE_IMPORT = "usage:import"
 COLLECTOR_READ = "collector:read"
 INVOICES_READ = "invoices:read"
+#: credit notes and voids: corrections of issued invoices
+INVOICES_CORRECT = "invoices:correct"
 BILL_RUNS_RUN = "bill-runs:run"
 TAX_RATES_READ = "tax-rates:read"
 TAX_RATES_WRITE = "tax-rates:write"
@@ -58,6 +60,7 @@ PERMISSIONS: frozenset[str] = frozenset(
         USAGE_IMPORT,
         COLLECTOR_READ,
         INVOICES_READ,
+        INVOICES_CORRECT,
         BILL_RUNS_RUN,
         TAX_RATES_READ,
         TAX_RATES_WRITE,
@@ -87,6 +90,7 @@ ROLES: dict[str, frozenset[str]] = {
     BILLING: frozenset(
         {
             INVOICES_READ,
+            INVOICES_CORRECT,
             BILL_RUNS_RUN,
             TAX_RATES_READ,
             TAX_RATES_WRITE,

@@ -23,6 +23,10 @@ def invoice_series_stream(series: str) -> str:
     return f"invoice-series-{series}"
 
 
+def credit_note_series_stream(series: str) -> str:
+    return f"credit-note-series-{series}"
+
+
 def tax_region_stream(region: str) -> str:
     return f"tax-region-{region}"
 
@@ -115,6 +119,8 @@ class TaxExemptionRevoked(DomainEvent):
 class LineKind(StrEnum):
     RECURRING = "recurring"
     USAGE = "usage"
+    #: a credit note's line: what it credits of the invoice
+    CREDIT = "credit"
 
 
 class InvoiceLine(BaseModel):
@@ -209,3 +215,53 @@ class PaymentAllocated(DomainEvent):
     amount: Money
     amount_received: Money
     allocated_at: AwareDatetime
+
+
+@event_type("CreditNoteNumberAssigned", 1)
+class CreditNoteNumberAssigned(DomainEvent):
+    """The next number of a credit-note series (its own gapless series), in
+    `credit-note-series-<series>`, appended in the same transaction as the credit note."""
+
+    series: str
+    sequence: int = Field(gt=0)
+    number: str
+    credit_note_id: uuid.UUID
+    invoice_id: uuid.UUID
+    customer_id: str
+
+
+@event_type("CreditNoteIssued", 1)
+class CreditNoteIssued(DomainEvent):
+    """A credit note against an issued invoice, in the invoice's own stream: the invoice never
+    changes, what is owed on it is its total less its credit notes. Amounts are positive (what
+    is credited); `taxes` mirror the invoice's, one per tax and rate. `invoice_credited` is
+    everything credited on the invoice once this one is added (never more than its total)."""
+
+    credit_note_id: uuid.UUID
+    number: str
+    invoice_id: uuid.UUID
+    invoice_number: str
+    customer_id: str
+    period: str
+    issued_at: AwareDatetime
+    reason: str
+    #: the clerk's reference (ticket, letter): the same reference again is the same credit note
+    reference: str
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    subtotal: Money
+    taxes: tuple[TaxLine, ...]
+    tax_total: Money
+    total: Money
+    invoice_credited: Money
+
+
+@event_type("InvoiceVoided", 1)
+class InvoiceVoided(DomainEvent):
+    """An issued invoice cancelled before anything was paid or credited on it: nothing is owed
+    on it. Its number stays used (the series stays gapless); a corrected invoice is a new one."""
+
+    invoice_id: uuid.UUID
+    number: str
+    reason: str
+    voided_at: AwareDatetime

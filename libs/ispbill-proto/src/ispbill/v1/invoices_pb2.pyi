@@ -4,7 +4,8 @@ isort:skip_file
 Invoices as other services and the portal read them over gRPC.
 
 Issued invoices never change: a correction is a credit note linked to the original, so every
-field here is a fact fixed at issue time, except the status, which moves from issued to paid.
+field here is a fact fixed at issue time, except the status, which moves from issued to paid,
+credited or void.
 """
 
 from collections import abc as _abc
@@ -33,6 +34,10 @@ class _InvoiceStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Invoice
     INVOICE_STATUS_UNSPECIFIED: _InvoiceStatus.ValueType  # 0
     INVOICE_STATUS_ISSUED: _InvoiceStatus.ValueType  # 1
     INVOICE_STATUS_PAID: _InvoiceStatus.ValueType  # 2
+    INVOICE_STATUS_CREDITED: _InvoiceStatus.ValueType  # 3
+    """Credit notes credit its whole total: nothing is owed."""
+    INVOICE_STATUS_VOID: _InvoiceStatus.ValueType  # 4
+    """Voided before anything was paid or credited on it: nothing is owed."""
 
 class InvoiceStatus(_InvoiceStatus, metaclass=_InvoiceStatusEnumTypeWrapper):
     """InvoiceStatus is where an issued invoice stands."""
@@ -40,6 +45,10 @@ class InvoiceStatus(_InvoiceStatus, metaclass=_InvoiceStatusEnumTypeWrapper):
 INVOICE_STATUS_UNSPECIFIED: InvoiceStatus.ValueType  # 0
 INVOICE_STATUS_ISSUED: InvoiceStatus.ValueType  # 1
 INVOICE_STATUS_PAID: InvoiceStatus.ValueType  # 2
+INVOICE_STATUS_CREDITED: InvoiceStatus.ValueType  # 3
+"""Credit notes credit its whole total: nothing is owed."""
+INVOICE_STATUS_VOID: InvoiceStatus.ValueType  # 4
+"""Voided before anything was paid or credited on it: nothing is owed."""
 Global___InvoiceStatus: _TypeAlias = InvoiceStatus  # noqa: Y015
 
 class _LineKind:

@@ -4,7 +4,8 @@ isort:skip_file
 Invoices as other services and the portal read them over gRPC.
 
 Issued invoices never change: a correction is a credit note linked to the original, so every
-field here is a fact fixed at issue time, except the status, which moves from issued to paid.
+field here is a fact fixed at issue time, except the status, which moves from issued to paid,
+credited or void.
 """
 
 from collections import abc as _abc

@@ -1,5 +1,5 @@
 """Reactor: a payment received against an invoice is allocated to it; once the invoice has
-received its total, it is marked paid.
+received its total less its credit notes, it is marked paid. A void invoice takes no payment.
 
 Everything is decided from the invoice's own stream (InvoiceIssued, the PaymentAllocated so
 far, InvoicePaid), appended to at the version read: no scan of every payment and invoice per
@@ -13,8 +13,10 @@ from typing import Protocol
 
 from ispbill_core.access import system_actor
 from ispbill_core.contracts.invoicing import (
+    CreditNoteIssued,
     InvoiceIssued,
     InvoicePaid,
+    InvoiceVoided,
     PaymentAllocated,
     invoice_stream,
 )
@@ -56,6 +58,7 @@ async def allocate_payment(
         return None  # no such invoice: the payment stays unallocated (listed with payments)
     invoice: InvoiceIssued | None = None
     received: Money | None = None
+    credited: Money | None = None
     for event in history:
         decoded = event.decode()
         if isinstance(decoded, InvoiceIssued):
@@ -66,6 +69,10 @@ async def allocate_payment(
             received = decoded.amount_received
         elif isinstance(decoded, InvoicePaid):
             return None  # a paid invoice is not paid again (overpayment: the payments issue)
+        elif isinstance(decoded, InvoiceVoided):
+            return None  # nothing is owed on a void invoice (the payment stays unallocated)
+        elif isinstance(decoded, CreditNoteIssued):
+            credited = decoded.invoice_credited
     if invoice is None or invoice.invoice_id != payment.invoice_id:
         return None
     if payment.amount.currency != invoice.currency:
@@ -94,7 +101,8 @@ async def allocate_payment(
         )
     ]
     paid: InvoicePaid | None = None
-    if received >= invoice.total:
+    # what is owed: the total less its credit notes
+    if received >= invoice.total - (credited or Money.zero(invoice.currency)):
         paid = InvoicePaid(
             invoice_id=invoice.invoice_id,
             payment_id=payment.payment_id,

@@ -20,8 +20,10 @@ from invoicing.application.queries import PdfRenderer
 from invoicing.domain.tax import AnyExemptionEvent, AnyRuleEvent
 from ispbill_core.contracts.accounts import CustomerRecord, CustomerRegistered, SubscriptionStarted
 from ispbill_core.contracts.invoicing import (
+    CreditNoteIssued,
     InvoiceIssued,
     InvoicePaid,
+    InvoiceVoided,
     PaymentAllocated,
     TaxExemptionGranted,
     TaxExemptionRevoked,
@@ -46,15 +48,19 @@ def minor_units(amount: Decimal, currency: str) -> int:
 
 
 class InvoicesProjection(Projection):
+    """Every invoice with its status: `issued`, `paid` (payments cover what is owed),
+    `credited` (credit notes cover its total) or `void`; what it received and what was
+    credited on it."""
+
     name = "invoicing.invoices"
-    version = 1
+    version = 2
     tables = ("rm_invoices",)
     ddl = (
         "CREATE TABLE IF NOT EXISTS rm_invoices (invoice_id TEXT PRIMARY KEY,"
         " number TEXT NOT NULL, customer_id TEXT NOT NULL, period TEXT NOT NULL,"
         " status TEXT NOT NULL, currency TEXT NOT NULL, total_minor BIGINT NOT NULL,"
         " received TEXT NOT NULL, issued_on TEXT NOT NULL, due_on TEXT NOT NULL,"
-        " issued_at BIGINT NOT NULL, data TEXT NOT NULL)",
+        " issued_at BIGINT NOT NULL, data TEXT NOT NULL, credited TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_number ON rm_invoices (number)",
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_customer"
         " ON rm_invoices (customer_id, issued_at)",
@@ -70,16 +76,27 @@ class InvoicesProjection(Projection):
         "CREATE INDEX IF NOT EXISTS rm_invoices_by_position ON rm_invoices (issued_at)",
     )
     types = frozenset(
-        {InvoiceIssued.event_type, InvoicePaid.event_type, PaymentAllocated.event_type}
+        {
+            InvoiceIssued.event_type,
+            InvoicePaid.event_type,
+            PaymentAllocated.event_type,
+            CreditNoteIssued.event_type,
+            InvoiceVoided.event_type,
+        }
     )
 
     _INSERT = (
         "INSERT INTO rm_invoices (invoice_id, number, customer_id, period, status,"
-        " currency, total_minor, received, issued_on, due_on, issued_at, data)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (invoice_id) DO NOTHING"
+        " currency, total_minor, received, issued_on, due_on, issued_at, data, credited)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (invoice_id) DO NOTHING"
     )
     _RECEIVED = "UPDATE rm_invoices SET received = ? WHERE invoice_id = ?"
     _PAID = "UPDATE rm_invoices SET status = 'paid', received = ? WHERE invoice_id = ?"
+    _CREDITED = (
+        "UPDATE rm_invoices SET credited = ?, status = CASE WHEN status = 'issued'"
+        " AND ? >= total_minor THEN 'credited' ELSE status END WHERE invoice_id = ?"
+    )
+    _VOID = "UPDATE rm_invoices SET status = 'void' WHERE invoice_id = ?"
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
         statements, parked = self.fold([event])
@@ -105,11 +122,29 @@ class InvoicesProjection(Projection):
                     inserts.setdefault(row[0], row)
                     continue
                 invoice_id = str(uuid.UUID(str(data["invoice_id"])))
+                pending = inserts.get(invoice_id)
+                if event.type == CreditNoteIssued.event_type:
+                    credited = Decimal(data["invoice_credited"]["amount"])
+                    credited_minor = minor_units(credited, str(data["currency"]))
+                    if pending is not None:
+                        pending[12] = str(credited)
+                        if pending[4] == "issued" and credited_minor >= pending[6]:
+                            pending[4] = "credited"
+                    else:
+                        updates.append(
+                            (self._CREDITED, (str(credited), credited_minor, invoice_id))
+                        )
+                    continue
+                if event.type == InvoiceVoided.event_type:
+                    if pending is not None:
+                        pending[4] = "void"
+                    else:
+                        updates.append((self._VOID, (invoice_id,)))
+                    continue
                 if event.type == PaymentAllocated.event_type:
                     status, received = None, str(Decimal(data["amount_received"]["amount"]))
                 else:
                     status, received = "paid", str(Decimal(data["amount_paid"]["amount"]))
-                pending = inserts.get(invoice_id)
                 if pending is not None:
                     pending[7] = received
                     if status is not None:
@@ -142,6 +177,7 @@ class InvoicesProjection(Projection):
             date.fromisoformat(str(data["due_on"])).isoformat(),
             position,
             data_json,
+            "0",
         ]
 
 
@@ -424,3 +460,98 @@ class ProjectedCatalogue:
             subscriptions=subscriptions,
             exemptions=exemptions,
         )
+
+
+class CreditNotesProjection(Projection):
+    """Every credit note, for the history: by number, customer, invoice and period."""
+
+    name = "invoicing.credit-notes"
+    version = 1
+    tables = ("rm_credit_notes",)
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS rm_credit_notes (credit_note_id TEXT PRIMARY KEY,"
+        " number TEXT NOT NULL, invoice_id TEXT NOT NULL, invoice_number TEXT NOT NULL,"
+        " customer_id TEXT NOT NULL, period TEXT NOT NULL, currency TEXT NOT NULL,"
+        " total_minor BIGINT NOT NULL, issued_on TEXT NOT NULL, position BIGINT NOT NULL,"
+        " data TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS rm_credit_notes_by_number ON rm_credit_notes (number)",
+        "CREATE INDEX IF NOT EXISTS rm_credit_notes_by_customer"
+        " ON rm_credit_notes (customer_id, position)",
+        "CREATE INDEX IF NOT EXISTS rm_credit_notes_by_invoice ON rm_credit_notes (invoice_id)",
+        "CREATE INDEX IF NOT EXISTS rm_credit_notes_by_position ON rm_credit_notes (position)",
+    )
+    types = frozenset({CreditNoteIssued.event_type})
+
+    def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        data = event.data
+        currency = str(data["currency"])
+        return [
+            (
+                "INSERT INTO rm_credit_notes (credit_note_id, number, invoice_id, invoice_number,"
+                " customer_id, period, currency, total_minor, issued_on, position, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (credit_note_id) DO NOTHING",
+                (
+                    str(uuid.UUID(str(data["credit_note_id"]))),
+                    str(data["number"]),
+                    str(uuid.UUID(str(data["invoice_id"]))),
+                    str(data["invoice_number"]),
+                    str(data["customer_id"]),
+                    str(data["period"]),
+                    currency,
+                    minor_units(Decimal(data["total"]["amount"]), currency),
+                    str(data["issued_at"])[:10],
+                    event.global_position,
+                    event.data_json(),
+                ),
+            )
+        ]
+
+
+class ProjectedCreditNotes:
+    """Credit notes from their read model."""
+
+    def __init__(self, db: ReadModelDatabase) -> None:
+        self._db = db
+
+    async def find(self, reference: str) -> CreditNoteIssued | None:
+        """By credit note id or number."""
+        try:
+            key, column = str(uuid.UUID(reference)), "credit_note_id"
+        except ValueError:
+            key, column = reference, "number"
+        rows = await self._db.fetch(
+            f"SELECT data FROM rm_credit_notes WHERE {column} = ? LIMIT 1",  # noqa: S608 - a column name of two
+            (key,),
+        )
+        return CreditNoteIssued.model_validate_json(rows[0][0]) if rows else None
+
+    async def search(
+        self,
+        *,
+        customer_id: str | None = None,
+        invoice_id: uuid.UUID | None = None,
+        period: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+    ) -> list[tuple[CreditNoteIssued, int]]:
+        """(credit note, cursor) newest first; pass the last cursor as `before` for more."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("customer_id", customer_id),
+            ("invoice_id", None if invoice_id is None else str(invoice_id)),
+            ("period", period),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            where.append("position < ?")
+            params.append(before)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._db.fetch(
+            f"SELECT data, position FROM rm_credit_notes{clause}"  # noqa: S608 - fixed columns
+            " ORDER BY position DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [(CreditNoteIssued.model_validate_json(data), int(pos)) for data, pos in rows]

@@ -37,6 +37,8 @@ MAX_PAGE_SIZE = 500
 _STATUSES: dict[str, invoices_pb2.InvoiceStatus.ValueType] = {
     "issued": invoices_pb2.INVOICE_STATUS_ISSUED,
     "paid": invoices_pb2.INVOICE_STATUS_PAID,
+    "credited": invoices_pb2.INVOICE_STATUS_CREDITED,
+    "void": invoices_pb2.INVOICE_STATUS_VOID,
 }
 _LINE_KINDS: dict[LineKind, invoices_pb2.LineKind.ValueType] = {
     LineKind.RECURRING: invoices_pb2.LINE_KIND_RECURRING,
@@ -49,7 +51,7 @@ class InvoiceQueries(Protocol):
     """The read side the gRPC service answers from (a projection of the ledger)."""
 
     async def get_invoice(self, invoice_id: uuid.UUID) -> tuple[InvoiceIssued, str] | None:
-        """The invoice and its status ("issued" or "paid"), or None when unknown."""
+        """The invoice and its status (issued, paid, credited, void), or None when unknown."""
         ...
 
     async def list_invoices(
@@ -97,7 +99,7 @@ def tax_to_proto(tax: TaxLine) -> invoices_pb2.TaxLine:
 
 
 def invoice_to_proto(invoice: InvoiceIssued, status: str) -> invoices_pb2.Invoice:
-    """The wire form of an issued invoice; status is "issued" or "paid"."""
+    """The wire form of an issued invoice; status is "issued", "paid", "credited" or "void"."""
     try:
         status_value = _STATUSES[str(status)]
     except KeyError:

@@ -11,7 +11,12 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
-from invoicing.application.read_models import InvoiceFilter, ProjectedInvoiceQueries
+from invoicing.application.corrections import issue_credit_note, void_invoice
+from invoicing.application.read_models import (
+    InvoiceFilter,
+    ProjectedCreditNotes,
+    ProjectedInvoiceQueries,
+)
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
 from invoicing.application.tax_report import tax_report, tax_report_csv
@@ -23,9 +28,11 @@ from invoicing.application.tax_rules import (
     tax_exemptions_on,
     tax_rules_on,
 )
+from invoicing.domain.corrections import CorrectionRefused
 from invoicing.domain.tax import NoTaxRuleInForce
 from ispbill_core.access import (
     BILL_RUNS_RUN,
+    INVOICES_CORRECT,
     INVOICES_READ,
     TAX_RATES_READ,
     TAX_RATES_WRITE,
@@ -33,7 +40,9 @@ from ispbill_core.access import (
 )
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.invoicing import (
+    CreditNoteIssued,
     InvoiceIssued,
+    InvoiceVoided,
     TaxExemptionGranted,
     TaxExemptionRevoked,
     TaxRateSet,
@@ -52,9 +61,16 @@ from ispbill_core.input_policy import (
     MoneyText,
     Period,
     Rate,
+    Reason,
+    money_in,
     text,
 )
-from ispbill_core.web import requires
+from ispbill_core.web import problem_responses, requires
+
+#: A clerk's reference of a correction: the idempotency key of a credit note.
+CorrectionReference = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/#-]+$")
+]
 
 #: An invoice number or id in a URL.
 InvoiceRef = Annotated[str, Path(max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
@@ -189,12 +205,32 @@ def invoice_view(invoice: InvoiceIssued, status_: str) -> dict[str, Any]:
     return {**invoice.model_dump(mode="json"), "status": status_}
 
 
+class CreditNoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    amount: MoneyText | None = Field(
+        default=None,
+        description="tax included, in the invoice's currency; none: everything still"
+        " creditable (a full credit)",
+    )
+    reason: Reason
+    reference: CorrectionReference = Field(
+        description="the clerk's reference (ticket, letter); the same again answers the same"
+        " credit note"
+    )
+
+
+class VoidRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Reason
+
+
 def invoicing_router(
     store: EventStore,
     clock: Clock,
     settings: BillingSettings,
     queries: ProjectedInvoiceQueries,
     catalogue: Callable[[], Awaitable[BillRunCatalogue]] | None = None,
+    credit_notes: ProjectedCreditNotes | None = None,
 ) -> APIRouter:
     """`catalogue`: where a bill run finds its customers (the billing catalogue projection;
     without one, a scan of the log, for tests)."""
@@ -344,11 +380,121 @@ def invoicing_router(
             )
         return [row.as_text() for row in rows]
 
+    async def invoice_of(reference: str) -> InvoiceIssued:
+        found = await queries.find(reference)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no invoice {reference!r}")
+        return found[0]
+
+    @router.post(
+        "/invoices/{reference}/credit-notes",
+        status_code=status.HTTP_201_CREATED,
+        responses={
+            200: {
+                "description": "the reference's credit note, recorded before",
+                "model": CreditNoteIssued,
+            },
+            **problem_responses(
+                {
+                    404: "no such invoice",
+                    409: "the reference names a credit note with other terms",
+                }
+            ),
+        },
+    )
+    async def credit(
+        reference: InvoiceRef,
+        req: CreditNoteRequest,
+        response: Response,
+        who: Principal = requires(INVOICES_CORRECT),
+    ) -> CreditNoteIssued:
+        """Credit part (`amount`, tax included) or all of an issued invoice: a credit note in
+        its own gapless series, its taxes in the invoice's proportions. Never more than the
+        invoice has left to credit."""
+        invoice = await invoice_of(reference)
+        amount = None
+        if req.amount is not None:
+            try:
+                amount = money_in(req.amount, invoice.currency)
+            except (ValueError, ArithmeticError) as exc:
+                raise CorrectionRefused(str(exc)) from None
+        note, fresh = await issue_credit_note(
+            store,
+            clock,
+            settings,
+            invoice,
+            amount=amount,
+            reason=req.reason,
+            reference=req.reference,
+            actor=who.actor,
+        )
+        if not fresh:
+            response.status_code = status.HTTP_200_OK
+        return note
+
+    @router.post(
+        "/invoices/{reference}/void", responses=problem_responses({404: "no such invoice"})
+    )
+    async def void(
+        reference: InvoiceRef, req: VoidRequest, who: Principal = requires(INVOICES_CORRECT)
+    ) -> InvoiceVoided:
+        """Void an invoice nothing was paid or credited on (else: credit it)."""
+        invoice = await invoice_of(reference)
+        return await void_invoice(store, clock, invoice, reason=req.reason, actor=who.actor)
+
+    @router.get(
+        "/credit-notes",
+        dependencies=[requires(INVOICES_READ)],
+        responses=problem_responses({404: "no such invoice"}),
+    )
+    async def list_credit_notes(
+        customer_id: str | None = Query(default=None, pattern=ID_PATTERN),
+        invoice: str | None = Query(
+            default=None,
+            max_length=100,
+            pattern=r"^[A-Za-z0-9_.:/-]+$",
+            description="an invoice's number or id",
+        ),
+        period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
+        limit: int = Query(default=1000, ge=1, le=10_000),
+        before: int | None = Query(default=None, ge=0, le=MAX_CURSOR),
+    ) -> list[dict[str, Any]]:
+        """Credit notes newest first; each carries its `cursor` for the next page."""
+        invoice_id = None
+        if invoice is not None:
+            invoice_id = (await invoice_of(invoice)).invoice_id
+        found = await _credit_notes().search(
+            customer_id=customer_id,
+            invoice_id=invoice_id,
+            period=period,
+            limit=limit,
+            before=before,
+        )
+        return [{**note.model_dump(mode="json"), "cursor": cursor} for note, cursor in found]
+
+    @router.get(
+        "/credit-notes/{reference}",
+        dependencies=[requires(INVOICES_READ)],
+        responses=problem_responses({404: "no such credit note"}),
+    )
+    async def show_credit_note(reference: InvoiceRef) -> CreditNoteIssued:
+        found = await _credit_notes().find(reference)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no credit note {reference!r}")
+        return found
+
+    def _credit_notes() -> ProjectedCreditNotes:
+        if credit_notes is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "this process keeps no read models")
+        return credit_notes
+
     @router.get("/invoices", dependencies=[requires(INVOICES_READ)])
     async def list_invoices(
         customer_id: str | None = Query(default=None, pattern=ID_PATTERN),
         period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
-        status_: Literal["issued", "paid"] | None = Query(default=None, alias="status"),
+        status_: Literal["issued", "paid", "credited", "void"] | None = Query(
+            default=None, alias="status"
+        ),
         number: str | None = Query(default=None, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$"),
         currency: Annotated[Currency | None, Query()] = None,
         min_total: Annotated[

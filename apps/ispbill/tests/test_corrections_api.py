@@ -1,0 +1,236 @@
+"""Credit notes and voids through the API: partial and full credits in their own gapless
+series, retries answered with the same credit note, never more than an invoice's total (two
+clerks at once included), voids, statuses and the credit-note history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ispbill_app.bootstrap import Services, open_ledger, projections_running
+from ispbill_app.settings import Settings
+from ispbill_core.clock import FixedClock
+from ispbill_core.contracts.invoicing import credit_note_series_stream
+from ispbill_core.sealing import KEY_ENV
+from tests.fixtures.staff import staff_token
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+NOW = datetime(2026, 3, 10, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+async def services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Services]:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    settings = Settings(data_dir=tmp_path / "data", ledger="sqlite")
+    settings.data_dir.mkdir()
+    services = Services(settings, None, clock=FixedClock(NOW))
+    services.require_keyring()
+    services.store = await open_ledger(settings)
+    try:
+        yield services
+    finally:
+        await services.store.close()
+
+
+@pytest.fixture
+async def api(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    token = await staff_token(services.store)
+    async with projections_running(services) as projector:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=services.http_app()),
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        async with client:
+            client.projector = projector  # type: ignore[attr-defined]
+            await billed(client)
+            yield client
+
+
+async def call(api: httpx.AsyncClient, method: str, path: str, body: Any = None) -> Any:
+    response = await api.request(method, f"/api/v1{path}", json=body)
+    assert response.status_code < 300, response.text
+    return response.json()
+
+
+async def billed(api: httpx.AsyncClient) -> None:
+    """Three customers, each invoiced 30.00 + VAT 4.50 = 34.50 USD for February."""
+    await call(api, "POST", "/tax-rates", {"region": "metro", "tax_name": "VAT", "rate": "0.15"})
+    await call(
+        api,
+        "POST",
+        "/plans",
+        {
+            "plan_id": "home",
+            "name": "Home",
+            "currency": "USD",
+            "monthly_fee": "30.00",
+            "included_gb": 100,
+            "overage_per_gb": "1.00",
+        },
+    )
+    for n in (1, 2, 3):
+        await call(
+            api,
+            "POST",
+            "/customers",
+            {
+                "customer_id": f"c-{n}",
+                "name": f"C{n}",
+                "email": f"c{n}@example.com",
+                "tax_region": "metro",
+            },
+        )
+        await call(
+            api,
+            "POST",
+            "/subscriptions",
+            {
+                "subscription_id": f"s-{n}",
+                "customer_id": f"c-{n}",
+                "plan_id": "home",
+                "radius_username": f"u{n}",
+                "started_on": "2026-01-01",
+            },
+        )
+    assert await api.projector.catch_up(timeout=20)  # type: ignore[attr-defined]
+    report = await call(api, "POST", "/bill-runs", {"period": "2026-02"})
+    assert report["issued"] == ["INV-000001", "INV-000002", "INV-000003"]
+    assert await api.projector.catch_up(timeout=20)  # type: ignore[attr-defined]
+
+
+async def status_of(api: httpx.AsyncClient, number: str) -> str:
+    assert await api.projector.catch_up(timeout=20)  # type: ignore[attr-defined]
+    return (await call(api, "GET", f"/invoices/{number}"))["status"]
+
+
+async def test_partial_then_full_credit_retries_and_the_history(api: httpx.AsyncClient) -> None:
+    body = {"amount": "11.50", "reason": "three days of outage", "reference": "TICKET-1"}
+    first = await api.post("/api/v1/invoices/INV-000001/credit-notes", json=body)
+    assert first.status_code == 201, first.text
+    note = first.json()
+    # a third of 34.50: VAT 1.50 of 10.00
+    assert (note["number"], note["total"]["amount"], note["subtotal"]["amount"]) == (
+        "CN-000001",
+        "11.50",
+        "10.00",
+    )
+    assert [(t["taxable"]["amount"], t["amount"]["amount"]) for t in note["taxes"]] == [
+        ("10.00", "1.50")
+    ]
+    assert note["invoice_credited"]["amount"] == "11.50"
+    # the same request again: the same credit note, nothing more credited
+    again = await api.post("/api/v1/invoices/INV-000001/credit-notes", json=body)
+    assert (again.status_code, again.json()["number"]) == (200, "CN-000001")
+    other = await api.post(
+        "/api/v1/invoices/INV-000001/credit-notes", json={**body, "amount": "1.00"}
+    )
+    assert other.status_code == 409, other.text
+    assert await status_of(api, "INV-000001") == "issued"
+    # the rest: exactly what is left of each part
+    rest = await call(
+        api,
+        "POST",
+        "/invoices/INV-000001/credit-notes",
+        {"reason": "moved away", "reference": "TICKET-2"},
+    )
+    assert (rest["number"], rest["total"]["amount"], rest["taxes"][0]["amount"]["amount"]) == (
+        "CN-000002",
+        "23.00",
+        "3.00",
+    )
+    assert await status_of(api, "INV-000001") == "credited"
+    more = await api.post(
+        "/api/v1/invoices/INV-000001/credit-notes",
+        json={"amount": "0.01", "reason": "x", "reference": "TICKET-3"},
+    )
+    assert more.status_code == 422 and "in full already" in more.json()["detail"]
+
+    mine = await call(api, "GET", "/credit-notes?customer_id=c-1")
+    assert [n["number"] for n in mine] == ["CN-000002", "CN-000001"]
+    assert [n["number"] for n in await call(api, "GET", "/credit-notes?invoice=INV-000001")] == [
+        "CN-000002",
+        "CN-000001",
+    ]
+    shown = await call(api, "GET", "/credit-notes/CN-000001")
+    assert shown["invoice_number"] == "INV-000001" and shown["reason"] == "three days of outage"
+    assert (await api.get("/api/v1/credit-notes/CN-999999")).status_code == 404
+    assert [i["number"] for i in await call(api, "GET", "/invoices?status=credited")] == [
+        "INV-000001"
+    ]
+
+
+async def test_two_clerks_crediting_at_once_never_pass_the_total(
+    services: Services, api: httpx.AsyncClient
+) -> None:
+    async def credit(reference: str) -> httpx.Response:
+        return await api.post(
+            "/api/v1/invoices/INV-000002/credit-notes",
+            json={"amount": "20.00", "reason": "goodwill", "reference": reference},
+        )
+
+    results = await asyncio.gather(credit("A"), credit("B"))
+    assert sorted(r.status_code for r in results) == [201, 422]
+    refused = next(r for r in results if r.status_code == 422)
+    assert "more than the 14.50 USD" in refused.json()["detail"]
+    # the refused one took no number: the series is gapless
+    series = await services.store.read_stream(credit_note_series_stream("CN"))
+    assert [r.decode().sequence for r in series] == [1]  # type: ignore[attr-defined]
+
+
+async def test_a_void_invoice_owes_nothing_and_takes_no_credit(api: httpx.AsyncClient) -> None:
+    voided = await call(api, "POST", "/invoices/INV-000003/void", {"reason": "wrong customer"})
+    assert voided["number"] == "INV-000003"
+    again = await call(api, "POST", "/invoices/INV-000003/void", {"reason": "wrong customer"})
+    assert again == voided
+    assert await status_of(api, "INV-000003") == "void"
+    credit = await api.post(
+        "/api/v1/invoices/INV-000003/credit-notes", json={"reason": "x", "reference": "T"}
+    )
+    assert credit.status_code == 422 and "void" in credit.json()["detail"]
+    # an invoice with a credit note is credited, not voided
+    await call(
+        api,
+        "POST",
+        "/invoices/INV-000002/credit-notes",
+        {"amount": "1.00", "reason": "x", "reference": "T-9"},
+    )
+    refused = await api.post("/api/v1/invoices/INV-000002/void", json={"reason": "x"})
+    assert refused.status_code == 422 and "credit notes" in refused.json()["detail"]
+    missing = await api.post("/api/v1/invoices/INV-404/void", json={"reason": "x"})
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": "abc"},
+        {"amount": "-1.00"},
+        {"amount": "1e2"},
+        {"amount": 5},
+        {"amount": "1.001"},
+        {"amount": "99999999999999999999"},
+        {"reason": "x\u202ey"},
+        {"reason": ""},
+        {"reference": "has space"},
+        {"reference": "x" * 101},
+        {"extra": True},
+    ],
+)
+async def test_bad_credit_requests_are_refused_and_nothing_is_written(
+    services: Services, api: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    response = await api.post(
+        "/api/v1/invoices/INV-000002/credit-notes",
+        json={"amount": "1.00", "reason": "ok", "reference": "R-1", **body},
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await services.store.stream_version(credit_note_series_stream("CN")) is None
