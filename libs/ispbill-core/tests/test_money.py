@@ -47,6 +47,8 @@ def test_non_finite_amounts_are_refused() -> None:
 def test_unknown_currency_is_refused() -> None:
     with pytest.raises(ValidationError):
         Money.of("1", "XXX")
+    with pytest.raises(ValidationError):
+        Money.of("1", "ZZZ")
     with pytest.raises(ValueError):
         minor_unit_exponent("XXX")
 
@@ -169,3 +171,14 @@ def test_exact_refuses_more_decimals_than_the_currency_has() -> None:
         Money.exact("10.5", "JPY")
     with pytest.raises(TypeError):
         Money.exact(29.99, "USD")  # type: ignore[arg-type]
+
+
+def test_minor_units_come_from_cldr_and_withdrawn_currencies_still_read_back() -> None:
+    from ispbill_core.money import CURRENCIES_IN_USE, MINOR_UNITS
+
+    assert (MINOR_UNITS["BDT"], MINOR_UNITS["JPY"], MINOR_UNITS["KWD"]) == (2, 0, 3)
+    assert MINOR_UNITS["LYD"] == 3 and MINOR_UNITS["XOF"] == 0  # beyond the old hand table
+    assert "LYD" in CURRENCIES_IN_USE and "DEM" not in CURRENCIES_IN_USE
+    # a Deutsche Mark amount recorded long ago still decodes
+    assert Money.of("1.50", "DEM").amount == Decimal("1.50")
+    assert len(CURRENCIES_IN_USE) > 140

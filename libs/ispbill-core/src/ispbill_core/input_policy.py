@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, EmailStr, Field, WithJsonSchema
 
-from ispbill_core.money import MINOR_UNITS, Money
+from ispbill_core.money import CURRENCIES_IN_USE, MINOR_UNITS, Money
 
 # --- money --------------------------------------------------------------------------------
 
@@ -28,7 +28,7 @@ from ispbill_core.money import MINOR_UNITS, Money
 #: an ISP in any currency we list, and far inside what Decimal arithmetic, PostgreSQL NUMERIC
 #: and JSON readers hold exactly. The pattern states it in the OpenAPI document.
 _MONEY_INTEGER_DIGITS = 12
-_MONEY_FRACTION_DIGITS = max(MINOR_UNITS.values())
+_MONEY_FRACTION_DIGITS = max(MINOR_UNITS[c] for c in CURRENCIES_IN_USE)
 #: The largest amount accepted unless configured lower (ISPBILL_MONEY_MAX[_<CUR>]).
 DEFAULT_MONEY_MAXIMUM = Decimal("999999999999.999")
 _DIGITS = rf"[0-9]{{1,{_MONEY_INTEGER_DIGITS}}}(\.[0-9]{{1,{_MONEY_FRACTION_DIGITS}}})?"
@@ -70,7 +70,7 @@ def _plain_money(value: str) -> str:
             f" {_MONEY_INTEGER_DIGITS} before the point and {_MONEY_FRACTION_DIGITS} after;"
             " no exponent, sign '+', spaces or separators"
         )
-    if abs(Decimal(value)) > max(money_maximum(c) for c in MINOR_UNITS):
+    if abs(Decimal(value)) > max(money_maximum(c) for c in CURRENCIES_IN_USE):
         raise ValueError(f"{_shown(value)} is more than any amount accepted")
     return value
 
@@ -111,16 +111,17 @@ SignedMoneyText = Annotated[
 
 
 def _known_currency(value: str) -> str:
-    if value not in MINOR_UNITS:
-        raise ValueError(f"unknown currency {_shown(value)}")
+    if value not in CURRENCIES_IN_USE:
+        raise ValueError(f"unknown currency {_shown(value)} (not legal tender anywhere today)")
     return value
 
 
-#: An ISO 4217 code of a currency ispbill knows the minor unit of (the document lists them).
+#: An ISO 4217 code of a currency in use (legal tender somewhere, CLDR via babel); the
+#: document lists them.
 Currency = Annotated[
     str,
     AfterValidator(_known_currency),
-    WithJsonSchema({"type": "string", "enum": sorted(MINOR_UNITS)}),
+    WithJsonSchema({"type": "string", "enum": sorted(CURRENCIES_IN_USE)}),
 ]
 
 

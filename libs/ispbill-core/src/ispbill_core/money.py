@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
 
+from babel.core import get_global
+from babel.numbers import get_currency_precision, get_territory_currencies, list_currencies
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-#: ISO 4217 minor units of the currencies ISPs bill in; extend as customers need.
-MINOR_UNITS: dict[str, int] = {
-    "USD": 2, "EUR": 2, "GBP": 2, "BDT": 2, "INR": 2, "PKR": 2, "NPR": 2, "LKR": 2,
-    "IDR": 2, "PHP": 2, "NGN": 2, "KES": 2, "ZAR": 2, "BRL": 2, "MXN": 2, "CAD": 2,
-    "AUD": 2, "CHF": 2, "PLN": 2, "TRY": 2, "AED": 2, "SAR": 2, "EGP": 2, "MYR": 2,
-    "JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "UGX": 0,
-    "KWD": 3, "BHD": 3, "OMR": 3, "JOD": 3, "TND": 3,
-}  # fmt: skip
+#: The day on which the currencies new input may name are those in use (CURRENCIES_IN_USE).
+_IN_USE_ON = date(2026, 1, 1)
+
+
+#: ISO 4217's codes for "no currency" and "testing": never an amount's currency.
+_NOT_MONEY = frozenset({"XXX", "XTS"})
+
+
+def _minor_units() -> dict[str, int]:
+    """Every currency code in the Unicode CLDR (babel's data), historic ones included, with
+    its minor unit: an event recorded in a currency since withdrawn still reads back. The
+    digits are CLDR's (what the currency is accounted in), which for a few differ from
+    ISO 4217's table: IDR, HUF, IQD... have no minor unit in use and CLDR says 0."""
+    return {
+        code: get_currency_precision(code)
+        for code in list_currencies()
+        if len(code) == 3 and code.isascii() and code.isupper() and code not in _NOT_MONEY
+    }
+
+
+def _in_use(on: date) -> frozenset[str]:
+    """Legal tender in some territory on `on` (CLDR): what a price or payment may be in."""
+    territories = get_global("territory_currencies")
+    return frozenset(
+        code
+        for territory in territories
+        for code in get_territory_currencies(territory, start_date=on, tender=True)
+        if code in MINOR_UNITS
+    )
+
+
+#: Minor units (decimal places) of every currency CLDR knows, from babel's data.
+MINOR_UNITS: dict[str, int] = _minor_units()
+#: The currencies new prices, plans and payments may be in: legal tender somewhere in 2026
+#: (the OpenAPI document lists them). Amounts already recorded in others still read back.
+CURRENCIES_IN_USE: frozenset[str] = _in_use(_IN_USE_ON)
 
 
 class Rounding(StrEnum):
