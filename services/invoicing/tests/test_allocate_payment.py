@@ -315,3 +315,20 @@ async def test_a_void_invoice_takes_no_payment_and_a_paid_one_cannot_be_voided(
     )
     with pytest.raises(CorrectionRefused, match="payments"):
         await void_invoice(store, FixedClock(AT), april, reason="x", actor="staff:clerk")
+
+
+async def test_credit_notes_number_per_year_with_a_yearly_format(store, invoice) -> None:
+    from invoicing.application.corrections import issue_credit_note
+
+    yearly = BillingSettings(ZoneInfo("UTC"), number_format="{series}-{year}-{seq:04d}")
+    note, _ = await issue_credit_note(
+        store,
+        FixedClock(AT),
+        yearly,
+        invoice,
+        amount=Money.of("1.00", "USD"),
+        reason="outage",
+        reference="T-1",
+        actor="staff:clerk",
+    )
+    assert note.number == "CN-2026-0001"

@@ -367,3 +367,31 @@ async def test_a_customer_whose_region_has_no_rule_in_force_is_skipped_with_the_
         ' above it (a rate of "0" for a region that pays no tax)'
     }
     assert report.issued == ["INV-000001"]
+
+
+async def test_a_yearly_number_format_counts_each_year_from_one(store, clock) -> None:
+    yearly = BillingSettings(timezone=TZ, number_format="{series}/{year}/{seq:05d}")
+    for customer_id in ("c-1", "c-2"):
+        await seed_customer(store, customer_id, started_on=date(2026, 11, 1))
+    december = await close_billing_period(store, clock, yearly, "2026-12")
+    january = await close_billing_period(store, clock, yearly, "2027-01")
+    assert december.issued == ["INV/2026/00001", "INV/2026/00002"]
+    assert january.issued == ["INV/2027/00001", "INV/2027/00002"]
+    again = await close_billing_period(store, clock, yearly, "2026-12")
+    assert again.issued == [] and again.already_issued == december.issued
+    series = [e.decode() for e in await store.read_stream(invoice_series_stream("INV-2027"))]
+    assert [(n.series, n.sequence) for n in series] == [("INV-2027", 1), ("INV-2027", 2)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("number_format", "why"),
+    [
+        ("{series}-{year}", "no {seq}"),
+        ("{series}-{month}-{seq}", "fields: series, year, seq"),
+        ("{series} {seq}", "letters, digits"),
+        ("{seq:x>200}", "at most 100"),
+    ],
+)
+def test_a_number_format_that_cannot_make_numbers_is_refused(number_format: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        BillingSettings(timezone=TZ, number_format=number_format)

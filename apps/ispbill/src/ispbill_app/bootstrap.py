@@ -197,6 +197,7 @@ def billing_settings(settings: Settings) -> BillingSettings:
         timezone=settings.timezone,
         series=settings.invoice_series,
         credit_note_series=settings.credit_note_series,
+        number_format=settings.number_format,
         payment_terms_days=settings.payment_terms_days,
         tax_rounding=TaxRounding(settings.tax_rounding),
     )

@@ -52,6 +52,7 @@ class Settings:
     isp_tax_id: str = field(default_factory=lambda: env("ISP_TAX_ID", "VAT-000000"))
     invoice_series: str = field(default_factory=lambda: env("INVOICE_SERIES", "INV"))
     credit_note_series: str = field(default_factory=lambda: env("CREDIT_NOTE_SERIES", "CN"))
+    number_format: str = field(default_factory=lambda: env("NUMBER_FORMAT", "{series}-{seq:06d}"))
     payment_terms_days: int = field(default_factory=lambda: int(env("PAYMENT_TERMS_DAYS", "14")))
     tax_rounding: str = field(default_factory=lambda: env("TAX_ROUNDING", "per_invoice"))
     #: a TOML or JSON file of routers whose byte counters are polled (SNMP, RouterOS API)

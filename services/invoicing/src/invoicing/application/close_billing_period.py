@@ -159,12 +159,23 @@ async def scanned_catalogue(store: EventStore) -> BillRunCatalogue:
 
 
 class _Series:
-    """The invoice series stream, read once per bill run and followed as we append to it."""
+    """The invoice series stream, read once per bill run and followed as we append to it.
+    `year`: the billed period's (the series counts per year when the number format has one)."""
 
-    def __init__(self, store: EventStore, series: str, actor: str = SCHEDULED_ACTOR) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        series: str,
+        actor: str = SCHEDULED_ACTOR,
+        *,
+        year: int = 0,
+        key: str | None = None,
+    ) -> None:
         self._store = store
         self._actor = actor
-        self._stream = invoice_series_stream(series)
+        self.year = year
+        self.key = series if key is None else key
+        self._stream = invoice_series_stream(self.key)
         self.version: int | None = None
         self.numbers: dict[uuid.UUID, InvoiceNumberAssigned] = {}
 
@@ -190,9 +201,9 @@ class _Series:
                 return self.numbers[invoice_id]
             sequence = 1 if self.version is None else self.version + 2
             assigned = InvoiceNumberAssigned(
-                series=settings.series,
+                series=self.key,
                 sequence=sequence,
-                number=settings.invoice_number(sequence),
+                number=settings.invoice_number(sequence, self.year),
                 invoice_id=invoice_id,
                 customer_id=customer_id,
                 period=period,
@@ -305,7 +316,13 @@ async def close_billing_period(
         "invoicing.bill_run", attributes={"billing.period": str(period)}
     ):
         catalogue = await (catalogue_source or (lambda: scanned_catalogue(store)))()
-        series = _Series(store, settings.series, actor)
+        series = _Series(
+            store,
+            settings.series,
+            actor,
+            year=period.year,
+            key=settings.series_key(settings.series, period.year),
+        )
         await series.refresh()
         for customer_id, subs in sorted(catalogue.subscriptions.items()):
             try:

@@ -71,8 +71,10 @@ async def issue_credit_note(
     note was recorded before, with the same terms)."""
     stream = invoice_stream(invoice.customer_id, invoice.period)
     credit_note_id = credit_note_id_for(invoice.invoice_id, reference)
-    series_stream = credit_note_series_stream(settings.credit_note_series)
     for _ in range(_ATTEMPTS):
+        year = clock.now().astimezone(settings.timezone).year
+        series_key = settings.series_key(settings.credit_note_series, year)
+        series_stream = credit_note_series_stream(series_key)
         history = await store.read_stream(stream)
         decoded = [r.decode() for r in history]
         for event in decoded:
@@ -89,7 +91,7 @@ async def issue_credit_note(
         draft = draft_credit_note(account, amount, reason, settings.rounding)
         series_version = await store.stream_version(series_stream)
         number, sequence, taken = await _number_for(
-            store, settings, series_stream, series_version, credit_note_id
+            store, settings, series_stream, series_version, credit_note_id, year
         )
         now = clock.now()
         credited = account.credited + draft.total
@@ -142,7 +144,7 @@ async def issue_credit_note(
         batches: list[tuple[str, Sequence[NewEvent], ExpectedVersion]] = []
         if not taken:
             assigned = CreditNoteNumberAssigned(
-                series=settings.credit_note_series,
+                series=series_key,
                 sequence=sequence,
                 number=number,
                 credit_note_id=credit_note_id,
@@ -178,6 +180,7 @@ async def _number_for(
     series_stream: str,
     version: int | None,
     credit_note_id: uuid.UUID,
+    year: int,
 ) -> tuple[str, int, bool]:
     """(number, sequence, taken already): the number this credit note took in an earlier
     attempt, else the series' next."""
@@ -191,7 +194,7 @@ async def _number_for(
             ):
                 return event.number, event.sequence, True
     sequence = 1 if version is None else version + 2
-    return settings.credit_note_number(sequence), sequence, False
+    return settings.credit_note_number(sequence, year), sequence, False
 
 
 async def void_invoice(

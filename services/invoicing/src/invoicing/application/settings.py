@@ -1,12 +1,17 @@
-"""How an ISP bills: its time zone, series, payment terms and rounding rules."""
+"""How an ISP bills: its time zone, series and number format, payment terms and rounding."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from invoicing.domain.generator import TaxRounding
+from invoicing.domain.tax import TaxRounding
 from ispbill_core.money import Rounding
+
+#: What a number may look like: what an invoice reference in a URL accepts.
+_NUMBER = re.compile(r"^[A-Za-z0-9_.:/-]{1,100}$")
+DEFAULT_NUMBER_FORMAT = "{series}-{seq:06d}"
 
 
 @dataclass(frozen=True)
@@ -17,9 +22,43 @@ class BillingSettings:
     payment_terms_days: int = 14
     tax_rounding: TaxRounding = TaxRounding.PER_INVOICE
     rounding: Rounding = Rounding.HALF_UP
+    #: How a number is written (ISPBILL_NUMBER_FORMAT): `{series}`, `{year}`, `{seq}` (with a
+    #: width: `{seq:06d}`). With `{year}`, each series counts from 1 again every year (its own
+    #: gapless stream per year): an invoice's year is its billed period's, a credit note's the
+    #: day it is issued (ISP's time zone).
+    number_format: str = DEFAULT_NUMBER_FORMAT
 
-    def invoice_number(self, sequence: int) -> str:
-        return f"{self.series}-{sequence:06d}"
+    def __post_init__(self) -> None:
+        for series in (self.series, self.credit_note_series):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", series):
+                raise ValueError(f"series {series!r}: letters, digits, '_', '.', '-', 1-32")
+        if "{seq" not in self.number_format:
+            raise ValueError(f"number format {self.number_format!r} has no {{seq}}")
+        try:
+            sample = self.number_format.format(series=self.series, year=2026, seq=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"number format {self.number_format!r}: {exc} (fields: series, year, seq)"
+            ) from None
+        if not _NUMBER.fullmatch(sample):
+            raise ValueError(
+                f"number format {self.number_format!r} makes {sample!r}: letters, digits and"
+                " _ . : / - only, at most 100 characters"
+            )
 
-    def credit_note_number(self, sequence: int) -> str:
-        return f"{self.credit_note_series}-{sequence:06d}"
+    @property
+    def yearly(self) -> bool:
+        return "{year" in self.number_format
+
+    def series_key(self, series: str, year: int) -> str:
+        """The series' stream name part: per year when the format has `{year}`."""
+        return f"{series}-{year:04d}" if self.yearly else series
+
+    def number(self, series: str, year: int, sequence: int) -> str:
+        return self.number_format.format(series=series, year=year, seq=sequence)
+
+    def invoice_number(self, sequence: int, year: int = 0) -> str:
+        return self.number(self.series, year, sequence)
+
+    def credit_note_number(self, sequence: int, year: int = 0) -> str:
+        return self.number(self.credit_note_series, year, sequence)
