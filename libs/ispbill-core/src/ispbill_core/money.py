@@ -75,6 +75,9 @@ def quantize(amount: Decimal, currency: str, rounding: Rounding = Rounding.HALF_
     return amount.quantize(minor_unit_exponent(currency), rounding=rounding.decimal_mode)
 
 
+_MONEY_FIELDS = {"amount", "currency"}
+
+
 class Money(BaseModel):
     """An amount of a currency. Floats are refused: they cannot hold 0.10 exactly."""
 
@@ -140,11 +143,21 @@ class Money(BaseModel):
 
     def __add__(self, other: Money) -> Money:
         self._same(other)
-        return Money(amount=self.amount + other.amount, currency=self.currency)
+        return self._of(self.amount + other.amount)
 
     def __sub__(self, other: Money) -> Money:
         self._same(other)
-        return Money(amount=self.amount - other.amount, currency=self.currency)
+        return self._of(self.amount - other.amount)
+
+    def _of(self, amount: Decimal) -> Money:
+        """Money of `amount` in this currency: a sum or difference of two quantized amounts
+        has their exponent already, so it skips validation (a bill run adds money thousands
+        of times a second); anything else (a context that rounded it) is validated."""
+        if amount.is_finite() and amount.as_tuple().exponent == self.amount.as_tuple().exponent:
+            return Money.model_construct(
+                _fields_set=_MONEY_FIELDS, amount=amount, currency=self.currency
+            )
+        return Money(amount=amount, currency=self.currency)
 
     def __neg__(self) -> Money:
         return Money(amount=-self.amount, currency=self.currency)
