@@ -12,7 +12,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: help install install-system install-python install-tools run demo test test-unit test-contract \
         test-integration test-e2e lint format proto proto-check bench bench-store bench-fuzz-collector events-doc \
-        helm-lint install-bench bench-collector bench-reads install-web
+        helm-lint install-bench bench-collector bench-reads bench-rating bench-billrun install-web
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -97,7 +97,7 @@ proto-check: proto ## fail when the committed stubs differ from freshly generate
 	@untracked=$$(git ls-files --others --exclude-standard -- $(PROTO_OUT)); \
 	  if [ -n "$$untracked" ]; then echo "generated stubs not committed:"; echo "$$untracked"; exit 1; fi
 
-bench: bench-store bench-reads bench-rating bench-fuzz-collector bench-collector ## every benchmark
+bench: bench-store bench-reads bench-rating bench-billrun bench-fuzz-collector bench-collector ## every benchmark
 
 bench-fuzz-collector: ## 1,000,000 malformed RADIUS packets through the collector's screening
 	$(RUN) python bench/fuzz_collector.py
@@ -110,6 +110,9 @@ bench-reads: ## projection rebuild vs raw read rate, REST query p50/p99 at 100,0
 
 bench-rating: ## accounting records rated per second (embedded: SQLite, PostgreSQL; Kafka: one and two workers) vs the raw batched append rate
 	$(RUN) python bench/bench_rating.py
+
+bench-billrun: ## a bill run over 100,000 customers on PostgreSQL, then their PDFs (--customers via ISPBILL_BENCH_CUSTOMERS)
+	$(RUN) python bench/bench_billrun.py
 
 bench-store: ## appends per second to each event store adapter (batches of 1 and 500)
 	$(RUN) python bench/bench_store.py
