@@ -1,6 +1,6 @@
 """A bill run in a process of its own, for the crash test: `python -m tests.e2e.bill_run_worker
-LEDGER PERIOD` closes PERIOD on the SQLite ledger LEDGER, as `POST /api/v1/bill-runs` does,
-and prints its report's counts."""
+LEDGER PERIOD [CHUNK]` closes PERIOD on the SQLite ledger LEDGER, as `POST /api/v1/bill-runs`
+does (CHUNK customers at a time), and prints its report's counts."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ from ispbill_core.clock import SystemClock
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 
 
-async def main(ledger: str, period: str) -> None:
+async def main(ledger: str, period: str, chunk: int = 0) -> None:
     store = SQLiteEventStore(ledger)
     try:
         report = await close_billing_period(
-            store, SystemClock(), BillingSettings(timezone=ZoneInfo("Asia/Dhaka")), period
+            store,
+            SystemClock(),
+            BillingSettings(timezone=ZoneInfo("Asia/Dhaka")),
+            period,
+            chunk=chunk,
         )
     finally:
         await store.close()
@@ -30,4 +34,4 @@ async def main(ledger: str, period: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0))

@@ -234,3 +234,21 @@ async def test_bad_credit_requests_are_refused_and_nothing_is_written(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert await services.store.stream_version(credit_note_series_stream("CN")) is None
+
+
+async def test_the_tax_report_leaves_out_void_invoices_and_takes_off_credit_notes(
+    api: httpx.AsyncClient,
+) -> None:
+    await call(
+        api, "POST", "/invoices/INV-000001/credit-notes", {"reason": "moved", "reference": "T-1"}
+    )
+    await call(api, "POST", "/invoices/INV-000003/void", {"reason": "wrong customer"})
+    assert await api.projector.catch_up(timeout=20)  # type: ignore[attr-defined]
+    [row] = await call(api, "GET", "/reports/tax?period=2026-02")
+    # three invoices of 30.00 + 4.50: one void, one credited in full
+    assert (row["invoices"], row["credit_notes"], row["taxable"], row["tax"]) == (
+        2,
+        1,
+        "30.00",
+        "4.50",
+    )

@@ -4,6 +4,7 @@ no rule in force reported, not invoiced untaxed. Golden figures worked out by ha
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,10 @@ async def call(api: httpx.AsyncClient, method: str, path: str, body: Any = None)
     response = await api.request(method, f"/api/v1{path}", json=body)
     assert response.status_code < 300, response.text
     return response.json()
+
+
+def vat_of(seen: dict[str, Any]) -> str:
+    return next(r["rate"] for r in seen["rules"] if r["tax_code"] == "VAT")
 
 
 def rule(region: str, code: str, rate: str, **extra: Any) -> dict[str, Any]:
@@ -211,10 +216,10 @@ async def test_rules_of_every_level_exemptions_and_inclusive_prices_in_a_bill_ru
     assert csv_.headers["content-type"].startswith("text/csv")
     lines = csv_.text.split("\r\n")
     assert lines[0] == (
-        "period,currency,customer_region,jurisdiction,tax_code,tax_name,rate,invoices,taxable,"
-        "tax,exempt_taxable"
+        "period,currency,customer_region,jurisdiction,tax_code,tax_name,rate,invoices,"
+        "credit_notes,taxable,tax,exempt_taxable"
     )
-    assert lines[1] == "2026-02,BDT,BD.ctg,BD.ctg,VAT,VAT,0.075,1,1000.00,75.00,0.00"
+    assert lines[1] == "2026-02,BDT,BD.ctg,BD.ctg,VAT,VAT,0.075,1,0,1000.00,75.00,0.00"
     assert len(lines) == 7 and lines[-1] == ""
 
 
@@ -225,26 +230,32 @@ async def test_rule_writes_are_idempotent_dated_and_checked(
     await call(api, "POST", "/tax-rules", vat)
     await call(api, "POST", "/tax-rules", vat)  # a retry: nothing more recorded
     assert await services.store.stream_version(tax_region_stream("BD")) == 0
-    # a change dated before this month (March 2026) could change invoices already issued
-    back = await api.post(
-        "/api/v1/tax-rules", json={**vat, "rate": "0.16", "effective_from": "2026-02-01"}
-    )
-    assert back.status_code == 422, back.text
-    assert back.headers["content-type"].startswith("application/problem+json")
-    assert "before this month" in back.json()["detail"]
+    # while no invoice exists (setting up), a rule may be dated in the past
+    await call(api, "POST", "/tax-rules", rule("BD", "SD", "0.05"))
+    await an_invoice_is_issued(services)
+    # once one is, a change dated before this month (March 2026) could change it: refused,
+    # a new level's first rule too
+    for body in (
+        {**vat, "rate": "0.16", "effective_from": "2026-02-01"},
+        rule("BD.dhaka", "SD", "0.02"),
+    ):
+        back = await api.post("/api/v1/tax-rules", json=body)
+        assert back.status_code == 422, back.text
+        assert back.headers["content-type"].startswith("application/problem+json")
+        assert "before this month" in back.json()["detail"]
     # from next month: recorded, and in force from that day only
     await call(api, "POST", "/tax-rules", {**vat, "rate": "0.16", "effective_from": "2026-04-01"})
     march = await call(api, "GET", "/tax-rules?region=BD&on=2026-03-31")
     april = await call(api, "GET", "/tax-rules?region=BD&on=2026-04-01")
-    assert (march["rules"][0]["rate"], april["rules"][0]["rate"]) == ("0.15", "0.16")
+    assert (vat_of(march), vat_of(april)) == ("0.15", "0.16")
     # set back to 0.15 from April: a third event, not a retry of the first
     await call(api, "POST", "/tax-rules", {**vat, "effective_from": "2026-04-01"})
     april = await call(api, "GET", "/tax-rules?region=BD&on=2026-04-01")
-    assert april["rules"][0]["rate"] == "0.15"
+    assert vat_of(april) == "0.15"
     # ending a code the level never had
     missing = await api.post(
         "/api/v1/tax-rules/end",
-        json={"region": "BD", "tax_code": "SD", "effective_from": "2026-04-01"},
+        json={"region": "BD", "tax_code": "GST", "effective_from": "2026-04-01"},
     )
     assert missing.status_code == 404, missing.text
     await call(
@@ -253,7 +264,8 @@ async def test_rule_writes_are_idempotent_dated_and_checked(
         "/tax-rules/end",
         {"region": "BD", "tax_code": "VAT", "effective_from": "2026-05-01"},
     )
-    assert (await call(api, "GET", "/tax-rules?region=BD&on=2026-05-01"))["rules"] == []
+    may = await call(api, "GET", "/tax-rules?region=BD&on=2026-05-01")
+    assert [r["tax_code"] for r in may["rules"]] == ["SD"]
     # an exemption of a customer that does not exist; dates the wrong way round
     nobody = await api.post(
         "/api/v1/customers/nobody/tax-exemptions",
@@ -262,9 +274,68 @@ async def test_rule_writes_are_idempotent_dated_and_checked(
     assert nobody.status_code == 404, nobody.text
 
 
+async def an_invoice_is_issued(services: Services) -> None:
+    """An invoice in the ledger (as a bill run records one), for the rules on backdating."""
+    from datetime import date
+
+    from ispbill_core.contracts.invoicing import InvoiceIssued, invoice_stream
+    from ispbill_core.events import new_event
+    from ispbill_core.eventstore import NO_STREAM
+    from ispbill_core.money import Money
+
+    zero = Money.zero("BDT")
+    invoice = InvoiceIssued(
+        invoice_id=uuid.uuid4(),
+        number="INV-000001",
+        customer_id="c-0",
+        customer_name="C",
+        customer_email="c@example.com",
+        period="2026-02",
+        issued_at=NOW,
+        due_on=date(2026, 3, 24),
+        currency="BDT",
+        lines=(),
+        subtotal=zero,
+        taxes=(),
+        tax_total=zero,
+        total=zero,
+    )
+    await services.store.append(
+        invoice_stream("c-0", "2026-02"),
+        [new_event(invoice, id=invoice.invoice_id, occurred_at=NOW)],
+        NO_STREAM,
+    )
+
+
+async def test_a_level_moves_from_a_simple_rate_to_dated_rules_without_paying_both(
+    services: Services, api: httpx.AsyncClient
+) -> None:
+    await call(api, "POST", "/tax-rates", {"region": "BD", "tax_name": "VAT", "rate": "0.15"})
+    await an_invoice_is_issued(services)
+    await call(
+        api, "POST", "/tax-rules", {**rule("BD", "VAT", "0.16"), "effective_from": "2026-04-01"}
+    )
+    both = await call(api, "GET", "/tax-rules?region=BD&on=2026-04-01")
+    assert [r["tax_code"] for r in both["rules"]] == ["VAT", "rate"]  # both, until it ends
+    await call(
+        api,
+        "POST",
+        "/tax-rules/end",
+        {"region": "BD", "tax_code": "rate", "effective_from": "2026-04-01"},
+    )
+    march = await call(api, "GET", "/tax-rules?region=BD&on=2026-03-31")
+    april = await call(api, "GET", "/tax-rules?region=BD&on=2026-04-01")
+    assert [(r["tax_code"], r["rate"]) for r in march["rules"]] == [("rate", "0.15")]
+    assert [(r["tax_code"], r["rate"]) for r in april["rules"]] == [("VAT", "0.16")]
+
+
 @pytest.mark.parametrize(
     "body",
     [
+        {"region": "BD."},
+        {"region": "BD..dhaka"},
+        {"region": ".BD"},
+        {"region": "x" * 65},
         {"rate": "1.5"},
         {"rate": "-0.1"},
         {"rate": 0.15},
@@ -300,3 +371,8 @@ async def test_a_customer_in_a_level_below_a_rule_can_be_registered_one_elsewher
         "/api/v1/customers", json={**body, "customer_id": "c-2", "tax_region": "BDX"}
     )
     assert refused.status_code == 422, refused.text
+    # an empty level is no level: refused at the edge, not taxed at "BD" only
+    empty = await api.post(
+        "/api/v1/customers", json={**body, "customer_id": "c-3", "tax_region": "BD..gulshan"}
+    )
+    assert empty.status_code == 422, empty.text

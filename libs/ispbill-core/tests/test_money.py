@@ -182,3 +182,19 @@ def test_minor_units_come_from_cldr_and_withdrawn_currencies_still_read_back() -
     # a Deutsche Mark amount recorded long ago still decodes
     assert Money.of("1.50", "DEM").amount == Decimal("1.50")
     assert len(CURRENCIES_IN_USE) > 140
+
+
+def test_the_currencies_of_the_old_hand_table_keep_their_digits() -> None:
+    """Amounts recorded before babel's data was used read back unchanged (a babel upgrade
+    that changed one of these would change recorded amounts: this test stops it)."""
+    from ispbill_core.money import MINOR_UNITS
+
+    two = "USD EUR GBP BDT INR PKR NPR LKR IDR PHP NGN KES ZAR BRL MXN CAD AUD CHF PLN TRY"
+    two += " AED SAR EGP MYR"
+    recorded = {
+        **{code: 2 for code in two.split()},
+        **{code: 0 for code in ("JPY", "KRW", "VND", "CLP", "UGX")},
+        **{code: 3 for code in ("KWD", "BHD", "OMR", "JOD", "TND")},
+    }
+    assert len(recorded) == 34
+    assert {code: MINOR_UNITS[code] for code in recorded} == recorded

@@ -332,3 +332,77 @@ async def test_credit_notes_number_per_year_with_a_yearly_format(store, invoice)
         actor="staff:clerk",
     )
     assert note.number == "CN-2026-0001"
+
+
+async def test_a_payment_for_an_invoice_credited_in_full_stays_unallocated(store, invoice) -> None:
+    from invoicing.application.corrections import issue_credit_note
+
+    await issue_credit_note(
+        store,
+        FixedClock(AT),
+        BillingSettings(ZoneInfo("UTC")),
+        invoice,
+        amount=None,
+        reason="billed by mistake",
+        reference="T-1",
+        actor="staff:clerk",
+    )
+    payment = await pay(store, "r-1", "30.00", invoice_id=invoice.invoice_id)
+    assert await allocate_payment(store, payment) is None
+    events = await store.read_stream(invoice_stream("c-1", PERIOD))
+    assert [e.type for e in events] == ["InvoiceIssued", "CreditNoteIssued"]
+
+
+class _BothReadFirst:
+    """The ledger, except that an append waits until two credit notes have read the invoice:
+    two clerks judging the same state, whatever the scheduling."""
+
+    def __init__(self, inner: SQLiteEventStore) -> None:
+        self._inner = inner
+        self._reads = 0
+        self._both_read = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def read_stream(self, stream: str, **kwargs: object) -> list[RecordedEvent]:
+        events = await self._inner.read_stream(stream, **kwargs)  # type: ignore[arg-type]
+        if stream.startswith("invoice-c-"):
+            self._reads += 1
+            if self._reads >= 2:
+                self._both_read.set()
+        return events
+
+    async def append_many(self, batches: object, **kwargs: object) -> object:
+        await asyncio.wait_for(self._both_read.wait(), timeout=10)
+        return await self._inner.append_many(batches, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_two_credit_notes_judged_on_the_same_state_never_pass_the_total(
+    store, invoice
+) -> None:
+    from invoicing.application.corrections import issue_credit_note
+    from invoicing.domain.corrections import CorrectionRefused
+
+    racing = _BothReadFirst(store)
+
+    async def credit(reference: str) -> object:
+        try:
+            note, _ = await issue_credit_note(
+                racing,  # type: ignore[arg-type]
+                FixedClock(AT),
+                BillingSettings(ZoneInfo("UTC")),
+                invoice,
+                amount=Money.of("20.00", "USD"),
+                reason="goodwill",
+                reference=reference,
+                actor="staff:clerk",
+            )
+            return note
+        except CorrectionRefused as exc:
+            return exc
+
+    results = await asyncio.gather(credit("A"), credit("B"))
+    assert sorted(type(r).__name__ for r in results) == ["CorrectionRefused", "CreditNoteIssued"]
+    events = await store.read_stream(invoice_stream("c-1", PERIOD))
+    assert [e.type for e in events] == ["InvoiceIssued", "CreditNoteIssued"]

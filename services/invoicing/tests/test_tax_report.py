@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from invoicing.application.tax_report import CSV_COLUMNS, tax_report, tax_report_csv
-from ispbill_core.contracts.invoicing import InvoiceIssued, TaxLine
+from ispbill_core.contracts.invoicing import CreditNoteIssued, InvoiceIssued, TaxLine
 from ispbill_core.money import Money
 
 pytestmark = pytest.mark.unit
@@ -54,10 +54,11 @@ def test_rows_add_up_per_region_and_rate_and_exempt_value_apart() -> None:
     rows = tax_report(
         "2026-02",
         [
-            invoice("2026-02", "BD.dhaka", tax("VAT", "100.00", "15.00")),
-            invoice("2026-02", "BD.dhaka", tax("VAT", "200.00", "0.00", "EX-1")),
-            invoice("2026-02", "BD.dhaka", tax("VAT", "0.10", "0.02")),
-            invoice("2026-01", "BD.dhaka", tax("VAT", "999.00", "149.85")),  # another period
+            (invoice("2026-02", "BD.dhaka", tax("VAT", "100.00", "15.00")), "issued"),
+            (invoice("2026-02", "BD.dhaka", tax("VAT", "200.00", "0.00", "EX-1")), "paid"),
+            (invoice("2026-02", "BD.dhaka", tax("VAT", "0.10", "0.02")), "issued"),
+            (invoice("2026-01", "BD.dhaka", tax("VAT", "999.00", "149.85")), "issued"),
+            (invoice("2026-02", "BD.dhaka", tax("VAT", "50.00", "7.50")), "void"),
         ],
     )
     assert [r.as_text() for r in rows] == [
@@ -70,6 +71,7 @@ def test_rows_add_up_per_region_and_rate_and_exempt_value_apart() -> None:
             "tax_name": "VAT",
             "rate": "0.15",
             "invoices": 3,
+            "credit_notes": 0,
             "taxable": "100.10",
             "tax": "15.02",
             "exempt_taxable": "200.00",
@@ -78,9 +80,41 @@ def test_rows_add_up_per_region_and_rate_and_exempt_value_apart() -> None:
 
 
 def test_a_tax_name_a_spreadsheet_would_run_is_quoted() -> None:
-    rows = tax_report("2026-02", [invoice("2026-02", "X", tax('=HYPERLINK("x")', "1.00", "0.15"))])
+    rows = tax_report(
+        "2026-02", [(invoice("2026-02", "X", tax('=HYPERLINK("x")', "1.00", "0.15")), "issued")]
+    )
     text = tax_report_csv(rows)
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert list(parsed[0]) == list(CSV_COLUMNS)
     assert parsed[0]["tax_name"] == '\'=HYPERLINK("x")'
     assert text.endswith("\r\n")
+
+
+def test_a_credit_note_is_taken_off_the_period_of_the_invoice_it_credits() -> None:
+    credited = invoice("2026-02", "BD", tax("VAT", "100.00", "15.00"))
+    zero = Money.zero("BDT")
+    note = CreditNoteIssued(
+        credit_note_id=uuid.uuid4(),
+        number="CN-1",
+        invoice_id=credited.invoice_id,
+        invoice_number=credited.number,
+        customer_id="c",
+        period="2026-02",
+        issued_at=datetime(2026, 3, 5, tzinfo=UTC),
+        reason="outage",
+        reference="T-1",
+        currency="BDT",
+        lines=(),
+        subtotal=zero,
+        taxes=(tax("VAT", "40.00", "6.00"),),
+        tax_total=zero,
+        total=zero,
+        invoice_credited=zero,
+    )
+    [row] = tax_report("2026-02", [(credited, "issued")], [note])
+    assert (row.invoices, row.credit_notes, row.taxable, row.tax) == (
+        1,
+        1,
+        Decimal("60.00"),
+        Decimal("9.00"),
+    )

@@ -228,6 +228,11 @@ Label = text(120)
 
 #: Identifiers in stream names and URLs: ASCII, no spaces, bounded.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
+#: A tax region: levels joined by "." (country, state, district: "BD.dhaka.gulshan"), each
+#: level an identifier without dots; no empty level, so "BD." and "BD..x" are refused. At most
+#: 64 characters (REGION_MAX_LENGTH), as an identifier (ADR 0029).
+REGION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:@-]*(\.[A-Za-z0-9][A-Za-z0-9_:@-]*)*$"
+REGION_MAX_LENGTH = 64
 Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
 #: A payment or bank reference.
 Reference = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]

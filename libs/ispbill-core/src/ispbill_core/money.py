@@ -17,15 +17,19 @@ _IN_USE_ON = date(2026, 1, 1)
 
 #: ISO 4217's codes for "no currency" and "testing": never an amount's currency.
 _NOT_MONEY = frozenset({"XXX", "XTS"})
+#: Where amounts were recorded with other digits than CLDR's before babel's data was used
+#: (ISO 4217's, of the hand table kept until 2026-12): kept, so that they read back unchanged.
+_RECORDED_DIGITS = {"IDR": 2}
 
 
 def _minor_units() -> dict[str, int]:
     """Every currency code in the Unicode CLDR (babel's data), historic ones included, with
     its minor unit: an event recorded in a currency since withdrawn still reads back. The
     digits are CLDR's (what the currency is accounted in), which for a few differ from
-    ISO 4217's table: IDR, HUF, IQD... have no minor unit in use and CLDR says 0."""
+    ISO 4217's table (HUF, IQD... have no minor unit in use and CLDR says 0); IDR keeps the 2
+    it was recorded with before (`_RECORDED_DIGITS`)."""
     return {
-        code: get_currency_precision(code)
+        code: _RECORDED_DIGITS.get(code, get_currency_precision(code))
         for code in list_currencies()
         if len(code) == 3 and code.isascii() and code.isupper() and code not in _NOT_MONEY
     }

@@ -40,6 +40,8 @@ from ispbill_core.contracts.accounts import (
 from ispbill_core.input_policy import (
     BILLING_DATE_SCHEMA,
     ID_PATTERN,
+    REGION_MAX_LENGTH,
+    REGION_PATTERN,
     Address,
     BillingDate,
     Currency,
@@ -157,7 +159,7 @@ class RegisterCustomer(BaseModel):
     customer_id: str = Field(pattern=_ID)
     name: Name
     email: Email
-    tax_region: str = Field(pattern=_ID)
+    tax_region: str = Field(pattern=REGION_PATTERN, max_length=REGION_MAX_LENGTH)
     billing_address: Address = ""
     phone: Phone = Field(default="", description='"" or E.164, "+8801712345678"')
     service_address: Address = ""
@@ -176,7 +178,9 @@ class ChangeCustomer(BaseModel):
     name: Name | None = None
     email: Email | None = None
     phone: Phone | None = None
-    tax_region: str | None = Field(default=None, pattern=_ID)
+    tax_region: str | None = Field(
+        default=None, pattern=REGION_PATTERN, max_length=REGION_MAX_LENGTH
+    )
     billing_address: Address | None = None
     service_address: Address | None = None
     account_type: AccountType | None = None

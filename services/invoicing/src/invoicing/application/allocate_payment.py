@@ -1,5 +1,6 @@
 """Reactor: a payment received against an invoice is allocated to it; once the invoice has
-received its total less its credit notes, it is marked paid. A void invoice takes no payment.
+received its total less its credit notes, it is marked paid. A void invoice, or one credited
+in full, takes no payment (it stays unallocated, with the payments).
 
 Everything is decided from the invoice's own stream (InvoiceIssued, the PaymentAllocated so
 far, InvoicePaid), appended to at the version read: no scan of every payment and invoice per
@@ -80,6 +81,9 @@ async def allocate_payment(
             f"payment {payment.payment_id} is in {payment.amount.currency}, invoice"
             f" {invoice.number} in {invoice.currency}"
         )
+    owed = invoice.total - (credited or Money.zero(invoice.currency))
+    if owed.amount <= 0:
+        return None  # credited in full: nothing is owed (the payment stays unallocated)
     version = history[-1].stream_position
     received = (received or Money.zero(invoice.currency)) + payment.amount
     allocation = PaymentAllocated(
@@ -101,8 +105,7 @@ async def allocate_payment(
         )
     ]
     paid: InvoicePaid | None = None
-    # what is owed: the total less its credit notes
-    if received >= invoice.total - (credited or Money.zero(invoice.currency)):
+    if received >= owed:
         paid = InvoicePaid(
             invoice_id=invoice.invoice_id,
             payment_id=payment.payment_id,

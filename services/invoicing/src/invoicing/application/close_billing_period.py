@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from opentelemetry import trace
 
@@ -198,41 +197,6 @@ class _Series:
             self.numbers[event.invoice_id] = event
             self.version = recorded.stream_position
 
-    async def assign(
-        self,
-        settings: BillingSettings,
-        invoice_id: uuid.UUID,
-        customer_id: str,
-        period: str,
-        now: datetime,
-    ) -> InvoiceNumberAssigned:
-        """The next number, gapless: appended at exactly the version we read, else re-read."""
-        while True:
-            if invoice_id in self.numbers:
-                return self.numbers[invoice_id]
-            sequence = 1 if self.version is None else self.version + 2
-            assigned = InvoiceNumberAssigned(
-                series=self.key,
-                sequence=sequence,
-                number=settings.invoice_number(sequence, self.year),
-                invoice_id=invoice_id,
-                customer_id=customer_id,
-                period=period,
-            )
-            # The id names the invoice, not the number: a retry after a crash finds the
-            # number already assigned instead of taking a second one.
-            event = new_event(
-                assigned,
-                id=deterministic_id("invoice-number", invoice_id),
-                occurred_at=now,
-                actor=self._actor,
-            )
-            with contextlib.suppress(WrongExpectedVersion):
-                await self._store.append(
-                    self.stream, [event], NO_STREAM if self.version is None else self.version
-                )
-            await self.refresh()
-
 
 def _merged_lines(drafts: list[InvoiceDraft]) -> list[InvoiceLine]:
     """The lines of a customer's subscriptions, untaxed: the invoice is taxed as one."""
@@ -327,17 +291,19 @@ async def close_billing_period(
     *,
     actor: str = SCHEDULED_ACTOR,
     dry_run: bool = False,
+    chunk: int = 0,
 ) -> BillRunReport:
     """Issue one invoice per customer with a subscription active in the period.
 
-    Customers are billed `BILL_RUN_CHUNK` at a time, in customer id order: their streams read
-    in a few `read_streams`, their invoices drafted, then their numbers (the series at the
-    version read) and invoices (each stream created with NO_STREAM) appended together. Safe to
-    run twice, or twice at once: a chunk that meets another run's appends is read again, and
-    the ids derive from the invoice, so a rerun issues nothing new. One customer's failure
-    never stops the run: it is reported (`skipped` or `failed`) and the run goes on; only the
-    ledger failing (EventStoreError) stops it, and a rerun resumes. `dry_run`: draft every
-    invoice and report them, without taking a number or writing.
+    Customers are billed `chunk` (default `BILL_RUN_CHUNK`) at a time, in customer id order:
+    their streams read in a few `read_streams`, their invoices drafted, then their numbers (the
+    series at the version read) and invoices (each stream created with NO_STREAM) appended
+    together. Safe to run twice, or twice at once: a chunk that meets another run's appends is
+    read again, and the ids derive from the invoice, so a rerun issues nothing new. One
+    customer's failure never stops the run: it is reported (`skipped` or `failed`) and the run
+    goes on; so are a chunk's customers when other runs kept appending first. Only the ledger
+    failing (EventStoreError) stops it, and a rerun resumes. `dry_run`: draft every invoice and
+    report them, without taking a number or writing.
     """
     period = BillingPeriod.parse(period_text)
     report = BillRunReport(period=str(period), dry_run=dry_run)
@@ -355,7 +321,8 @@ async def close_billing_period(
         )
         await series.refresh()
         customers = sorted(catalogue.subscriptions.items())
-        for at in range(0, len(customers), BILL_RUN_CHUNK):
+        size = chunk if chunk > 0 else BILL_RUN_CHUNK
+        for at in range(0, len(customers), size):
             await _close_chunk(
                 store,
                 clock,
@@ -363,7 +330,7 @@ async def close_billing_period(
                 catalogue,
                 series,
                 period,
-                customers[at : at + BILL_RUN_CHUNK],
+                customers[at : at + size],
                 run_id,
                 actor,
                 report,
@@ -438,7 +405,15 @@ async def _close_chunk(
             continue  # another run appended to the series or one of these first: read again
         _merge_report(report, attempt)
         return
-    raise InvoicingError(f"bill run {p}: a chunk kept meeting other runs' appends; run it again")
+    # Other runs kept appending first (a faster run on the same series): these customers are
+    # reported, and the run goes on; a rerun bills them.
+    log.warning("bill run %s: a chunk kept meeting other runs' appends", p)
+    for customer_id, _ in chunk:
+        report.failed.setdefault(
+            customer_id,
+            f"ConcurrentBillRuns: other bill runs appended first {_CHUNK_ATTEMPTS} times;"
+            " run the bill run again",
+        )
 
 
 async def _prepare(
@@ -599,23 +574,28 @@ async def _issue(
         await store.append_many(batches)
     except (WrongExpectedVersion, EventIdConflict):
         return False
+    # The series moved on by these numbers (or by another run's identical ones, which made
+    # ours a no-op): read what it holds now, so the next chunk numbers from there.
+    await series.refresh()
     # An invoice another run recorded with the same ids made ours a no-op: the ledger's copy,
-    # not ours, tells who issued it.
+    # not ours, tells who issued it, and its number.
     back = await store.read_streams([invoice_stream(i.customer_id, period) for i in invoices])
     for invoice in invoices:
         recorded = back[invoice_stream(invoice.customer_id, period)][0]
-        if recorded.metadata.correlation_id == run_id:
-            attempt.issued.append(invoice.number)
-            _trace_invoice(invoice)
-            log.info(
-                "issued invoice %s to %s for %s: %s",
-                invoice.number,
-                invoice.customer_id,
-                period,
-                invoice.total,
-            )
-        else:
-            attempt.already_issued.append(invoice.number)
+        if recorded.metadata.correlation_id != run_id:
+            theirs = recorded.decode()
+            assert isinstance(theirs, InvoiceIssued)
+            attempt.already_issued.append(theirs.number)
+            continue
+        attempt.issued.append(invoice.number)
+        _trace_invoice(invoice)
+        log.info(
+            "issued invoice %s to %s for %s: %s",
+            invoice.number,
+            invoice.customer_id,
+            period,
+            invoice.total,
+        )
     return True
 
 

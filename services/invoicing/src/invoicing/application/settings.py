@@ -32,8 +32,14 @@ class BillingSettings:
         for series in (self.series, self.credit_note_series):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", series):
                 raise ValueError(f"series {series!r}: letters, digits, '_', '.', '-', 1-32")
-        if "{seq" not in self.number_format:
-            raise ValueError(f"number format {self.number_format!r} has no {{seq}}")
+        if self.series == self.credit_note_series:
+            raise ValueError(
+                f"invoices and credit notes share the series {self.series!r}: their numbers"
+                " would collide"
+            )
+        for field in ("{seq", "{series"):
+            if field not in self.number_format:
+                raise ValueError(f"number format {self.number_format!r} has no {field}}}")
         try:
             sample = self.number_format.format(series=self.series, year=2026, seq=1)
         except (KeyError, IndexError, ValueError) as exc:

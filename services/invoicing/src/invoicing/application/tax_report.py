@@ -1,21 +1,24 @@
 """Use case: the tax report of a billing period, per region and rate (`ispbill reports tax`).
 
-One row per (currency, customer region, tax code, rate, jurisdiction): how many invoices, the
-taxable value and the tax charged, and the taxable value exempted (by certificate). The
-jurisdiction is the region level whose rule the tax is ("BD" for a national VAT), what an ISP
-files per authority; the customer region is where its customers are. Figures are the invoices'
-own tax summaries, to the minor unit, never recomputed.
+One row per (currency, customer region, tax code, rate, jurisdiction): how many invoices and
+credit notes, the taxable value and the tax charged, and the taxable value exempted (by
+certificate). The jurisdiction is the region level whose rule the tax is ("BD" for a national
+VAT), what an ISP files per authority; the customer region is where its customers are. A void
+invoice counts for nothing; a credit note is taken off the period of the invoice it credits
+(its own tax summary, negative). Figures are the documents' own tax summaries, to the minor
+unit, never recomputed.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from ispbill_core.contracts.invoicing import InvoiceIssued
+from ispbill_core.contracts.invoicing import CreditNoteIssued, InvoiceIssued, TaxLine
 from ispbill_core.money import quantize
 
 CSV_COLUMNS = (
@@ -27,6 +30,7 @@ CSV_COLUMNS = (
     "tax_name",
     "rate",
     "invoices",
+    "credit_notes",
     "taxable",
     "tax",
     "exempt_taxable",
@@ -43,6 +47,7 @@ class TaxReportRow:
     tax_name: str
     rate: Decimal
     invoices: int = 0
+    credit_notes: int = 0
     taxable: Decimal = Decimal(0)
     tax: Decimal = Decimal(0)
     exempt_taxable: Decimal = Decimal(0)
@@ -59,44 +64,61 @@ class TaxReportRow:
             "tax_name": self.tax_name,
             "rate": f"{self.rate:f}",
             "invoices": self.invoices,
+            "credit_notes": self.credit_notes,
             "taxable": f"{quantize(self.taxable, self.currency):f}",
             "tax": f"{quantize(self.tax, self.currency):f}",
             "exempt_taxable": f"{quantize(self.exempt_taxable, self.currency):f}",
         }
 
 
-def tax_report(period: str, invoices: Iterable[InvoiceIssued]) -> list[TaxReportRow]:
-    """The rows of `period`'s invoices, sorted by currency, region, jurisdiction, code, rate."""
+def tax_report(
+    period: str,
+    invoices: Iterable[tuple[InvoiceIssued, str]],
+    credit_notes: Iterable[CreditNoteIssued] = (),
+) -> list[TaxReportRow]:
+    """The rows of `period`'s invoices (with their status: a void one is left out) less their
+    credit notes, sorted by currency, region, jurisdiction, code, name and rate."""
     rows: dict[tuple[str, str, str, str, str, Decimal], TaxReportRow] = {}
-    for invoice in invoices:
-        if invoice.period != period:
-            continue
-        for tax in invoice.taxes:
-            key = (
-                invoice.currency,
-                invoice.tax_region,
-                tax.region,
-                tax.tax_code,
-                tax.tax_name,
-                tax.rate,
+    regions: dict[uuid.UUID, str] = {}
+
+    def row_of(currency: str, region: str, tax: TaxLine) -> TaxReportRow:
+        key = (currency, region, tax.region, tax.tax_code, tax.tax_name, tax.rate)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = TaxReportRow(
+                period=period,
+                currency=currency,
+                customer_region=region,
+                jurisdiction=tax.region,
+                tax_code=tax.tax_code,
+                tax_name=tax.tax_name,
+                rate=tax.rate,
             )
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = TaxReportRow(
-                    period=period,
-                    currency=invoice.currency,
-                    customer_region=invoice.tax_region,
-                    jurisdiction=tax.region,
-                    tax_code=tax.tax_code,
-                    tax_name=tax.tax_name,
-                    rate=tax.rate,
-                )
+        return row
+
+    for invoice, status in invoices:
+        if invoice.period != period or status == "void":
+            continue
+        regions[invoice.invoice_id] = invoice.tax_region
+        for tax in invoice.taxes:
+            row = row_of(invoice.currency, invoice.tax_region, tax)
             row.invoices += 1
             if tax.exemption_certificate is not None:
                 row.exempt_taxable += tax.taxable.amount
             else:
                 row.taxable += tax.taxable.amount
                 row.tax += tax.amount.amount
+    for note in credit_notes:
+        if note.period != period or note.invoice_id not in regions:
+            continue
+        for tax in note.taxes:
+            row = row_of(note.currency, regions[note.invoice_id], tax)
+            row.credit_notes += 1
+            if tax.exemption_certificate is not None:
+                row.exempt_taxable -= tax.taxable.amount
+            else:
+                row.taxable -= tax.taxable.amount
+                row.tax -= tax.amount.amount
     return [rows[k] for k in sorted(rows, key=lambda k: (*k[:5], str(k[5])))]
 
 

@@ -4,8 +4,8 @@ exemption, and tell which rules a region pays on a day (ADR 0029).
 Each write is idempotent: recording what the stream already says is a no-op that returns it,
 so a retried request records nothing twice, while setting A, then B, then A again records all
 three. Dates: a rule or an end takes effect on a day in the ISP's time zone, not before the
-current month (invoices already issued never change; a level's first rule may be dated any
-day, so that an ISP can enter the rules it had before it started using ispbill).
+current month (invoices already issued never change), except while no invoice has been issued
+at all: an ISP setting up enters the rules it had before it started using ispbill.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from invoicing.domain.errors import InvalidTaxRule, InvoicingNotFound
 from invoicing.domain.tax import (
+    LEGACY_TAX_CODE,
     AnyExemptionEvent,
     AnyRuleEvent,
     TaxRule,
@@ -25,6 +26,7 @@ from invoicing.domain.tax import (
 from ispbill_core.clock import Clock
 from ispbill_core.contracts.accounts import customer_stream
 from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
     TaxExemptionGranted,
     TaxExemptionRevoked,
     TaxRateSet,
@@ -63,7 +65,13 @@ async def end_tax_rule(
     """From `end.effective_from` the level's rule for the code no longer applies; refused when
     the level never had a rule for the code."""
     history = await _events(store, tax_region_stream(end.region))
-    if not any(isinstance(e, TaxRuleSet) and e.tax_code == end.tax_code for e in history):
+    if not any(
+        (isinstance(e, TaxRuleSet) and e.tax_code == end.tax_code)
+        # a rate set with /tax-rates is the code "rate": ended like any rule, which is how a
+        # level moves from the simple form to dated rules without paying both
+        or (isinstance(e, TaxRateSet) and end.tax_code == LEGACY_TAX_CODE)
+        for e in history
+    ):
         raise InvoicingNotFound(
             f"region {end.region!r} has no rule for tax code {end.tax_code!r} to end"
         )
@@ -146,6 +154,11 @@ async def tax_exemptions_on(store: EventStore, customer_id: str, on: date) -> li
     return [latest[c] for c in sorted(certificates)]
 
 
+async def _any_invoice(store: EventStore) -> bool:
+    """Whether any invoice has been issued (an indexed read by type, one row)."""
+    return bool(await store.read_all(after=0, limit=1, types={InvoiceIssued.event_type}))
+
+
 async def _events(store: EventStore, stream: str) -> list[DomainEvent]:
     return [r.decode() for r in await store.read_stream(stream)]
 
@@ -169,13 +182,13 @@ async def _record(
         latest = _latest_same_key(decoded, event)
         if latest == event:
             return event
-        if dated is not None and timezone is not None and recorded:
+        if dated is not None and timezone is not None:
             this_month = clock.now().astimezone(timezone).date().replace(day=1)
-            if dated < this_month:
+            if dated < this_month and await _any_invoice(store):
                 raise InvalidTaxRule(
                     f"effective_from {dated} is before this month ({this_month}): invoices"
-                    " already issued never change; only a level's first rule may be dated"
-                    " earlier"
+                    " already issued never change; rules may be dated earlier only while no"
+                    " invoice has been issued"
                 )
         version = recorded[-1].stream_position if recorded else None
         try:

@@ -54,6 +54,8 @@ from ispbill_core.input_policy import (
     ID_PATTERN,
     MAX_CURSOR,
     PERIOD_PATTERN,
+    REGION_MAX_LENGTH,
+    REGION_PATTERN,
     BillingDate,
     Currency,
     JsonInt,
@@ -125,7 +127,8 @@ class TaxRateRequest(BaseModel):
 TaxRegion = Annotated[
     str,
     Field(
-        pattern=ID_PATTERN,
+        pattern=REGION_PATTERN,
+        max_length=REGION_MAX_LENGTH,
         description='a region or a level of one, levels joined by ".": "BD", "BD.dhaka"',
     ),
 ]
@@ -148,7 +151,7 @@ class TaxRuleRequest(BaseModel):
     rate: Rate = Field(description='"0.15" for 15 %; "0" for a region that pays no tax')
     effective_from: BillingDate = Field(
         description="in force from this day (ISP's time zone); not before the current month,"
-        " except a level's first rule"
+        " except while no invoice has been issued (setting up)"
     )
     compound: StrictBool = Field(
         default=False, description="charged on the taxable value plus the taxes before it"
@@ -277,7 +280,7 @@ def invoicing_router(
 
     @router.get("/tax-rules", dependencies=[requires(TAX_RATES_READ)])
     async def rules_in_force(
-        region: str = Query(pattern=ID_PATTERN),
+        region: str = Query(pattern=REGION_PATTERN, max_length=REGION_MAX_LENGTH),
         on: Annotated[
             BillingDate | None, Query(description="default: today in the ISP's time zone")
         ] = None,
@@ -361,17 +364,27 @@ def invoicing_router(
         period: str = Query(pattern=PERIOD_PATTERN),
         format_: Literal["json", "csv"] = Query(default="json", alias="format"),
     ) -> Any:
-        """The period's tax per customer region, tax and rate, from the issued invoices: JSON
-        rows, or CSV (`format=csv`) for the accountant."""
-        invoices: list[InvoiceIssued] = []
+        """The period's tax per customer region, tax and rate, from its invoices (void ones
+        left out) less their credit notes: JSON rows, or CSV (`format=csv`) for the
+        accountant."""
+        invoices: list[tuple[InvoiceIssued, str]] = []
         before: int | None = None
         while True:
             page = await queries.search(InvoiceFilter(period=period), limit=1000, before=before)
-            invoices.extend(invoice for invoice, _, _ in page)
+            invoices.extend((invoice, status_) for invoice, status_, _ in page)
             if len(page) < 1000:
                 break
             before = page[-1][2]
-        rows = tax_report(period, invoices)
+        notes: list[CreditNoteIssued] = []
+        if credit_notes is not None:
+            cursor: int | None = None
+            while True:
+                found = await credit_notes.search(period=period, limit=1000, before=cursor)
+                notes.extend(note for note, _ in found)
+                if len(found) < 1000:
+                    break
+                cursor = found[-1][1]
+        rows = tax_report(period, invoices, notes)
         if format_ == "csv":
             return Response(
                 tax_report_csv(rows),
