@@ -13,12 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ispbill_app.bootstrap import Services, open_ledger, projections_running
-from ispbill_app.settings import Settings
-from ispbill_core.clock import FixedClock
+from ispbill_app.bootstrap import Services
 from ispbill_core.contracts.invoicing import tax_region_stream
 from ispbill_core.sealing import KEY_ENV
-from tests.fixtures.staff import staff_token
+from tests.fixtures.embedded import api_client, embedded_services
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -28,29 +26,14 @@ NOW = datetime(2026, 3, 10, 9, tzinfo=UTC)
 @pytest.fixture
 async def services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Services]:
     monkeypatch.delenv(KEY_ENV, raising=False)
-    settings = Settings(data_dir=tmp_path / "data", ledger="sqlite")
-    settings.data_dir.mkdir()
-    services = Services(settings, None, clock=FixedClock(NOW))
-    services.require_keyring()
-    services.store = await open_ledger(settings)
-    try:
+    async with embedded_services(tmp_path / "data", NOW) as services:
         yield services
-    finally:
-        await services.store.close()
 
 
 @pytest.fixture
 async def api(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    token = await staff_token(services.store)
-    async with projections_running(services) as projector:
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=services.http_app()),
-            base_url="http://api",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        async with client:
-            client.projector = projector  # type: ignore[attr-defined]
-            yield client
+    async with api_client(services) as client:
+        yield client
 
 
 async def call(api: httpx.AsyncClient, method: str, path: str, body: Any = None) -> Any:
