@@ -5,6 +5,8 @@ clerks at once included), voids, statuses and the credit-note history."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,3 +237,29 @@ async def test_the_tax_report_leaves_out_void_invoices_and_takes_off_credit_note
         "30.00",
         "4.50",
     )
+
+
+async def test_invoices_and_credit_notes_export_as_csv(api: httpx.AsyncClient) -> None:
+    await call(
+        api,
+        "POST",
+        "/invoices/INV-000001/credit-notes",
+        {"amount": "11.50", "reason": "=cmd|' /C calc'!A0", "reference": "T-1"},
+    )
+    assert await api.projector.catch_up(timeout=20)  # type: ignore[attr-defined]
+    invoices = await api.get("/api/v1/invoices", params={"period": "2026-02", "format": "csv"})
+    assert invoices.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(invoices.text)))
+    assert [(r["number"], r["status"], r["total"], r["tax_region"]) for r in rows] == [
+        ("INV-000003", "issued", "34.50", "metro"),
+        ("INV-000002", "issued", "34.50", "metro"),
+        ("INV-000001", "issued", "34.50", "metro"),
+    ]
+    notes = await api.get("/api/v1/credit-notes", params={"format": "csv"})
+    [note] = list(csv.DictReader(io.StringIO(notes.text)))
+    assert (note["number"], note["invoice_number"], note["total"]) == (
+        "CN-000001",
+        "INV-000001",
+        "11.50",
+    )
+    assert note["reason"] == "'=cmd|' /C calc'!A0"  # shown as text, never run

@@ -118,3 +118,14 @@ def test_a_credit_note_is_taken_off_the_period_of_the_invoice_it_credits() -> No
         Decimal("60.00"),
         Decimal("9.00"),
     )
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_quoted_and_amounts_are_not() -> None:
+    from invoicing.application.csv_export import csv_text
+
+    text = csv_text(
+        ("name", "amount", "other"),
+        [{"name": "@SUM(A1)", "amount": "-6.00", "other": "-1+1"}, {"name": "+1", "amount": 3}],
+    )
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows == [["name", "amount", "other"], ["'@SUM(A1)", "-6.00", "'-1+1"], ["'+1", "3", ""]]

@@ -11,13 +11,12 @@ unit, never recomputed.
 
 from __future__ import annotations
 
-import csv
-import io
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from invoicing.application.csv_export import csv_text
 from ispbill_core.contracts.invoicing import CreditNoteIssued, InvoiceIssued, TaxLine
 from ispbill_core.money import quantize
 
@@ -124,16 +123,4 @@ def tax_report(
 
 def tax_report_csv(rows: Iterable[TaxReportRow]) -> str:
     """RFC 4180 CSV (CRLF line ends), a header row first; amounts as plain decimals."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        cells = row.as_text()
-        cells["tax_name"] = _cell(row.tax_name)
-        writer.writerow([cells[column] for column in CSV_COLUMNS])
-    return out.getvalue()
-
-
-def _cell(text: str) -> str:
-    """A name as a spreadsheet cannot run it: a leading =, +, - or @ is quoted (CSV injection)."""
-    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
+    return csv_text(CSV_COLUMNS, (row.as_text() for row in rows))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
 from invoicing.application.corrections import issue_credit_note, void_invoice
+from invoicing.application.csv_export import csv_text
 from invoicing.application.read_models import (
     InvoiceFilter,
     ProjectedCreditNotes,
@@ -201,6 +202,82 @@ class TaxRulesInForce(BaseModel):
     rules: list[TaxRuleView] = Field(
         description="computing order; empty: no rule in force (the bill run reports the"
         " region's customers)"
+    )
+
+
+INVOICE_CSV_COLUMNS = (
+    "number",
+    "invoice_id",
+    "customer_id",
+    "customer_name",
+    "tax_region",
+    "period",
+    "status",
+    "issued_at",
+    "due_on",
+    "currency",
+    "subtotal",
+    "tax_total",
+    "total",
+    "cursor",
+)
+CREDIT_NOTE_CSV_COLUMNS = (
+    "number",
+    "credit_note_id",
+    "invoice_number",
+    "customer_id",
+    "period",
+    "issued_at",
+    "currency",
+    "subtotal",
+    "tax_total",
+    "total",
+    "reason",
+    "reference",
+    "cursor",
+)
+
+
+def _invoice_row(invoice: InvoiceIssued, status_: str) -> dict[str, Any]:
+    return {
+        "number": invoice.number,
+        "invoice_id": str(invoice.invoice_id),
+        "customer_id": invoice.customer_id,
+        "customer_name": invoice.customer_name,
+        "tax_region": invoice.tax_region,
+        "period": invoice.period,
+        "status": status_,
+        "issued_at": invoice.issued_at.isoformat(),
+        "due_on": invoice.due_on.isoformat(),
+        "currency": invoice.currency,
+        "subtotal": f"{invoice.subtotal.amount:f}",
+        "tax_total": f"{invoice.tax_total.amount:f}",
+        "total": f"{invoice.total.amount:f}",
+    }
+
+
+def _credit_note_row(note: CreditNoteIssued) -> dict[str, Any]:
+    return {
+        "number": note.number,
+        "credit_note_id": str(note.credit_note_id),
+        "invoice_number": note.invoice_number,
+        "customer_id": note.customer_id,
+        "period": note.period,
+        "issued_at": note.issued_at.isoformat(),
+        "currency": note.currency,
+        "subtotal": f"{note.subtotal.amount:f}",
+        "tax_total": f"{note.tax_total.amount:f}",
+        "total": f"{note.total.amount:f}",
+        "reason": note.reason,
+        "reference": note.reference,
+    }
+
+
+def _csv_response(columns: Sequence[str], rows: list[dict[str, Any]], name: str) -> Response:
+    return Response(
+        csv_text(columns, rows),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
@@ -458,7 +535,10 @@ def invoicing_router(
     @router.get(
         "/credit-notes",
         dependencies=[requires(INVOICES_READ)],
-        responses=problem_responses({404: "no such invoice"}),
+        responses={
+            200: {"content": {"text/csv": {}}},
+            **problem_responses({404: "no such invoice"}),
+        },
     )
     async def list_credit_notes(
         customer_id: str | None = Query(default=None, pattern=ID_PATTERN),
@@ -471,8 +551,10 @@ def invoicing_router(
         period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
         limit: int = Query(default=1000, ge=1, le=10_000),
         before: int | None = Query(default=None, ge=0, le=MAX_CURSOR),
-    ) -> list[dict[str, Any]]:
-        """Credit notes newest first; each carries its `cursor` for the next page."""
+        format_: Literal["json", "csv"] = Query(default="json", alias="format"),
+    ) -> Any:
+        """Credit notes newest first; each carries its `cursor` for the next page.
+        `format=csv`: the page as CSV."""
         invoice_id = None
         if invoice is not None:
             invoice_id = (await invoice_of(invoice)).invoice_id
@@ -483,6 +565,12 @@ def invoicing_router(
             limit=limit,
             before=before,
         )
+        if format_ == "csv":
+            return _csv_response(
+                CREDIT_NOTE_CSV_COLUMNS,
+                [{**_credit_note_row(note), "cursor": cursor} for note, cursor in found],
+                "credit-notes.csv",
+            )
         return [{**note.model_dump(mode="json"), "cursor": cursor} for note, cursor in found]
 
     @router.get(
@@ -501,7 +589,11 @@ def invoicing_router(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "this process keeps no read models")
         return credit_notes
 
-    @router.get("/invoices", dependencies=[requires(INVOICES_READ)])
+    @router.get(
+        "/invoices",
+        dependencies=[requires(INVOICES_READ)],
+        responses={200: {"content": {"text/csv": {}}}},
+    )
     async def list_invoices(
         customer_id: str | None = Query(default=None, pattern=ID_PATTERN),
         period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
@@ -528,8 +620,10 @@ def invoicing_router(
             le=MAX_CURSOR,
             description="the `cursor` of the last invoice of the page before",
         ),
-    ) -> list[dict[str, Any]]:
-        """Invoices newest first, filtered; each carries its `cursor` for the next page."""
+        format_: Literal["json", "csv"] = Query(default="json", alias="format"),
+    ) -> Any:
+        """Invoices newest first, filtered; each carries its `cursor` for the next page.
+        `format=csv`: the page as CSV, a row per invoice (for a spreadsheet)."""
         found = await queries.search(
             InvoiceFilter(
                 customer_id=customer_id,
@@ -546,6 +640,12 @@ def invoicing_router(
             limit=limit,
             before=before,
         )
+        if format_ == "csv":
+            return _csv_response(
+                INVOICE_CSV_COLUMNS,
+                [{**_invoice_row(inv, st), "cursor": cursor} for inv, st, cursor in found],
+                "invoices.csv",
+            )
         return [{**invoice_view(inv, st), "cursor": cursor} for inv, st, cursor in found]
 
     @router.get("/invoices/{reference}", dependencies=[requires(INVOICES_READ)])
