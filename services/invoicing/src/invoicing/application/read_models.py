@@ -429,7 +429,7 @@ class ProjectedCatalogue:
 
     async def __call__(self) -> BillRunCatalogue:
         customers = {
-            cid: CustomerRegistered.model_validate_json(data)
+            cid: CustomerRecord.model_validate_json(data)
             for cid, data in await self._db.fetch(
                 "SELECT customer_id, data FROM rm_billing_customers"
             )
