@@ -361,3 +361,37 @@ def assert_a_clerks_changes_are_read_back_and_audited(api: Ispbill) -> None:
         what="every projection caught up",
     )
     assert {row["name"] for row in status} >= {"accounts.customers", "core.audit-trail"}
+
+
+def assert_an_invoice_is_credited_and_the_tax_report_follows(api: Ispbill, period: str) -> None:
+    """Alice's invoice of `period` (metro, VAT 15 %): credited in full, the same request again
+    answers the same credit note, the invoice reads back as credited and the tax report takes
+    the credit note off. Carol (metro too) stays billed."""
+    api.cli_json("bill-run", "--period", period)  # issued already: issues nothing
+    [alice] = api.cli_json("invoices", "list", "--customer", "C1001", "--period", period)
+    [carol] = api.cli_json("invoices", "list", "--customer", "C1003", "--period", period)
+    path = f"/api/v1/invoices/{alice['number']}/credit-notes"
+    request = {"reason": "billed by mistake", "reference": "E2E-CREDIT-1"}
+    note = api.post(path, request)
+    assert note["total"] == alice["total"] and note["invoice_number"] == alice["number"]
+    assert note["number"].startswith("CN-")
+    assert api.post(path, request)["number"] == note["number"]  # a retry: the same note
+    wait_until(
+        lambda: api.cli_json("invoices", "show", alice["number"])["status"] == "credited",
+        what="the invoice to read back as credited",
+    )
+    wait_until(
+        lambda: (
+            [n["number"] for n in api.get(f"/api/v1/credit-notes?invoice={alice['number']}")]
+            == [note["number"]]
+        ),
+        what="the credit note in the history",
+    )
+    rows = api.get(f"/api/v1/reports/tax?period={period}")
+    [metro] = [r for r in rows if r["customer_region"] == "metro"]
+    [carol_vat] = carol["taxes"]
+    assert (metro["invoices"], metro["credit_notes"]) == (2, 1)
+    assert (metro["taxable"], metro["tax"]) == (
+        carol_vat["taxable"]["amount"],
+        carol_vat["amount"]["amount"],
+    )

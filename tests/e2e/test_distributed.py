@@ -22,6 +22,7 @@ from tests.e2e.scenario import (
     assert_a_clerks_changes_are_read_back_and_audited,
     assert_a_nas_secret_change_takes_effect,
     assert_a_session_is_split_by_band_and_reaches_its_thresholds,
+    assert_an_invoice_is_credited_and_the_tax_report_follows,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
     assert_usage_before_a_subscription_is_rated_once_it_starts,
@@ -193,6 +194,9 @@ def test_distributed_thin_path(cluster, smtp_server):
         )
     )
     assert registrations == 2 and leaks == 0  # both secrets are in PostgreSQL, sealed only
+
+    # A correction: alice's invoice credited in full; the tax report follows.
+    assert_an_invoice_is_credited_and_the_tax_report_follows(api, invoice["period"])
 
 
 async def _nas_registrations_and_leaks(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from tests.e2e.scenario import (
     assert_a_nas_secret_change_takes_effect,
     assert_a_removed_nas_is_refused,
     assert_a_session_is_split_by_band_and_reaches_its_thresholds,
+    assert_an_invoice_is_credited_and_the_tax_report_follows,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
     assert_usage_before_a_subscription_is_rated_once_it_starts,
@@ -155,3 +158,10 @@ def test_usage_before_a_subscription_is_listed_then_rated_once_it_starts(all_in_
 def test_a_session_across_a_band_edge_is_split_and_the_quota_thresholds_are_emitted(all_in_one):
     api, radius_port, *_ = all_in_one
     assert_a_session_is_split_by_band_and_reaches_its_thresholds(api, radius_port)
+
+
+def test_an_invoice_is_credited_and_the_tax_report_follows(all_in_one):
+    api, *_ = all_in_one
+    # the thin path's period: its session started an hour before it ran
+    period = datetime.fromtimestamp(time.time() - 3600, UTC).strftime("%Y-%m")
+    assert_an_invoice_is_credited_and_the_tax_report_follows(api, period)
