@@ -22,17 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
+from machine_info import machine  # bench/, beside this script
 
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.close_billing_period import close_billing_period
@@ -66,18 +65,6 @@ RUN_AT = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Dhaka")
 ANCHOR_PER_S = 48_450 / (84 * 60)  # Frisbii, accounts with PDFs per second
 BRANDING = Branding(isp_name="Bench ISP Ltd.", address="Dhaka", tax_id="BIN-000000000")
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def one(stream: str, event: DomainEvent, n: int = 0) -> tuple[str, list[NewEvent], object]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+from machine_info import machine  # bench/, beside this script
 
 from ispbill_core import gc_tuning
 from ispbill_core.contracts.accounts import (
@@ -277,18 +278,6 @@ async def postgres_store() -> AsyncIterator[EventStore]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         finally:
             await admin.close()
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 async def kafka_worker(bootstrap: str, topic: str, dsn: str, app_id: str) -> None:

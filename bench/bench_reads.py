@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from machine_info import machine  # bench/, beside this script
 
 from ispbill_core.events import EncodedEvent, EventMetadata, deterministic_id
 from ispbill_core.eventstore import NO_STREAM, EventStore
@@ -505,18 +505,6 @@ def key() -> str:
     from ispbill_core.sealing import new_key
 
     return new_key()
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 async def main() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import tempfile
 import time
 import uuid
@@ -20,6 +19,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from machine_info import machine  # bench/, beside this script
 
 from ispbill_core.events import EventMetadata, NewEvent
 from ispbill_core.eventstore import NO_STREAM, EventStore, ExpectedVersion
@@ -130,18 +131,6 @@ async def kurrentdb_store(url: str) -> AsyncIterator[EventStore]:
         yield store
     finally:
         await store.close()
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 async def main() -> None:

@@ -120,6 +120,17 @@ async def test_rules_of_every_level_exemptions_and_inclusive_prices_in_a_bill_ru
         "/customers/c-4/tax-exemptions",
         {"certificate": "NBR/EX/2026/42", "tax_codes": ["VAT"], "valid_from": "2026-01-01"},
     )
+    # dates the wrong way round, a control character in the certificate: refused, not recorded
+    for bad in (
+        {"certificate": "X-2", "valid_from": "2026-03-01", "valid_until": "2026-02-01"},
+        {"certificate": "X\u0000-3", "valid_from": "2026-01-01"},
+        {"certificate": "X-4", "valid_from": "0000-01-01"},
+        {"certificate": "X-5", "valid_from": "2026-01-01", "tax_codes": ["V A T"]},
+    ):
+        refused = await api.post("/api/v1/customers/c-4/tax-exemptions", json=bad)
+        assert refused.status_code == 422, refused.text
+    exemption_stream = await services.store.read_stream("tax-exemption-c-4")
+    assert len(exemption_stream) == 1
     # what a clerk sees before billing
     seen = await call(api, "GET", "/tax-rules?region=BD.dhaka.gulshan&on=2026-02-28")
     assert [(r["tax_code"], r["rate"], r["region"]) for r in seen["rules"]] == [
@@ -249,7 +260,7 @@ async def test_rule_writes_are_idempotent_dated_and_checked(
     )
     may = await call(api, "GET", "/tax-rules?region=BD&on=2026-05-01")
     assert [r["tax_code"] for r in may["rules"]] == ["SD"]
-    # an exemption of a customer that does not exist; dates the wrong way round
+    # an exemption of a customer that does not exist
     nobody = await api.post(
         "/api/v1/customers/nobody/tax-exemptions",
         json={"certificate": "X-1", "valid_from": "2026-01-01"},

@@ -23,10 +23,10 @@ from invoicing.domain.generator import (
     days_active,
     draft_invoice,
     format_bytes,
-    tax_on,
 )
+from invoicing.domain.tax import apply_taxes, rule_of_rate
 from ispbill_core.contracts.accounts import GIGABYTE, PlanDefined
-from ispbill_core.contracts.invoicing import LineKind, TaxRateSet
+from ispbill_core.contracts.invoicing import InvoiceLine, LineKind, TaxLine, TaxRateSet
 from ispbill_core.money import MINOR_UNITS, Money, Rounding, minor_unit_exponent
 from ispbill_core.periods import BillingPeriod
 
@@ -56,6 +56,28 @@ def plan(
 
 def vat(rate: str = "0.20") -> TaxRateSet:
     return TaxRateSet(region="XX", tax_name="VAT", rate=Decimal(rate))
+
+
+def tax_on(
+    amounts: list[Money],
+    tax: TaxRateSet,
+    mode: TaxRounding,
+    rounding: Rounding = Rounding.HALF_UP,
+) -> TaxLine:
+    """The one tax `tax` charges on lines of `amounts`, as the bill run taxes an invoice."""
+    lines = [
+        InvoiceLine(
+            kind=LineKind.RECURRING,
+            description="line",
+            quantity=Decimal(1),
+            unit="month",
+            unit_price=a,
+            amount=a,
+        )
+        for a in amounts
+    ]
+    (line,) = apply_taxes(lines, [rule_of_rate(tax)], (), mode, rounding).taxes
+    return line
 
 
 def draft(**overrides: object) -> InvoiceDraft:

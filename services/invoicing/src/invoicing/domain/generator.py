@@ -28,7 +28,6 @@ __all__ = [
     "draft_invoice",
     "draft_subscription_invoice",
     "format_bytes",
-    "tax_on",
     "taxed_draft",
 ]
 
@@ -227,28 +226,6 @@ def days_active(period: BillingPeriod, started_on: date, ended_on: date | None =
             f"has no day in period {period}"
         )
     return (last - first).days + 1
-
-
-def tax_on(
-    amounts: Sequence[Money],
-    tax: TaxRateSet,
-    tax_rounding: TaxRounding,
-    rounding: Rounding = Rounding.HALF_UP,
-) -> TaxLine:
-    """One tax over the given line amounts, rounded per line or once on their sum."""
-    if not amounts:
-        raise ValueError("tax needs at least one amount to know the currency")
-    currency = amounts[0].currency
-    taxable = _sum(amounts, currency)
-    with localcontext() as ctx:
-        # Exact products whatever precision the caller's thread context was left at.
-        ctx.prec = _PRECISION
-        if tax_rounding is TaxRounding.PER_LINE:
-            per_line = [Money.rounded(a.amount * tax.rate, currency, rounding) for a in amounts]
-            amount = _sum(per_line, currency)
-        else:
-            amount = Money.rounded(taxable.amount * tax.rate, currency, rounding)
-    return TaxLine(tax_name=tax.tax_name, rate=tax.rate, taxable=taxable, amount=amount)
 
 
 def format_bytes(octets: int) -> str:
