@@ -773,6 +773,99 @@ class EventStoreContract:
             head = batch[-1].global_position
         return head
 
+    # -- the hash chain (ADR 0031) -------------------------------------------------------
+    #: SQLite and PostgreSQL keep a hash chain over their rows; KurrentDB's log is the server's.
+    keeps_chain = True
+
+    async def tamper(self, sql: str, *params: Any) -> None:
+        """Run SQL on the ledger's storage behind the adapter's back ({events}: its table)."""
+        raise NotImplementedError
+
+    async def _chained(self, store: EventStore) -> list[RecordedEvent]:
+        if not self.keeps_chain:
+            pytest.skip("this ledger keeps no hash chain")
+        name = self.stream()
+        await store.append(name, [event(n=1), event(n=2).encoded()], NO_STREAM)
+        await store.append_many(
+            [(self.stream(), [event(n=3)], NO_STREAM), (name, [event(n="ü 中 \u0001")], 1)]
+        )
+        await store.append(self.stream(), [event(n=5), event(n=6)], NO_STREAM)
+        return await store.read_all(limit=100)
+
+    async def test_an_untouched_ledger_verifies_and_reports_its_head(
+        self, store: EventStore, open_store: StoreFactory
+    ) -> None:
+        recorded = await self._chained(store)
+        other = await open_store()  # a second writer continues the same chain
+        await other.append(self.stream(), [event(n=7)], NO_STREAM)
+        report = await store.verify_chain()
+        assert report.ok, report.reason
+        assert report.checked == len(recorded) + 1
+        assert report.head_position == await store.head_position()
+        assert report.unchained == 0
+        again = await other.verify_chain(
+            anchors={report.head_position: bytes.fromhex(report.head_hash)}
+        )
+        assert again.ok and again.anchors_checked == [report.head_position]
+
+    async def test_an_edited_row_is_named(self, store: EventStore) -> None:
+        recorded = await self._chained(store)
+        edited = recorded[2]
+        await self.tamper(
+            'UPDATE {events} SET data = \'{"amount":"0.01"}\' WHERE global_position = $1',
+            edited.global_position,
+        )
+        report = await store.verify_chain()
+        assert not report.ok
+        assert report.broken_at == edited.global_position
+        assert "edited" in report.reason
+
+    async def test_an_edited_metadata_or_type_is_named(self, store: EventStore) -> None:
+        recorded = await self._chained(store)
+        await self.tamper(
+            "UPDATE {events} SET type = 'InvoicePaid' WHERE global_position = $1",
+            recorded[4].global_position,
+        )
+        report = await store.verify_chain()
+        assert report.broken_at == recorded[4].global_position
+
+    async def test_a_deleted_row_breaks_the_next_link(self, store: EventStore) -> None:
+        recorded = await self._chained(store)
+        await self.tamper(
+            "DELETE FROM {events} WHERE global_position = $1", recorded[1].global_position
+        )
+        report = await store.verify_chain()
+        assert report.broken_at == recorded[2].global_position
+        assert report.checked == 1
+
+    async def test_the_newest_rows_deleted_or_the_chain_rewritten_fail_an_anchor(
+        self, store: EventStore
+    ) -> None:
+        recorded = await self._chained(store)
+        head = await store.verify_chain()
+        anchor = {head.head_position: bytes.fromhex(head.head_hash)}
+        await self.tamper(
+            "DELETE FROM {events} WHERE global_position = $1", recorded[-1].global_position
+        )
+        assert (await store.verify_chain()).ok  # the chain alone cannot tell
+        report = await store.verify_chain(anchors=anchor)
+        assert report.broken_at == recorded[-1].global_position
+        assert "deleted" in report.reason
+
+    async def test_appends_after_a_legacy_ledger_is_chained_on_open(
+        self, store: EventStore, open_store: StoreFactory
+    ) -> None:
+        """A ledger written before the chain: its rows get their hashes when first opened."""
+        recorded = await self._chained(store)
+        await store.close()
+        await self.tamper("ALTER TABLE {events} DROP COLUMN chain_hash")
+        reopened = await open_store()
+        await reopened.append(self.stream(), [event(n=8)], NO_STREAM)
+        report = await reopened.verify_chain()
+        assert report.ok, report.reason
+        assert report.checked == len(recorded) + 1
+        assert report.first_chained == recorded[0].global_position
+
 
 class _CountingExecutor(ThreadPoolExecutor):
     """The loop's default executor, counting what asyncio.to_thread hands it."""
@@ -795,7 +888,18 @@ class SQLiteContract(EventStoreContract):
         async def factory() -> EventStore:
             return SQLiteEventStore(path, write_on_loop=self.write_on_loop)
 
+        self._path = path
         return factory
+
+    async def tamper(self, sql: str, *params: Any) -> None:
+        import re
+        import sqlite3
+
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            conn.execute(re.sub(r"\$\d+", "?", sql.replace("{events}", "events")), params)
+        finally:
+            conn.close()
 
     async def test_appends_run_on_the_loop_thread_only_when_asked_to(
         self, store: EventStore
@@ -824,7 +928,17 @@ class TestPostgresEventStore(EventStoreContract):
         async def factory() -> EventStore:
             return await PostgresEventStore.connect(postgres_dsn, schema=postgres_schema)
 
+        self._dsn, self._schema = postgres_dsn, postgres_schema
         return factory
+
+    async def tamper(self, sql: str, *params: Any) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            await conn.execute(sql.replace("{events}", f'"{self._schema}".events'), *params)
+        finally:
+            await conn.close()
 
     async def test_notify_wakes_another_instance_long_before_its_poll(
         self, store: EventStore, open_store: StoreFactory
@@ -892,6 +1006,7 @@ class TestPostgresEventStore(EventStoreContract):
 
 @pytest.mark.integration
 class TestKurrentDBEventStore(EventStoreContract):
+    keeps_chain = False
     append_many_is_atomic = False
     detects_id_reuse_across_streams = False
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from enum import Enum
 
 from ispbill_core.events import AnyNewEvent, RecordedEvent
+from ispbill_core.eventstore.chain import ChainReport
 
 
 class StreamState(Enum):
@@ -39,6 +40,10 @@ class WrongExpectedVersion(EventStoreError):
 
 class EventIdConflict(EventStoreError):
     """Some ids of a batch are already recorded, but not as exactly this batch in this stream."""
+
+
+class ChainNotKept(EventStoreError):
+    """This ledger keeps no hash chain to verify."""
 
 
 class StoreUnavailable(EventStoreError):
@@ -153,6 +158,16 @@ class EventStore(abc.ABC):
                 position = event.global_position
             if len(batch) < batch_size:
                 await self.wait_for_append(max(position, head), idle_timeout)
+
+    async def verify_chain(self, *, anchors: dict[int, bytes] | None = None) -> ChainReport:
+        """Walk the ledger's hash chain in global order (ADR 0031): the first row that does
+        not follow the one before it, or an `anchors` position (global position: hash, a head
+        an auditor kept) whose hash differs or is gone. Ledgers that keep no chain raise
+        ChainNotKept."""
+        raise ChainNotKept(
+            f"{type(self).__name__} keeps no hash chain: the SQLite and PostgreSQL ledgers do;"
+            " EventStoreDB/KurrentDB's own log is append-only on the server"
+        )
 
     async def close(self) -> None:  # noqa: B027 - adapters without resources need not override
         pass

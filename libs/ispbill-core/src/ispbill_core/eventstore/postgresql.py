@@ -32,6 +32,7 @@ from ispbill_core.eventstore import (
     ExpectedVersion,
     StoreUnavailable,
     WrongExpectedVersion,
+    chain,
     check_expected,
 )
 
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     version integer NOT NULL,
     data json NOT NULL,
     metadata json NOT NULL,
+    chain_hash bytea,
     UNIQUE (stream, stream_position)
 );
 CREATE INDEX IF NOT EXISTS events_by_type ON {schema}.events (type, global_position);
@@ -178,21 +180,29 @@ class PostgresEventStore(EventStore, CheckpointStore):
         )
         self._sql_version = f"SELECT max(stream_position) FROM {t} WHERE stream = $1"  # noqa: S608
         self._sql_head = f"SELECT max(global_position) FROM {t}"  # noqa: S608
-        # Every stream's version and any of the ids already recorded, for a whole append_many.
+        # Every stream's version, any of the ids already recorded, and the chain's head hash
+        # (the row with stream NULL), for a whole append_many.
         self._sql_check_many = (
             f"SELECT NULL::uuid AS id, s.stream, (SELECT max(stream_position) FROM {t} e"  # noqa: S608
-            f" WHERE e.stream = s.stream) AS version FROM unnest($1::text[]) AS s(stream)"
-            f" UNION ALL SELECT id, stream, NULL FROM {t} WHERE id = ANY($2::uuid[])"
+            f" WHERE e.stream = s.stream) AS version, NULL::bytea AS chain_hash"
+            f" FROM unnest($1::text[]) AS s(stream)"
+            f" UNION ALL SELECT id, stream, NULL, NULL FROM {t} WHERE id = ANY($2::uuid[])"
+            f" UNION ALL (SELECT NULL, NULL, NULL, chain_hash FROM {t}"
+            "  ORDER BY global_position DESC LIMIT 1)"
         )
         # Every row of an append_many in one statement, in the order given.
         self._sql_insert_many = (
             f"WITH ins AS (INSERT INTO {t} (id, stream, stream_position, type, version, data,"  # noqa: S608
-            " metadata) SELECT u.id, u.stream, u.pos, u.type, u.version, u.data::json,"
-            " u.metadata::json FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[],"
-            " $5::int[], $6::text[], $7::text[])"
-            " WITH ORDINALITY AS u(id, stream, pos, type, version, data, metadata, n)"
+            " metadata, chain_hash) SELECT u.id, u.stream, u.pos, u.type, u.version,"
+            " u.data::json, u.metadata::json, u.chain_hash FROM unnest($1::uuid[], $2::text[],"
+            " $3::int[], $4::text[], $5::int[], $6::text[], $7::text[], $8::bytea[])"
+            " WITH ORDINALITY AS u(id, stream, pos, type, version, data, metadata, chain_hash, n)"
             " ORDER BY u.n RETURNING global_position)"
-            " SELECT m, pg_notify($8, m::text) FROM (SELECT max(global_position) AS m FROM ins) s"
+            " SELECT m, pg_notify($9, m::text) FROM (SELECT max(global_position) AS m FROM ins) s"
+        )
+        self._sql_chain_page = (
+            f"SELECT {cols}, chain_hash FROM {t} WHERE global_position > $1"  # noqa: S608
+            " ORDER BY global_position LIMIT $2"
         )
         self._sql_read_stream = (
             f"SELECT {cols} FROM {t} WHERE stream = $1 AND stream_position >= $2"  # noqa: S608
@@ -259,6 +269,7 @@ class PostgresEventStore(EventStore, CheckpointStore):
                 # Two processes starting at once would race on CREATE ... IF NOT EXISTS.
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
                 await conn.execute(_SCHEMA_DDL.format(schema=f'"{self.schema}"'))
+                await self._chain_existing_rows(conn)
             if self._listen:
                 await self._start_listening()
         except BaseException as exc:
@@ -266,6 +277,39 @@ class PostgresEventStore(EventStore, CheckpointStore):
             if isinstance(exc, _DRIVER_ERRORS):
                 raise _translate(exc, "open") from exc
             raise
+
+    async def _chain_existing_rows(self, conn: _AnyConnection) -> None:
+        """A ledger written before the hash chain (ADR 0031) gets its column, and every row
+        its hash, in global order: once, under the append lock, when first opened since."""
+        t = f'"{self.schema}".events'
+        has_column = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
+            " AND table_name = 'events' AND column_name = 'chain_hash'",
+            self.schema,
+        )
+        if has_column:
+            return
+        await conn.execute(f"ALTER TABLE {t} ADD COLUMN chain_hash bytea")
+        previous = chain.GENESIS
+        after = 0
+        while True:
+            rows = await conn.fetch(self._sql_chain_page, after, 5000)
+            if not rows:
+                return
+            positions, hashes = [], []
+            for gp, id_, stream, sp, type_, version, data, metadata, _ in rows:
+                previous = chain.link(
+                    previous, str(id_), stream, sp, type_, version, data, metadata
+                )
+                positions.append(gp)
+                hashes.append(previous)
+            await conn.execute(
+                f"UPDATE {t} e SET chain_hash = u.h FROM unnest($1::bigint[], $2::bytea[])"  # noqa: S608
+                " AS u(gp, h) WHERE e.global_position = u.gp",
+                positions,
+                hashes,
+            )
+            after = rows[-1][0]
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -375,14 +419,18 @@ class PostgresEventStore(EventStore, CheckpointStore):
         await conn.execute(_SQL_LOCK_FOR_APPEND, self._lock_key)
         current: dict[str, int | None] = {}
         recorded: dict[uuid.UUID, str] = {}
+        previous = chain.GENESIS
         for row in await conn.fetch(self._sql_check_many, streams, all_ids):
-            if row["id"] is None:
+            if row["stream"] is None:
+                if row["chain_hash"] is not None:
+                    previous = bytes(row["chain_hash"])
+            elif row["id"] is None:
                 version = row["version"]
                 current[row["stream"]] = None if version is None else int(version)
             else:
                 recorded[row["id"]] = row["stream"]
         versions: list[int] = []
-        rows: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        rows: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
         now = datetime.now(UTC)
         for (stream, batch), ids, (_, _, expected) in zip(
             encoded_batches, batch_ids, batches, strict=True
@@ -399,14 +447,29 @@ class PostgresEventStore(EventStore, CheckpointStore):
                 )
             check_expected(stream, expected, version)
             start = 0 if version is None else version + 1
-            ids_, streams_, positions, types, event_versions, data, metadata = rows
+            ids_, streams_, positions, types, event_versions, data, metadata, hashes = rows
             ids_.extend(ids)
             streams_.extend([stream] * len(batch))
             positions.extend(range(start, start + len(batch)))
             types.extend(e.type for e in batch)
             event_versions.extend(e.version for e in batch)
             data.extend(e.data_json for e in batch)
-            metadata.extend(_metadata_json(batch, now))
+            stamped = _metadata_json(batch, now)
+            metadata.extend(stamped)
+            for position, event, meta in zip(
+                range(start, start + len(batch)), batch, stamped, strict=True
+            ):
+                previous = chain.link(
+                    previous,
+                    event.id,
+                    stream,
+                    position,
+                    event.type,
+                    event.version,
+                    event.data_json,
+                    meta,
+                )
+                hashes.append(previous)
             current[stream] = start + len(batch) - 1
             versions.append(start + len(batch) - 1)
             for i in ids:
@@ -460,6 +523,16 @@ class PostgresEventStore(EventStore, CheckpointStore):
         else:
             rows = await self._fetch(self._sql_read_all_types, after, sorted(set(types)), limit)
         return [_row_to_event(r) for r in rows]
+
+    async def verify_chain(self, *, anchors: dict[int, bytes] | None = None) -> chain.ChainReport:
+        walker = chain.ChainWalker(anchors)
+        after = 0
+        while True:
+            rows = await self._fetch(self._sql_chain_page, after, 5000)
+            page = [(r[0], str(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+            if not page or not walker.feed(page):
+                return walker.finish()
+            after = page[-1][0]
 
     async def head_position(self) -> int:
         rows = await self._fetch(self._sql_head)

@@ -21,6 +21,7 @@ from ispbill_core.eventstore import (
     EventStore,
     EventStoreError,
     ExpectedVersion,
+    chain,
     check_expected,
 )
 from ispbill_core.files import open_private, private_file, private_parents, restrict
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS events (
     version INTEGER NOT NULL,
     data TEXT NOT NULL,
     metadata TEXT NOT NULL,
+    chain_hash BLOB,
     UNIQUE (stream, stream_position)
 );
 CREATE INDEX IF NOT EXISTS events_by_type ON events (type, global_position);
@@ -74,6 +76,45 @@ def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
     )
 
 
+def _chain_head(conn: sqlite3.Connection) -> bytes:
+    row = conn.execute(
+        "SELECT chain_hash FROM events ORDER BY global_position DESC LIMIT 1"
+    ).fetchone()
+    return chain.GENESIS if row is None or row[0] is None else bytes(row[0])
+
+
+def _chain_existing_rows(conn: sqlite3.Connection) -> None:
+    """A ledger written before the hash chain (ADR 0031) gets its column, and every row
+    its hash, in global order: once, in one transaction, when it is first opened since."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if "chain_hash" in columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE events ADD COLUMN chain_hash BLOB")
+        previous = chain.GENESIS
+        after = 0
+        while True:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE global_position > ?"  # noqa: S608
+                " ORDER BY global_position LIMIT 5000",
+                (after,),
+            ).fetchall()
+            if not rows:
+                break
+            updates = []
+            for gp, id_, stream, sp, type_, version, data, metadata in rows:
+                previous = chain.link(previous, id_, stream, sp, type_, version, data, metadata)
+                updates.append((previous, gp))
+            conn.executemany("UPDATE events SET chain_hash = ? WHERE global_position = ?", updates)
+            after = rows[-1][0]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class SQLiteEventStore(EventStore, CheckpointStore):
     """One writer connection and one reader connection, each used from worker threads (the
     writer from the loop's own thread with `write_on_loop`); writer processes of one file take
@@ -106,6 +147,7 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         with self._writers_lock():
             self._writer = self._connect(synchronous)
             self._writer.executescript(SCHEMA)
+            _chain_existing_rows(self._writer)
             # ":memory:" databases are private to a connection, so readers share the writer.
             self._reader = self._writer if self.path == ":memory:" else self._connect(synchronous)
         self._write_lock = threading.Lock()
@@ -264,7 +306,8 @@ class SQLiteEventStore(EventStore, CheckpointStore):
         recorded = self._recorded_ids(conn, [e.id for _, batch in encoded_batches for e in batch])
         current = self._versions(conn, list(dict.fromkeys(s for s, _ in encoded_batches)))
         recorded_at = timestamp_json(now)
-        rows: list[tuple[str, str, int, str, int, str, str]] = []
+        rows: list[tuple[str, str, int, str, int, str, str, bytes]] = []
+        previous = _chain_head(conn)
         versions: list[int] = []
         for (stream, batch), (_, _, expected) in zip(encoded_batches, batches, strict=True):
             ids = [e.id for e in batch]
@@ -284,6 +327,17 @@ class SQLiteEventStore(EventStore, CheckpointStore):
             position = -1 if version is None else version
             for event in batch:
                 position += 1
+                metadata = event.stamped_metadata(recorded_at)
+                previous = chain.link(
+                    previous,
+                    event.id,
+                    stream,
+                    position,
+                    event.type,
+                    event.version,
+                    event.data_json,
+                    metadata,
+                )
                 rows.append(
                     (
                         event.id,
@@ -292,7 +346,8 @@ class SQLiteEventStore(EventStore, CheckpointStore):
                         event.type,
                         event.version,
                         event.data_json,
-                        event.stamped_metadata(recorded_at),
+                        metadata,
+                        previous,
                     )
                 )
             current[stream] = position
@@ -303,7 +358,7 @@ class SQLiteEventStore(EventStore, CheckpointStore):
             return versions, 0
         conn.executemany(
             "INSERT INTO events (id, stream, stream_position, type, version, data,"
-            " metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " metadata, chain_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         head: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -435,6 +490,20 @@ class SQLiteEventStore(EventStore, CheckpointStore):
             params = [after, limit]
         rows = await asyncio.to_thread(self._read, sql, params)
         return [_row_to_event(r) for r in rows]
+
+    async def verify_chain(self, *, anchors: dict[int, bytes] | None = None) -> chain.ChainReport:
+        walker = chain.ChainWalker(anchors)
+        after = 0
+        while True:
+            rows = await asyncio.to_thread(
+                self._read,
+                f"SELECT {_COLUMNS}, chain_hash FROM events WHERE global_position > ?"  # noqa: S608
+                " ORDER BY global_position LIMIT 5000",
+                (after,),
+            )
+            if not rows or not walker.feed(rows):
+                return walker.finish()
+            after = rows[-1][0]
 
     async def head_position(self) -> int:
         rows = await asyncio.to_thread(self._read, "SELECT max(global_position) FROM events", ())
