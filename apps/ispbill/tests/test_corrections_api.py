@@ -263,3 +263,50 @@ async def test_invoices_and_credit_notes_export_as_csv(api: httpx.AsyncClient) -
         "11.50",
     )
     assert note["reason"] == "'=cmd|' /C calc'!A0"  # shown as text, never run
+
+
+async def test_audit_verify_and_the_chain_through_the_api(
+    api: httpx.AsyncClient, services: Services
+) -> None:
+    """An auditor's replay passes on the clean ledger, credit notes included; an invoice row
+    edited in the SQLite file behind the application's back is named by both checks."""
+    body = {"amount": "11.50", "reason": "outage", "reference": "TICKET-9"}
+    assert (await api.post("/api/v1/invoices/INV-000002/credit-notes", json=body)).is_success
+    clean = await call(api, "GET", "/audit/invoices")
+    assert clean["ok"], clean["findings"]
+    assert (clean["invoices_checked"], clean["credit_notes_checked"]) == (3, 1)
+    assert (await call(api, "GET", "/audit/invoices?customer_id=c-3&period=2026-02"))[
+        "invoices_checked"
+    ] == 1
+    chain = await call(api, "GET", "/audit/chain")
+    assert chain["ok"] and chain["broken_at"] is None and chain["unchained"] == 0
+    anchor = f"{chain['head_position']}:{chain['head_hash']}"
+    assert (await call(api, "GET", f"/audit/chain?anchor={anchor}"))["anchors_checked"] == [
+        chain["head_position"]
+    ]
+    bad = await api.get("/api/v1/audit/chain?anchor=12:nothex")
+    assert bad.status_code == 422 and "anchor" in bad.text
+
+    import sqlite3
+
+    path = getattr(services.store, "path")  # noqa: B009 - the embedded ledger is SQLite
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        (gp,) = conn.execute(
+            "SELECT global_position FROM events WHERE type = 'InvoiceIssued'"
+            " AND stream = 'invoice-c-3-2026-02'"
+        ).fetchone()
+        conn.execute(
+            "UPDATE events SET data = replace(data, '\"34.50\"', '\"3.45\"')"
+            " WHERE global_position = ?",
+            (gp,),
+        )
+    finally:
+        conn.close()
+    found = await call(api, "GET", "/audit/invoices")
+    assert not found["ok"]
+    assert {(f["document"], f["position"]) for f in found["findings"]} == {("INV-000003", gp)}
+    total = next(f for f in found["findings"] if f["field"] == "total")
+    assert (total["recorded"], total["derived"]) == ("3.45 USD", "34.50 USD")
+    broken = await call(api, "GET", "/audit/chain")
+    assert (broken["ok"], broken["broken_at"]) == (False, gp)

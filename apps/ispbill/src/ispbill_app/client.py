@@ -59,16 +59,20 @@ class ApiClient:
             detail = title or response.reason_phrase
         raise ApiError(response.status_code, str(detail), title)
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, *, wait: float | None = None, **params: Any) -> Any:
+        """`wait`: seconds to wait for this answer instead of the client's timeout (a
+        replay of the whole ledger takes minutes)."""
         clean = {k: v for k, v in params.items() if v is not None}
-        return self._check(self._http.get(path, params=clean)).json()
+        timeout = httpx.USE_CLIENT_DEFAULT if wait is None else wait
+        return self._check(self._http.get(path, params=clean, timeout=timeout)).json()
 
     def get_bytes(self, path: str) -> bytes:
         return self._check(self._http.get(path)).content
 
-    def post(self, path: str, body: Any, **params: Any) -> Any:
+    def post(self, path: str, body: Any, *, wait: float | None = None, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}
-        return self._check(self._http.post(path, json=body, params=clean)).json()
+        timeout = httpx.USE_CLIENT_DEFAULT if wait is None else wait
+        return self._check(self._http.post(path, json=body, params=clean, timeout=timeout)).json()
 
     def patch(self, path: str, body: dict[str, Any]) -> Any:
         return self._check(self._http.patch(path, json=body)).json()

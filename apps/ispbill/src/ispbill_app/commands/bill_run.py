@@ -22,7 +22,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Issue the invoices of a billing period."""
         with stderr_console().status(f"bill run for {period}..."):
-            report = client(ctx).post("/api/v1/bill-runs", {"period": period, "dry_run": dry_run})
+            # A bill run over 100,000 customers takes minutes.
+            report = client(ctx).post(
+                "/api/v1/bill-runs", {"period": period, "dry_run": dry_run}, wait=3600
+            )
         if fmt is OutputFormat.json:
             print_json(report)
             return

@@ -16,7 +16,9 @@ from ispbill_app.commands.output import (
     count,
     fail,
     print_data,
+    print_json,
     print_record,
+    print_table,
     stderr_console,
 )
 from ispbill_app.commands.state import client
@@ -223,3 +225,82 @@ def audit_log(
     )
     columns = AUDIT_COLUMNS if fmt is OutputFormat.json else [*AUDIT_COLUMNS, ("DATA", "data")]
     print_data(found, fmt, columns)
+
+
+chain = typer.Typer(help="the ledger's hash chain", no_args_is_help=True)
+audit.add_typer(chain, name="chain")
+
+FINDING_COLUMNS = [
+    ("POSITION", "position"),
+    ("DOCUMENT", "document"),
+    ("CUSTOMER", "customer_id"),
+    ("PERIOD", "period"),
+    ("FIELD", "field"),
+    ("RECORDED", "recorded"),
+    ("DERIVED", "derived"),
+]
+
+
+@audit.command("verify")
+def audit_verify(
+    ctx: typer.Context,
+    period: Annotated[
+        str | None, typer.Option(help="only invoices of this period, YYYY-MM")
+    ] = None,
+    customer: Annotated[str | None, typer.Option(help="only this customer's invoices")] = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Re-derive every invoice from the log and the plan, usage and tax versions it was
+    computed with; name every difference, to the minor unit. Exit status 1 when any."""
+    with stderr_console().status("replaying the ledger..."):
+        report = client(ctx).get(
+            "/api/v1/audit/invoices", wait=3600, period=period, customer_id=customer
+        )
+    if fmt is OutputFormat.json:
+        print_json(report)
+    else:
+        verdict = "ok" if report["ok"] else f"{len(report['findings'])} DIFFERENCES"
+        print(
+            f"{verdict}: {report['invoices_checked']} invoices and"
+            f" {report['credit_notes_checked']} credit notes checked, {report['events_read']}"
+            f" events read through position {report['through_position']}"
+        )
+        if report["findings"]:
+            print_table(report["findings"], FINDING_COLUMNS)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@chain.command("verify")
+def chain_verify(
+    ctx: typer.Context,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(help="POSITION:SHA256HEX printed by an earlier run; repeatable"),
+    ] = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Check the hash chain over every ledger row: the first position edited, deleted or
+    moved. Keep the head it prints somewhere else, and pass it as --anchor next time: that
+    also finds the newest rows deleted or the whole chain recomputed. Exit status 1 when
+    broken."""
+    with stderr_console().status("walking the chain..."):
+        report = client(ctx).get("/api/v1/audit/chain", wait=3600, anchor=anchor or None)
+    if fmt is OutputFormat.json:
+        print_json(report)
+    elif report["ok"]:
+        print(
+            f"ok: {report['checked']} rows chained"
+            + (
+                f" ({report['unchained']} older rows before the chain)"
+                if report["unchained"]
+                else ""
+            )
+            + f"; anchors checked {len(report['anchors_checked'])}"
+        )
+        print(f"head {report['head_position']}:{report['head_hash']}")
+    else:
+        print(f"BROKEN at position {report['broken_at']}: {report['reason']}")
+        print(f"last good row {report['head_position']}:{report['head_hash']}")
+    if not report["ok"]:
+        raise typer.Exit(1)

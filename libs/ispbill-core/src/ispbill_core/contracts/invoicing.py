@@ -194,6 +194,11 @@ class InvoiceIssued(DomainEvent):
     #: invoice billed; usage after it was rated late and is billed as an adjustment, never
     #: here. None: no usage was billed (or the invoice predates this field).
     usage_through: int | None = Field(default=None, ge=0)
+    #: the settings the amounts were rounded with ("half_up" or "half_even"; tax "per_line"
+    #: or "per_invoice"), so that `ispbill audit verify` re-derives the invoice as it was
+    #: computed whatever the settings are today. None: issued before these fields.
+    rounding: str | None = Field(default=None, max_length=20)
+    tax_rounding: str | None = Field(default=None, max_length=20)
 
 
 @event_type("InvoicePaid", 1)

@@ -122,8 +122,13 @@ class BillRunCatalogue:
     exemptions: dict[str, list[AnyExemptionEvent]] = field(default_factory=dict)
     #: every version of each plan, read from the plan's stream when a subscription needs it
     plan_versions: dict[str, list[PlanTerms]] = field(default_factory=dict)
+    #: `plan_versions` holds every plan already, as of a point of the log (the auditor's
+    #: replay): a plan not in it has no version then, and the store is not read
+    plans_complete: bool = False
 
     async def versions_of(self, store: EventStore, plan_id: str) -> list[PlanTerms]:
+        if self.plans_complete:
+            return self.plan_versions.get(plan_id, [])
         if plan_id not in self.plan_versions:
             versions: list[PlanTerms] = []
             for recorded in await store.read_stream(plan_stream(plan_id)):
@@ -589,6 +594,8 @@ async def _issue(
                 tax_total=draft.tax_total,
                 total=draft.total,
                 usage_through=ready.usage_through,
+                rounding=str(settings.rounding),
+                tax_rounding=str(settings.tax_rounding),
             )
         )
     batches: list[tuple[str, Sequence[NewEvent], ExpectedVersion]] = []

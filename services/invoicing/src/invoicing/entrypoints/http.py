@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
+from invoicing.application.audit import verify_invoices
 from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
 from invoicing.application.corrections import issue_credit_note, void_invoice
 from invoicing.application.csv_export import csv_text
@@ -32,6 +33,7 @@ from invoicing.application.tax_rules import (
 from invoicing.domain.corrections import CorrectionRefused
 from invoicing.domain.tax import NoTaxRuleInForce
 from ispbill_core.access import (
+    AUDIT_READ,
     BILL_RUNS_RUN,
     INVOICES_CORRECT,
     INVOICES_READ,
@@ -50,7 +52,8 @@ from ispbill_core.contracts.invoicing import (
     TaxRuleEnded,
     TaxRuleSet,
 )
-from ispbill_core.eventstore import EventStore
+from ispbill_core.eventstore import ChainNotKept, EventStore
+from ispbill_core.eventstore.chain import parse_anchor
 from ispbill_core.input_policy import (
     ID_PATTERN,
     MAX_CURSOR,
@@ -96,6 +99,41 @@ class InvoicePreviewView(BaseModel):
     tax_total: str
     total: str
     lines: int
+
+
+#: A chain head kept by an auditor: `POSITION:SHA256HEX`.
+_Anchor = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,17}:[0-9a-fA-F]{64}$")]
+
+
+class AuditFindingView(BaseModel):
+    position: int = Field(description="global position of the recorded event found different")
+    document: str = Field(description="the invoice or credit note number (or the stream)")
+    customer_id: str
+    period: str
+    field: str
+    recorded: str
+    derived: str
+
+
+class AuditVerifyResponse(BaseModel):
+    ok: bool
+    invoices_checked: int
+    credit_notes_checked: int
+    events_read: int
+    through_position: int = Field(description="the ledger's head when the replay started")
+    findings: list[AuditFindingView]
+
+
+class ChainVerifyResponse(BaseModel):
+    ok: bool
+    checked: int
+    unchained: int = Field(description="rows recorded before the ledger kept a chain")
+    first_chained: int | None
+    head_position: int
+    head_hash: str = Field(description="keep `head_position:head_hash` as an anchor")
+    broken_at: int | None = Field(description="the first global position that does not hold")
+    reason: str
+    anchors_checked: list[int]
 
 
 class BillRunResponse(BaseModel):
@@ -332,6 +370,51 @@ def invoicing_router(
             dry_run=report.dry_run,
             previews=[InvoicePreviewView(**vars(p)) for p in report.previews],
         )
+
+    @router.get("/audit/invoices", dependencies=[requires(AUDIT_READ)])
+    async def audit_invoices(
+        period: str | None = Query(default=None, pattern=PERIOD_PATTERN),
+        customer_id: str | None = Query(default=None, max_length=64, pattern=ID_PATTERN),
+    ) -> AuditVerifyResponse:
+        """Re-derive every issued invoice (of a period, of a customer) from the log and the
+        plan, usage and tax versions in force when it was recorded, and check every credit
+        note and number series; each difference found, to the minor unit (ADR 0031). Reads
+        the whole ledger: an auditor's tool, not a page to poll."""
+        report = await verify_invoices(store, settings, period=period, customer_id=customer_id)
+        return AuditVerifyResponse(
+            ok=report.ok,
+            invoices_checked=report.invoices_checked,
+            credit_notes_checked=report.credit_notes_checked,
+            events_read=report.events_read,
+            through_position=report.through_position,
+            findings=[AuditFindingView(**vars(f)) for f in report.findings],
+        )
+
+    @router.get(
+        "/audit/chain",
+        dependencies=[requires(AUDIT_READ)],
+        responses=problem_responses({501: "this ledger (KurrentDB) keeps no hash chain"}),
+    )
+    async def audit_chain(
+        anchor: Annotated[
+            list[_Anchor] | None,
+            Query(
+                max_length=100,
+                description="POSITION:SHA256HEX, a head kept from an earlier verification",
+            ),
+        ] = None,
+    ) -> ChainVerifyResponse:
+        """Walk the ledger's hash chain (ADR 0031): the first row edited, deleted or moved,
+        and any anchor that no longer holds."""
+        anchors: dict[int, bytes] = {}
+        for text_ in anchor or []:
+            position, digest = parse_anchor(text_)  # its form was checked by the pattern
+            anchors[position] = digest
+        try:
+            chain = await store.verify_chain(anchors=anchors)
+        except ChainNotKept as exc:
+            raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, str(exc)) from None
+        return ChainVerifyResponse(ok=chain.ok, **vars(chain))
 
     @router.post("/tax-rates", status_code=status.HTTP_201_CREATED)
     async def tax_rate(
