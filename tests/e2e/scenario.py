@@ -395,3 +395,17 @@ def assert_an_invoice_is_credited_and_the_tax_report_follows(api: Ispbill, perio
         carol_vat["taxable"]["amount"],
         carol_vat["amount"]["amount"],
     )
+
+
+def assert_the_auditor_verifies_every_invoice(api: Ispbill, period: str) -> None:
+    """`ispbill audit verify` re-derives every invoice of the period (the credited one
+    included) from the log and finds nothing; `ispbill audit chain verify` walks the ledger's
+    hash chain, and its head, passed back as an anchor, still holds."""
+    verified = api.cli_json("audit", "verify", "--period", period)
+    assert verified["ok"], verified["findings"]
+    assert verified["invoices_checked"] >= 2 and verified["credit_notes_checked"] == 1
+    chain = api.cli_json("audit", "chain", "verify")
+    assert chain["ok"] and chain["unchained"] == 0 and chain["checked"] > 0, chain
+    anchor = f"{chain['head_position']}:{chain['head_hash']}"
+    again = api.cli("audit", "chain", "verify", "--anchor", anchor).stdout
+    assert again.startswith("ok:") and "anchors checked 1" in again, again

@@ -25,6 +25,7 @@ from tests.e2e.scenario import (
     assert_an_invoice_is_credited_and_the_tax_report_follows,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
+    assert_the_auditor_verifies_every_invoice,
     assert_usage_before_a_subscription_is_rated_once_it_starts,
     run_thin_path,
 )
@@ -197,6 +198,7 @@ def test_distributed_thin_path(cluster, smtp_server):
 
     # A correction: alice's invoice credited in full; the tax report follows.
     assert_an_invoice_is_credited_and_the_tax_report_follows(api, invoice["period"])
+    assert_the_auditor_verifies_every_invoice(api, invoice["period"])
 
 
 async def _nas_registrations_and_leaks(

@@ -28,6 +28,7 @@ from tests.e2e.scenario import (
     assert_an_invoice_is_credited_and_the_tax_report_follows,
     assert_bad_packets_dropped_and_counted,
     assert_one_trace_links_packet_to_line,
+    assert_the_auditor_verifies_every_invoice,
     assert_usage_before_a_subscription_is_rated_once_it_starts,
     run_thin_path,
 )
@@ -165,3 +166,4 @@ def test_an_invoice_is_credited_and_the_tax_report_follows(all_in_one):
     # the thin path's period: its session started an hour before it ran
     period = datetime.fromtimestamp(time.time() - 3600, UTC).strftime("%Y-%m")
     assert_an_invoice_is_credited_and_the_tax_report_follows(api, period)
+    assert_the_auditor_verifies_every_invoice(api, period)
