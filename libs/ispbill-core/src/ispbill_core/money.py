@@ -82,6 +82,9 @@ def quantize(amount: Decimal, currency: str, rounding: Rounding = Rounding.HALF_
 _MONEY_FIELDS = {"amount", "currency"}
 
 
+_ZEROS: dict[str, Money] = {}
+
+
 class Money(BaseModel):
     """An amount of a currency. Floats are refused: they cannot hold 0.10 exactly."""
 
@@ -108,7 +111,7 @@ class Money(BaseModel):
     @model_validator(mode="after")
     def _quantized(self) -> Money:
         q = quantize(self.amount, self.currency)
-        if q != self.amount or q.as_tuple().exponent != self.amount.as_tuple().exponent:
+        if q != self.amount or not q.same_quantum(self.amount):
             object.__setattr__(self, "amount", q)
         return self
 
@@ -133,7 +136,15 @@ class Money(BaseModel):
 
     @classmethod
     def zero(cls, currency: str) -> Money:
-        return cls(amount=Decimal(0), currency=currency)
+        """Zero of a currency; one shared (frozen) instance per currency: sums start from it
+        tens of thousands of times in a bill run, and validating each cost a tenth of it."""
+        if cls is not Money:
+            return cls(amount=Decimal(0), currency=currency)
+        found = _ZEROS.get(currency)
+        if found is None:
+            found = cls(amount=Decimal(0), currency=currency)
+            _ZEROS[currency] = found  # only currencies that validated: a few hundred at most
+        return found
 
     @classmethod
     def rounded(cls, amount: Decimal, currency: str, rounding: Rounding) -> Money:
@@ -157,7 +168,7 @@ class Money(BaseModel):
         """Money of `amount` in this currency: a sum or difference of two quantized amounts
         has their exponent already, so it skips validation (a bill run adds money thousands
         of times a second); anything else (a context that rounded it) is validated."""
-        if amount.is_finite() and amount.as_tuple().exponent == self.amount.as_tuple().exponent:
+        if amount.is_finite() and amount.same_quantum(self.amount):
             return Money.model_construct(
                 _fields_set=_MONEY_FIELDS, amount=amount, currency=self.currency
             )

@@ -152,6 +152,8 @@ def _compare(
 def _line_pairs(
     prefix: str, recorded: Sequence[InvoiceLine] | Sequence[TaxLine], derived: Sequence[object]
 ) -> list[tuple[str, object, object]]:
+    if tuple(recorded) == tuple(derived):
+        return []  # the usual case, without a pair per field
     pairs: list[tuple[str, object, object]] = []
     if len(recorded) != len(derived):
         pairs.append((f"{prefix} (count)", len(recorded), len(derived)))
