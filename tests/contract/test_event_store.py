@@ -773,6 +773,18 @@ class EventStoreContract:
             head = batch[-1].global_position
         return head
 
+    async def test_stream_versions_answer_for_many_streams_at_once(self, store: EventStore) -> None:
+        a, b, missing = self.stream(), self.stream(), self.stream()
+        await store.append(a, [event(), event(), event()], NO_STREAM)
+        await store.append(b, [event()], NO_STREAM)
+        many = [self.stream() for _ in range(1200)]  # past one query's worth
+        assert await store.stream_versions([a, b, missing, a, *many]) == {
+            a: 2,
+            b: 0,
+            missing: None,
+            **dict.fromkeys(many),
+        }
+
     # -- the hash chain (ADR 0031) -------------------------------------------------------
     #: SQLite and PostgreSQL keep a hash chain over their rows; KurrentDB's log is the server's.
     keeps_chain = True

@@ -200,6 +200,7 @@ def billing_settings(settings: Settings) -> BillingSettings:
         number_format=settings.number_format,
         payment_terms_days=settings.payment_terms_days,
         tax_rounding=TaxRounding(settings.tax_rounding),
+        late_usage_periods=settings.late_usage_periods,
     )
 
 

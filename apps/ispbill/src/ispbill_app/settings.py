@@ -55,6 +55,9 @@ class Settings:
     number_format: str = field(default_factory=lambda: env("NUMBER_FORMAT", "{series}-{seq:06d}"))
     payment_terms_days: int = field(default_factory=lambda: int(env("PAYMENT_TERMS_DAYS", "14")))
     tax_rounding: str = field(default_factory=lambda: env("TAX_ROUNDING", "per_invoice"))
+    #: how many earlier periods a bill run looks back for usage rated after their invoice
+    #: (billed as adjustment lines, ADR 0032)
+    late_usage_periods: int = field(default_factory=lambda: int(env("LATE_USAGE_PERIODS", "3")))
     #: a TOML or JSON file of routers whose byte counters are polled (SNMP, RouterOS API)
     pollers: str = field(default_factory=lambda: env("POLLERS", ""))
     #: when set, only the process on this host name polls (one of several collector replicas)

@@ -41,6 +41,12 @@ class BillingPeriod:
         return BillingPeriod(self.year + self.month // 12, self.month % 12 + 1)
 
     @property
+    def previous(self) -> BillingPeriod:
+        if self.month == 1:
+            return BillingPeriod(self.year - 1, 12)
+        return BillingPeriod(self.year, self.month - 1)
+
+    @property
     def days(self) -> int:
         return (self.next.first_day - self.first_day).days
 

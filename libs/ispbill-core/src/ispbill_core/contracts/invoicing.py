@@ -121,6 +121,8 @@ class LineKind(StrEnum):
     USAGE = "usage"
     #: a credit note's line: what it credits of the invoice
     CREDIT = "credit"
+    #: usage of an earlier, already invoiced period, rated after that invoice (ADR 0032)
+    USAGE_ADJUSTMENT = "usage_adjustment"
 
 
 class InvoiceLine(BaseModel):
@@ -139,6 +141,9 @@ class InvoiceLine(BaseModel):
     gross_amount: Money | None = None
     #: W3C traceparents of the RADIUS packets whose usage this line bills (audit and tracing)
     source_trace_ids: tuple[str, ...] = ()
+    #: a usage adjustment's original: the invoice and period whose late usage it bills
+    adjusts_invoice: str | None = None
+    adjusts_period: str | None = None
 
 
 class TaxLine(BaseModel):
@@ -171,6 +176,20 @@ class InvoiceNumberAssigned(DomainEvent):
     period: str
 
 
+class LateUsage(BaseModel):
+    """Usage of an earlier period billed on this invoice: the usage stream of `period`
+    (`usage-<customer>-<period>`) after position `billed_through` (what that period's invoice
+    and earlier adjustments billed; -1: none of it) up to `usage_through` (ADR 0032)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    period: str
+    invoice_id: uuid.UUID
+    invoice_number: str
+    billed_through: int = Field(ge=-1)
+    usage_through: int = Field(ge=0)
+
+
 @event_type("InvoiceIssued", 1)
 class InvoiceIssued(DomainEvent):
     invoice_id: uuid.UUID
@@ -199,6 +218,23 @@ class InvoiceIssued(DomainEvent):
     #: computed whatever the settings are today. None: issued before these fields.
     rounding: str | None = Field(default=None, max_length=20)
     tax_rounding: str | None = Field(default=None, max_length=20)
+    #: late usage of earlier periods billed here, as `USAGE_ADJUSTMENT` lines (ADR 0032)
+    late_usage: tuple[LateUsage, ...] = ()
+
+
+@event_type("LateUsageBilled", 1)
+class LateUsageBilled(DomainEvent):
+    """In an invoice's own stream: the usage of its period up to `usage_through` is now billed,
+    its late part by the adjustment lines of invoice `on_invoice_number` (`amount`, before tax;
+    zero when the late usage stayed within the included data). Appended in the same
+    transaction as that invoice; the next bill run bills only what was rated after it."""
+
+    invoice_id: uuid.UUID
+    period: str
+    usage_through: int = Field(ge=0)
+    on_invoice_id: uuid.UUID
+    on_invoice_number: str
+    amount: Money
 
 
 @event_type("InvoicePaid", 1)

@@ -117,6 +117,11 @@ class EventStore(abc.ABC):
     async def stream_version(self, stream: str) -> int | None:
         """Position of the stream's last event, or None when the stream does not exist."""
 
+    async def stream_versions(self, streams: Collection[str]) -> dict[str, int | None]:
+        """`stream_version` of each stream named (a bill run asks for thousands at once:
+        adapters answer in one query per few hundred); this default asks one by one."""
+        return {stream: await self.stream_version(stream) for stream in dict.fromkeys(streams)}
+
     @abc.abstractmethod
     async def read_all(
         self, *, after: int = 0, limit: int = 1000, types: Collection[str] | None = None

@@ -180,6 +180,10 @@ class PostgresEventStore(EventStore, CheckpointStore):
         )
         self._sql_version = f"SELECT max(stream_position) FROM {t} WHERE stream = $1"  # noqa: S608
         self._sql_head = f"SELECT max(global_position) FROM {t}"  # noqa: S608
+        self._sql_versions = (
+            f"SELECT s.stream, (SELECT max(stream_position) FROM {t} e"  # noqa: S608
+            " WHERE e.stream = s.stream) FROM unnest($1::text[]) AS s(stream)"
+        )
         # Every stream's version, any of the ids already recorded, and the chain's head hash
         # (the row with stream NULL), for a whole append_many.
         self._sql_check_many = (
@@ -508,6 +512,14 @@ class PostgresEventStore(EventStore, CheckpointStore):
         for at in range(0, len(names), 1000):
             for row in await self._fetch(self._sql_read_streams, names[at : at + 1000]):
                 found[row[2]].append(_row_to_event(row))
+        return found
+
+    async def stream_versions(self, streams: Collection[str]) -> dict[str, int | None]:
+        names = list(dict.fromkeys(streams))
+        found: dict[str, int | None] = {}
+        for at in range(0, len(names), 1000):
+            for stream, version in await self._fetch(self._sql_versions, names[at : at + 1000]):
+                found[stream] = None if version is None else int(version)
         return found
 
     async def stream_version(self, stream: str) -> int | None:

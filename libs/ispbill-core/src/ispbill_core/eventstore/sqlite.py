@@ -453,6 +453,16 @@ class SQLiteEventStore(EventStore, CheckpointStore):
                 found[row[2]].append(_row_to_event(row))
         return found
 
+    async def stream_versions(self, streams: Collection[str]) -> dict[str, int | None]:
+        def versions() -> dict[str, int | None]:
+            with self._read_lock:
+                try:
+                    return self._versions(self._reader, list(dict.fromkeys(streams)))
+                except sqlite3.Error as exc:
+                    raise EventStoreError(f"sqlite read failed: {exc}") from exc
+
+        return await asyncio.to_thread(versions)
+
     async def stream_version(self, stream: str) -> int | None:
         rows = await asyncio.to_thread(
             self._read, "SELECT max(stream_position) FROM events WHERE stream = ?", (stream,)

@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ispbill/v1/invoices.proto\x12\nispbill.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"\xca\x01\n\x0bInvoiceLine\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.ispbill.v1.LineKind\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12%\n\nunit_price\x18\x05 \x01(\x0b\x32\x11.ispbill.v1.Money\x12!\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x11.ispbill.v1.Money\x12\x18\n\x10source_trace_ids\x18\x07 \x03(\t\"p\n\x07TaxLine\x12\x10\n\x08tax_name\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\t\x12\"\n\x07taxable\x18\x03 \x01(\x0b\x32\x11.ispbill.v1.Money\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.ispbill.v1.Money\"\xd4\x03\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x15\n\rcustomer_name\x18\x04 \x01(\t\x12\x16\n\x0e\x63ustomer_email\x18\x05 \x01(\t\x12\x17\n\x0f\x62illing_address\x18\x06 \x01(\t\x12\x0e\n\x06period\x18\x07 \x01(\t\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64ue_on\x18\t \x01(\t\x12\x15\n\rcurrency_code\x18\n \x01(\t\x12&\n\x05lines\x18\x0b \x03(\x0b\x32\x17.ispbill.v1.InvoiceLine\x12#\n\x08subtotal\x18\x0c \x01(\x0b\x32\x11.ispbill.v1.Money\x12\"\n\x05taxes\x18\r \x03(\x0b\x32\x13.ispbill.v1.TaxLine\x12$\n\ttax_total\x18\x0e \x01(\x0b\x32\x11.ispbill.v1.Money\x12 \n\x05total\x18\x0f \x01(\x0b\x32\x11.ispbill.v1.Money\x12)\n\x06status\x18\x10 \x01(\x0e\x32\x19.ispbill.v1.InvoiceStatus\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\":\n\x12GetInvoiceResponse\x12$\n\x07invoice\x18\x01 \x01(\x0b\x32\x13.ispbill.v1.Invoice\"\x86\x01\n\x13ListInvoicesRequest\x12\x18\n\x0b\x63ustomer_id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06period\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0c_customer_idB\t\n\x07_period\"V\n\x14ListInvoicesResponse\x12%\n\x08invoices\x18\x01 \x03(\x0b\x32\x13.ispbill.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14GetInvoicePdfRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"P\n\x15GetInvoicePdfResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t*\x99\x01\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15INVOICE_STATUS_ISSUED\x10\x01\x12\x17\n\x13INVOICE_STATUS_PAID\x10\x02\x12\x1b\n\x17INVOICE_STATUS_CREDITED\x10\x03\x12\x17\n\x13INVOICE_STATUS_VOID\x10\x04*S\n\x08LineKind\x12\x19\n\x15LINE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13LINE_KIND_RECURRING\x10\x01\x12\x13\n\x0fLINE_KIND_USAGE\x10\x02\x32\x86\x02\n\x0eInvoiceService\x12K\n\nGetInvoice\x12\x1d.ispbill.v1.GetInvoiceRequest\x1a\x1e.ispbill.v1.GetInvoiceResponse\x12Q\n\x0cListInvoices\x12\x1f.ispbill.v1.ListInvoicesRequest\x1a .ispbill.v1.ListInvoicesResponse\x12T\n\rGetInvoicePdf\x12 .ispbill.v1.GetInvoicePdfRequest\x1a!.ispbill.v1.GetInvoicePdfResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ispbill/v1/invoices.proto\x12\nispbill.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x05Money\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\"\xfb\x01\n\x0bInvoiceLine\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.ispbill.v1.LineKind\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12%\n\nunit_price\x18\x05 \x01(\x0b\x32\x11.ispbill.v1.Money\x12!\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x11.ispbill.v1.Money\x12\x18\n\x10source_trace_ids\x18\x07 \x03(\t\x12\x17\n\x0f\x61\x64justs_invoice\x18\x08 \x01(\t\x12\x16\n\x0e\x61\x64justs_period\x18\t \x01(\t\"p\n\x07TaxLine\x12\x10\n\x08tax_name\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\t\x12\"\n\x07taxable\x18\x03 \x01(\x0b\x32\x11.ispbill.v1.Money\x12!\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x11.ispbill.v1.Money\"\xd4\x03\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x15\n\rcustomer_name\x18\x04 \x01(\t\x12\x16\n\x0e\x63ustomer_email\x18\x05 \x01(\t\x12\x17\n\x0f\x62illing_address\x18\x06 \x01(\t\x12\x0e\n\x06period\x18\x07 \x01(\t\x12-\n\tissued_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64ue_on\x18\t \x01(\t\x12\x15\n\rcurrency_code\x18\n \x01(\t\x12&\n\x05lines\x18\x0b \x03(\x0b\x32\x17.ispbill.v1.InvoiceLine\x12#\n\x08subtotal\x18\x0c \x01(\x0b\x32\x11.ispbill.v1.Money\x12\"\n\x05taxes\x18\r \x03(\x0b\x32\x13.ispbill.v1.TaxLine\x12$\n\ttax_total\x18\x0e \x01(\x0b\x32\x11.ispbill.v1.Money\x12 \n\x05total\x18\x0f \x01(\x0b\x32\x11.ispbill.v1.Money\x12)\n\x06status\x18\x10 \x01(\x0e\x32\x19.ispbill.v1.InvoiceStatus\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\":\n\x12GetInvoiceResponse\x12$\n\x07invoice\x18\x01 \x01(\x0b\x32\x13.ispbill.v1.Invoice\"\x86\x01\n\x13ListInvoicesRequest\x12\x18\n\x0b\x63ustomer_id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06period\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\tB\x0e\n\x0c_customer_idB\t\n\x07_period\"V\n\x14ListInvoicesResponse\x12%\n\x08invoices\x18\x01 \x03(\x0b\x32\x13.ispbill.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14GetInvoicePdfRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"P\n\x15GetInvoicePdfResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t*\x99\x01\n\rInvoiceStatus\x12\x1e\n\x1aINVOICE_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15INVOICE_STATUS_ISSUED\x10\x01\x12\x17\n\x13INVOICE_STATUS_PAID\x10\x02\x12\x1b\n\x17INVOICE_STATUS_CREDITED\x10\x03\x12\x17\n\x13INVOICE_STATUS_VOID\x10\x04*\x89\x01\n\x08LineKind\x12\x19\n\x15LINE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13LINE_KIND_RECURRING\x10\x01\x12\x13\n\x0fLINE_KIND_USAGE\x10\x02\x12\x14\n\x10LINE_KIND_CREDIT\x10\x03\x12\x1e\n\x1aLINE_KIND_USAGE_ADJUSTMENT\x10\x04\x32\x86\x02\n\x0eInvoiceService\x12K\n\nGetInvoice\x12\x1d.ispbill.v1.GetInvoiceRequest\x1a\x1e.ispbill.v1.GetInvoiceResponse\x12Q\n\x0cListInvoices\x12\x1f.ispbill.v1.ListInvoicesRequest\x1a .ispbill.v1.ListInvoicesResponse\x12T\n\rGetInvoicePdf\x12 .ispbill.v1.GetInvoicePdfRequest\x1a!.ispbill.v1.GetInvoicePdfResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ispbill.v1.invoices_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INVOICESTATUS']._serialized_start=1365
-  _globals['_INVOICESTATUS']._serialized_end=1518
-  _globals['_LINEKIND']._serialized_start=1520
-  _globals['_LINEKIND']._serialized_end=1603
+  _globals['_INVOICESTATUS']._serialized_start=1414
+  _globals['_INVOICESTATUS']._serialized_end=1567
+  _globals['_LINEKIND']._serialized_start=1570
+  _globals['_LINEKIND']._serialized_end=1707
   _globals['_MONEY']._serialized_start=74
   _globals['_MONEY']._serialized_end=120
   _globals['_INVOICELINE']._serialized_start=123
-  _globals['_INVOICELINE']._serialized_end=325
-  _globals['_TAXLINE']._serialized_start=327
-  _globals['_TAXLINE']._serialized_end=439
-  _globals['_INVOICE']._serialized_start=442
-  _globals['_INVOICE']._serialized_end=910
-  _globals['_GETINVOICEREQUEST']._serialized_start=912
-  _globals['_GETINVOICEREQUEST']._serialized_end=951
-  _globals['_GETINVOICERESPONSE']._serialized_start=953
-  _globals['_GETINVOICERESPONSE']._serialized_end=1011
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1014
-  _globals['_LISTINVOICESREQUEST']._serialized_end=1148
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=1150
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=1236
-  _globals['_GETINVOICEPDFREQUEST']._serialized_start=1238
-  _globals['_GETINVOICEPDFREQUEST']._serialized_end=1280
-  _globals['_GETINVOICEPDFRESPONSE']._serialized_start=1282
-  _globals['_GETINVOICEPDFRESPONSE']._serialized_end=1362
-  _globals['_INVOICESERVICE']._serialized_start=1606
-  _globals['_INVOICESERVICE']._serialized_end=1868
+  _globals['_INVOICELINE']._serialized_end=374
+  _globals['_TAXLINE']._serialized_start=376
+  _globals['_TAXLINE']._serialized_end=488
+  _globals['_INVOICE']._serialized_start=491
+  _globals['_INVOICE']._serialized_end=959
+  _globals['_GETINVOICEREQUEST']._serialized_start=961
+  _globals['_GETINVOICEREQUEST']._serialized_end=1000
+  _globals['_GETINVOICERESPONSE']._serialized_start=1002
+  _globals['_GETINVOICERESPONSE']._serialized_end=1060
+  _globals['_LISTINVOICESREQUEST']._serialized_start=1063
+  _globals['_LISTINVOICESREQUEST']._serialized_end=1197
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=1199
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=1285
+  _globals['_GETINVOICEPDFREQUEST']._serialized_start=1287
+  _globals['_GETINVOICEPDFREQUEST']._serialized_end=1329
+  _globals['_GETINVOICEPDFRESPONSE']._serialized_start=1331
+  _globals['_GETINVOICEPDFRESPONSE']._serialized_end=1411
+  _globals['_INVOICESERVICE']._serialized_start=1710
+  _globals['_INVOICESERVICE']._serialized_end=1972
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,10 @@ class _LineKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LineKind.Val
     """The plan's fee for the period, prorated when the subscription changed mid-period."""
     LINE_KIND_USAGE: _LineKind.ValueType  # 2
     """Rated usage beyond the plan's allowance."""
+    LINE_KIND_CREDIT: _LineKind.ValueType  # 3
+    """A credit note's line: what it credits of an invoice."""
+    LINE_KIND_USAGE_ADJUSTMENT: _LineKind.ValueType  # 4
+    """Usage of an earlier, already invoiced period, rated after that invoice was issued."""
 
 class LineKind(_LineKind, metaclass=_LineKindEnumTypeWrapper):
     """LineKind says what an invoice line charges for."""
@@ -71,6 +75,10 @@ LINE_KIND_RECURRING: LineKind.ValueType  # 1
 """The plan's fee for the period, prorated when the subscription changed mid-period."""
 LINE_KIND_USAGE: LineKind.ValueType  # 2
 """Rated usage beyond the plan's allowance."""
+LINE_KIND_CREDIT: LineKind.ValueType  # 3
+"""A credit note's line: what it credits of an invoice."""
+LINE_KIND_USAGE_ADJUSTMENT: LineKind.ValueType  # 4
+"""Usage of an earlier, already invoiced period, rated after that invoice was issued."""
 Global___LineKind: _TypeAlias = LineKind  # noqa: Y015
 
 @_typing.final
@@ -114,12 +122,17 @@ class InvoiceLine(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     SOURCE_TRACE_IDS_FIELD_NUMBER: _builtins.int
+    ADJUSTS_INVOICE_FIELD_NUMBER: _builtins.int
+    ADJUSTS_PERIOD_FIELD_NUMBER: _builtins.int
     kind: Global___LineKind.ValueType
     description: _builtins.str
     quantity: _builtins.str
     """Decimal string, e.g. "1" or "12.5"."""
     unit: _builtins.str
     """Unit of the quantity, e.g. "month" or "GB"."""
+    adjusts_invoice: _builtins.str
+    """A usage adjustment's original invoice number and period; empty on other lines."""
+    adjusts_period: _builtins.str
     @_builtins.property
     def unit_price(self) -> Global___Money: ...
     @_builtins.property
@@ -138,10 +151,12 @@ class InvoiceLine(_message.Message):
         unit_price: Global___Money | None = ...,
         amount: Global___Money | None = ...,
         source_trace_ids: _abc.Iterable[_builtins.str] | None = ...,
+        adjusts_invoice: _builtins.str = ...,
+        adjusts_period: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "unit_price", b"unit_price"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "kind", b"kind", "quantity", b"quantity", "source_trace_ids", b"source_trace_ids", "unit", b"unit", "unit_price", b"unit_price"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjusts_invoice", b"adjusts_invoice", "adjusts_period", b"adjusts_period", "amount", b"amount", "description", b"description", "kind", b"kind", "quantity", b"quantity", "source_trace_ids", b"source_trace_ids", "unit", b"unit", "unit_price", b"unit_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,6 +21,7 @@ from decimal import Decimal
 
 from invoicing.application.close_billing_period import (
     BillRunCatalogue,
+    _Late,
     _prepare,
     invoice_id_for,
 )
@@ -42,6 +43,7 @@ from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoiceLine,
     InvoiceNumberAssigned,
+    LateUsageBilled,
     TaxExemptionGranted,
     TaxExemptionRevoked,
     TaxLine,
@@ -114,6 +116,9 @@ class _Replay:
         self.numbers: dict[str, str] = {}
         self.credited: dict[str, Money] = {}
         self.invoices: dict[str, InvoiceIssued] = {}
+        #: per invoice id: the last position of its period's usage stream billed so far
+        #: (its own `usage_through`, then each `LateUsageBilled`)
+        self.billed_through: dict[str, int] = {}
 
     def catalogue(self) -> BillRunCatalogue:
         return BillRunCatalogue(
@@ -288,9 +293,20 @@ async def _fold(
         if not isinstance(invoice, InvoiceIssued):
             return
         replay.invoices[str(invoice.invoice_id)] = invoice
+        replay.billed_through[str(invoice.invoice_id)] = (
+            -1 if invoice.usage_through is None else invoice.usage_through
+        )
         if _selected(period, customer_id, invoice.period, invoice.customer_id):
             report.invoices_checked += 1
             await _verify_invoice(store, settings, replay, report, recorded, invoice)
+        return
+    if t == LateUsageBilled.event_type:
+        billed = _decoded(report, recorded)
+        if isinstance(billed, LateUsageBilled):
+            key = str(billed.invoice_id)
+            replay.billed_through[key] = max(
+                replay.billed_through.get(key, -1), billed.usage_through
+            )
         return
     if t == CreditNoteIssued.event_type:
         note = _decoded(report, recorded)
@@ -389,10 +405,36 @@ async def _verify_invoice(
     read[usage_name] = [
         u for u in replay.streams.get(usage_name, []) if u.stream_position <= through
     ]
+    late = []
+    for spec in invoice.late_usage:
+        _compare(
+            findings,
+            recorded,
+            number,
+            c,
+            p,
+            [
+                (
+                    f"late_usage {spec.period} billed_through (what was billed before)",
+                    spec.billed_through,
+                    replay.billed_through.get(str(spec.invoice_id)),
+                ),
+                (
+                    f"late_usage {spec.period} invoice_number",
+                    spec.invoice_number,
+                    getattr(replay.invoices.get(str(spec.invoice_id)), "number", None),
+                ),
+            ],
+        )
+        late.append(
+            _Late(spec=spec, usage=replay.streams.get(f"{_USAGE_PREFIX}{c}-{spec.period}", []))
+        )
     try:
         if c not in replay.customers or not active:
             raise InvoicingError(f"customer {c} had no registration or subscription in {p}")
-        prepared = await _prepare(store, used, replay.catalogue(), billing_period, c, active, read)
+        prepared = await _prepare(
+            store, used, replay.catalogue(), billing_period, c, active, read, late
+        )
     except Exception as exc:  # the log cannot produce this invoice at all
         findings.append(
             Finding(

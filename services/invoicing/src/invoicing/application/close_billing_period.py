@@ -17,6 +17,7 @@ from invoicing.domain.generator import (
     InvoiceDraft,
     UsageTotals,
     draft_subscription_invoice,
+    late_usage_line,
     taxed_draft,
 )
 from invoicing.domain.service_days import (
@@ -49,6 +50,9 @@ from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoiceLine,
     InvoiceNumberAssigned,
+    InvoiceVoided,
+    LateUsage,
+    LateUsageBilled,
     TaxExemptionGranted,
     TaxExemptionRevoked,
     TaxRateSet,
@@ -68,6 +72,7 @@ from ispbill_core.eventstore import (
     WrongExpectedVersion,
 )
 from ispbill_core.eventstore.queries import all_events_of, recorded_of_types
+from ispbill_core.money import Money
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.telemetry import links_from_traceparents, trace_id_of
 from ispbill_core.time_bands import STANDARD, counted_octets
@@ -317,14 +322,28 @@ BILL_RUN_CHUNK = 250
 _CHUNK_ATTEMPTS = 20
 
 
+@dataclass(frozen=True)
+class _Late:
+    """Usage of an earlier invoiced period rated after its invoice (ADR 0032): what to bill
+    (`spec`), that period's usage stream (up to at least `spec.usage_through`), and its
+    invoice's stream and version, where `LateUsageBilled` is appended with the new invoice."""
+
+    spec: LateUsage
+    usage: list[RecordedEvent]
+    stream: str = ""
+    expected: int = 0
+
+
 @dataclass
 class _Prepared:
-    """A customer's invoice drafted, waiting for its number."""
+    """A customer's invoice drafted, waiting for its number; with the late usage it bills,
+    each with its adjustment's amount before tax."""
 
     customer_id: str
     customer: CustomerRecord
     draft: InvoiceDraft
     usage_through: int | None
+    late: list[tuple[_Late, Money]] = field(default_factory=list)
 
 
 async def close_billing_period(
@@ -422,11 +441,19 @@ async def _close_chunk(
             + [usage_stream(c, p) for c, _ in todo]
             + [subscription_stream(s.subscription_id) for _, active in todo for s in active]
         )
+        late = await _late_usage(store, settings, period, [c for c, _ in todo])
         prepared: list[_Prepared] = []
         for customer_id, active in todo:
             try:
                 ready = await _prepare(
-                    store, settings, catalogue, period, customer_id, active, read
+                    store,
+                    settings,
+                    catalogue,
+                    period,
+                    customer_id,
+                    active,
+                    read,
+                    late.get(customer_id, ()),
                 )
             except InvoicingError as exc:
                 attempt.skipped[customer_id] = str(exc)
@@ -469,8 +496,11 @@ async def _prepare(
     customer_id: str,
     active: list[SubscriptionStarted],
     read: dict[str, list[RecordedEvent]],
+    late: Sequence[_Late] = (),
 ) -> _Prepared | None:
-    """The customer's invoice drafted from the streams read (None: nothing to charge)."""
+    """The customer's invoice drafted from the streams read (None: nothing to charge), with
+    an adjustment line per subscription whose usage of an earlier period in `late` was rated
+    after that period's invoice."""
     customer = _current_details(read[customer_stream(customer_id)])
     usage, usage_through = await _usage(
         store, catalogue, read[usage_stream(customer_id, str(period))]
@@ -480,6 +510,7 @@ async def _prepare(
     rules = rules_in_force(catalogue.tax_rules, customer.tax_region, tax_point)
     exemptions = exemptions_in_force(catalogue.exemptions.get(customer_id, ()), tax_point)
     drafts = []
+    histories: dict[str, tuple[ServiceHistory, dict[str, list[PlanTerms]]]] = {}
     for sub in active:
         history = _service_history(sub, read[subscription_stream(sub.subscription_id)])
         plans: dict[str, list[PlanTerms]] = {}
@@ -487,6 +518,7 @@ async def _prepare(
             versions = await catalogue.versions_of(store, plan_id)
             if versions:
                 plans[plan_id] = versions
+        histories[sub.subscription_id] = (history, plans)
         try:
             segments = charged_segments(history, plans, period)
             usage_plan = last_plan_in(history, plans, period)
@@ -504,12 +536,136 @@ async def _prepare(
         )
         if sub_draft is not None:
             drafts.append(sub_draft)
-    if not drafts:
+    adjustments: list[InvoiceLine] = []
+    billed_late: list[tuple[_Late, Money]] = []
+    for item in late:
+        lines = await _late_lines(store, settings, catalogue, item, histories)
+        adjustments += lines
+        if lines:
+            amount = lines[0].amount
+            for line in lines[1:]:
+                amount = amount + line.amount
+            billed_late.append((item, amount))
+    if not drafts and not adjustments:
         return None  # every day of the period suspended, on hold or after termination
-    draft = taxed_draft(
-        _merged_lines(drafts), rules, exemptions, settings.tax_rounding, settings.rounding
+    merged = (_merged_lines(drafts) if drafts else []) + adjustments
+    if any(line.amount.currency != merged[0].amount.currency for line in merged):
+        raise InvoicingError("late usage bills in another currency than the invoice")
+    draft = taxed_draft(merged, rules, exemptions, settings.tax_rounding, settings.rounding)
+    if billed_late:
+        # Late usage that stayed within the included data changes no charge: still marked
+        # billed (amount zero) with this invoice, so that no bill run weighs it again.
+        billed = {id(item) for item, _ in billed_late}
+        billed_late += [
+            (item, Money.zero(draft.currency)) for item in late if id(item) not in billed
+        ]
+    else:
+        billed_late = [(item, Money.zero(draft.currency)) for item in late]
+    return _Prepared(customer_id, customer, draft, usage_through, billed_late)
+
+
+async def _late_lines(
+    store: EventStore,
+    settings: BillingSettings,
+    catalogue: BillRunCatalogue,
+    item: _Late,
+    histories: dict[str, tuple[ServiceHistory, dict[str, list[PlanTerms]]]],
+) -> list[InvoiceLine]:
+    """One adjustment line per subscription whose charge for the earlier period's usage
+    changes now that the usage rated after its invoice counts too (ADR 0032)."""
+    spec = item.spec
+    period = BillingPeriod.parse(spec.period)
+    billed, _ = await _usage(
+        store, catalogue, [u for u in item.usage if u.stream_position <= spec.billed_through]
     )
-    return _Prepared(customer_id, customer, draft, usage_through)
+    now, _ = await _usage(
+        store, catalogue, [u for u in item.usage if u.stream_position <= spec.usage_through]
+    )
+    lines = []
+    for subscription_id, totals in now.items():
+        before = billed.get(subscription_id, UsageTotals(0, 0))
+        if (totals.total_octets, totals.billable_octets) == (
+            before.total_octets,
+            before.billable_octets,
+        ):
+            continue
+        known = histories.get(subscription_id)
+        if known is None:
+            continue  # a subscription not billed now (started after this period): none
+        history, plans = known
+        try:
+            plan = last_plan_in(history, plans, period)
+        except UnknownPlan:
+            raise InvoicingError(f"subscription {subscription_id} names an unknown plan") from None
+        if plan is None:
+            continue
+        line = late_usage_line(
+            plan, period, before, totals, settings.rounding, invoice_number=spec.invoice_number
+        )
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+async def _late_usage(
+    store: EventStore, settings: BillingSettings, period: BillingPeriod, customers: list[str]
+) -> dict[str, list[_Late]]:
+    """Per customer, the earlier periods (up to `settings.late_usage_periods` back) whose
+    usage stream holds usage after what their invoice and its adjustments billed: one
+    versions query and one read of those periods' invoice streams per chunk; the usage
+    streams are read only where something is late. A voided invoice's period is left alone
+    (its re-issue bills the whole period)."""
+    if settings.late_usage_periods <= 0 or not customers:
+        return {}
+    periods: list[str] = []
+    back = period
+    for _ in range(settings.late_usage_periods):
+        back = back.previous
+        periods.append(str(back))
+    periods.reverse()  # oldest first: the lines read in time order
+    pairs = [(c, q) for c in customers for q in periods]
+    versions = await store.stream_versions([usage_stream(c, q) for c, q in pairs])
+    candidates = [(c, q) for c, q in pairs if versions[usage_stream(c, q)] is not None]
+    if not candidates:
+        return {}
+    invoices = await store.read_streams([invoice_stream(c, q) for c, q in candidates])
+    due: list[tuple[str, str, list[RecordedEvent], int, int]] = []
+    for c, q in candidates:
+        recorded = invoices[invoice_stream(c, q)]
+        if not recorded or recorded[0].type != InvoiceIssued.event_type:
+            continue  # not invoiced: its own bill run bills it
+        if any(r.type == InvoiceVoided.event_type for r in recorded):
+            continue
+        through = recorded[0].data.get("usage_through")
+        billed = -1 if through is None else int(through)
+        for r in recorded[1:]:
+            if r.type == LateUsageBilled.event_type:
+                billed = max(billed, int(r.data["usage_through"]))
+        head = versions[usage_stream(c, q)]
+        assert head is not None
+        if head > billed:
+            due.append((c, q, recorded, billed, head))
+    if not due:
+        return {}
+    usage = await store.read_streams([usage_stream(c, q) for c, q, *_ in due])
+    late: dict[str, list[_Late]] = defaultdict(list)
+    for c, q, recorded, billed, head in due:
+        original = recorded[0].data
+        late[c].append(
+            _Late(
+                spec=LateUsage(
+                    period=q,
+                    invoice_id=uuid.UUID(str(original["invoice_id"])),
+                    invoice_number=str(original["number"]),
+                    billed_through=billed,
+                    usage_through=head,
+                ),
+                usage=[u for u in usage[usage_stream(c, q)] if u.stream_position <= head],
+                stream=invoice_stream(c, q),
+                expected=recorded[-1].stream_position,
+            )
+        )
+    return dict(late)
 
 
 def _preview(ready: _Prepared) -> InvoicePreview:
@@ -596,12 +752,13 @@ async def _issue(
                 usage_through=ready.usage_through,
                 rounding=str(settings.rounding),
                 tax_rounding=str(settings.tax_rounding),
+                late_usage=tuple(item.spec for item, _ in ready.late),
             )
         )
     batches: list[tuple[str, Sequence[NewEvent], ExpectedVersion]] = []
     if number_events:
         batches.append((series.stream, number_events, series.expected))
-    for invoice in invoices:
+    for invoice, ready in zip(invoices, prepared, strict=True):
         batches.append(
             (
                 invoice_stream(invoice.customer_id, period),
@@ -617,6 +774,34 @@ async def _issue(
                 NO_STREAM,
             )
         )
+        # In the same transaction: the earlier invoice's stream says how far its usage is
+        # billed now, so that no later bill run bills it again (ADR 0032).
+        for item, amount in ready.late:
+            billed = LateUsageBilled(
+                invoice_id=item.spec.invoice_id,
+                period=item.spec.period,
+                usage_through=item.spec.usage_through,
+                on_invoice_id=invoice.invoice_id,
+                on_invoice_number=invoice.number,
+                amount=amount,
+            )
+            batches.append(
+                (
+                    item.stream,
+                    [
+                        new_event(
+                            billed,
+                            id=deterministic_id(
+                                "late-usage-billed", invoice.invoice_id, item.spec.period
+                            ),
+                            occurred_at=now,
+                            correlation_id=run_id,
+                            actor=actor,
+                        )
+                    ],
+                    item.expected,
+                )
+            )
     try:
         await store.append_many(batches)
     except (WrongExpectedVersion, EventIdConflict):

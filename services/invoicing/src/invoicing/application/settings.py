@@ -27,8 +27,13 @@ class BillingSettings:
     #: gapless stream per year): an invoice's year is its billed period's, a credit note's the
     #: day it is issued (ISP's time zone).
     number_format: str = DEFAULT_NUMBER_FORMAT
+    #: How many periods before the billed one a bill run looks at for usage rated after their
+    #: invoice (ISPBILL_LATE_USAGE_PERIODS; 0: none): billed as adjustment lines (ADR 0032).
+    late_usage_periods: int = 3
 
     def __post_init__(self) -> None:
+        if not 0 <= self.late_usage_periods <= 24:
+            raise ValueError(f"late usage periods {self.late_usage_periods}: 0 to 24")
         for series in (self.series, self.credit_note_series):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", series):
                 raise ValueError(f"series {series!r}: letters, digits, '_', '.', '-', 1-32")

@@ -28,6 +28,7 @@ __all__ = [
     "draft_invoice",
     "draft_subscription_invoice",
     "format_bytes",
+    "late_usage_line",
     "taxed_draft",
 ]
 
@@ -307,6 +308,51 @@ def _usage_line(plan: PlanTerms, usage: UsageTotals, rounding: Rounding) -> Invo
         amount=Money.rounded(price.amount * units, price.currency, rounding),
         tax_inclusive=plan.prices_include_tax,
         source_trace_ids=usage.trace_ids,
+    )
+
+
+def late_usage_line(
+    plan: PlanTerms,
+    period: BillingPeriod,
+    billed: UsageTotals,
+    now: UsageTotals,
+    rounding: Rounding,
+    *,
+    invoice_number: str,
+) -> InvoiceLine | None:
+    """The adjustment for usage of `period` rated after its invoice: the period's usage
+    charge on everything rated now (`now`) less its charge on what was billed (`billed`),
+    both priced by `plan` (the version in force on the period's last day of service) exactly
+    as the period's own invoice prices usage. Included data is the period's: late bytes that
+    still fit in it cost nothing. None when the charge does not change (ADR 0032)."""
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        before = _usage_line(plan, billed, rounding)
+        after = _usage_line(plan, now, rounding)
+    if after is None:
+        return None
+    units = after.quantity - (before.quantity if before is not None else Decimal(0))
+    amount = after.amount - (
+        before.amount if before is not None else Money.zero(after.amount.currency)
+    )
+    if units == 0 and amount.is_zero():
+        return None
+    late = now.billable_octets - billed.billable_octets
+    return InvoiceLine(
+        kind=LineKind.USAGE_ADJUSTMENT,
+        description=(
+            f"Late usage of {period} (invoice {invoice_number}): {format_bytes(late)}"
+            f" rated after it was issued; {after.quantity} {after.unit} beyond"
+            f" {format_bytes(plan.included_bytes)} included in all, {units} not billed before"
+        ),
+        quantity=units,
+        unit=after.unit,
+        unit_price=after.unit_price,
+        amount=amount,
+        tax_inclusive=plan.prices_include_tax,
+        source_trace_ids=tuple(t for t in now.trace_ids if t not in set(billed.trace_ids)),
+        adjusts_invoice=invoice_number,
+        adjusts_period=str(period),
     )
 
 

@@ -43,6 +43,8 @@ _STATUSES: dict[str, invoices_pb2.InvoiceStatus.ValueType] = {
 _LINE_KINDS: dict[LineKind, invoices_pb2.LineKind.ValueType] = {
     LineKind.RECURRING: invoices_pb2.LINE_KIND_RECURRING,
     LineKind.USAGE: invoices_pb2.LINE_KIND_USAGE,
+    LineKind.CREDIT: invoices_pb2.LINE_KIND_CREDIT,
+    LineKind.USAGE_ADJUSTMENT: invoices_pb2.LINE_KIND_USAGE_ADJUSTMENT,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -86,6 +88,8 @@ def line_to_proto(line: InvoiceLine) -> invoices_pb2.InvoiceLine:
         unit_price=money_to_proto(line.unit_price),
         amount=money_to_proto(line.amount),
         source_trace_ids=list(line.source_trace_ids),
+        adjusts_invoice=line.adjusts_invoice or "",
+        adjusts_period=line.adjusts_period or "",
     )
 
 

@@ -1,0 +1,267 @@
+"""Late usage (ADR 0032): usage of an invoiced period rated after its invoice is billed once,
+as an adjustment line on the next invoice linked to the original, priced against that
+period's included data; never dropped, never billed twice. Golden amounts by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from invoicing.application.audit import verify_invoices
+from invoicing.application.close_billing_period import close_billing_period
+from invoicing.application.corrections import void_invoice
+from invoicing.application.set_tax_rate import set_tax_rate
+from invoicing.application.settings import BillingSettings
+from ispbill_core.clock import FixedClock
+from ispbill_core.contracts.accounts import (
+    GIGABYTE,
+    CustomerRegistered,
+    PlanDefined,
+    SubscriptionStarted,
+    customer_stream,
+    plan_stream,
+    subscription_stream,
+)
+from ispbill_core.contracts.invoicing import (
+    InvoiceIssued,
+    LateUsageBilled,
+    LineKind,
+    invoice_stream,
+)
+from ispbill_core.contracts.rating import UsageRated, usage_stream
+from ispbill_core.events import DomainEvent, deterministic_id, new_event
+from ispbill_core.eventstore import ANY
+from ispbill_core.eventstore.sqlite import SQLiteEventStore
+from ispbill_core.money import Money
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = BillingSettings(timezone=ZoneInfo("Asia/Dhaka"))
+
+
+def run_at(period: str) -> FixedClock:
+    year, month = map(int, period.split("-"))
+    month += 1
+    if month == 13:
+        year, month = year + 1, 1
+    return FixedClock(datetime(year, month, 1, 3, tzinfo=UTC))
+
+
+async def put(store: SQLiteEventStore, stream: str, event: DomainEvent) -> None:
+    await store.append(
+        stream,
+        [
+            new_event(
+                event, id=deterministic_id("seed", stream, event), occurred_at=datetime.now(UTC)
+            )
+        ],
+        ANY,
+    )
+
+
+async def use(store: SQLiteEventStore, customer: str, period: str, gb: Decimal, n: int) -> None:
+    await put(
+        store,
+        usage_stream(customer, period),
+        UsageRated(
+            customer_id=customer,
+            subscription_id=f"sub-{customer}",
+            period=period,
+            session_key="nas-1-s-1-0",
+            record_id=deterministic_id("rec", customer, period, n),
+            input_octets=int(gb * GIGABYTE),
+            output_octets=0,
+            occurred_at=datetime(int(period[:4]), int(period[5:]), 10, tzinfo=UTC),
+        ),
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = SQLiteEventStore(tmp_path / "ledger.db")
+    await put(
+        s,
+        plan_stream("home"),
+        PlanDefined(
+            plan_id="home",
+            name="Home",
+            monthly_fee=Money.of("30.00", "USD"),
+            included_bytes=10 * GIGABYTE,
+            overage_price=Money.of("2.00", "USD"),
+        ),
+    )
+    await set_tax_rate(
+        s, FixedClock(datetime(2026, 1, 1, tzinfo=UTC)), "BD", "VAT", Decimal("0.15"), "admin"
+    )
+    for customer in ("c1", "c2"):
+        await put(
+            s,
+            customer_stream(customer),
+            CustomerRegistered(
+                customer_id=customer,
+                name=customer,
+                email=f"{customer}@example.com",
+                tax_region="BD",
+            ),
+        )
+        await put(
+            s,
+            subscription_stream(f"sub-{customer}"),
+            SubscriptionStarted(
+                subscription_id=f"sub-{customer}",
+                customer_id=customer,
+                plan_id="home",
+                radius_username=customer,
+                started_on=date(2026, 1, 1),
+            ),
+        )
+    yield s
+    await s.close()
+
+
+async def bill(
+    store: SQLiteEventStore, period: str, settings: BillingSettings = SETTINGS
+) -> dict[str, InvoiceIssued]:
+    report = await close_billing_period(store, run_at(period), settings, period)
+    assert not report.failed and not report.skipped, report
+    found = {}
+    for customer in ("c1", "c2"):
+        recorded = await store.read_stream(invoice_stream(customer, period))
+        if recorded:
+            invoice = recorded[0].decode()
+            assert isinstance(invoice, InvoiceIssued)
+            found[customer] = invoice
+    return found
+
+
+def adjustments(invoice: InvoiceIssued) -> list[tuple[str, str, str | None, str | None]]:
+    return [
+        (f"{line.quantity}", f"{line.amount.amount}", line.adjusts_invoice, line.adjusts_period)
+        for line in invoice.lines
+        if line.kind == LineKind.USAGE_ADJUSTMENT
+    ]
+
+
+async def late_marks(store: SQLiteEventStore, customer: str, period: str) -> list[LateUsageBilled]:
+    return [
+        r.decode()  # type: ignore[misc]
+        for r in await store.read_stream(invoice_stream(customer, period))
+        if r.type == LateUsageBilled.event_type
+    ]
+
+
+async def test_late_usage_is_billed_once_on_the_next_invoice_against_the_periods_allowance(
+    store,
+) -> None:
+    await use(store, "c1", "2026-03", Decimal(9), 0)
+    await use(store, "c2", "2026-03", Decimal(5), 0)
+    march = await bill(store, "2026-03")
+    assert march["c1"].total == Money.of("34.50", "USD")  # 9 of 10 GB: no overage
+    # Rated after March was invoiced: c1 3 GB more (12 GB: 2 GB over), c2 2 GB (7 GB: none).
+    await use(store, "c1", "2026-03", Decimal(3), 1)
+    await use(store, "c2", "2026-03", Decimal(2), 1)
+    await use(store, "c1", "2026-04", Decimal(1), 0)
+    april = await bill(store, "2026-04")
+    # 2 started GB x 2.00 = 4.00 on top of April's 30.00; VAT 15 % of 34.00 = 5.10
+    assert adjustments(april["c1"]) == [("2", "4.00", march["c1"].number, "2026-03")]
+    assert (april["c1"].subtotal, april["c1"].total) == (
+        Money.of("34.00", "USD"),
+        Money.of("39.10", "USD"),
+    )
+    [spec] = april["c1"].late_usage
+    assert (spec.period, spec.invoice_number, spec.billed_through, spec.usage_through) == (
+        "2026-03",
+        march["c1"].number,
+        0,
+        1,
+    )
+    # c2's late 2 GB still fit in March's 10 GB: no line, nothing more to pay, marked billed
+    assert adjustments(april["c2"]) == [] and april["c2"].total == Money.of("34.50", "USD")
+    [mark] = await late_marks(store, "c2", "2026-03")
+    assert (mark.usage_through, mark.amount, mark.on_invoice_number) == (
+        1,
+        Money.zero("USD"),
+        april["c2"].number,
+    )
+    [mark] = await late_marks(store, "c1", "2026-03")
+    assert (mark.amount, mark.on_invoice_number) == (Money.of("4.00", "USD"), april["c1"].number)
+
+    # Nothing late since: May adjusts nothing; rerunning April issues nothing new.
+    assert (await close_billing_period(store, run_at("2026-04"), SETTINGS, "2026-04")).issued == []
+    may = await bill(store, "2026-05")
+    assert adjustments(may["c1"]) == [] and may["c1"].late_usage == ()
+
+    # Half a GB more of March, rated in June: 12.5 GB, 3 started GB over, 2 billed: one more.
+    await use(store, "c1", "2026-03", Decimal("0.5"), 2)
+    june = await bill(store, "2026-06")
+    assert adjustments(june["c1"]) == [("1", "2.00", march["c1"].number, "2026-03")]
+    assert june["c1"].late_usage[0].billed_through == 1
+
+    report = await verify_invoices(store, SETTINGS)
+    assert report.findings == [] and report.invoices_checked == 8
+
+
+async def test_the_look_back_is_a_setting_and_a_voided_period_is_left_to_its_reissue(store) -> None:
+    await use(store, "c1", "2026-01", Decimal(10), 0)
+    await use(store, "c2", "2026-01", Decimal(10), 0)
+    january = await bill(store, "2026-01")
+    await void_invoice(
+        store, run_at("2026-01"), january["c2"], reason="wrong address", actor="staff:clerk"
+    )
+    for period in ("2026-02", "2026-03"):
+        await bill(store, period)
+    await use(store, "c1", "2026-01", Decimal(1), 1)
+    await use(store, "c2", "2026-01", Decimal(1), 1)
+    # January is three periods before April: a look-back of 2 does not reach it...
+    april = await bill(store, "2026-04", dataclasses.replace(SETTINGS, late_usage_periods=2))
+    assert adjustments(april["c1"]) == []
+    # ...May's run with a look-back of 4 does, once; June's (5) finds nothing left.
+    may = await bill(store, "2026-05", dataclasses.replace(SETTINGS, late_usage_periods=4))
+    assert adjustments(may["c1"]) == [("1", "2.00", january["c1"].number, "2026-01")]
+    assert adjustments(may["c2"]) == []  # its January invoice was voided
+    june = await bill(store, "2026-06", dataclasses.replace(SETTINGS, late_usage_periods=5))
+    assert adjustments(june["c1"]) == []
+    assert (await verify_invoices(store, SETTINGS)).findings == []
+
+
+async def test_a_dry_run_shows_the_adjustment_and_writes_nothing(store) -> None:
+    await use(store, "c1", "2026-03", Decimal(10), 0)
+    await bill(store, "2026-03")
+    await use(store, "c1", "2026-03", Decimal("0.1"), 1)
+    before = await store.head_position()
+    report = await close_billing_period(store, run_at("2026-04"), SETTINGS, "2026-04", dry_run=True)
+    preview = next(p for p in report.previews if p.customer_id == "c1")
+    assert (preview.subtotal, preview.lines) == ("32.00", 2)
+    assert await store.head_position() == before
+
+
+async def test_audit_verify_names_a_tampered_adjustment(store, tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    await use(store, "c1", "2026-03", Decimal(11), 0)
+    await bill(store, "2026-03")
+    await use(store, "c1", "2026-03", Decimal(2), 1)
+    april = await bill(store, "2026-04")
+    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    try:
+        gp, data = conn.execute(
+            "SELECT global_position, data FROM events WHERE stream = 'invoice-c1-2026-04'"
+        ).fetchone()
+        edited = json.loads(data)
+        edited["late_usage"][0]["billed_through"] = 1  # claims nothing late was left
+        conn.execute(
+            "UPDATE events SET data = ? WHERE global_position = ?", (json.dumps(edited), gp)
+        )
+    finally:
+        conn.close()
+    report = await verify_invoices(store, SETTINGS)
+    assert {f.document for f in report.findings} == {april["c1"].number}
+    assert "late_usage 2026-03 billed_through (what was billed before)" in {
+        f.field for f in report.findings
+    }
