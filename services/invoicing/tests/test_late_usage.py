@@ -8,13 +8,15 @@ import dataclasses
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from invoicing.application.audit import verify_invoices
-from invoicing.application.close_billing_period import close_billing_period
+from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
 from invoicing.application.corrections import void_invoice
+from invoicing.application.read_models import BillingCatalogueProjection, ProjectedCatalogue
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
 from ispbill_core.clock import FixedClock
@@ -38,6 +40,8 @@ from ispbill_core.events import DomainEvent, deterministic_id, new_event
 from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.money import Money
+from ispbill_core.projections.projector import Projector
+from ispbill_core.projections.sqlite import SQLiteReadModels
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +85,14 @@ async def use(store: SQLiteEventStore, customer: str, period: str, gb: Decimal, 
     )
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
+#: How the bill run knows its customers and what each invoiced period billed: a scan of the
+#: log (every candidate period's invoice stream read), or the catalogue projection (its
+#: `usage_billed` filters, the invoice stream decides).
+CATALOGUE: dict[int, Any] = {}
+
+
+@pytest.fixture(params=["scanned", "projected"])
+async def store(tmp_path: Path, request: pytest.FixtureRequest):
     s = SQLiteEventStore(tmp_path / "ledger.db")
     await put(
         s,
@@ -120,14 +130,28 @@ async def store(tmp_path: Path):
                 started_on=date(2026, 1, 1),
             ),
         )
+    if request.param == "projected":
+        db = SQLiteReadModels(s)
+        projector = Projector(s, db, [BillingCatalogueProjection()])
+
+        async def projected() -> BillRunCatalogue:
+            await projector.rebuild_now()
+            catalogue = await ProjectedCatalogue(db)()
+            assert catalogue.usage_billed is not None
+            return catalogue
+
+        CATALOGUE[id(s)] = projected
     yield s
+    CATALOGUE.pop(id(s), None)
     await s.close()
 
 
 async def bill(
     store: SQLiteEventStore, period: str, settings: BillingSettings = SETTINGS
 ) -> dict[str, InvoiceIssued]:
-    report = await close_billing_period(store, run_at(period), settings, period)
+    report = await close_billing_period(
+        store, run_at(period), settings, period, CATALOGUE.get(id(store))
+    )
     assert not report.failed and not report.skipped, report
     found = {}
     for customer in ("c1", "c2"):
@@ -192,7 +216,10 @@ async def test_late_usage_is_billed_once_on_the_next_invoice_against_the_periods
     assert (mark.amount, mark.on_invoice_number) == (Money.of("4.00", "USD"), april["c1"].number)
 
     # Nothing late since: May adjusts nothing; rerunning April issues nothing new.
-    assert (await close_billing_period(store, run_at("2026-04"), SETTINGS, "2026-04")).issued == []
+    rerun = await close_billing_period(
+        store, run_at("2026-04"), SETTINGS, "2026-04", CATALOGUE.get(id(store))
+    )
+    assert rerun.issued == []
     may = await bill(store, "2026-05")
     assert adjustments(may["c1"]) == [] and may["c1"].late_usage == ()
 
@@ -265,3 +292,31 @@ async def test_audit_verify_names_a_tampered_adjustment(store, tmp_path: Path) -
     assert "late_usage 2026-03 billed_through (what was billed before)" in {
         f.field for f in report.findings
     }
+
+
+async def test_a_catalogue_behind_the_ledger_never_bills_late_usage_twice(store) -> None:
+    """The projection only filters: one that has not folded April's LateUsageBilled yet still
+    sends May's run to March's invoice stream, which says it is billed."""
+    await use(store, "c1", "2026-03", Decimal(10), 0)
+    await bill(store, "2026-03")
+    await use(store, "c1", "2026-03", Decimal(2), 1)
+    db = SQLiteReadModels(store)
+    projector = Projector(store, db, [BillingCatalogueProjection()])
+    await projector.rebuild_now()
+    stale = await ProjectedCatalogue(db)()  # knows March billed through position 0
+
+    async def behind() -> BillRunCatalogue:
+        return stale
+
+    april = await close_billing_period(store, run_at("2026-04"), SETTINGS, "2026-04", behind)
+    may = await close_billing_period(store, run_at("2026-05"), SETTINGS, "2026-05", behind)
+    assert len(april.issued) == len(may.issued) == 2
+    lines = [
+        line
+        for period in ("2026-04", "2026-05")
+        for recorded in await store.read_stream(invoice_stream("c1", period))
+        if recorded.type == InvoiceIssued.event_type
+        for line in recorded.decode().lines  # type: ignore[attr-defined]
+        if line.kind == LineKind.USAGE_ADJUSTMENT
+    ]
+    assert [(line.quantity, line.adjusts_period) for line in lines] == [(Decimal(2), "2026-03")]

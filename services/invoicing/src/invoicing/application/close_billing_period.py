@@ -130,6 +130,11 @@ class BillRunCatalogue:
     #: `plan_versions` holds every plan already, as of a point of the log (the auditor's
     #: replay): a plan not in it has no version then, and the store is not read
     plans_complete: bool = False
+    #: (customer, period) of every invoice not void -> the last position of its usage
+    #: stream billed (its `usage_through`, then each LateUsageBilled's; -1: none), as the
+    #: projection has folded them: a filter for late usage, confirmed by reading the invoice's
+    #: stream. None: not known, every candidate period's invoice stream is read (ADR 0032).
+    usage_billed: dict[tuple[str, str], int] | None = None
 
     async def versions_of(self, store: EventStore, plan_id: str) -> list[PlanTerms]:
         if self.plans_complete:
@@ -441,7 +446,7 @@ async def _close_chunk(
             + [usage_stream(c, p) for c, _ in todo]
             + [subscription_stream(s.subscription_id) for _, active in todo for s in active]
         )
-        late = await _late_usage(store, settings, period, [c for c, _ in todo])
+        late = await _late_usage(store, settings, catalogue, period, [c for c, _ in todo])
         prepared: list[_Prepared] = []
         for customer_id, active in todo:
             try:
@@ -608,7 +613,11 @@ async def _late_lines(
 
 
 async def _late_usage(
-    store: EventStore, settings: BillingSettings, period: BillingPeriod, customers: list[str]
+    store: EventStore,
+    settings: BillingSettings,
+    catalogue: BillRunCatalogue,
+    period: BillingPeriod,
+    customers: list[str],
 ) -> dict[str, list[_Late]]:
     """Per customer, the earlier periods (up to `settings.late_usage_periods` back) whose
     usage stream holds usage after what their invoice and its adjustments billed: one
@@ -623,9 +632,19 @@ async def _late_usage(
         back = back.previous
         periods.append(str(back))
     periods.reverse()  # oldest first: the lines read in time order
-    pairs = [(c, q) for c in customers for q in periods]
+    known = catalogue.usage_billed
+    pairs = [(c, q) for c in customers for q in periods if known is None or (c, q) in known]
+    if not pairs:
+        return {}
     versions = await store.stream_versions([usage_stream(c, q) for c, q in pairs])
-    candidates = [(c, q) for c, q in pairs if versions[usage_stream(c, q)] is not None]
+    candidates = [
+        (c, q)
+        for c, q in pairs
+        if (version := versions[usage_stream(c, q)]) is not None
+        # the projection's filter: an invoice it has not folded yet waits for the next run;
+        # one it has is read below, which is what decides
+        and (known is None or ((c, q) in known and version > known[(c, q)]))
+    ]
     if not candidates:
         return {}
     invoices = await store.read_streams([invoice_stream(c, q) for c, q in candidates])

@@ -8,6 +8,7 @@ kept in the row as it was recorded (issued invoices never change).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoicePaid,
     InvoiceVoided,
+    LateUsageBilled,
     PaymentAllocated,
     TaxExemptionGranted,
     TaxExemptionRevoked,
@@ -336,12 +338,14 @@ class BillingCatalogueProjection(Projection):
     the published events, so the bill run reads its own tables, not another service's."""
 
     name = "invoicing.catalogue"
-    version = 2
+    #: 3: how far each invoiced period's usage is billed (late usage, ADR 0032)
+    version = 3
     tables = (
         "rm_billing_customers",
         "rm_billing_subscriptions",
         "rm_billing_tax_rules",
         "rm_billing_tax_exemptions",
+        "rm_billing_usage_billed",
     )
     ddl = (
         "DROP TABLE IF EXISTS rm_billing_tax_rates",  # version 1's, replaced by the rules
@@ -353,11 +357,17 @@ class BillingCatalogueProjection(Projection):
         " region TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS rm_billing_tax_exemptions (position BIGINT PRIMARY KEY,"
         " customer_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS rm_billing_usage_billed (customer_id TEXT NOT NULL,"
+        " period TEXT NOT NULL, billed_through BIGINT NOT NULL, void INTEGER NOT NULL,"
+        " PRIMARY KEY (customer_id, period))",
     )
     types = frozenset(
         {
             CustomerRegistered.event_type,
             SubscriptionStarted.event_type,
+            InvoiceIssued.event_type,
+            LateUsageBilled.event_type,
+            InvoiceVoided.event_type,
             *(kind.event_type for kind in _RULE_KINDS),
             *(kind.event_type for kind in _EXEMPTION_KINDS),
         }
@@ -368,9 +378,15 @@ class BillingCatalogueProjection(Projection):
     ) -> tuple[list[Statement], list[tuple[RecordedEvent, str]]]:
         """As event by event, grouped by statement: rows of different tables commute."""
         statements, parked = super().fold(events)
-        return in_runs(statements), parked
+        return in_runs(statements, first=(_USAGE_BILLED_INSERT,)), parked
 
     def apply(self, event: RecordedEvent) -> Sequence[Statement]:
+        if event.type in (
+            InvoiceIssued.event_type,
+            LateUsageBilled.event_type,
+            InvoiceVoided.event_type,
+        ):
+            return _usage_billed(event)
         if (event.type, event.version) == (
             CustomerRegistered.event_type,
             CustomerRegistered.event_version,
@@ -421,6 +437,43 @@ class BillingCatalogueProjection(Projection):
         ]
 
 
+_USAGE_BILLED_INSERT = (
+    "INSERT INTO rm_billing_usage_billed (customer_id, period, billed_through, void)"
+    " VALUES (?, ?, ?, 0) ON CONFLICT (customer_id, period) DO NOTHING"
+)
+_INVOICE_STREAM = re.compile(r"^invoice-(.+)-(\d{4}-\d{2})$")
+
+
+def _usage_billed(event: RecordedEvent) -> list[Statement]:
+    """An invoice's period: billed through its `usage_through`, then each LateUsageBilled's;
+    void once voided. Read from the data as recorded (the bill run wrote 100,000 of them)."""
+    match = _INVOICE_STREAM.match(event.stream)
+    if match is None:
+        raise ValueError(f"{event.type} in {event.stream!r}, not an invoice's stream")
+    customer_id, period = match.groups()
+    data = event.data
+    if event.type == InvoiceIssued.event_type:
+        through = data.get("usage_through")
+        return [
+            (_USAGE_BILLED_INSERT, (customer_id, period, -1 if through is None else int(through)))
+        ]
+    if event.type == LateUsageBilled.event_type:
+        through = int(data["usage_through"])
+        return [
+            (
+                "UPDATE rm_billing_usage_billed SET billed_through = CASE WHEN billed_through < ?"
+                " THEN ? ELSE billed_through END WHERE customer_id = ? AND period = ?",
+                (through, through, customer_id, period),
+            )
+        ]
+    return [
+        (
+            "UPDATE rm_billing_usage_billed SET void = 1 WHERE customer_id = ? AND period = ?",
+            (customer_id, period),
+        )
+    ]
+
+
 class ProjectedCatalogue:
     """The bill run's catalogue from the billing catalogue projection."""
 
@@ -454,11 +507,19 @@ class ProjectedCatalogue:
             exemptions.setdefault(customer_id, []).append(
                 exemption_kinds[type_].model_validate_json(data)
             )
+        usage_billed = {
+            (customer_id, period): int(through)
+            for customer_id, period, through in await self._db.fetch(
+                "SELECT customer_id, period, billed_through FROM rm_billing_usage_billed"
+                " WHERE void = 0"
+            )
+        }
         return BillRunCatalogue(
             customers=customers,
             tax_rules=rules,
             subscriptions=subscriptions,
             exemptions=exemptions,
+            usage_billed=usage_billed,
         )
 
 
