@@ -4,7 +4,7 @@ export UV_PYTHON_DOWNLOADS := never
 PYTHON ?= 3.11
 UV ?= uv
 RUN := $(UV) run --frozen
-APT_PACKAGES := freeradius-utils snmpd snmp
+APT_PACKAGES := freeradius-utils snmpd snmp fonts-noto-core poppler-utils
 DATA_DIR ?= var/ispbill
 # root installs directly; anyone else through sudo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -19,7 +19,7 @@ help:
 
 install: install-system install-python install-tools install-web ## system packages, the Python workspace, helm, web assets
 
-install-system: ## apt packages the tests use (radclient); skipped when already present
+install-system: ## apt packages (radclient, snmpd, the Noto fonts of invoice PDFs, pdftotext); skipped when present
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

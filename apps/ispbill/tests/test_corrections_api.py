@@ -310,3 +310,33 @@ async def test_audit_verify_and_the_chain_through_the_api(
     assert (total["recorded"], total["derived"]) == ("3.45 USD", "34.50 USD")
     broken = await call(api, "GET", "/audit/chain")
     assert (broken["ok"], broken["broken_at"]) == (False, gp)
+
+
+async def test_a_customer_invoiced_in_bengali_gets_a_bengali_pdf(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The customer's `language` is recorded on the invoice; its PDF prints the Bengali
+    template with the Noto fonts, and pdftotext finds the name, the number and the total."""
+    import shutil
+    import subprocess
+
+    bad = await api.patch("/api/v1/customers/c-1", json={"language": "Bengali"})
+    assert bad.status_code == 422, bad.text
+    name = "রহিম উদ্দিন"
+    await call(api, "PATCH", "/customers/c-2", {"language": "bn", "name": name})
+    assert (await call(api, "GET", "/customers/c-2"))["language"] == "bn"
+    report = await call(api, "POST", "/bill-runs", {"period": "2026-03"})
+    assert len(report["issued"]) == 3, report
+    assert await api.projector.catch_up(timeout=20)  # type: ignore[attr-defined]
+    [invoice] = await call(api, "GET", "/invoices?customer_id=c-2&period=2026-03")
+    assert invoice["language"] == "bn" and invoice["customer_name"] == name
+    response = await api.get(f"/api/v1/invoices/{invoice['number']}/pdf")
+    assert response.status_code == 200 and response.content.startswith(b"%PDF-")
+    assert shutil.which("pdftotext"), "make install-system installs poppler-utils"
+    path = tmp_path / "invoice.pdf"
+    path.write_bytes(response.content)
+    text = subprocess.run(
+        ["pdftotext", "-enc", "UTF-8", str(path), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    for expected in (name, invoice["number"], "সর্বমোট", f"{invoice['total']['amount']} USD"):
+        assert expected in text, expected

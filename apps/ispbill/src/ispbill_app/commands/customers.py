@@ -30,6 +30,7 @@ CUSTOMER_FIELDS = [
     ("service address", "service_address"),
     ("account type", "account_type"),
     ("tags", "tags"),
+    ("invoice language", "language"),
     ("version", "version"),
 ]
 
@@ -40,6 +41,10 @@ TaxRegion = Annotated[str | None, typer.Option(help="a region with a tax rule")]
 BillingAddress = Annotated[str | None, typer.Option()]
 ServiceAddress = Annotated[str | None, typer.Option(help="where the line is installed")]
 AccountType = Annotated[str | None, typer.Option(help="home, business or corporate")]
+Language = Annotated[
+    str | None,
+    typer.Option(help='invoice language: "en", "bn" (any the invoice template has); "" default'),
+]
 Tags = Annotated[
     list[str] | None, typer.Option("--tag", help="a segment tag (lowercase slug); repeatable")
 ]
@@ -79,6 +84,7 @@ def create(
     service_address: ServiceAddress = None,
     account_type: AccountType = None,
     tag: Tags = None,
+    language: Language = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Register a customer (the same command twice records one customer)."""
@@ -92,6 +98,7 @@ def create(
         service_address=service_address,
         account_type=account_type,
         tags=tag or None,
+        language=language,
     )
     print_data(client(ctx).post("/api/v1/customers", body), fmt, CUSTOMER_COLUMNS)
 
@@ -108,6 +115,7 @@ def change(
     service_address: ServiceAddress = None,
     account_type: AccountType = None,
     tag: Tags = None,
+    language: Language = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="remove every tag")] = False,
     expected_version: Annotated[
         int | None,
@@ -127,6 +135,7 @@ def change(
         service_address=service_address,
         account_type=account_type,
         tags=[] if no_tags else (tag or None),
+        language=language,
     )
     if not body:
         raise typer.BadParameter("give at least one detail to change")

@@ -55,9 +55,14 @@ def _start(command: str, component: str | None, settings: Any, with_demo: bool) 
     from ispbill_core.sealing import SealingError
     from ispbill_core.telemetry import TelemetryError
 
+    from invoicing.adapters.invoice_template import TemplateError
+    from invoicing.adapters.pdf import default_template
+
     try:
         thresholds = gc_tuning.parse_thresholds(settings.gc_thresholds)
-    except ValueError as exc:
+        # A bad invoice template stops the start, not a bill run at night.
+        default_template()
+    except (ValueError, TemplateError) as exc:
         print(f"ispbill: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     # After the imports above and before the loop: a server's heap is mostly what it keeps.

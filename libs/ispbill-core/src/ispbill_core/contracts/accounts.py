@@ -151,6 +151,9 @@ class CustomerDetails(DomainEvent):
     service_address: str = ""
     account_type: AccountType = "home"
     tags: tuple[str, ...] = ()
+    #: the language of the customer's invoices, a 2-3 letter code ("en", "bn"); "": the
+    #: ISP's default (the invoice template's `default_language`)
+    language: str = Field(default="", pattern=r"^([a-z]{2,3})?$")
 
 
 @event_type("CustomerRegistered", 1)

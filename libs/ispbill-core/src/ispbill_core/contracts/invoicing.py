@@ -220,6 +220,8 @@ class InvoiceIssued(DomainEvent):
     tax_rounding: str | None = Field(default=None, max_length=20)
     #: late usage of earlier periods billed here, as `USAGE_ADJUSTMENT` lines (ADR 0032)
     late_usage: tuple[LateUsage, ...] = ()
+    #: the customer's invoice language when issued ("": the template's default)
+    language: str = Field(default="", pattern=r"^([a-z]{2,3})?$")
 
 
 @event_type("LateUsageBilled", 1)

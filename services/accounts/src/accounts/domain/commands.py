@@ -153,6 +153,18 @@ class DefinePlan(BaseModel):
         )
 
 
+#: The language of a customer's invoices: "en", "bn", any language the ISP's invoice template
+#: has labels for (others print in its default language); "": the default.
+InvoiceLanguage = Annotated[
+    str,
+    Field(
+        pattern=r"^([a-z]{2,3})?$",
+        max_length=3,
+        description='invoice language, "en", "bn"; "" for the ISP\'s default',
+    ),
+]
+
+
 class RegisterCustomer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -165,6 +177,7 @@ class RegisterCustomer(BaseModel):
     service_address: Address = ""
     account_type: AccountType = "home"
     tags: Tags = Field(default_factory=list, description="lowercase slugs [a-z0-9-], at most 20")
+    language: InvoiceLanguage = ""
 
     def to_event(self) -> CustomerRegistered:
         return CustomerRegistered(**self.model_dump())
@@ -185,6 +198,7 @@ class ChangeCustomer(BaseModel):
     service_address: Address | None = None
     account_type: AccountType | None = None
     tags: Tags | None = None
+    language: InvoiceLanguage | None = None
     #: the customer's `version` as read (GET): refused (409) if it changed since
     expected_version: ExpectedVersion | None = None
 

@@ -1,23 +1,51 @@
-"""Invoice PDFs: an issued invoice and the ISP's branding in, reproducible A4 bytes out."""
+"""Invoice PDFs: an issued invoice, the ISP's branding and the invoice template in,
+reproducible A4 bytes out, in the customer's language (ADR 0033).
+
+Two font paths. An invoice whose every word is in Windows-1252 (English labels, Latin names)
+is drawn with the PDF core fonts: nothing embedded, about 5 ms a page. Any other text (a
+Bengali or Arabic name, Bengali labels, Łódź) switches the whole document to the Noto fonts
+of Debian's fonts-noto-core, embedded as subsets, with HarfBuzz shaping for Bengali conjuncts
+and Arabic joining; characters none of those fonts has are transliterated or shown as "?".
+"""
 
 from __future__ import annotations
 
+import functools
+import os
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date
+from babel.numbers import parse_pattern
+from fontTools.ttLib import TTFont
 from fpdf import FPDF, FontFace
+from fpdf import line_break as _fpdf_line_break
 from fpdf.enums import TableBordersLayout, TableCellFillMode, XPos, YPos
 
+from invoicing.adapters.invoice_template import InvoiceTemplate
 from ispbill_core.contracts.invoicing import InvoiceIssued
 from ispbill_core.money import Money
 
-__all__ = ["Branding", "pdf_safe_text", "render_invoice_pdf"]
+__all__ = ["Branding", "FontsMissing", "pdf_safe_text", "render_invoice_pdf"]
 
-#: Core PDF fonts need no font file shipped with the service (fpdf2 bundles no TTF fonts),
-#: but only cover Windows-1252; anything else goes through pdf_safe_text.
-_FONT = "Helvetica"
+#: Core PDF fonts need no font file, but only cover Windows-1252.
+_CORE_FONT = "Helvetica"
 _ENCODING = "cp1252"
+
+#: Where the Noto fonts are (Debian's fonts-noto-core); ISPBILL_PDF_FONTS_DIR overrides.
+DEFAULT_FONTS_DIR = "/usr/share/fonts/truetype/noto"
+_LATIN = "NotoSans"
+#: The fonts a script needs, tried in this order after the Latin one (fpdf2 fallback fonts).
+_SCRIPT_FONTS = {
+    "NotoSansBengali": ("NotoSansBengali-Regular.ttf", "NotoSansBengali-Bold.ttf"),
+    "NotoNaskhArabic": ("NotoNaskhArabic-Regular.ttf", "NotoNaskhArabic-Bold.ttf"),
+}
+_LATIN_FILES = ("NotoSans-Regular.ttf", "NotoSans-Bold.ttf")
 
 _PAGE_WIDTH = 210.0
 _MARGIN = 15.0
@@ -57,19 +85,34 @@ class Branding:
     footer: str = "Thank you for your business."
 
 
+class FontsMissing(RuntimeError):
+    """The Noto fonts an invoice needs are not installed."""
+
+
 def render_invoice_pdf(
-    invoice: InvoiceIssued, branding: Branding, *, status: str = "ISSUED"
+    invoice: InvoiceIssued,
+    branding: Branding,
+    *,
+    status: str = "ISSUED",
+    template: InvoiceTemplate | None = None,
+    language: str | None = None,
 ) -> bytes:
-    """Render one invoice. The same invoice, branding and status always give the same bytes."""
-    accent = _rgb(branding.accent_hex)
-    pdf = _InvoicePdf(invoice.number, branding.footer)
+    """Render one invoice in `language` (default: the invoice's, then the template's). The
+    same invoice, branding, template, language and status always give the same bytes."""
+    template = template or default_template()
+    words = _Words(template, template.language_for(language or invoice.language), invoice)
+    accent = _rgb(template.accent or branding.accent_hex)
+    texts = [*_texts_of(invoice, branding), *template.labels[words.language].values()]
+    fonts = _fonts_for(texts)
+    pdf = _InvoicePdf(words, branding.footer, fonts, invoice.number)
     # Byte-for-byte reproducible: the only clock fpdf2 would read is the creation date.
     pdf.set_creation_date(invoice.issued_at)
     pdf.set_producer("ispbill")
     pdf.set_title(f"Invoice {invoice.number}")
-    pdf.set_author(pdf_safe_text(branding.isp_name))
+    pdf.set_author(branding.isp_name if fonts else pdf_safe_text(branding.isp_name))
     pdf.set_subject(f"Invoice {invoice.number} for {invoice.period}")
     pdf.set_creator("ispbill invoicing")
+    pdf.set_lang(words.language)
     # Page 1 places its blocks explicitly below the band; this top margin serves later pages.
     pdf.set_margins(_MARGIN, _CONTINUED_TOP, _MARGIN)
     pdf.set_auto_page_break(auto=True, margin=22)
@@ -89,6 +132,122 @@ def render_invoice_pdf(
     return bytes(pdf.output())
 
 
+@functools.cache
+def default_template() -> InvoiceTemplate:
+    """The template of ISPBILL_INVOICE_TEMPLATE merged over the default, read once."""
+    return InvoiceTemplate.load(os.environ.get("ISPBILL_INVOICE_TEMPLATE") or None)
+
+
+class _Words:
+    """The template's labels in one language, and babel's numbers and dates for it."""
+
+    def __init__(self, template: InvoiceTemplate, language: str, invoice: InvoiceIssued) -> None:
+        self.template = template
+        self.language = language
+        try:
+            self.locale = Locale.parse(language)
+        except (UnknownLocaleError, ValueError):
+            self.locale = Locale.parse("en")
+        self._decimal = self.locale.decimal_formats[None].pattern
+
+    def __call__(self, key: str, **values: object) -> str:
+        return self.template.text(self.language, key, **values)
+
+    def amount(self, money: Money) -> str:
+        """In the locale's grouping (12,34,567.50 in Bengali), with the currency's minor
+        units (a Money is quantized to them)."""
+        exponent = money.amount.as_tuple().exponent
+        digits = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+        return self._formatted(money.amount, digits, digits)
+
+    def number(self, value: Decimal) -> str:
+        return self._formatted(value, 0, 6)
+
+    def _formatted(self, value: Decimal, least: int, most: int) -> str:
+        pattern = parse_pattern(self._decimal)
+        pattern.frac_prec = (least, most)
+        return str(pattern.apply(value, self.locale))
+
+    def date(self, day: date) -> str:
+        return str(format_date(day, format="medium", locale=self.locale))
+
+
+def _texts_of(invoice: InvoiceIssued, branding: Branding) -> Iterable[str]:
+    yield from (
+        invoice.customer_name,
+        invoice.customer_email,
+        invoice.billing_address,
+        invoice.customer_id,
+        invoice.number,
+        branding.isp_name,
+        branding.address,
+        branding.tax_id,
+        branding.email,
+        branding.phone,
+        branding.website,
+        branding.footer,
+    )
+    for line in invoice.lines:
+        yield line.description
+        yield line.unit
+    for tax in invoice.taxes:
+        yield tax.tax_name
+        yield tax.exemption_certificate or ""
+
+
+@dataclass(frozen=True)
+class _Fonts:
+    """The Noto fonts one document embeds: the Latin family and the scripts its text needs."""
+
+    directory: Path
+    scripts: tuple[str, ...]
+    shaping: bool
+
+
+def _fonts_for(texts: Iterable[str]) -> _Fonts | None:
+    """None when every text is Windows-1252 (the core fonts draw it); else the Noto fonts."""
+    needed: set[str] = set()
+    core = True
+    for text in texts:
+        if core and not _all_encodable(text):
+            core = False
+        for char in text:
+            if "\u0980" <= char <= "\u09ff":
+                needed.add("NotoSansBengali")
+            elif (
+                "\u0600" <= char <= "\u06ff"
+                or "\u0750" <= char <= "\u077f"
+                or ("\ufb50" <= char <= "\ufdff" or "\ufe70" <= char <= "\ufeff")
+            ):
+                needed.add("NotoNaskhArabic")
+    if core:
+        return None
+    directory = Path(os.environ.get("ISPBILL_PDF_FONTS_DIR") or DEFAULT_FONTS_DIR)
+    scripts = tuple(name for name in _SCRIPT_FONTS if name in needed)
+    return _Fonts(directory, scripts, shaping=bool(scripts))
+
+
+@functools.cache
+def _coverage(path: Path) -> frozenset[int]:
+    """The code points a font file has glyphs for (read once per process)."""
+    font = TTFont(path, lazy=True)
+    try:
+        return frozenset(font.getBestCmap())
+    finally:
+        font.close()
+
+
+def _font_file(directory: Path, name: str) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise FontsMissing(
+            f"invoice PDF font {path} is missing: install Debian's fonts-noto-core (make"
+            " install does), or point ISPBILL_PDF_FONTS_DIR at a directory holding the Noto"
+            " fonts"
+        )
+    return path
+
+
 def pdf_safe_text(text: str) -> str:
     """Text the core fonts can draw: Windows-1252 kept, the rest transliterated or '?'."""
     out: list[str] = []
@@ -106,22 +265,53 @@ def pdf_safe_text(text: str) -> str:
 
 
 class _InvoicePdf(FPDF):
-    def __init__(self, number: str, footer_text: str) -> None:
+    def __init__(self, words: _Words, isp_footer: str, fonts: _Fonts | None, number: str) -> None:
         super().__init__(orientation="P", unit="mm", format="A4")
-        self.core_fonts_encoding = _ENCODING
-        self._number = number
-        self._footer_text = footer_text
+        self.words = words
+        self.number = number
+        self._isp_footer = isp_footer
+        self._fonts = fonts
+        self._covered: frozenset[int] = frozenset()
+        if fonts is None:
+            self.core_fonts_encoding = _ENCODING
+            self.family = _CORE_FONT
+            return
+        self.family = _LATIN
+        regular, bold = (_font_file(fonts.directory, name) for name in _LATIN_FILES)
+        self.add_font(_LATIN, "", regular)
+        self.add_font(_LATIN, "B", bold)
+        covered = set(_coverage(regular))
+        for name in fonts.scripts:
+            script_regular, script_bold = (
+                _font_file(fonts.directory, f) for f in _SCRIPT_FONTS[name]
+            )
+            self.add_font(name, "", script_regular)
+            self.add_font(name, "B", script_bold)
+            covered |= _coverage(script_regular)
+        self._covered = frozenset(covered)
+        if fonts.scripts:
+            self.set_fallback_fonts(list(fonts.scripts))
+        if fonts.shaping:
+            self.set_text_shaping(True)
 
     def normalize_text(self, text: str) -> str:
-        # Every string drawn passes through here, so no caller can crash the core font.
-        return super().normalize_text(pdf_safe_text(text))
+        # Every string drawn passes through here, so no caller can crash a font: what the
+        # fonts cannot draw is transliterated, or "?".
+        if self._fonts is None:
+            return super().normalize_text(pdf_safe_text(text))
+        covered = self._covered
+        if all(ord(c) in covered or c in "\n\r\t" for c in text):
+            return super().normalize_text(text)
+        return super().normalize_text(
+            "".join(c if ord(c) in covered or c in "\n\r\t" else pdf_safe_text(c) for c in text)
+        )
 
     def header(self) -> None:
         if self.page_no() > 1:
             self.set_y(10)
-            self.set_font(_FONT, "", 8)
+            self.set_font(self.family, "", 8)
             self.set_text_color(*_MUTED)
-            self.cell(0, 5, f"Invoice {self._number} (continued)", align="R")
+            self.cell(0, 5, self.words("continued", number=self.number), align="R")
             self.set_y(_CONTINUED_TOP)
 
     def footer(self) -> None:
@@ -129,33 +319,37 @@ class _InvoicePdf(FPDF):
         self.set_draw_color(*_RULE)
         self.line(_MARGIN, self.get_y(), _PAGE_WIDTH - _MARGIN, self.get_y())
         self.ln(2)
-        self.set_font(_FONT, "", 8)
+        self.set_font(self.family, "", 8)
         self.set_text_color(*_MUTED)
-        self.cell(_CONTENT_WIDTH * 0.75, 5, self._footer_text, align="L")
-        self.cell(_CONTENT_WIDTH * 0.25, 5, f"Page {self.page_no()} of {{nb}}", align="R")
+        footer = self.words("footer", isp_footer=self._isp_footer)
+        self.cell(_CONTENT_WIDTH * 0.75, 5, footer, align="L")
+        page = self.words("page", page=self.page_no(), pages="{nb}")
+        self.cell(_CONTENT_WIDTH * 0.25, 5, page, align="R")
 
 
-def _header(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb) -> None:
+def _header(pdf: _InvoicePdf, invoice: InvoiceIssued, branding: Branding, accent: _Rgb) -> None:
+    words, family = pdf.words, pdf.family
     pdf.set_fill_color(*accent)
     pdf.rect(0, 0, _PAGE_WIDTH, _BAND_HEIGHT, style="F")
     pdf.set_text_color(255, 255, 255)
     pdf.set_xy(_MARGIN, 8)
     name_width = _CONTENT_WIDTH * 0.62
     size = 20
-    pdf.set_font(_FONT, "B", size)
+    pdf.set_font(family, "B", size)
     while size > 9 and pdf.get_string_width(branding.isp_name) > name_width:
         size -= 1  # a long company name shrinks rather than running under "INVOICE"
-        pdf.set_font(_FONT, "B", size)
+        pdf.set_font(family, "B", size)
     pdf.cell(name_width, 10, branding.isp_name, align="L")
-    pdf.set_font(_FONT, "B", 22)
+    pdf.set_font(family, "B", 22)
     pdf.set_xy(_MARGIN + _CONTENT_WIDTH * 0.65, 8)
-    pdf.cell(_CONTENT_WIDTH * 0.35, 10, "INVOICE", align="R")
-    pdf.set_font(_FONT, "", 10)
+    pdf.cell(_CONTENT_WIDTH * 0.35, 10, words("title"), align="R")
+    pdf.set_font(family, "", 10)
     pdf.set_xy(_MARGIN + _CONTENT_WIDTH * 0.5, 18)
-    pdf.cell(_CONTENT_WIDTH * 0.5, 6, f"No. {invoice.number}", align="R")
+    pdf.cell(_CONTENT_WIDTH * 0.5, 6, words("number", number=invoice.number), align="R")
 
 
-def _parties(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb) -> None:
+def _parties(pdf: _InvoicePdf, invoice: InvoiceIssued, branding: Branding, accent: _Rgb) -> None:
+    words, family = pdf.words, pdf.family
     top = _BAND_HEIGHT + 8
     left_width = _CONTENT_WIDTH * 0.55
     right_x = _MARGIN + left_width + 5
@@ -164,13 +358,13 @@ def _parties(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb
     # The ISP, as the seller of record.
     pdf.set_xy(_MARGIN, top)
     pdf.set_text_color(*_INK)
-    pdf.set_font(_FONT, "B", 10)
+    pdf.set_font(family, "B", 10)
     pdf.multi_cell(left_width, 5, branding.isp_name, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
-    pdf.set_font(_FONT, "", 9)
+    pdf.set_font(family, "", 9)
     pdf.set_text_color(*_MUTED)
     seller = [*_address_lines(branding.address)]
     if branding.tax_id:
-        seller.append(f"Tax ID: {branding.tax_id}")
+        seller.append(words("tax_id", tax_id=branding.tax_id))
     seller += [v for v in (branding.email, branding.phone, branding.website) if v]
     for line in seller:
         pdf.multi_cell(left_width, 4.5, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
@@ -178,34 +372,34 @@ def _parties(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb
 
     # The invoice's facts, label and value.
     facts = [
-        ("Invoice number", invoice.number),
-        ("Issue date", invoice.issued_at.date().isoformat()),
-        ("Due date", invoice.due_on.isoformat()),
-        ("Billing period", invoice.period),
-        ("Customer ID", invoice.customer_id),
+        (words("invoice_number"), invoice.number),
+        (words("issue_date"), words.date(invoice.issued_at.date())),
+        (words("due_date"), words.date(invoice.due_on)),
+        (words("billing_period"), invoice.period),
+        (words("customer_id"), invoice.customer_id),
     ]
     pdf.set_xy(right_x, top)
     for label, value in facts:
         pdf.set_x(right_x)
-        pdf.set_font(_FONT, "", 9)
+        pdf.set_font(family, "", 9)
         pdf.set_text_color(*_MUTED)
         pdf.cell(right_width * 0.45, 5.5, label)
-        pdf.set_font(_FONT, "B", 9)
+        pdf.set_font(family, "B", 9)
         pdf.set_text_color(*_INK)
         pdf.cell(right_width * 0.55, 5.5, value, align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     facts_bottom = pdf.get_y()
 
     # Bill to.
     pdf.set_y(max(seller_bottom, facts_bottom) + 7)
-    pdf.set_font(_FONT, "B", 8)
+    pdf.set_font(family, "B", 8)
     pdf.set_text_color(*accent)
-    pdf.cell(0, 5, "BILL TO", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.set_font(_FONT, "B", 11)
+    pdf.cell(0, 5, words("bill_to"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font(family, "B", 11)
     pdf.set_text_color(*_INK)
     pdf.multi_cell(
         left_width, 5.5, invoice.customer_name, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L"
     )
-    pdf.set_font(_FONT, "", 9)
+    pdf.set_font(family, "", 9)
     pdf.set_text_color(*_MUTED)
     for line in [*_address_lines(invoice.billing_address), invoice.customer_email]:
         if line:
@@ -213,9 +407,10 @@ def _parties(pdf: FPDF, invoice: InvoiceIssued, branding: Branding, accent: _Rgb
     pdf.ln(7)
 
 
-def _lines_table(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> None:
+def _lines_table(pdf: _InvoicePdf, invoice: InvoiceIssued, accent: _Rgb) -> None:
+    words = pdf.words
     currency = invoice.currency
-    pdf.set_font(_FONT, "", 9)
+    pdf.set_font(pdf.family, "", 9)
     pdf.set_text_color(*_INK)
     pdf.set_draw_color(*_RULE)
     # fpdf2 tables start from the current fill colour: unfilled rows must be white, not accent.
@@ -235,25 +430,33 @@ def _lines_table(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> None:
         v_align="MIDDLE",
     ) as table:
         table.row(
-            ("Description", "Qty", "Unit", f"Unit price ({currency})", f"Amount ({currency})")
+            (
+                words("description"),
+                words("quantity"),
+                words("unit"),
+                words("unit_price", currency=currency),
+                words("amount", currency=currency),
+            )
         )
         for line in invoice.lines:
             description = line.description
             if line.tax_inclusive and line.gross_amount is not None:
-                description += f" (price incl. tax {_amount(line.gross_amount)})"
+                gross = words.amount(line.gross_amount)
+                description += " " + words("price_incl_tax", gross=gross)
             table.row(
                 (
                     description,
-                    _quantity(line.quantity),
+                    words.number(line.quantity),
                     line.unit,
-                    _amount(line.unit_price),
-                    _amount(line.amount),
+                    words.amount(line.unit_price),
+                    words.amount(line.amount),
                 )
             )
 
 
-def _totals(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> float:
+def _totals(pdf: _InvoicePdf, invoice: InvoiceIssued, accent: _Rgb) -> float:
     """Subtotal, taxes and total, right-aligned; returns where they start on the page."""
+    words, family = pdf.words, pdf.family
     label_width, value_width = 55.0, 35.0
     x = _MARGIN + _CONTENT_WIDTH - label_width - value_width
     pdf.ln(4)
@@ -262,29 +465,34 @@ def _totals(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> float:
     if pdf.will_page_break(max(rows_height, _STAMP_CLEARANCE) + 14.0):
         pdf.add_page()
     top = pdf.get_y()
-    rows = [("Subtotal", _amount(invoice.subtotal))]
+    rows = [(words("subtotal"), words.amount(invoice.subtotal))]
     for tax in invoice.taxes:
         if tax.exemption_certificate is not None:
-            label = f"{tax.tax_name} exempt, cert. {tax.exemption_certificate}"
+            label = words("tax_exempt", tax=tax.tax_name, certificate=tax.exemption_certificate)
         else:
-            label = f"{tax.tax_name} ({_percent(tax.rate)}% of {_amount(tax.taxable)})"
-        rows.append((label, _amount(tax.amount)))
+            label = words(
+                "tax_line",
+                tax=tax.tax_name,
+                rate=words.number(_percent(tax.rate)),
+                taxable=words.amount(tax.taxable),
+            )
+        rows.append((label, words.amount(tax.amount)))
     pdf.set_text_color(*_INK)
     for label, value in rows:
         pdf.set_x(x)
-        pdf.set_font(_FONT, "", 9)
+        pdf.set_font(family, "", 9)
         pdf.cell(label_width, 6, label, align="L")
         pdf.cell(value_width, 6, value, align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(1)
     pdf.set_x(x)
     pdf.set_fill_color(*accent)
     pdf.set_text_color(255, 255, 255)
-    pdf.set_font(_FONT, "B", 11)
-    pdf.cell(label_width, 9, "  Total", align="L", fill=True)
+    pdf.set_font(family, "B", 11)
+    pdf.cell(label_width, 9, "  " + words("total"), align="L", fill=True)
     pdf.cell(
         value_width,
         9,
-        f"{_amount(invoice.total)} {invoice.currency}  ",
+        f"{words.amount(invoice.total)} {invoice.currency}  ",
         align="R",
         fill=True,
         new_x=XPos.LMARGIN,
@@ -294,21 +502,29 @@ def _totals(pdf: FPDF, invoice: InvoiceIssued, accent: _Rgb) -> float:
     return top
 
 
-def _payment_note(pdf: FPDF, invoice: InvoiceIssued, status: str) -> None:
+def _payment_note(pdf: _InvoicePdf, invoice: InvoiceIssued, status: str) -> None:
+    words = pdf.words
     pdf.ln(8)
-    pdf.set_font(_FONT, "", 9)
+    pdf.set_font(pdf.family, "", 9)
     pdf.set_text_color(*_MUTED)
-    if status.upper() == "PAID":
-        note = "This invoice has been paid in full."
-    else:
-        note = (
-            f"Please pay {_amount(invoice.total)} {invoice.currency} by "
-            f"{invoice.due_on.isoformat()}, quoting invoice number {invoice.number}."
-        )
+    due = {
+        "number": invoice.number,
+        "total": words.amount(invoice.total),
+        "currency": invoice.currency,
+        "due_date": words.date(invoice.due_on),
+    }
+    note = words("paid_note") if status.upper() == "PAID" else words("pay_note", **due)
     pdf.multi_cell(_CONTENT_WIDTH, 5, note, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
+    instructions = words("payment_instructions", **due, customer_id=invoice.customer_id)
+    if instructions and status.upper() != "PAID":
+        pdf.ln(2)
+        pdf.set_text_color(*_INK)
+        pdf.multi_cell(
+            _CONTENT_WIDTH, 5, instructions, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L"
+        )
 
 
-def _paid_stamp(pdf: FPDF, totals_top: float) -> None:
+def _paid_stamp(pdf: _InvoicePdf, totals_top: float) -> None:
     # In the empty space left of the totals, where a clerk's rubber stamp would land.
     width, height = 52.0, 18.0
     x, y = _MARGIN + 12, totals_top + 2
@@ -317,9 +533,9 @@ def _paid_stamp(pdf: FPDF, totals_top: float) -> None:
         pdf.set_text_color(*_PAID_GREEN)
         pdf.set_line_width(1.2)
         pdf.rect(x, y, width, height, round_corners=True, corner_radius=3)
-        pdf.set_font(_FONT, "B", 28)
+        pdf.set_font(pdf.family, "B", 28)
         pdf.set_xy(x, y)
-        pdf.cell(width, height, "PAID", align="C")
+        pdf.cell(width, height, pdf.words("paid_stamp"), align="C")
     pdf.set_line_width(0.2)
 
 
@@ -350,18 +566,41 @@ def _address_lines(address: str) -> list[str]:
     return [part.strip() for part in address.splitlines() if part.strip()]
 
 
-def _amount(money: Money) -> str:
-    return f"{money.amount:,}"
-
-
-def _quantity(quantity: Decimal) -> str:
-    if quantity == quantity.to_integral_value():
-        return f"{quantity.to_integral_value():,}"
-    return f"{quantity.normalize():f}"
-
-
-def _percent(rate: Decimal) -> str:
+def _percent(rate: Decimal) -> Decimal:
     percent = (rate * 100).normalize()
     if percent == percent.to_integral_value():
         percent = percent.to_integral_value()
-    return f"{percent:f}"
+    return percent
+
+
+def _all_encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode(_ENCODING)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_original_shaping = _fpdf_line_break.Fragment.render_with_text_shaping
+
+
+def _with_actual_text(self: _fpdf_line_break.Fragment, *args: object, **kwargs: object) -> str:
+    """fpdf2 maps a shaped cluster's text to its first glyph; Bengali draws a vowel sign
+    before its consonant, so text extraction saw "রহি ম" for "রহিম". Each shaped run of a
+    left-to-right script is wrapped in a marked-content span whose ActualText is the run's own
+    text (PDF 32000-1, 14.9.4): copy, search and pdftotext give the words as written."""
+    rendered: str = _original_shaping(self, *args, **kwargs)  # type: ignore[arg-type]
+    text = self.string
+    if not rendered or text.isascii() or any(_is_rtl(c) for c in text):
+        return rendered
+    hexed = ("\ufeff" + text).encode("utf-16-be").hex().upper()
+    return f"/Span <</ActualText <{hexed}>>> BDC {rendered} EMC"
+
+
+def _is_rtl(char: str) -> bool:
+    return unicodedata.bidirectional(char) in ("R", "AL", "RLE", "RLO", "RLI")
+
+
+_fpdf_line_break.Fragment.render_with_text_shaping = _with_actual_text  # type: ignore[method-assign]

@@ -461,6 +461,7 @@ async def _verify_invoice(
         ("customer_name", invoice.customer_name, customer.name),
         ("customer_email", invoice.customer_email, customer.email),
         ("billing_address", invoice.billing_address, customer.billing_address),
+        ("language", invoice.language, customer.language),
         ("subtotal", invoice.subtotal, draft.subtotal),
         ("tax_total", invoice.tax_total, draft.tax_total),
         ("total", invoice.total, draft.total),

@@ -772,6 +772,7 @@ async def _issue(
                 rounding=str(settings.rounding),
                 tax_rounding=str(settings.tax_rounding),
                 late_usage=tuple(item.spec for item, _ in ready.late),
+                language=customer.language,
             )
         )
     batches: list[tuple[str, Sequence[NewEvent], ExpectedVersion]] = []
