@@ -318,7 +318,6 @@ async def test_a_customer_invoiced_in_bengali_gets_a_bengali_pdf(
     """The customer's `language` is recorded on the invoice; its PDF prints the Bengali
     template with the Noto fonts, and pdftotext finds the name, the number and the total."""
     import shutil
-    import subprocess
 
     bad = await api.patch("/api/v1/customers/c-1", json={"language": "Bengali"})
     assert bad.status_code == 422, bad.text
@@ -335,8 +334,11 @@ async def test_a_customer_invoiced_in_bengali_gets_a_bengali_pdf(
     assert shutil.which("pdftotext"), "make install-system installs poppler-utils"
     path = tmp_path / "invoice.pdf"
     path.write_bytes(response.content)
-    text = subprocess.run(
-        ["pdftotext", "-enc", "UTF-8", str(path), "-"], capture_output=True, text=True, check=True
-    ).stdout
+    run = await asyncio.create_subprocess_exec(
+        "pdftotext", "-enc", "UTF-8", str(path), "-", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await run.communicate()
+    assert run.returncode == 0
+    text = out.decode()
     for expected in (name, invoice["number"], "সর্বমোট", f"{invoice['total']['amount']} USD"):
         assert expected in text, expected

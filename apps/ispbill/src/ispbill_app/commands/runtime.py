@@ -50,13 +50,12 @@ def settings_from(timezone: str | None = None, **given: Any) -> Any:
 
 
 def _start(command: str, component: str | None, settings: Any, with_demo: bool) -> None:
+    from invoicing.adapters.invoice_template import TemplateError
+    from invoicing.adapters.pdf import default_template
     from ispbill_app import bootstrap
     from ispbill_core import gc_tuning
     from ispbill_core.sealing import SealingError
     from ispbill_core.telemetry import TelemetryError
-
-    from invoicing.adapters.invoice_template import TemplateError
-    from invoicing.adapters.pdf import default_template
 
     try:
         thresholds = gc_tuning.parse_thresholds(settings.gc_thresholds)
