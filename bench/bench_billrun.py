@@ -7,7 +7,9 @@
    and a compound VAT), and for 5 % of them a plan change on the 15th (two prorated lines);
 2. runs the bill run for 2026-11 as `POST /api/v1/bill-runs` does (the catalogue read from the
    log), timed: invoices issued per second;
-3. renders every invoice's PDF in a process pool of one worker per core: PDFs per second;
+3. renders every invoice's PDF in a process pool of one worker per core: PDFs per second
+   (Latin text: the core-font path); and `--bengali-pdfs` of them again in Bengali for a
+   Bengali-named customer (the embedded-font path), reported on a line of its own;
 4. runs `audit verify` (every invoice re-derived from the log) and `audit chain verify` over
    the same ledger: invoices verified per second, and chained rows walked per second.
 
@@ -214,6 +216,13 @@ async def main() -> int:
         default=0,
         help="render this many PDFs (the rate is measured on them; 0: every invoice)",
     )
+    parser.add_argument(
+        "--bengali-pdfs",
+        type=int,
+        default=400,
+        help="also render this many invoices in Bengali, for a Bengali-named customer (the"
+        " embedded-font path of ADR 0033; reported apart, not in the RESULT line)",
+    )
     args = parser.parse_args()
     gc_tuning.tune()
     print(f"bench-billrun on {machine()}; {args.customers} customers", flush=True)
@@ -246,6 +255,17 @@ async def main() -> int:
         pdfs_per_s = render_all(invoices)
         pdf_s = time.perf_counter() - started
         print(f"PDFs: {len(invoices)} in {pdf_s:.1f}s: {pdfs_per_s:.0f}/s", flush=True)
+        if args.bengali_pdfs > 0:
+            bengali = [
+                i.model_copy(update={"customer_name": "মোহাম্মদ রহিম উদ্দিন", "language": "bn"})
+                for i in invoices[: args.bengali_pdfs]
+            ]
+            bengali_per_s = render_all(bengali)
+            print(
+                f"PDFs in Bengali (embedded Noto fonts, shaped): {len(bengali)} at"
+                f" {bengali_per_s:.0f}/s",
+                flush=True,
+            )
         # every invoice's PDF at the measured rate, when only a sample was rendered
         total_s = billing_s + args.customers / pdfs_per_s
         with_pdfs = args.customers / total_s
