@@ -342,3 +342,45 @@ async def test_a_customer_invoiced_in_bengali_gets_a_bengali_pdf(
     text = out.decode()
     for expected in (name, invoice["number"], "সর্বমোট", f"{invoice['total']['amount']} USD"):
         assert expected in text, expected
+
+
+async def test_receivables_as_of_any_past_day(api: httpx.AsyncClient, services: Services) -> None:
+    """The three February invoices (34.50 each) were issued on 10 March. On 11 March c-1 is
+    credited 11.50 and pays 10.00, c-2 overpays 40.00, and c-3's invoice is voided; each day
+    reads back as it was, whatever happened after it."""
+    clock = services.clock
+    clock.set(datetime(2026, 3, 11, 9, tzinfo=UTC))  # type: ignore[attr-defined]
+    credit = {"amount": "11.50", "reason": "outage", "reference": "T-11"}
+    assert (await api.post("/api/v1/invoices/INV-000001/credit-notes", json=credit)).is_success
+    for invoice, amount, ref in (("INV-000001", "10.00", "R-1"), ("INV-000002", "40.00", "R-2")):
+        paid = await api.post(
+            "/api/v1/payments/manual",
+            json={"invoice": invoice, "amount": amount, "reference": ref},
+        )
+        assert paid.status_code == 201, paid.text
+    voided = await api.post("/api/v1/invoices/INV-000003/void", json={"reason": "duplicate"})
+    assert voided.is_success, voided.text
+
+    async def balances(day: str) -> dict[str, tuple[str, str, str, str]]:
+        rows = await call(api, "GET", f"/reports/receivables?as_of={day}")
+        return {
+            r["customer_id"]: (r["invoiced"], r["credited"], r["paid"], r["balance"]) for r in rows
+        }
+
+    assert await balances("2026-03-09") == {}
+    owed = ("34.50", "0.00", "0.00", "34.50")
+    assert await balances("2026-03-10") == {"c-1": owed, "c-2": owed, "c-3": owed}
+    assert await balances("2026-03-11") == {
+        "c-1": ("34.50", "11.50", "10.00", "13.00"),
+        "c-2": ("34.50", "0.00", "40.00", "-5.50"),  # overpaid: credit
+    }
+    assert await balances("2026-12-31") == await balances("2026-03-11")
+    one = await call(api, "GET", "/reports/receivables?as_of=2026-03-11&customer_id=c-2")
+    assert [r["customer_id"] for r in one] == ["c-2"]
+    csv_text = (await api.get("/api/v1/reports/receivables?as_of=2026-03-11&format=csv")).text
+    assert (
+        csv_text.splitlines()[0] == "customer_id,currency,invoiced,credited,paid,balance,invoices"
+    )
+    assert "c-2,USD,34.50,0.00,40.00,-5.50,1" in csv_text
+    bad = await api.get("/api/v1/reports/receivables?as_of=0000-01-01")
+    assert bad.status_code == 422

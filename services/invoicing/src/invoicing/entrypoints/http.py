@@ -19,6 +19,7 @@ from invoicing.application.read_models import (
     ProjectedCreditNotes,
     ProjectedInvoiceQueries,
 )
+from invoicing.application.receivables import receivables_as_of, receivables_csv
 from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
 from invoicing.application.tax_report import tax_report, tax_report_csv
@@ -514,6 +515,33 @@ def invoicing_router(
             for e in await tax_exemptions_on(store, customer_id, day)
             if isinstance(e, TaxExemptionGranted)
         ]
+
+    @router.get(
+        "/reports/receivables",
+        dependencies=[requires(INVOICES_READ)],
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    async def receivables_report(
+        as_of: Annotated[
+            BillingDate | None,
+            Query(description="the day (ISP's time zone) whose end is reported; default today"),
+        ] = None,
+        customer_id: str | None = Query(default=None, max_length=64, pattern=ID_PATTERN),
+        format_: Literal["json", "csv"] = Query(default="json", alias="format"),
+    ) -> Any:
+        """Each customer's balance at the end of a day, past or present: invoices issued less
+        credit notes less payments received, each by the day its document bears; an invoice
+        voided by then counts for nothing; a negative balance is credit. From the log, so a
+        past day's answer never changes."""
+        day = as_of or clock.now().astimezone(settings.timezone).date()
+        rows = await receivables_as_of(store, settings.timezone, day, customer_id=customer_id)
+        if format_ == "csv":
+            return Response(
+                receivables_csv(rows),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="receivables-{day}.csv"'},
+            )
+        return [{"as_of": str(day), **row.as_text()} for row in rows]
 
     @router.get(
         "/reports/tax",
