@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from accounts.entrypoints.imports_http import imports_router
 from accounts.entrypoints.staff_http import staff_router
 from invoicing.adapters.pdf import Branding, render_invoice_pdf
 from invoicing.application.allocate_payment import allocate_payment
+from invoicing.application.bill_run_schedule import BillRunSchedule
 from invoicing.application.corrections import CreditNoteConflict
 from invoicing.application.read_models import (
     BillingCatalogueProjection,
@@ -201,6 +202,33 @@ def billing_settings(settings: Settings) -> BillingSettings:
         payment_terms_days=settings.payment_terms_days,
         tax_rounding=TaxRounding(settings.tax_rounding),
         late_usage_periods=settings.late_usage_periods,
+        bill_run_at=bill_run_time(settings.bill_run_at),
+    )
+
+
+def bill_run_time(text: str) -> time | None:
+    """ISPBILL_BILL_RUN_AT: "HH:MM" (the ISP's time zone), or "off"."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        at = time.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"ISPBILL_BILL_RUN_AT={text!r}: a time of day such as 02:00, or off"
+        ) from None
+    if at.tzinfo is not None:
+        raise ValueError(f"ISPBILL_BILL_RUN_AT={text!r}: no offset; the ISP's time zone applies")
+    return at
+
+
+def bill_run_schedule(services: Services) -> BillRunSchedule:
+    """The scheduled bill runs of this process: its timers, the catalogue projection."""
+    return BillRunSchedule(
+        services.store,
+        services.require_timers(),
+        services.clock,
+        billing_settings(services.settings),
+        ProjectedCatalogue(services.reads),
     )
 
 
@@ -716,7 +744,11 @@ async def run_embedded(settings: Settings, *, with_demo: bool = False) -> None:
         services.notifier_subscriber(),
     ]
     # every service's timers, fired by one runner (each service's bootstrap names its kinds)
-    timer_runner = services.timer_runner(services.embedded_rating().timer_handlers())
+    schedule = bill_run_schedule(services)
+    await schedule.ensure_scheduled()
+    timer_runner = services.timer_runner(
+        {**services.embedded_rating().timer_handlers(), **schedule.timer_handlers()}
+    )
     try:
         async with (
             background(
@@ -882,8 +914,15 @@ async def run_component(component: str, settings: Settings) -> None:
                 await _until_signalled()
         elif component == "invoicing":
             server, _ = await start_grpc(services)
+            # the scheduled bill runs: each replica runs the timers, a due one goes to one
+            await services.open_timers()
+            schedule = bill_run_schedule(services)
+            await schedule.ensure_scheduled()
+            bill_runs = services.timer_runner(schedule.timer_handlers())
             try:
-                async with background(services.allocation_subscriber().run, projections):
+                async with background(
+                    services.allocation_subscriber().run, projections, bill_runs.run
+                ):
                     await _until_signalled()
             finally:
                 await server.stop(grace=2)

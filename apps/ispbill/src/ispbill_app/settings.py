@@ -58,6 +58,8 @@ class Settings:
     #: how many earlier periods a bill run looks back for usage rated after their invoice
     #: (billed as adjustment lines, ADR 0032)
     late_usage_periods: int = field(default_factory=lambda: int(env("LATE_USAGE_PERIODS", "3")))
+    #: a period's scheduled bill run: this local time on the next period's first day; "off"
+    bill_run_at: str = field(default_factory=lambda: env("BILL_RUN_AT", "02:00"))
     #: a TOML or JSON file of routers whose byte counters are polled (SNMP, RouterOS API)
     pollers: str = field(default_factory=lambda: env("POLLERS", ""))
     #: when set, only the process on this host name polls (one of several collector replicas)

@@ -59,8 +59,9 @@ def _start(command: str, component: str | None, settings: Any, with_demo: bool) 
 
     try:
         thresholds = gc_tuning.parse_thresholds(settings.gc_thresholds)
-        # A bad invoice template stops the start, not a bill run at night.
+        # A bad invoice template or billing setting stops the start, not a bill run at night.
         default_template()
+        bootstrap.billing_settings(settings)
     except (ValueError, TemplateError) as exc:
         print(f"ispbill: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import time
 from zoneinfo import ZoneInfo
 
 from invoicing.domain.tax import TaxRounding
@@ -30,6 +31,9 @@ class BillingSettings:
     #: How many periods before the billed one a bill run looks at for usage rated after their
     #: invoice (ISPBILL_LATE_USAGE_PERIODS; 0: none): billed as adjustment lines (ADR 0032).
     late_usage_periods: int = 3
+    #: When a period's scheduled bill run fires: this wall time on the next period's first day
+    #: in `timezone` (ISPBILL_BILL_RUN_AT, "02:00"; "off": no scheduled bill runs).
+    bill_run_at: time | None = time(2, 0)
 
     def __post_init__(self) -> None:
         if not 0 <= self.late_usage_periods <= 24:
