@@ -7,7 +7,6 @@ import dataclasses
 import json
 import sqlite3
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,27 +15,19 @@ import pytest
 from invoicing.application.audit import verify_invoices
 from invoicing.application.close_billing_period import close_billing_period
 from invoicing.application.corrections import issue_credit_note
-from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
 from invoicing.domain.tax import TaxRounding
 from ispbill_core.clock import FixedClock
 from ispbill_core.contracts.accounts import (
     GIGABYTE,
-    CustomerRegistered,
-    PlanDefined,
     PlanVersionPublished,
-    SubscriptionStarted,
-    customer_stream,
     plan_stream,
-    subscription_stream,
 )
 from ispbill_core.contracts.invoicing import InvoiceIssued
-from ispbill_core.contracts.rating import UsageRated, usage_stream
-from ispbill_core.events import DomainEvent, deterministic_id, new_event
-from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.money import Money, Rounding
+from tests.fixtures.billing_ledger import put, seed_customer, seed_plan_and_tax, use
 
 pytestmark = pytest.mark.integration
 
@@ -45,74 +36,16 @@ PERIOD = "2026-03"
 RUN_AT = datetime(2026, 4, 1, 3, 0, tzinfo=UTC)
 
 
-async def put(store: SQLiteEventStore, stream: str, event: DomainEvent) -> None:
-    await store.append(
-        stream,
-        [new_event(event, id=deterministic_id("seed", stream, event), occurred_at=RUN_AT)],
-        ANY,
-    )
-
-
-async def seed(store: SQLiteEventStore, customer_id: str, started_on: date) -> None:
-    await put(
-        store,
-        customer_stream(customer_id),
-        CustomerRegistered(
-            customer_id=customer_id,
-            name=f"গ্রাহক {customer_id}",
-            email=f"{customer_id}@example.com",
-            tax_region="BD",
-        ),
-    )
-    await put(
-        store,
-        subscription_stream(f"sub-{customer_id}"),
-        SubscriptionStarted(
-            subscription_id=f"sub-{customer_id}",
-            customer_id=customer_id,
-            plan_id="home",
-            radius_username=customer_id,
-            started_on=started_on,
-        ),
-    )
-
-
 @pytest.fixture
 async def ledger(tmp_path: Path):
     path = tmp_path / "ledger.db"
     store = SQLiteEventStore(path)
-    await put(
-        store,
-        plan_stream("home"),
-        PlanDefined(
-            plan_id="home",
-            name="Home",
-            monthly_fee=Money.of("30.00", "USD"),
-            included_bytes=10 * GIGABYTE,
-            overage_price=Money.of("2.00", "USD"),
-        ),
-    )
-    await set_tax_rate(
-        store, FixedClock(datetime(2026, 1, 1, tzinfo=UTC)), "BD", "VAT", Decimal("0.15"), "admin"
-    )
-    await seed(store, "c1", date(2026, 1, 1))
-    await seed(store, "c2", date(2026, 3, 15))  # prorated
-    await seed(store, "c3", date(2026, 2, 1))
+    await seed_plan_and_tax(store)
+    await seed_customer(store, "c1", date(2026, 1, 1), name="গ্রাহক c1")
+    await seed_customer(store, "c2", date(2026, 3, 15), name="গ্রাহক c2")  # prorated
+    await seed_customer(store, "c3", date(2026, 2, 1), name="গ্রাহক c3")
     for n, octets in enumerate((7 * GIGABYTE, 5 * GIGABYTE + 123)):  # 2 GB over, started
-        await put(
-            store,
-            usage_stream("c1", PERIOD),
-            UsageRated(
-                customer_id="c1",
-                subscription_id="sub-c1",
-                period=PERIOD,
-                session_key="nas-1-s-1-0",
-                record_id=deterministic_id("rec", n),
-                input_octets=octets,
-                output_octets=0,
-                occurred_at=datetime(2026, 3, 10, tzinfo=UTC),
-            ),
-        )
+        await use(store, "c1", PERIOD, octets, n)
     report = await close_billing_period(store, FixedClock(RUN_AT), SETTINGS, PERIOD)
     assert len(report.issued) == 3
     yield store, path

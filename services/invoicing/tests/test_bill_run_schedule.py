@@ -4,9 +4,7 @@ ISPBILL_BILL_RUN_AT in the ISP's time zone; firing it bills the period and sched
 from __future__ import annotations
 
 import dataclasses
-import uuid
-from datetime import UTC, date, datetime, time
-from decimal import Decimal
+from datetime import UTC, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,27 +15,16 @@ from invoicing.application.bill_run_schedule import (
     BillRunSchedule,
     bill_run_due,
 )
-from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
 from ispbill_core.clock import FixedClock
-from ispbill_core.contracts.accounts import (
-    GIGABYTE,
-    CustomerRegistered,
-    PlanDefined,
-    SubscriptionStarted,
-    customer_stream,
-    plan_stream,
-    subscription_stream,
-)
 from ispbill_core.contracts.invoicing import InvoiceIssued
-from ispbill_core.events import DomainEvent, new_event
-from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.queries import all_events_of
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.money import Money
 from ispbill_core.periods import BillingPeriod
 from ispbill_core.timers.runner import TimerRunner
 from ispbill_core.timers.sqlite import SQLiteTimers
+from tests.fixtures.billing_ledger import seed_customer, seed_plan_and_tax
 
 DHAKA = ZoneInfo("Asia/Dhaka")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -62,56 +49,13 @@ def test_daylight_saving_in_new_york() -> None:
     assert bill_run_due(BillingPeriod(2026, 3), late) == datetime(2026, 4, 1, 7, 0, tzinfo=UTC)
 
 
-async def put(store: SQLiteEventStore, stream: str, event: DomainEvent) -> None:
-    await store.append(
-        stream,
-        [new_event(event, id=uuid.uuid4(), occurred_at=datetime(2026, 1, 1, tzinfo=UTC))],
-        ANY,
-    )
-
-
 @pytest.mark.integration
 async def test_the_timer_bills_the_period_and_schedules_the_next(tmp_path: Path) -> None:
     store = SQLiteEventStore(tmp_path / "ledger.db")
     timers = SQLiteTimers(store)
     try:
-        await put(
-            store,
-            plan_stream("home"),
-            PlanDefined(
-                plan_id="home",
-                name="Home",
-                monthly_fee=Money.of("30.00", "USD"),
-                included_bytes=GIGABYTE,
-                overage_price=Money.of("1.00", "USD"),
-            ),
-        )
-        await set_tax_rate(
-            store,
-            FixedClock(datetime(2026, 1, 1, tzinfo=UTC)),
-            "BD",
-            "VAT",
-            Decimal("0.15"),
-            "admin",
-        )
-        await put(
-            store,
-            customer_stream("c1"),
-            CustomerRegistered(
-                customer_id="c1", name="C1", email="c1@example.com", tax_region="BD"
-            ),
-        )
-        await put(
-            store,
-            subscription_stream("s1"),
-            SubscriptionStarted(
-                subscription_id="s1",
-                customer_id="c1",
-                plan_id="home",
-                radius_username="c1",
-                started_on=date(2026, 1, 1),
-            ),
-        )
+        await seed_plan_and_tax(store, included_gb=1)
+        await seed_customer(store, "c1")
         clock = FixedClock(datetime(2026, 3, 15, 12, tzinfo=UTC))
         settings = BillingSettings(timezone=DHAKA)
         schedule = BillRunSchedule(store, timers, clock, settings)

@@ -5,7 +5,7 @@ period's included data; never dropped, never billed twice. Golden amounts by han
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,17 +17,10 @@ from invoicing.application.audit import verify_invoices
 from invoicing.application.close_billing_period import BillRunCatalogue, close_billing_period
 from invoicing.application.corrections import void_invoice
 from invoicing.application.read_models import BillingCatalogueProjection, ProjectedCatalogue
-from invoicing.application.set_tax_rate import set_tax_rate
 from invoicing.application.settings import BillingSettings
 from ispbill_core.clock import FixedClock
 from ispbill_core.contracts.accounts import (
     GIGABYTE,
-    CustomerRegistered,
-    PlanDefined,
-    SubscriptionStarted,
-    customer_stream,
-    plan_stream,
-    subscription_stream,
 )
 from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
@@ -35,13 +28,12 @@ from ispbill_core.contracts.invoicing import (
     LineKind,
     invoice_stream,
 )
-from ispbill_core.contracts.rating import UsageRated, usage_stream
-from ispbill_core.events import DomainEvent, deterministic_id, new_event
-from ispbill_core.eventstore import ANY
 from ispbill_core.eventstore.sqlite import SQLiteEventStore
 from ispbill_core.money import Money
 from ispbill_core.projections.projector import Projector
 from ispbill_core.projections.sqlite import SQLiteReadModels
+from tests.fixtures.billing_ledger import seed_customer, seed_plan_and_tax
+from tests.fixtures.billing_ledger import use as use_octets
 
 pytestmark = pytest.mark.integration
 
@@ -56,33 +48,8 @@ def run_at(period: str) -> FixedClock:
     return FixedClock(datetime(year, month, 1, 3, tzinfo=UTC))
 
 
-async def put(store: SQLiteEventStore, stream: str, event: DomainEvent) -> None:
-    await store.append(
-        stream,
-        [
-            new_event(
-                event, id=deterministic_id("seed", stream, event), occurred_at=datetime.now(UTC)
-            )
-        ],
-        ANY,
-    )
-
-
 async def use(store: SQLiteEventStore, customer: str, period: str, gb: Decimal, n: int) -> None:
-    await put(
-        store,
-        usage_stream(customer, period),
-        UsageRated(
-            customer_id=customer,
-            subscription_id=f"sub-{customer}",
-            period=period,
-            session_key="nas-1-s-1-0",
-            record_id=deterministic_id("rec", customer, period, n),
-            input_octets=int(gb * GIGABYTE),
-            output_octets=0,
-            occurred_at=datetime(int(period[:4]), int(period[5:]), 10, tzinfo=UTC),
-        ),
-    )
+    await use_octets(store, customer, period, int(gb * GIGABYTE), n)
 
 
 #: How the bill run knows its customers and what each invoiced period billed: a scan of the
@@ -94,42 +61,9 @@ CATALOGUE: dict[int, Any] = {}
 @pytest.fixture(params=["scanned", "projected"])
 async def store(tmp_path: Path, request: pytest.FixtureRequest):
     s = SQLiteEventStore(tmp_path / "ledger.db")
-    await put(
-        s,
-        plan_stream("home"),
-        PlanDefined(
-            plan_id="home",
-            name="Home",
-            monthly_fee=Money.of("30.00", "USD"),
-            included_bytes=10 * GIGABYTE,
-            overage_price=Money.of("2.00", "USD"),
-        ),
-    )
-    await set_tax_rate(
-        s, FixedClock(datetime(2026, 1, 1, tzinfo=UTC)), "BD", "VAT", Decimal("0.15"), "admin"
-    )
+    await seed_plan_and_tax(s)
     for customer in ("c1", "c2"):
-        await put(
-            s,
-            customer_stream(customer),
-            CustomerRegistered(
-                customer_id=customer,
-                name=customer,
-                email=f"{customer}@example.com",
-                tax_region="BD",
-            ),
-        )
-        await put(
-            s,
-            subscription_stream(f"sub-{customer}"),
-            SubscriptionStarted(
-                subscription_id=f"sub-{customer}",
-                customer_id=customer,
-                plan_id="home",
-                radius_username=customer,
-                started_on=date(2026, 1, 1),
-            ),
-        )
+        await seed_customer(s, customer)
     if request.param == "projected":
         db = SQLiteReadModels(s)
         projector = Projector(s, db, [BillingCatalogueProjection()])

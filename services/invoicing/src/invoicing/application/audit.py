@@ -55,6 +55,7 @@ from ispbill_core.contracts.invoicing import (
 from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.events import DomainEvent, RecordedEvent, registered_event_types
 from ispbill_core.eventstore import EventStore
+from ispbill_core.eventstore.queries import scan_to_head
 from ispbill_core.money import Money, Rounding
 from ispbill_core.periods import BillingPeriod
 
@@ -64,7 +65,6 @@ _NOT_READ = frozenset(
 )
 _SUBSCRIPTION_PREFIX = "subscription-"
 _USAGE_PREFIX = "usage-"
-_PAGE = 5000
 
 
 @dataclass(frozen=True)
@@ -219,20 +219,10 @@ async def verify_invoices(
         period = str(BillingPeriod.parse(period))
     wanted = sorted(name for (name, _version) in registered_event_types() if name not in _NOT_READ)
     replay = _Replay()
-    report = AuditReport()
-    head = await store.head_position()
-    after = 0
-    while after < head:
-        page = await store.read_all(after=after, limit=_PAGE, types=wanted)
-        if not page:
-            break
-        for recorded in page:
-            if recorded.global_position > head:
-                break
-            report.events_read += 1
-            await _fold(store, settings, replay, report, recorded, period, customer_id)
-        after = page[-1].global_position
-    report.through_position = min(after, head)
+    report = AuditReport(through_position=await store.head_position())
+    async for recorded in scan_to_head(store, wanted, head=report.through_position):
+        report.events_read += 1
+        await _fold(store, settings, replay, report, recorded, period, customer_id)
     return report
 
 

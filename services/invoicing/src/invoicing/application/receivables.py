@@ -23,6 +23,7 @@ from ispbill_core.contracts.invoicing import CreditNoteIssued, InvoiceIssued, In
 from ispbill_core.contracts.payments import PaymentReceived
 from ispbill_core.events import RecordedEvent
 from ispbill_core.eventstore import EventStore
+from ispbill_core.eventstore.queries import scan_to_head
 from ispbill_core.money import quantize
 
 CSV_COLUMNS = ("customer_id", "currency", "invoiced", "credited", "paid", "balance", "invoices")
@@ -32,7 +33,6 @@ _TYPES = (
     CreditNoteIssued.event_type,
     PaymentReceived.event_type,
 )
-_PAGE = 5000
 
 
 @dataclass
@@ -86,17 +86,8 @@ async def receivables_as_of(
             found = rows[key] = ReceivableRow(customer, currency)
         return found
 
-    head = await store.head_position()
-    after = 0
-    while after < head:
-        page = await store.read_all(after=after, limit=_PAGE, types=_TYPES)
-        if not page:
-            break
-        for recorded in page:
-            if recorded.global_position > head:
-                break
-            _fold(recorded, tz, as_of, customer_id, invoices, voided, row)
-        after = page[-1].global_position
+    async for recorded in scan_to_head(store, _TYPES):
+        _fold(recorded, tz, as_of, customer_id, invoices, voided, row)
     for invoice_id in voided:
         customer, currency, total = invoices[invoice_id]
         target = row(customer, currency)
