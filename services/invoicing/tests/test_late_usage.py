@@ -254,3 +254,86 @@ async def test_a_catalogue_behind_the_ledger_never_bills_late_usage_twice(store)
         if line.kind == LineKind.USAGE_ADJUSTMENT
     ]
     assert [(line.quantity, line.adjusts_period) for line in lines] == [(Decimal(2), "2026-03")]
+
+
+def _edit(store: SQLiteEventStore, sql: str, *params: object) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+async def test_an_invoice_issued_before_the_bound_was_recorded_is_left_alone(store) -> None:
+    """An invoice from before invoices recorded `usage_through` (and `rounding`) billed every
+    bucket it saw; which ones is not known: its period's later usage is not billed late (it
+    might be twice), and `audit verify` derives it from the buckets recorded before it."""
+    import json
+
+    await use(store, "c1", "2026-03", Decimal(13), 0)
+    march = await bill(store, "2026-03")
+    (gp, data) = next(
+        (r.global_position, r.data)
+        for r in await store.read_stream(invoice_stream("c1", "2026-03"))
+    )
+    for field in ("usage_through", "rounding", "tax_rounding"):
+        data.pop(field)
+    _edit(store, "UPDATE events SET data = ? WHERE global_position = ?", json.dumps(data), gp)
+    await use(store, "c1", "2026-03", Decimal(1), 1)
+    april = await bill(store, "2026-04")
+    assert adjustments(april["c1"]) == [] and april["c1"].late_usage == ()
+    assert march["c1"].total == Money.of("41.40", "USD")  # 13 GB: 3 started GB over, 6.00
+    assert (await verify_invoices(store, SETTINGS, period="2026-03")).findings == []
+
+
+async def test_voiding_the_invoice_that_billed_late_usage_bills_it_again(store) -> None:
+    await use(store, "c1", "2026-03", Decimal(10), 0)
+    march = await bill(store, "2026-03")
+    await use(store, "c1", "2026-03", Decimal(3), 1)
+    april = await bill(store, "2026-04")
+    assert adjustments(april["c1"]) == [("3", "6.00", march["c1"].number, "2026-03")]
+    await void_invoice(store, run_at("2026-04"), april["c1"], reason="wrong plan", actor="staff:x")
+    may = await bill(store, "2026-05")
+    assert adjustments(may["c1"]) == [("3", "6.00", march["c1"].number, "2026-03")]
+    assert may["c1"].late_usage[0].billed_through == 0  # April's adjustment no longer counts
+    june = await bill(store, "2026-06")
+    assert adjustments(june["c1"]) == []
+    assert (await verify_invoices(store, SETTINGS)).findings == []
+
+
+async def test_a_lost_mark_is_written_again_by_the_next_run_of_the_period(store) -> None:
+    """A ledger whose appends of several streams are not one transaction (KurrentDB) may keep
+    an invoice and lose the mark it leaves in the original's stream: running the bill run of
+    that period again writes the mark, so the late usage is not billed again next month."""
+    await use(store, "c1", "2026-03", Decimal(10), 0)
+    await bill(store, "2026-03")
+    await use(store, "c1", "2026-03", Decimal(3), 1)
+    await bill(store, "2026-04")
+    _edit(store, "DELETE FROM events WHERE type = 'LateUsageBilled'")
+    rerun = await close_billing_period(
+        store, run_at("2026-04"), SETTINGS, "2026-04", CATALOGUE.get(id(store))
+    )
+    assert rerun.issued == [] and len(rerun.already_issued) == 2
+    assert [m.usage_through for m in await late_marks(store, "c1", "2026-03")] == [1]
+    may = await bill(store, "2026-05")
+    assert adjustments(may["c1"]) == []
+
+
+async def test_a_tampered_currency_is_a_finding_not_a_crash(store) -> None:
+    import json
+
+    await use(store, "c1", "2026-03", Decimal(11), 0)
+    march = await bill(store, "2026-03")
+    recorded = (await store.read_stream(invoice_stream("c1", "2026-03")))[0]
+    data = recorded.data
+    data["lines"][0]["amount"]["currency"] = "EUR"
+    _edit(
+        store,
+        "UPDATE events SET data = ? WHERE global_position = ?",
+        json.dumps(data),
+        recorded.global_position,
+    )
+    report = await verify_invoices(store, SETTINGS)
+    assert {(f.document, f.field) for f in report.findings} >= {(march["c1"].number, "checks")}

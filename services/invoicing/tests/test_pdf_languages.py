@@ -106,6 +106,11 @@ def test_the_isp_edits_the_template_and_the_pdf_follows(tmp_path: Path) -> None:
         ("[labels.en\n", "invoice template"),
         ('[labels.en]\ntitle = "a\\u0007b"\n', "control character"),
         ('[paper]\nsize = "A4"\n', "unknown sections"),
+        ('[labels.en]\ntitle = "{number:{number.__class__}}"\n', "without a format"),
+        ('[labels.en]\npay_note = "{total:>99999999999}"\n', "without a format"),
+        ('[labels.en]\npay_note = "{total!r}"\n', "without a format"),
+        ('[labels.en]\ntitle = "{number.__class__}"\n', "no placeholder"),
+        ('[labels.en]\ntitle = "{0}"\n', "no placeholder"),
     ],
 )
 def test_a_bad_template_is_refused_with_the_key_and_the_reason(

@@ -239,6 +239,30 @@ class LateUsageBilled(DomainEvent):
     amount: Money
 
 
+@event_type("LateUsageReleased", 1)
+class LateUsageReleased(DomainEvent):
+    """In an invoice's own stream: the invoice `on_invoice_number`, whose adjustment billed
+    this period's late usage (a `LateUsageBilled` here), was voided; that usage counts as
+    billed only up to `billed_through` again, so the next bill run bills it (ADR 0032).
+    Appended in the same transaction as the void."""
+
+    invoice_id: uuid.UUID
+    period: str
+    on_invoice_id: uuid.UUID
+    on_invoice_number: str
+    billed_through: int = Field(ge=-1)
+
+
+def usage_billed_through(invoice: dict[str, object]) -> int | None:
+    """How far an issued invoice (its data as recorded) billed its period's usage stream:
+    its `usage_through`; -1 when it billed none; None for an invoice issued before invoices
+    recorded that bound (no `rounding` either), whose late usage is not billed (ADR 0032)."""
+    through = invoice.get("usage_through")
+    if through is not None:
+        return int(str(through))
+    return -1 if invoice.get("rounding") is not None else None
+
+
 @event_type("InvoicePaid", 1)
 class InvoicePaid(DomainEvent):
     invoice_id: uuid.UUID

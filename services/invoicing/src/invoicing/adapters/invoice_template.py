@@ -139,12 +139,22 @@ def _check_label(source: str, language: str, key: str, text: object) -> None:
     if any(ord(c) < 32 and c != "\n" for c in text):
         raise TemplateError(f"{where} holds a control character")
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise TemplateError(f"{where}: {exc} (write {{{{ and }}}} for a brace)") from None
+    fields = {name for _, name, _, _ in parsed if name is not None}
+    if any(spec or conversion for _, name, spec, conversion in parsed if name is not None):
+        raise TemplateError(
+            f"{where}: a placeholder is a plain name such as {{number}}, without a format"
+            " (':') or a conversion ('!'): numbers and dates come formatted"
+        )
     wrong = fields - PLACEHOLDERS[key]
     if wrong:
         offered = ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS[key])) or "none"
         raise TemplateError(f"{where}: no placeholder {sorted(wrong)} here (offered: {offered})")
     if any(not re.fullmatch(r"[a-z_]+", f) for f in fields):
         raise TemplateError(f"{where}: placeholders are plain names such as {{number}}")
+    try:  # what rendering will do, with every placeholder it offers
+        text.format_map(dict.fromkeys(PLACEHOLDERS[key], "x"))
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise TemplateError(f"{where}: {exc}") from None

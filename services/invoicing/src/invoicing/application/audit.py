@@ -44,6 +44,7 @@ from ispbill_core.contracts.invoicing import (
     InvoiceLine,
     InvoiceNumberAssigned,
     LateUsageBilled,
+    LateUsageReleased,
     TaxExemptionGranted,
     TaxExemptionRevoked,
     TaxLine,
@@ -51,6 +52,7 @@ from ispbill_core.contracts.invoicing import (
     TaxRuleEnded,
     TaxRuleSet,
     invoice_stream,
+    usage_billed_through,
 )
 from ispbill_core.contracts.rating import UsageRated
 from ispbill_core.events import DomainEvent, RecordedEvent, registered_event_types
@@ -116,9 +118,17 @@ class _Replay:
         self.numbers: dict[str, str] = {}
         self.credited: dict[str, Money] = {}
         self.invoices: dict[str, InvoiceIssued] = {}
-        #: per invoice id: the last position of its period's usage stream billed so far
-        #: (its own `usage_through`, then each `LateUsageBilled`)
-        self.billed_through: dict[str, int] = {}
+        #: per invoice id: its own bound on its period's usage stream, and the bounds of the
+        #: LateUsageBilled marks in its stream by the invoice that billed them (released ones
+        #: removed): how far that usage is billed is the largest (ADR 0032)
+        self.own_bound: dict[str, int] = {}
+        self.marks: dict[str, dict[str, int]] = defaultdict(dict)
+
+    def billed_through(self, invoice_id: str) -> int | None:
+        own = self.own_bound.get(invoice_id)
+        if own is None:
+            return None
+        return max([own, *self.marks[invoice_id].values()])
 
     def catalogue(self) -> BillRunCatalogue:
         return BillRunCatalogue(
@@ -283,20 +293,22 @@ async def _fold(
         if not isinstance(invoice, InvoiceIssued):
             return
         replay.invoices[str(invoice.invoice_id)] = invoice
-        replay.billed_through[str(invoice.invoice_id)] = (
-            -1 if invoice.usage_through is None else invoice.usage_through
-        )
+        own = _usage_bound(replay, invoice)
+        if own is not None:
+            replay.own_bound[str(invoice.invoice_id)] = own
         if _selected(period, customer_id, invoice.period, invoice.customer_id):
             report.invoices_checked += 1
-            await _verify_invoice(store, settings, replay, report, recorded, invoice)
+            try:
+                await _verify_invoice(store, settings, replay, report, recorded, invoice)
+            except Exception as exc:  # a tampered row (a currency edited): a finding
+                _unverifiable(report, recorded, invoice.number, invoice.customer_id, exc)
         return
-    if t == LateUsageBilled.event_type:
-        billed = _decoded(report, recorded)
-        if isinstance(billed, LateUsageBilled):
-            key = str(billed.invoice_id)
-            replay.billed_through[key] = max(
-                replay.billed_through.get(key, -1), billed.usage_through
-            )
+    if t in (LateUsageBilled.event_type, LateUsageReleased.event_type):
+        mark = _decoded(report, recorded)
+        if isinstance(mark, LateUsageBilled):
+            replay.marks[str(mark.invoice_id)][str(mark.on_invoice_id)] = mark.usage_through
+        elif isinstance(mark, LateUsageReleased):
+            replay.marks[str(mark.invoice_id)].pop(str(mark.on_invoice_id), None)
         return
     if t == CreditNoteIssued.event_type:
         note = _decoded(report, recorded)
@@ -304,7 +316,10 @@ async def _fold(
             period, customer_id, note.period, note.customer_id
         ):
             report.credit_notes_checked += 1
-            _verify_credit_note(replay, report, recorded, note)
+            try:
+                _verify_credit_note(replay, report, recorded, note)
+            except Exception as exc:  # a tampered row: a finding, never a crash
+                _unverifiable(report, recorded, note.number, note.customer_id, exc)
         return
 
 
@@ -325,6 +340,33 @@ def _decoded(report: AuditReport, recorded: RecordedEvent) -> DomainEvent | None
             )
         )
         return None
+
+
+def _unverifiable(
+    report: AuditReport, recorded: RecordedEvent, document: str, customer: str, exc: Exception
+) -> None:
+    report.findings.append(
+        Finding(
+            recorded.global_position,
+            document,
+            customer,
+            "",
+            "checks",
+            "cannot be checked",
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+        )
+    )
+
+
+def _usage_bound(replay: _Replay, invoice: InvoiceIssued) -> int:
+    """The last position of the period's usage stream the invoice billed: its own
+    `usage_through` (-1: none); for an invoice issued before invoices recorded it, every
+    bucket recorded before the invoice (the replay's stream as it stands)."""
+    bound = usage_billed_through(invoice.model_dump(include={"usage_through", "rounding"}))
+    if bound is not None:
+        return bound
+    usage = replay.streams.get(f"{_USAGE_PREFIX}{invoice.customer_id}-{invoice.period}", [])
+    return usage[-1].stream_position if usage else -1
 
 
 def _check_number(replay: _Replay, report: AuditReport, recorded: RecordedEvent) -> None:
@@ -388,7 +430,7 @@ async def _verify_invoice(
         s for s in replay.subscriptions.get(c, []) if s.started_on < billing_period.next.first_day
     ]
     usage_name = f"{_USAGE_PREFIX}{c}-{p}"
-    through = -1 if invoice.usage_through is None else invoice.usage_through
+    through = _usage_bound(replay, invoice)
     read: dict[str, list[RecordedEvent]] = defaultdict(list)
     for name in (f"customer-{c}", *(f"{_SUBSCRIPTION_PREFIX}{s.subscription_id}" for s in active)):
         read[name] = replay.streams.get(name, [])
@@ -407,7 +449,7 @@ async def _verify_invoice(
                 (
                     f"late_usage {spec.period} billed_through (what was billed before)",
                     spec.billed_through,
-                    replay.billed_through.get(str(spec.invoice_id)),
+                    replay.billed_through(str(spec.invoice_id)),
                 ),
                 (
                     f"late_usage {spec.period} invoice_number",
@@ -455,8 +497,9 @@ async def _verify_invoice(
         ("subtotal", invoice.subtotal, draft.subtotal),
         ("tax_total", invoice.tax_total, draft.tax_total),
         ("total", invoice.total, draft.total),
-        ("usage_through", invoice.usage_through, prepared.usage_through),
     ]
+    if invoice.usage_through is not None or invoice.rounding is not None:
+        pairs.append(("usage_through", invoice.usage_through, prepared.usage_through))
     if invoice.tax_region:  # "" on invoices issued before the field
         pairs.append(("tax_region", invoice.tax_region, customer.tax_region))
     pairs += _line_pairs("lines", invoice.lines, draft.lines)

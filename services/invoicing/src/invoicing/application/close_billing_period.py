@@ -7,7 +7,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from opentelemetry import trace
 
@@ -53,6 +53,7 @@ from ispbill_core.contracts.invoicing import (
     InvoiceVoided,
     LateUsage,
     LateUsageBilled,
+    LateUsageReleased,
     TaxExemptionGranted,
     TaxExemptionRevoked,
     TaxRateSet,
@@ -60,10 +61,12 @@ from ispbill_core.contracts.invoicing import (
     TaxRuleSet,
     invoice_series_stream,
     invoice_stream,
+    usage_billed_through,
 )
 from ispbill_core.contracts.rating import UsageRated, usage_stream
 from ispbill_core.events import NewEvent, RecordedEvent, deterministic_id, new_event
 from ispbill_core.eventstore import (
+    ANY,
     NO_STREAM,
     EventIdConflict,
     EventStore,
@@ -424,12 +427,14 @@ async def _close_chunk(
         attempt = BillRunReport(period=p, dry_run=report.dry_run)
         existing = await store.read_streams([invoice_stream(c, p) for c, _ in chunk])
         todo: list[tuple[str, list[SubscriptionStarted]]] = []
+        repairs: list[tuple[str, Sequence[NewEvent], ExpectedVersion]] = []
         for customer_id, subs in chunk:
             recorded = existing[invoice_stream(customer_id, p)]
             if recorded:
                 issued = recorded[0].decode()
                 assert isinstance(issued, InvoiceIssued)
                 attempt.already_issued.append(issued.number)
+                repairs += _late_marks(issued, clock, actor)
                 continue
             if customer_id not in catalogue.customers:
                 attempt.skipped[customer_id] = (
@@ -441,6 +446,11 @@ async def _close_chunk(
             active = [s for s in subs if s.started_on < period.next.first_day]
             if active:
                 todo.append((customer_id, active))
+        if repairs and not report.dry_run:
+            # An invoice issued by a run whose appends were not one transaction (KurrentDB)
+            # and cut short may lack its marks in the originals' streams: appended again
+            # (the same ids: a no-op where they are), so late usage is never billed twice.
+            await store.append_many(repairs)
         read = await store.read_streams(
             [customer_stream(c) for c, _ in todo]
             + [usage_stream(c, p) for c, _ in todo]
@@ -543,8 +553,23 @@ async def _prepare(
             drafts.append(sub_draft)
     adjustments: list[InvoiceLine] = []
     billed_late: list[tuple[_Late, Money]] = []
+    currency = drafts[0].currency if drafts else None
+    kept: list[_Late] = []
     for item in late:
         lines = await _late_lines(store, settings, catalogue, item, histories)
+        if lines and currency is not None and lines[0].amount.currency != currency:
+            # priced in the period's currency, which the customer no longer bills in: left
+            # for a clerk (logged), neither billed here nor marked billed
+            log.warning(
+                "late usage of %s for %s bills in %s, the invoice in %s: not billed",
+                item.spec.period,
+                customer_id,
+                lines[0].amount.currency,
+                currency,
+            )
+            continue
+        currency = currency or (lines[0].amount.currency if lines else None)
+        kept.append(item)
         adjustments += lines
         if lines:
             amount = lines[0].amount
@@ -554,18 +579,16 @@ async def _prepare(
     if not drafts and not adjustments:
         return None  # every day of the period suspended, on hold or after termination
     merged = (_merged_lines(drafts) if drafts else []) + adjustments
-    if any(line.amount.currency != merged[0].amount.currency for line in merged):
-        raise InvoicingError("late usage bills in another currency than the invoice")
     draft = taxed_draft(merged, rules, exemptions, settings.tax_rounding, settings.rounding)
     if billed_late:
         # Late usage that stayed within the included data changes no charge: still marked
         # billed (amount zero) with this invoice, so that no bill run weighs it again.
         billed = {id(item) for item, _ in billed_late}
         billed_late += [
-            (item, Money.zero(draft.currency)) for item in late if id(item) not in billed
+            (item, Money.zero(draft.currency)) for item in kept if id(item) not in billed
         ]
     else:
-        billed_late = [(item, Money.zero(draft.currency)) for item in late]
+        billed_late = [(item, Money.zero(draft.currency)) for item in kept]
     return _Prepared(customer_id, customer, draft, usage_through, billed_late)
 
 
@@ -612,6 +635,22 @@ async def _late_lines(
     return lines
 
 
+def billed_through_of(recorded: Sequence[RecordedEvent]) -> int | None:
+    """How far an invoice's stream says its period's usage is billed: the invoice's own
+    bound, raised by each `LateUsageBilled` whose invoice was not voided since (its
+    `LateUsageReleased`). None: the invoice predates the bound (ADR 0032)."""
+    billed = usage_billed_through(recorded[0].data)
+    if billed is None:
+        return None
+    released = {
+        str(r.data["on_invoice_id"]) for r in recorded if r.type == LateUsageReleased.event_type
+    }
+    for r in recorded[1:]:
+        if r.type == LateUsageBilled.event_type and str(r.data["on_invoice_id"]) not in released:
+            billed = max(billed, int(r.data["usage_through"]))
+    return billed
+
+
 async def _late_usage(
     store: EventStore,
     settings: BillingSettings,
@@ -655,11 +694,9 @@ async def _late_usage(
             continue  # not invoiced: its own bill run bills it
         if any(r.type == InvoiceVoided.event_type for r in recorded):
             continue
-        through = recorded[0].data.get("usage_through")
-        billed = -1 if through is None else int(through)
-        for r in recorded[1:]:
-            if r.type == LateUsageBilled.event_type:
-                billed = max(billed, int(r.data["usage_through"]))
+        billed = billed_through_of(recorded)
+        if billed is None:
+            continue  # issued before invoices recorded what they billed
         head = versions[usage_stream(c, q)]
         assert head is not None
         if head > billed:
@@ -797,31 +834,8 @@ async def _issue(
         # In the same transaction: the earlier invoice's stream says how far its usage is
         # billed now, so that no later bill run bills it again (ADR 0032).
         for item, amount in ready.late:
-            billed = LateUsageBilled(
-                invoice_id=item.spec.invoice_id,
-                period=item.spec.period,
-                usage_through=item.spec.usage_through,
-                on_invoice_id=invoice.invoice_id,
-                on_invoice_number=invoice.number,
-                amount=amount,
-            )
-            batches.append(
-                (
-                    item.stream,
-                    [
-                        new_event(
-                            billed,
-                            id=deterministic_id(
-                                "late-usage-billed", invoice.invoice_id, item.spec.period
-                            ),
-                            occurred_at=now,
-                            correlation_id=run_id,
-                            actor=actor,
-                        )
-                    ],
-                    item.expected,
-                )
-            )
+            mark = _late_mark(invoice, item.spec, amount, now, actor, run_id)
+            batches.append((item.stream, [mark], item.expected))
     try:
         await store.append_many(batches)
     except (WrongExpectedVersion, EventIdConflict):
@@ -849,6 +863,48 @@ async def _issue(
             invoice.total,
         )
     return True
+
+
+def _late_mark(
+    invoice: InvoiceIssued,
+    spec: LateUsage,
+    amount: Money,
+    now: datetime,
+    actor: str,
+    run_id: uuid.UUID | None = None,
+) -> NewEvent:
+    """The `LateUsageBilled` an invoice leaves in the stream of a period whose late usage it
+    bills; its id names the invoice and the period, so writing it again is a no-op."""
+    billed = LateUsageBilled(
+        invoice_id=spec.invoice_id,
+        period=spec.period,
+        usage_through=spec.usage_through,
+        on_invoice_id=invoice.invoice_id,
+        on_invoice_number=invoice.number,
+        amount=amount,
+    )
+    return new_event(
+        billed,
+        id=deterministic_id("late-usage-billed", invoice.invoice_id, spec.period),
+        occurred_at=now,
+        correlation_id=run_id,
+        actor=actor,
+    )
+
+
+def _late_marks(
+    invoice: InvoiceIssued, clock: Clock, actor: str
+) -> list[tuple[str, Sequence[NewEvent], ExpectedVersion]]:
+    """The marks an issued invoice left (or should have) for the late usage it bills."""
+    batches: list[tuple[str, Sequence[NewEvent], ExpectedVersion]] = []
+    for spec in invoice.late_usage:
+        amount = Money.zero(invoice.currency)
+        for line in invoice.lines:
+            if line.adjusts_period == spec.period:
+                amount = amount + line.amount
+        mark = _late_mark(invoice, spec, amount, clock.now(), actor)
+        batches.append((invoice_stream(invoice.customer_id, spec.period), [mark], ANY))
+    return batches
 
 
 def _trace_invoice(invoice: InvoiceIssued) -> None:

@@ -29,11 +29,13 @@ from ispbill_core.contracts.invoicing import (
     InvoiceIssued,
     InvoicePaid,
     InvoiceVoided,
+    LateUsageReleased,
     credit_note_series_stream,
     invoice_stream,
 )
 from ispbill_core.events import NewEvent, deterministic_id, new_event
 from ispbill_core.eventstore import (
+    ANY,
     NO_STREAM,
     EventStore,
     ExpectedVersion,
@@ -215,8 +217,8 @@ async def void_invoice(
         voided = InvoiceVoided(
             invoice_id=invoice.invoice_id, number=invoice.number, reason=reason, voided_at=now
         )
-        try:
-            await store.append(
+        batches: list[tuple[str, Sequence[NewEvent], ExpectedVersion]] = [
+            (
                 stream,
                 [
                     new_event(
@@ -228,6 +230,35 @@ async def void_invoice(
                 ],
                 history[-1].stream_position,
             )
+        ]
+        # Late usage of earlier periods this invoice billed is billed again by the next bill
+        # run: each original's stream says so, in the same transaction (ADR 0032).
+        for spec in invoice.late_usage:
+            released = LateUsageReleased(
+                invoice_id=spec.invoice_id,
+                period=spec.period,
+                on_invoice_id=invoice.invoice_id,
+                on_invoice_number=invoice.number,
+                billed_through=spec.billed_through,
+            )
+            batches.append(
+                (
+                    invoice_stream(invoice.customer_id, spec.period),
+                    [
+                        new_event(
+                            released,
+                            id=deterministic_id(
+                                "late-usage-released", invoice.invoice_id, spec.period
+                            ),
+                            occurred_at=now,
+                            actor=actor,
+                        )
+                    ],
+                    ANY,
+                )
+            )
+        try:
+            await store.append_many(batches)
         except WrongExpectedVersion:
             continue  # a payment or credit note came first: judge again
         return voided

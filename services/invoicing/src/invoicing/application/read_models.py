@@ -26,12 +26,14 @@ from ispbill_core.contracts.invoicing import (
     InvoicePaid,
     InvoiceVoided,
     LateUsageBilled,
+    LateUsageReleased,
     PaymentAllocated,
     TaxExemptionGranted,
     TaxExemptionRevoked,
     TaxRateSet,
     TaxRuleEnded,
     TaxRuleSet,
+    usage_billed_through,
 )
 from ispbill_core.events import RecordedEvent
 from ispbill_core.money import MINOR_UNITS
@@ -338,8 +340,8 @@ class BillingCatalogueProjection(Projection):
     the published events, so the bill run reads its own tables, not another service's."""
 
     name = "invoicing.catalogue"
-    #: 3: how far each invoiced period's usage is billed (late usage, ADR 0032)
-    version = 3
+    #: 3: how far each invoiced period's usage is billed (late usage, ADR 0032); 4: releases
+    version = 4
     tables = (
         "rm_billing_customers",
         "rm_billing_subscriptions",
@@ -367,6 +369,7 @@ class BillingCatalogueProjection(Projection):
             SubscriptionStarted.event_type,
             InvoiceIssued.event_type,
             LateUsageBilled.event_type,
+            LateUsageReleased.event_type,
             InvoiceVoided.event_type,
             *(kind.event_type for kind in _RULE_KINDS),
             *(kind.event_type for kind in _EXEMPTION_KINDS),
@@ -384,6 +387,7 @@ class BillingCatalogueProjection(Projection):
         if event.type in (
             InvoiceIssued.event_type,
             LateUsageBilled.event_type,
+            LateUsageReleased.event_type,
             InvoiceVoided.event_type,
         ):
             return _usage_billed(event)
@@ -453,9 +457,20 @@ def _usage_billed(event: RecordedEvent) -> list[Statement]:
     customer_id, period = match.groups()
     data = event.data
     if event.type == InvoiceIssued.event_type:
-        through = data.get("usage_through")
+        through = usage_billed_through(data)
+        if through is None:
+            return []  # issued before invoices recorded what they billed: no late usage
+        return [(_USAGE_BILLED_INSERT, (customer_id, period, through))]
+    if event.type == LateUsageReleased.event_type:
+        # a filter only (the invoice's stream decides): lowered to the bound before the
+        # voided adjustment, so the period is looked at again
+        through = int(data["billed_through"])
         return [
-            (_USAGE_BILLED_INSERT, (customer_id, period, -1 if through is None else int(through)))
+            (
+                "UPDATE rm_billing_usage_billed SET billed_through = CASE WHEN billed_through > ?"
+                " THEN ? ELSE billed_through END WHERE customer_id = ? AND period = ?",
+                (through, through, customer_id, period),
+            )
         ]
     if event.type == LateUsageBilled.event_type:
         through = int(data["usage_through"])
