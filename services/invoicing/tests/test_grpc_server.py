@@ -29,7 +29,13 @@ from ispbill_core.access import (
     bearer_metadata,
     role_permissions,
 )
-from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
+from ispbill_core.contracts.invoicing import (
+    CreditNoteIssued,
+    InvoiceIssued,
+    InvoiceLine,
+    LineKind,
+    TaxLine,
+)
 from ispbill_core.money import Money
 
 pytestmark = pytest.mark.integration
@@ -112,6 +118,50 @@ class InMemoryInvoices:
         return self.pdfs.get(invoice_id)
 
 
+CREDIT_NOTE = CreditNoteIssued(
+    credit_note_id=uuid.UUID("00000000-0000-4000-8000-0000000000c1"),
+    number="CN-000001",
+    invoice_id=JANUARY_ID,
+    invoice_number=JANUARY.number,
+    customer_id="c-1",
+    period="2026-01",
+    issued_at=datetime(2026, 2, 10, tzinfo=UTC),
+    reason="outage",
+    reference="T-1",
+    currency="USD",
+    lines=(),
+    subtotal=Money.of("10.00", "USD"),
+    taxes=(),
+    tax_total=Money.zero("USD"),
+    total=Money.of("10.00", "USD"),
+    invoice_credited=Money.of("10.00", "USD"),
+)
+
+
+@dataclass
+class InMemoryCreditNotes:
+    notes: list[CreditNoteIssued]
+
+    async def search(
+        self,
+        *,
+        customer_id: str | None = None,
+        invoice_id: uuid.UUID | None = None,
+        period: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+    ) -> list[tuple[CreditNoteIssued, int]]:
+        found = [
+            (note, cursor)
+            for cursor, note in enumerate(self.notes, start=1)
+            if customer_id in (None, note.customer_id)
+            and invoice_id in (None, note.invoice_id)
+            and period in (None, note.period)
+            and (before is None or cursor < before)
+        ]
+        return list(reversed(found))[:limit]
+
+
 AUDITOR_TOKEN = "auditor-token"
 PROFILE_ONLY_TOKEN = "profile-only-token"
 
@@ -145,7 +195,11 @@ async def server_port() -> AsyncIterator[int]:
         pdfs={JANUARY_ID: PDF},
     )
     server, port = await start_grpc_server(
-        queries, authenticator=Tokens(), host="127.0.0.1", port=0
+        queries,
+        credit_notes=InMemoryCreditNotes([CREDIT_NOTE]),
+        authenticator=Tokens(),
+        host="127.0.0.1",
+        port=0,
     )
     assert port > 0
     try:
@@ -182,6 +236,7 @@ async def test_every_method_needs_a_token_with_its_permission(
             stub.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_id=str(JANUARY_ID))),
             stub.ListInvoices(invoices_pb2.ListInvoicesRequest()),
             stub.GetInvoicePdf(invoices_pb2.GetInvoicePdfRequest(invoice_id=str(JANUARY_ID))),
+            stub.ListCreditNotes(invoices_pb2.ListCreditNotesRequest()),
         ]
         assert len(calls) == len(METHOD_PERMISSIONS)
         for call in calls:
@@ -196,7 +251,7 @@ def test_a_method_without_a_permission_stops_the_start() -> None:
 
     service = invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"]
     partial = dict(list(METHOD_PERMISSIONS.items())[:-1])
-    with pytest.raises(UndeclaredPermission, match="GetInvoicePdf"):
+    with pytest.raises(UndeclaredPermission, match="ListCreditNotes"):
         check_methods_declared(partial, [service])
 
 
@@ -358,3 +413,50 @@ def test_unknown_status_is_refused() -> None:
 def test_credited_and_void_invoices_have_their_own_status() -> None:
     assert invoice_to_proto(JANUARY, "credited").status == invoices_pb2.INVOICE_STATUS_CREDITED
     assert invoice_to_proto(JANUARY, "void").status == invoices_pb2.INVOICE_STATUS_VOID
+
+
+async def test_credit_notes_are_listed_by_invoice_customer_and_period(
+    channel: grpc.aio.Channel,
+) -> None:
+    stub = invoices_pb2_grpc.InvoiceServiceStub(channel)
+    found = await stub.ListCreditNotes(
+        invoices_pb2.ListCreditNotesRequest(invoice_id=str(JANUARY_ID))
+    )
+    [note] = found.credit_notes
+    assert (note.number, note.invoice_number, note.total.amount, note.reference) == (
+        "CN-000001",
+        JANUARY.number,
+        "10.00",
+        "T-1",
+    )
+    none = await stub.ListCreditNotes(invoices_pb2.ListCreditNotesRequest(customer_id="c-2"))
+    assert list(none.credit_notes) == [] and none.next_page_token == ""
+    for bad in (
+        invoices_pb2.ListCreditNotesRequest(invoice_id="nope"),
+        invoices_pb2.ListCreditNotesRequest(period="2026-13"),
+        invoices_pb2.ListCreditNotesRequest(page_token="x"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListCreditNotes(bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_invoices_are_searched_by_status_number_total_and_issue_day(
+    channel: grpc.aio.Channel,
+) -> None:
+    stub = invoices_pb2_grpc.InvoiceServiceStub(channel)
+
+    async def numbers(**search: str) -> list[str]:
+        found = await stub.ListInvoices(invoices_pb2.ListInvoicesRequest(**search))
+        return [i.number for i in found.invoices]
+
+    assert await numbers(status="paid") == [JANUARY.number]
+    assert await numbers(number=FEBRUARY.number) == [FEBRUARY.number]
+    assert await numbers(min_total="40.92", max_total="40.92") == [FEBRUARY.number, JANUARY.number]
+    assert await numbers(min_total="40.93") == []
+    assert await numbers(issued_from="2026-02-02") == [FEBRUARY.number]
+    assert await numbers(issued_to="2026-02-01", currency_code="USD") == [JANUARY.number]
+    for bad in ({"status": "lost"}, {"min_total": "lots"}, {"issued_from": "2026-02-30"}):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListInvoices(invoices_pb2.ListInvoicesRequest(**bad))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

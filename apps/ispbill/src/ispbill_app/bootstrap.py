@@ -783,7 +783,7 @@ def grpc_services(services: Services) -> list[Any]:
     from rating.entrypoints.grpc_server import usage_grpc_service
 
     return [
-        invoice_grpc_service(services.invoice_queries),
+        invoice_grpc_service(services.invoice_queries, ProjectedCreditNotes(services.reads)),
         accounts_grpc_service(
             AccountsQueries(services.reads),
             services.store,

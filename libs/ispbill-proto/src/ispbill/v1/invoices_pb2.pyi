@@ -326,6 +326,13 @@ class ListInvoicesRequest(_message.Message):
     PERIOD_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    MIN_TOTAL_FIELD_NUMBER: _builtins.int
+    MAX_TOTAL_FIELD_NUMBER: _builtins.int
+    ISSUED_FROM_FIELD_NUMBER: _builtins.int
+    ISSUED_TO_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """Only this customer's invoices, when set."""
     period: _builtins.str
@@ -334,6 +341,18 @@ class ListInvoicesRequest(_message.Message):
     """At most this many invoices; 0 means the server's default (50); capped at 500."""
     page_token: _builtins.str
     """next_page_token of the previous response, with the same filters; empty for the first page."""
+    status: _builtins.str
+    """Only invoices in this status, when set: "issued", "paid", "credited" or "void"."""
+    number: _builtins.str
+    """Only the invoice with this number, when set."""
+    currency_code: _builtins.str
+    """Only invoices in this currency (ISO 4217), when set."""
+    min_total: _builtins.str
+    """Only invoices whose total is at least / at most this decimal string, when set."""
+    max_total: _builtins.str
+    issued_from: _builtins.str
+    """Only invoices issued on or after / on or before this day ("YYYY-MM-DD", UTC), when set."""
+    issued_to: _builtins.str
     def __init__(
         self,
         *,
@@ -341,19 +360,54 @@ class ListInvoicesRequest(_message.Message):
         period: _builtins.str | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        status: _builtins.str | None = ...,
+        number: _builtins.str | None = ...,
+        currency_code: _builtins.str | None = ...,
+        min_total: _builtins.str | None = ...,
+        max_total: _builtins.str | None = ...,
+        issued_from: _builtins.str | None = ...,
+        issued_to: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_period", b"_period", "customer_id", b"customer_id", "period", b"period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_currency_code", b"_currency_code", "_customer_id", b"_customer_id", "_issued_from", b"_issued_from", "_issued_to", b"_issued_to", "_max_total", b"_max_total", "_min_total", b"_min_total", "_number", b"_number", "_period", b"_period", "_status", b"_status", "currency_code", b"currency_code", "customer_id", b"customer_id", "issued_from", b"issued_from", "issued_to", b"issued_to", "max_total", b"max_total", "min_total", b"min_total", "number", b"number", "period", b"period", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_period", b"_period", "customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "period", b"period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_currency_code", b"_currency_code", "_customer_id", b"_customer_id", "_issued_from", b"_issued_from", "_issued_to", b"_issued_to", "_max_total", b"_max_total", "_min_total", b"_min_total", "_number", b"_number", "_period", b"_period", "_status", b"_status", "currency_code", b"currency_code", "customer_id", b"customer_id", "issued_from", b"issued_from", "issued_to", b"issued_to", "max_total", b"max_total", "min_total", b"min_total", "number", b"number", "page_size", b"page_size", "page_token", b"page_token", "period", b"period", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__currency_code: _TypeAlias = _typing.Literal["currency_code"]  # noqa: Y015
+    _WhichOneofArgType__currency_code: _TypeAlias = _typing.Literal["_currency_code", b"_currency_code"]  # noqa: Y015
     _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
     _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
+    _WhichOneofReturnType__issued_from: _TypeAlias = _typing.Literal["issued_from"]  # noqa: Y015
+    _WhichOneofArgType__issued_from: _TypeAlias = _typing.Literal["_issued_from", b"_issued_from"]  # noqa: Y015
+    _WhichOneofReturnType__issued_to: _TypeAlias = _typing.Literal["issued_to"]  # noqa: Y015
+    _WhichOneofArgType__issued_to: _TypeAlias = _typing.Literal["_issued_to", b"_issued_to"]  # noqa: Y015
+    _WhichOneofReturnType__max_total: _TypeAlias = _typing.Literal["max_total"]  # noqa: Y015
+    _WhichOneofArgType__max_total: _TypeAlias = _typing.Literal["_max_total", b"_max_total"]  # noqa: Y015
+    _WhichOneofReturnType__min_total: _TypeAlias = _typing.Literal["min_total"]  # noqa: Y015
+    _WhichOneofArgType__min_total: _TypeAlias = _typing.Literal["_min_total", b"_min_total"]  # noqa: Y015
+    _WhichOneofReturnType__number: _TypeAlias = _typing.Literal["number"]  # noqa: Y015
+    _WhichOneofArgType__number: _TypeAlias = _typing.Literal["_number", b"_number"]  # noqa: Y015
     _WhichOneofReturnType__period: _TypeAlias = _typing.Literal["period"]  # noqa: Y015
     _WhichOneofArgType__period: _TypeAlias = _typing.Literal["_period", b"_period"]  # noqa: Y015
+    _WhichOneofReturnType__status: _TypeAlias = _typing.Literal["status"]  # noqa: Y015
+    _WhichOneofArgType__status: _TypeAlias = _typing.Literal["_status", b"_status"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__currency_code) -> _WhichOneofReturnType__currency_code | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_id) -> _WhichOneofReturnType__customer_id | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__issued_from) -> _WhichOneofReturnType__issued_from | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__issued_to) -> _WhichOneofReturnType__issued_to | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_total) -> _WhichOneofReturnType__max_total | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_total) -> _WhichOneofReturnType__min_total | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__number) -> _WhichOneofReturnType__number | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__period) -> _WhichOneofReturnType__period | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__status) -> _WhichOneofReturnType__status | None: ...
 
 Global___ListInvoicesRequest: _TypeAlias = ListInvoicesRequest  # noqa: Y015
 
@@ -434,3 +488,156 @@ class GetInvoicePdfResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInvoicePdfResponse: _TypeAlias = GetInvoicePdfResponse  # noqa: Y015
+
+@_typing.final
+class CreditNote(_message.Message):
+    """CreditNote is a credit note against an issued invoice: amounts are positive (what is
+    credited), in the invoice's currency.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTE_ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    INVOICE_NUMBER_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    SUBTOTAL_FIELD_NUMBER: _builtins.int
+    TAXES_FIELD_NUMBER: _builtins.int
+    TAX_TOTAL_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    INVOICE_CREDITED_FIELD_NUMBER: _builtins.int
+    credit_note_id: _builtins.str
+    number: _builtins.str
+    """Its own gapless series, e.g. "CN-000001"."""
+    invoice_id: _builtins.str
+    invoice_number: _builtins.str
+    customer_id: _builtins.str
+    period: _builtins.str
+    """The credited invoice's billing period, "YYYY-MM"."""
+    reason: _builtins.str
+    reference: _builtins.str
+    """The clerk's reference (its idempotency key)."""
+    currency_code: _builtins.str
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceLine]: ...
+    @_builtins.property
+    def subtotal(self) -> Global___Money: ...
+    @_builtins.property
+    def taxes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaxLine]: ...
+    @_builtins.property
+    def tax_total(self) -> Global___Money: ...
+    @_builtins.property
+    def total(self) -> Global___Money: ...
+    @_builtins.property
+    def invoice_credited(self) -> Global___Money:
+        """Everything credited on the invoice once this note is added."""
+
+    def __init__(
+        self,
+        *,
+        credit_note_id: _builtins.str = ...,
+        number: _builtins.str = ...,
+        invoice_id: _builtins.str = ...,
+        invoice_number: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        period: _builtins.str = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        lines: _abc.Iterable[Global___InvoiceLine] | None = ...,
+        subtotal: Global___Money | None = ...,
+        taxes: _abc.Iterable[Global___TaxLine] | None = ...,
+        tax_total: Global___Money | None = ...,
+        total: Global___Money | None = ...,
+        invoice_credited: Global___Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice_credited", b"invoice_credited", "issued_at", b"issued_at", "subtotal", b"subtotal", "tax_total", b"tax_total", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_note_id", b"credit_note_id", "currency_code", b"currency_code", "customer_id", b"customer_id", "invoice_credited", b"invoice_credited", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "issued_at", b"issued_at", "lines", b"lines", "number", b"number", "period", b"period", "reason", b"reason", "reference", b"reference", "subtotal", b"subtotal", "tax_total", b"tax_total", "taxes", b"taxes", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditNote: _TypeAlias = CreditNote  # noqa: Y015
+
+@_typing.final
+class ListCreditNotesRequest(_message.Message):
+    """ListCreditNotesRequest filters and pages the credit notes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    invoice_id: _builtins.str
+    """UUID of the credited invoice."""
+    period: _builtins.str
+    page_size: _builtins.int
+    """At most this many; 0 means the server's default (50); capped at 500."""
+    page_token: _builtins.str
+    """next_page_token of the previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str | None = ...,
+        invoice_id: _builtins.str | None = ...,
+        period: _builtins.str | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_invoice_id", b"_invoice_id", "_period", b"_period", "customer_id", b"customer_id", "invoice_id", b"invoice_id", "period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_invoice_id", b"_invoice_id", "_period", b"_period", "customer_id", b"customer_id", "invoice_id", b"invoice_id", "page_size", b"page_size", "page_token", b"page_token", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
+    _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
+    _WhichOneofReturnType__invoice_id: _TypeAlias = _typing.Literal["invoice_id"]  # noqa: Y015
+    _WhichOneofArgType__invoice_id: _TypeAlias = _typing.Literal["_invoice_id", b"_invoice_id"]  # noqa: Y015
+    _WhichOneofReturnType__period: _TypeAlias = _typing.Literal["period"]  # noqa: Y015
+    _WhichOneofArgType__period: _TypeAlias = _typing.Literal["_period", b"_period"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_id) -> _WhichOneofReturnType__customer_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__invoice_id) -> _WhichOneofReturnType__invoice_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__period) -> _WhichOneofReturnType__period | None: ...
+
+Global___ListCreditNotesRequest: _TypeAlias = ListCreditNotesRequest  # noqa: Y015
+
+@_typing.final
+class ListCreditNotesResponse(_message.Message):
+    """ListCreditNotesResponse is one page of credit notes, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def credit_notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditNote]: ...
+    def __init__(
+        self,
+        *,
+        credit_notes: _abc.Iterable[Global___CreditNote] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_notes", b"credit_notes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditNotesResponse: _TypeAlias = ListCreditNotesResponse  # noqa: Y015

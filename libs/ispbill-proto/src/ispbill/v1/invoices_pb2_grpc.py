@@ -50,6 +50,11 @@ class InvoiceServiceStub:
                 request_serializer=ispbill_dot_v1_dot_invoices__pb2.GetInvoicePdfRequest.SerializeToString,
                 response_deserializer=ispbill_dot_v1_dot_invoices__pb2.GetInvoicePdfResponse.FromString,
                 _registered_method=True)
+        self.ListCreditNotes = channel.unary_unary(
+                '/ispbill.v1.InvoiceService/ListCreditNotes',
+                request_serializer=ispbill_dot_v1_dot_invoices__pb2.ListCreditNotesRequest.SerializeToString,
+                response_deserializer=ispbill_dot_v1_dot_invoices__pb2.ListCreditNotesResponse.FromString,
+                _registered_method=True)
 
 
 class InvoiceServiceServicer:
@@ -79,6 +84,14 @@ class InvoiceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCreditNotes(self, request, context):
+        """ListCreditNotes returns credit notes, optionally of one customer, invoice and/or period,
+        newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvoiceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_InvoiceServiceServicer_to_server(servicer, server):
                     servicer.GetInvoicePdf,
                     request_deserializer=ispbill_dot_v1_dot_invoices__pb2.GetInvoicePdfRequest.FromString,
                     response_serializer=ispbill_dot_v1_dot_invoices__pb2.GetInvoicePdfResponse.SerializeToString,
+            ),
+            'ListCreditNotes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCreditNotes,
+                    request_deserializer=ispbill_dot_v1_dot_invoices__pb2.ListCreditNotesRequest.FromString,
+                    response_serializer=ispbill_dot_v1_dot_invoices__pb2.ListCreditNotesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class InvoiceService:
             '/ispbill.v1.InvoiceService/GetInvoicePdf',
             ispbill_dot_v1_dot_invoices__pb2.GetInvoicePdfRequest.SerializeToString,
             ispbill_dot_v1_dot_invoices__pb2.GetInvoicePdfResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCreditNotes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ispbill.v1.InvoiceService/ListCreditNotes',
+            ispbill_dot_v1_dot_invoices__pb2.ListCreditNotesRequest.SerializeToString,
+            ispbill_dot_v1_dot_invoices__pb2.ListCreditNotesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class InvoiceServiceStub:
     """
     GetInvoicePdf: _grpc.UnaryUnaryMultiCallable[_invoices_pb2.GetInvoicePdfRequest, _invoices_pb2.GetInvoicePdfResponse]
     """GetInvoicePdf returns the rendered PDF of an invoice."""
+    ListCreditNotes: _grpc.UnaryUnaryMultiCallable[_invoices_pb2.ListCreditNotesRequest, _invoices_pb2.ListCreditNotesResponse]
+    """ListCreditNotes returns credit notes, optionally of one customer, invoice and/or period,
+    newest first, a page at a time.
+    """
 
 @_typing.type_check_only
 class InvoiceServiceAsyncStub(InvoiceServiceStub):
@@ -64,6 +68,10 @@ class InvoiceServiceAsyncStub(InvoiceServiceStub):
     """
     GetInvoicePdf: _aio.UnaryUnaryMultiCallable[_invoices_pb2.GetInvoicePdfRequest, _invoices_pb2.GetInvoicePdfResponse]  # type: ignore[assignment]
     """GetInvoicePdf returns the rendered PDF of an invoice."""
+    ListCreditNotes: _aio.UnaryUnaryMultiCallable[_invoices_pb2.ListCreditNotesRequest, _invoices_pb2.ListCreditNotesResponse]  # type: ignore[assignment]
+    """ListCreditNotes returns credit notes, optionally of one customer, invoice and/or period,
+    newest first, a page at a time.
+    """
 
 class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
     """InvoiceService answers questions about issued invoices; it never issues or changes one."""
@@ -95,5 +103,15 @@ class InvoiceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_invoices_pb2.GetInvoicePdfResponse, _abc.Awaitable[_invoices_pb2.GetInvoicePdfResponse]]:
         """GetInvoicePdf returns the rendered PDF of an invoice."""
+
+    @_abc_1.abstractmethod
+    def ListCreditNotes(
+        self,
+        request: _invoices_pb2.ListCreditNotesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_invoices_pb2.ListCreditNotesResponse, _abc.Awaitable[_invoices_pb2.ListCreditNotesResponse]]:
+        """ListCreditNotes returns credit notes, optionally of one customer, invoice and/or period,
+        newest first, a page at a time.
+        """
 
 def add_InvoiceServiceServicer_to_server(servicer: InvoiceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,7 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
@@ -18,7 +18,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ispbill.v1 import invoices_pb2, invoices_pb2_grpc
 from ispbill_core.access import INVOICES_READ, Authenticator
-from ispbill_core.contracts.invoicing import InvoiceIssued, InvoiceLine, LineKind, TaxLine
+from ispbill_core.contracts.invoicing import (
+    CreditNoteIssued,
+    InvoiceIssued,
+    InvoiceLine,
+    LineKind,
+    TaxLine,
+)
 from ispbill_core.grpc_server import GrpcService, serve_grpc
 from ispbill_core.input_policy import ID_PATTERN, PERIOD_PATTERN
 from ispbill_core.money import Money
@@ -30,6 +36,7 @@ METHOD_PERMISSIONS: dict[str, str] = {
     f"/{SERVICE_NAME}/GetInvoice": INVOICES_READ,
     f"/{SERVICE_NAME}/ListInvoices": INVOICES_READ,
     f"/{SERVICE_NAME}/GetInvoicePdf": INVOICES_READ,
+    f"/{SERVICE_NAME}/ListCreditNotes": INVOICES_READ,
 }
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -67,6 +74,22 @@ class InvoiceQueries(Protocol):
         ...
 
 
+class CreditNoteQueries(Protocol):
+    """The credit notes' read side (invoicing.application.read_models.ProjectedCreditNotes)."""
+
+    async def search(
+        self,
+        *,
+        customer_id: str | None = None,
+        invoice_id: uuid.UUID | None = None,
+        period: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+    ) -> list[tuple[CreditNoteIssued, int]]:
+        """(credit note, cursor) newest first; the last cursor as `before` for more."""
+        ...
+
+
 # --- conversions -------------------------------------------------------------------------------
 
 
@@ -99,6 +122,29 @@ def tax_to_proto(tax: TaxLine) -> invoices_pb2.TaxLine:
         rate=_decimal_text(tax.rate),
         taxable=money_to_proto(tax.taxable),
         amount=money_to_proto(tax.amount),
+    )
+
+
+def credit_note_to_proto(note: CreditNoteIssued) -> invoices_pb2.CreditNote:
+    issued_at = Timestamp()
+    issued_at.FromDatetime(note.issued_at.astimezone(UTC))
+    return invoices_pb2.CreditNote(
+        credit_note_id=str(note.credit_note_id),
+        number=note.number,
+        invoice_id=str(note.invoice_id),
+        invoice_number=note.invoice_number,
+        customer_id=note.customer_id,
+        period=note.period,
+        issued_at=issued_at,
+        reason=note.reason,
+        reference=note.reference,
+        currency_code=note.currency,
+        lines=[line_to_proto(line) for line in note.lines],
+        subtotal=money_to_proto(note.subtotal),
+        taxes=[tax_to_proto(tax) for tax in note.taxes],
+        tax_total=money_to_proto(note.tax_total),
+        total=money_to_proto(note.total),
+        invoice_credited=money_to_proto(note.invoice_credited),
     )
 
 
@@ -228,8 +274,11 @@ def _not_found(invoice_id: uuid.UUID) -> _Refused:
 class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
     """ispbill.v1.InvoiceService answered from an InvoiceQueries read model."""
 
-    def __init__(self, queries: InvoiceQueries) -> None:
+    def __init__(
+        self, queries: InvoiceQueries, credit_notes: CreditNoteQueries | None = None
+    ) -> None:
         self._queries = queries
+        self._credit_notes = credit_notes
 
     @_answers_refusals
     async def GetInvoice(
@@ -254,9 +303,10 @@ class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
             if request.page_token
             else None
         )
+        keep = _search_filter(request)
         found = await self._queries.list_invoices(customer_id=customer_id, period=period)
         rows: Sequence[tuple[InvoiceIssued, str]] = sorted(
-            found, key=lambda row: _sort_key(row[0]), reverse=True
+            (row for row in found if keep(*row)), key=lambda row: _sort_key(row[0]), reverse=True
         )
         if after is not None:
             rows = [row for row in rows if _sort_key(row[0]) < after]
@@ -281,14 +331,99 @@ class InvoiceService(invoices_pb2_grpc.InvoiceServiceServicer):
             content=pdf, content_type="application/pdf", filename=filename
         )
 
+    @_answers_refusals
+    async def ListCreditNotes(
+        self, request: invoices_pb2.ListCreditNotesRequest, context: Any
+    ) -> invoices_pb2.ListCreditNotesResponse:
+        if self._credit_notes is None:
+            raise _Refused(grpc.StatusCode.UNIMPLEMENTED, "no credit-note read model here")
+        customer_id = request.customer_id if request.HasField("customer_id") else None
+        period = request.period if request.HasField("period") else None
+        _check_filters(customer_id, period)
+        invoice_id = (
+            _parse_invoice_id(request.invoice_id) if request.HasField("invoice_id") else None
+        )
+        size = _page_size(request.page_size)
+        before: int | None = None
+        if request.page_token:
+            try:
+                before = int(request.page_token)
+            except ValueError:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "malformed page_token") from None
+            if not 0 < before < 2**62:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "malformed page_token")
+        found = await self._credit_notes.search(
+            customer_id=customer_id,
+            invoice_id=invoice_id,
+            period=period,
+            limit=size + 1,
+            before=before,
+        )
+        page = found[:size]
+        next_token = str(page[-1][1]) if len(found) > size else ""
+        return invoices_pb2.ListCreditNotesResponse(
+            credit_notes=[credit_note_to_proto(note) for note, _ in page],
+            next_page_token=next_token,
+        )
 
-def invoice_grpc_service(queries: InvoiceQueries) -> GrpcService:
+
+def _search_filter(
+    request: invoices_pb2.ListInvoicesRequest,
+) -> Callable[[InvoiceIssued, str], bool]:
+    """ListInvoices' search fields (status, number, currency, total range, issue days), checked
+    as the REST search checks them; what is not set matches everything."""
+
+    def optional(name: str) -> str | None:
+        return getattr(request, name) if request.HasField(name) else None
+
+    status = optional("status")
+    if status is not None and status not in _STATUSES:
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "status is issued, paid, credited or void")
+    number, currency = optional("number"), optional("currency_code")
+    bounds: list[Decimal | None] = []
+    for name in ("min_total", "max_total"):
+        text = optional(name)
+        try:
+            value = None if text is None else Decimal(text)
+        except ArithmeticError:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name} is a decimal") from None
+        if value is not None and not value.is_finite():
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name} is a decimal")
+        bounds.append(value)
+    low, high = bounds
+    days: list[date | None] = []
+    for name in ("issued_from", "issued_to"):
+        text = optional(name)
+        try:
+            days.append(None if text is None else date.fromisoformat(text))
+        except ValueError:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name} is YYYY-MM-DD") from None
+    first, last = days
+
+    def keep(invoice: InvoiceIssued, invoice_status: str) -> bool:
+        day = invoice.issued_at.astimezone(UTC).date()
+        return (
+            (status is None or invoice_status == status)
+            and (number is None or invoice.number == number)
+            and (currency is None or invoice.currency == currency)
+            and (low is None or invoice.total.amount >= low)
+            and (high is None or invoice.total.amount <= high)
+            and (first is None or day >= first)
+            and (last is None or day <= last)
+        )
+
+    return keep
+
+
+def invoice_grpc_service(
+    queries: InvoiceQueries, credit_notes: CreditNoteQueries | None = None
+) -> GrpcService:
     """InvoiceService as ispbill_core.grpc_server.serve_grpc takes it (beside other services)."""
     return GrpcService(
         descriptor=_SERVICE,
         permissions=METHOD_PERMISSIONS,
         register=lambda server: invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(
-            InvoiceService(queries), server
+            InvoiceService(queries, credit_notes), server
         ),
     )
 
@@ -296,6 +431,7 @@ def invoice_grpc_service(queries: InvoiceQueries) -> GrpcService:
 async def start_grpc_server(
     queries: InvoiceQueries,
     *,
+    credit_notes: CreditNoteQueries | None = None,
     authenticator: Authenticator,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -309,5 +445,8 @@ async def start_grpc_server(
     it beside AccountsService with serve_grpc and invoice_grpc_service.
     """
     return await serve_grpc(
-        [invoice_grpc_service(queries)], authenticator=authenticator, host=host, port=port
+        [invoice_grpc_service(queries, credit_notes)],
+        authenticator=authenticator,
+        host=host,
+        port=port,
     )
