@@ -179,13 +179,16 @@ async def test_a_bill_run_killed_twenty_times_ends_with_one_invoice_each_gapless
                 # while it reads its catalogue, before it numbers anything
                 await asyncio.sleep(rng.uniform(0.05, 0.8))
             else:
-                target = before + rng.randint(1, 3 * CHUNK)
+                # up to one chunk on: at 1,100 invoices a second a run of 2,000 would end
+                # before 20 kills if each let it go further
+                target = before + rng.randint(1, CHUNK)
                 while worker.poll() is None and time.monotonic() < deadline:
                     if await numbered(reader) >= target:
                         break
                     await asyncio.sleep(0.002)
-                # a moment later: inside the next chunk's reads, drafting or append
-                await asyncio.sleep(rng.uniform(0, 0.05))
+                # a moment later: inside the next chunk's reads, drafting or append (a chunk
+                # of 50 takes about 45 ms)
+                await asyncio.sleep(rng.uniform(0, 0.03))
             if worker.poll() is None:
                 worker.send_signal(signal.SIGKILL)
                 kills += 1

@@ -47,7 +47,7 @@ def invoices(table: dict[str, str] = TABLE) -> GrpcService:
 
 async def test_a_method_without_a_permission_stops_the_start() -> None:
     partial = dict(list(TABLE.items())[:-1])
-    with pytest.raises(UndeclaredPermission, match="GetInvoicePdf"):
+    with pytest.raises(UndeclaredPermission, match="ListCreditNotes"):
         await serve_grpc([invoices(partial)], authenticator=Tokens())
 
 
